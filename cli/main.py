@@ -1,0 +1,82 @@
+"""The ``featmammo`` click group. Subcommands are loaded lazily from one module each."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from featmammo._version import __version__
+
+# command name -> module in featmammo.cli exposing a click ``command`` object
+COMMANDS = {
+    "manifest": "manifest",
+    "audit": "audit",
+    "synth": "synth",
+    "extract": "extract",
+    "info": "info",
+    "weights": "weights",
+    "fit": "fit",
+    "predict": "predict",
+    "demo": "demo",
+    "train": "train",
+    "explain": "explain",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        module = COMMANDS.get(name)
+        if module is None:
+            return None
+        mod = importlib.import_module(f"featmammo.cli.{module}")
+        return mod.command
+
+
+def configure_logging(verbose: int, quiet: int) -> None:
+    level = max(logging.DEBUG, min(logging.CRITICAL, logging.INFO + 10 * (quiet - verbose)))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("featmammo")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="featmammo")
+@click.option("-v", "--verbose", count=True, help="More log output (repeatable).")
+@click.option("-q", "--quiet", count=True, help="Less log output (repeatable).")
+def cli(verbose: int, quiet: int) -> None:
+    """featmammo: deep features from mammograms and honest classifier comparisons.
+
+    Typical path: manifest -> extract -> fit (-> predict), or `featmammo demo`.
+    """
+    configure_logging(verbose, quiet)
+
+
+def main(argv=None) -> None:
+    from featmammo.errors import FeatmammoError
+
+    try:
+        rv = cli.main(args=argv, prog_name="featmammo", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except FeatmammoError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    if isinstance(rv, int) and rv:  # ctx.exit(n) returns n in non-standalone mode
+        sys.exit(rv)
+
+
+if __name__ == "__main__":
+    main()

