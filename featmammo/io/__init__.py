@@ -1,0 +1,81 @@
+"""Image readers: DICOM / PNG / JPEG / PGM / TIFF -> :class:`Image` (2-D pixels, max_value, meta).
+
+``read_image`` picks the reader from the file name and, when that is not conclusive, the first
+bytes: ``.dcm``/``.dicom`` files are always read as DICOM (so a non-DICOM file with a ``.dcm``
+name is an error, not a guess); ``.png``/``.jpg``/``.jpeg``/``.tif``/``.tiff`` go to Pillow and
+``.pgm``/``.pnm``/``.ppm`` to the exact netpbm reader; any other name is sniffed (``DICM`` at byte
+128, PNG/JPEG/TIFF/netpbm magic numbers). Every failure is a
+:class:`featmammo.errors.ImageReadError` naming the file and the reason. No torch here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from featmammo.errors import ImageReadError
+
+from .dicom import read_dicom, read_dicom_header
+from .images import (
+    DEFAULT_MAX_PIXELS,
+    META_KEYS,
+    WINDOWINGS,
+    Image,
+    check_path,
+    check_windowing,
+    read_pgm,
+    read_pillow,
+)
+
+_DICOM_EXT = {".dcm", ".dicom", ".dic"}
+_PILLOW_EXT = {".png", ".jpg", ".jpeg", ".jpe", ".tif", ".tiff"}
+_PNM_EXT = {".pgm", ".pnm", ".ppm"}
+
+
+def _sniff(path: Path) -> str | None:
+    with open(path, "rb") as f:
+        head = f.read(132)
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*")):
+        return "pillow"
+    if head[:2] in (b"P2", b"P5", b"P3", b"P6") and len(head) > 2 and head[2:3].isspace():
+        return "pnm"
+    return None
+
+
+def read_image(
+    path, *, windowing: str = "none", max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Image:
+    """Read one greyscale image; raises ImageReadError (ConfigError for a bad ``windowing``).
+
+    ``max_pixels`` (None = no limit) is checked from the header before decoding.
+    """
+    check_windowing(windowing)
+    p = check_path(path)
+    ext = p.suffix.lower()
+    if ext in _DICOM_EXT:
+        kind = "dicom"
+    elif ext in _PILLOW_EXT:
+        kind = "pillow"
+    elif ext in _PNM_EXT:
+        kind = "pnm"
+    else:
+        kind = _sniff(p)
+    if kind == "dicom":
+        return read_dicom(p, windowing=windowing, max_pixels=max_pixels)
+    if kind == "pillow":
+        return read_pillow(p, windowing=windowing, max_pixels=max_pixels)
+    if kind == "pnm":
+        return read_pgm(p, windowing=windowing, max_pixels=max_pixels)
+    raise ImageReadError(p, "unrecognised image format (expected DICOM, PNG, JPEG, PGM or TIFF)")
+
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "META_KEYS",
+    "WINDOWINGS",
+    "Image",
+    "read_dicom",
+    "read_dicom_header",
+    "read_image",
+]
