@@ -1,0 +1,345 @@
+"""featmammo.preprocess: config/fingerprint, area resize, breast crop, side, ROI, normalisation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from featmammo.errors import ConfigError, ImageReadError
+from featmammo.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PreprocessConfig,
+    area_resize,
+    breast_bbox,
+    infer_laterality,
+    largest_component_bbox,
+    mask_bbox,
+    patch_bbox,
+    preprocess,
+)
+
+# ---------------------------------------------------------------------------------------- config
+
+
+def test_config_roundtrip_and_fingerprint_stability():
+    c = PreprocessConfig()
+    d = c.to_dict()
+    assert d["mean"] == list(IMAGENET_MEAN) and d["std"] == list(IMAGENET_STD)
+    assert PreprocessConfig.from_dict(d) == c
+    # dict order, lists vs tuples, ints vs floats must not matter
+    shuffled = dict(reversed(list(d.items())))
+    assert PreprocessConfig.from_dict(shuffled).fingerprint() == c.fingerprint()
+    assert PreprocessConfig(mean=list(IMAGENET_MEAN)).fingerprint() == c.fingerprint()
+    assert (
+        PreprocessConfig(patch_context=1).fingerprint()
+        == PreprocessConfig(patch_context=1.0).fingerprint()
+    )
+    # pinned value: the fingerprint must not drift across Python/numpy versions
+    assert c.fingerprint() == "b5718101e4fafb92"
+    assert len(c.fingerprint()) == 16
+    others = {
+        PreprocessConfig(image_size=256).fingerprint(),
+        PreprocessConfig(resize="bilinear").fingerprint(),
+        PreprocessConfig(normalize="zscore").fingerprint(),
+        PreprocessConfig(crop="none").fingerprint(),
+        PreprocessConfig(canonical_side=False).fingerprint(),
+        PreprocessConfig(roi="patch").fingerprint(),
+        PreprocessConfig(windowing="voi").fingerprint(),
+    }
+    assert c.fingerprint() not in others and len(others) == 7
+    hash(c)  # frozen -> hashable
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"image_size": 0},
+        {"image_size": 2.5},
+        {"resize": "lanczos"},
+        {"normalize": "minmax"},
+        {"crop": "auto"},
+        {"roi": "lesion"},
+        {"windowing": "auto"},
+        {"mean": (0.5, 0.5)},
+        {"std": (0.0, 1.0, 1.0)},
+        {"patch_context": -0.1},
+    ],
+)
+def test_config_rejects_bad_values(kwargs):
+    with pytest.raises(ConfigError):
+        PreprocessConfig(**kwargs)
+
+
+def test_from_dict_rejects_unknown_keys():
+    with pytest.raises(ConfigError, match="imagesize"):
+        PreprocessConfig.from_dict({"imagesize": 224})
+
+
+def test_preprocess_module_is_torch_free():
+    code = "import sys, featmammo.preprocess; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------------------- resize
+
+
+def test_area_resize_hand_computed():
+    # 3 -> 2: each output covers 1.5 source pixels
+    x = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
+    np.testing.assert_allclose(area_resize(x, 1, 2), [[(1 + 0.5 * 2) / 1.5, (0.5 * 2 + 3) / 1.5]])
+    # integer factor: 4x4 -> 2x2 block means, computed on uint16 directly
+    x = np.arange(16, dtype=np.uint16).reshape(4, 4)
+    np.testing.assert_allclose(area_resize(x, 2, 2), [[2.5, 4.5], [10.5, 12.5]])
+    # upscaling replicates (area of a sub-pixel = the pixel)
+    np.testing.assert_allclose(area_resize(np.array([[1.0, 2.0]]), 1, 4), [[1, 1, 2, 2]])
+    assert area_resize(x, 2, 2).dtype == np.float32
+
+
+def _dense_area_matrix(n_in, n_out):
+    w = np.zeros((n_out, n_in))
+    step = n_in / n_out
+    for i in range(n_out):
+        lo, hi = i * step, (i + 1) * step
+        for p in range(n_in):
+            w[i, p] = max(0.0, min(p + 1, hi) - max(p, lo))
+        w[i] /= hi - lo
+    return w
+
+
+@pytest.mark.parametrize("shape,out", [((37, 23), (10, 7)), ((9, 40), (13, 6)), ((5, 5), (5, 5))])
+def test_area_resize_matches_dense_weights(shape, out, rng):
+    x = rng.integers(0, 4096, size=shape).astype(np.uint16)
+    expected = _dense_area_matrix(shape[0], out[0]) @ x @ _dense_area_matrix(shape[1], out[1]).T
+    np.testing.assert_allclose(area_resize(x, *out), expected, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape,out", [((37, 23), (10, 7)), ((9, 40), (13, 6)), ((5, 5), (11, 3))])
+def test_nearest_matches_pillow(shape, out, rng):
+    from PIL import Image as PILImage
+
+    from featmammo.preprocess import resize2d
+
+    x = rng.random(shape).astype(np.float32)
+    ref = PILImage.fromarray(x, mode="F").resize((out[1], out[0]), PILImage.Resampling.NEAREST)
+    np.testing.assert_array_equal(resize2d(x, *out, "nearest"), np.asarray(ref))
+
+
+@pytest.mark.parametrize("method", ["nearest", "bilinear", "bicubic", "area"])
+@pytest.mark.parametrize("normalize", ["backbone", "zscore", "mean", "decimal", "none"])
+def test_output_contract(method, normalize, rng):
+    img = rng.integers(0, 4096, size=(90, 60)).astype(np.uint16)
+    cfg = PreprocessConfig(image_size=32, resize=method, normalize=normalize, crop="none")
+    out = preprocess(img, cfg, laterality="L")
+    assert out.shape == (3, 32, 32) and out.dtype == np.float32 and out.flags.c_contiguous
+    assert np.isfinite(out).all()
+    if normalize != "backbone":  # grey -> 3 identical channels
+        assert np.array_equal(out[0], out[1]) and np.array_equal(out[1], out[2])
+
+
+# ---------------------------------------------------------------------------------- normalisation
+
+
+def test_normalisations_values():
+    img = np.full((40, 40), 1000, dtype=np.uint16)
+    img[10:30, 10:30] = 3000  # max 3000 -> decimal j = 4
+    base = dict(image_size=40, resize="nearest", crop="none", canonical_side=False)
+    out = preprocess(img, PreprocessConfig(normalize="decimal", **base))
+    np.testing.assert_allclose(out[0, 20, 20], 0.3, rtol=1e-6)
+    np.testing.assert_allclose(out[0, 0, 0], 0.1, rtol=1e-6)
+    out = preprocess(img, PreprocessConfig(normalize="none", **base))
+    np.testing.assert_allclose(out[0, 20, 20], 3000 / 65535, rtol=1e-6)  # ndarray uint16 -> 65535
+    out = preprocess(img, PreprocessConfig(normalize="zscore", **base))
+    assert abs(out[0].mean()) < 1e-5 and abs(out[0].std() - 1) < 1e-4
+    out = preprocess(img, PreprocessConfig(normalize="mean", **base))
+    assert abs(out[0].mean()) < 1e-5 and abs((out[0].max() - out[0].min()) - 1) < 1e-5
+    out = preprocess(img, PreprocessConfig(normalize="backbone", **base))
+    for c in range(3):
+        expected = (3000 / 65535 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]
+        np.testing.assert_allclose(out[c, 20, 20], expected, rtol=1e-5)
+
+
+def test_max_value_from_image_object():
+    class Img:  # duck-typed featmammo.io.Image
+        pixels = np.full((20, 20), 4095, dtype=np.uint16)
+        path = "x.dcm"
+        max_value = 4095.0
+        meta = {"laterality": "L"}
+
+    cfg = PreprocessConfig(image_size=8, normalize="none", crop="none")
+    np.testing.assert_allclose(preprocess(Img(), cfg), 1.0)
+
+
+def test_padding_keeps_aspect_and_uses_background():
+    img = np.zeros((100, 50), dtype=np.uint16)
+    img[:, :] = 500
+    img[40:60, 10:40] = 4000
+    cfg = PreprocessConfig(image_size=20, resize="area", normalize="none", crop="none")
+    out = preprocess(img, cfg, laterality="L")[0]
+    # 100x50 -> 20x10 centred in 20x20: columns 0-4 and 15-19 are padding = background (500)
+    np.testing.assert_allclose(out[:, :5], 500 / 65535, rtol=1e-6)
+    np.testing.assert_allclose(out[:, 15:], 500 / 65535, rtol=1e-6)
+    assert out[10, 7] > 3000 / 65535
+
+
+def test_bad_inputs():
+    with pytest.raises(ImageReadError):
+        preprocess(np.zeros((4, 4, 3), np.uint8), PreprocessConfig())
+    with pytest.raises(ConfigError, match="needs a lesion mask"):
+        preprocess(np.zeros((32, 32), np.uint16), PreprocessConfig(roi="crop"))
+    with pytest.raises(ConfigError, match="no foreground"):
+        preprocess(
+            np.zeros((32, 32), np.uint16),
+            PreprocessConfig(roi="crop"),
+            roi_mask=np.zeros((32, 32), np.uint8),
+        )
+
+
+# ------------------------------------------------------------------------------- crop and side
+
+
+def test_largest_component_bbox_8_connected():
+    m = np.zeros((10, 10), bool)
+    m[1, 1] = m[2, 2] = m[3, 3] = True  # diagonal chain: one component of 3
+    m[6:8, 6:8] = True  # 4 pixels: the largest
+    assert largest_component_bbox(m) == (6, 6, 8, 8)
+    m[4, 4] = m[5, 5] = True  # chain now reaches the square: 9 pixels, one component
+    assert largest_component_bbox(m) == (1, 1, 8, 8)
+    assert largest_component_bbox(np.zeros((5, 5), bool)) is None
+    # U shape: two runs in one row joined below
+    u = np.zeros((5, 7), bool)
+    u[0:4, 1] = u[0:4, 5] = True
+    u[3, 1:6] = True
+    u[0, 3] = True  # separate single pixel
+    assert largest_component_bbox(u) == (0, 1, 4, 6)
+
+
+def _fake_mammogram(h=600, w=400, side="L"):
+    """Bright half-ellipse at the chest wall, a label blob and a film border."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.full((h, w), 200, np.uint16)
+    breast = ((yy - h / 2) / (0.4 * h)) ** 2 + (xx / (0.55 * w)) ** 2 < 1
+    img[breast] = 3000
+    img[40:70, 300:360] = 4000  # label, separate from the breast
+    img[:, -4:] = 3500  # thin bright film border along the far edge
+    img[-4:, :] = 3500  # ... and the bottom, touching the breast's side
+    if side == "R":
+        img = img[:, ::-1].copy()
+    return img
+
+
+def test_breast_bbox_drops_label_and_border():
+    img = _fake_mammogram()
+    y0, x0, y1, x1 = breast_bbox(img)
+    # breast spans rows 60-540, cols 0-220
+    assert y0 <= 62 and y1 >= 538 and x0 == 0
+    assert 215 <= x1 <= 260, (y0, x0, y1, x1)  # label (300+) and right border excluded
+    assert y1 <= 580  # bottom border excluded
+
+
+def test_canonical_side_flip_and_inference():
+    left = _fake_mammogram(side="L")
+    right = _fake_mammogram(side="R")
+    assert infer_laterality(left) == "L" and infer_laterality(right) == "R"
+    cfg = PreprocessConfig(image_size=48)
+    a = preprocess(left, cfg, laterality="L")
+    b = preprocess(right, cfg, laterality="R")
+    c = preprocess(right, cfg)  # inferred
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_allclose(a, c, atol=1e-6)
+    d = preprocess(right, PreprocessConfig(image_size=48, canonical_side=False))
+    assert not np.allclose(a, d)
+    with pytest.raises(ConfigError):
+        preprocess(left, cfg, laterality="X")
+
+
+# ---------------------------------------------------------------------------------------- ROI
+
+
+def test_roi_crop_with_mask_at_other_resolution():
+    img = np.full((200, 100), 100, np.uint16)
+    img[80:120, 40:60] = 4000
+    mask = np.zeros((100, 50), np.uint8)  # half resolution
+    mask[40:60, 20:30] = 1
+    assert mask_bbox(mask, img.shape) == (80, 40, 120, 60)
+    cfg = PreprocessConfig(image_size=16, roi="crop", normalize="none", canonical_side=False)
+    out = preprocess(img, cfg, roi_mask=mask)
+    # the crop is the lesion only (40x20 -> 16x8 centred), padding = its own minimum
+    np.testing.assert_allclose(out[0], 4000 / 65535, rtol=1e-6)
+    out_box = preprocess(img, cfg, roi_mask=(80, 40, 120, 60))
+    np.testing.assert_allclose(out, out_box)
+
+
+def test_roi_patch_square_context_and_clipping():
+    assert patch_bbox((40, 40, 60, 50), (200, 100), 0.5) == (35, 30, 65, 60)
+    # near the border: shifted inside, still square
+    y0, x0, y1, x1 = patch_bbox((0, 0, 20, 10), (200, 100), 1.0)
+    assert (y0, x0) == (0, 0) and y1 - y0 == x1 - x0 == 40
+    # larger than the image: clipped
+    assert patch_bbox((0, 0, 20, 10), (30, 25), 1.0) == (0, 0, 30, 25)
+    img = np.full((200, 100), 100, np.uint16)
+    img[80:120, 40:60] = 4000
+    cfg = PreprocessConfig(image_size=30, roi="patch", patch_context=0.5, normalize="none")
+    out = preprocess(img, cfg, laterality="L", roi_mask=(80, 40, 120, 60))[0]
+    # 60x60 patch around the 40x20 lesion: context on all sides
+    assert out[15, 15] > 0.05 and out[15, 1] < 0.01 and out[1, 15] < 0.01
+
+
+def test_roi_mask_flips_with_image():
+    img = np.full((100, 100), 100, np.uint16)
+    img[10:30, 60:90] = 4000  # lesion on the right half
+    mask = np.zeros_like(img, np.uint8)
+    mask[10:30, 60:90] = 1
+    cfg = PreprocessConfig(image_size=10, roi="crop", normalize="none")
+    out = preprocess(img, cfg, laterality="R", roi_mask=mask)
+    np.testing.assert_allclose(out, 4000 / 65535, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------- real & synthetic I/O
+
+
+def test_load_and_preprocess_synthetic_dicom(tmp_path):
+    from featmammo.datasets.synthetic import write_synthetic_cbis
+    from featmammo.preprocess import load_and_preprocess
+
+    write_synthetic_cbis(tmp_path / "s", n=2, seed=5, size=(64, 48), classes=("malignant",))
+    import pandas as pd
+
+    row = pd.read_csv(tmp_path / "s" / "manifest.csv", keep_default_na=False).iloc[0]
+    base = tmp_path / "s"
+    full = load_and_preprocess(base / row["path"], PreprocessConfig(image_size=32))
+    patch = load_and_preprocess(
+        base / row["path"],
+        PreprocessConfig(image_size=32, roi="patch"),
+        roi_mask_path=base / row["roi_mask_path"],
+    )
+    assert full.shape == patch.shape == (3, 32, 32)
+    assert not np.allclose(full, patch)
+
+
+@pytest.fixture(scope="module")
+def real_pair(real_dicoms):
+    from featmammo.io import read_image
+
+    # index 2: RIGHT CC; index 5: LEFT MLO with a bright film border (see tests' conftest)
+    return [read_image(real_dicoms[i]) for i in (2, 5)]
+
+
+def test_real_dicoms_crop_side_and_speed(real_pair):
+    for image in real_pair:
+        assert infer_laterality(image.pixels) == image.meta["laterality"]
+        h, w = image.pixels.shape
+        y0, x0, y1, x1 = breast_bbox(image.pixels)
+        # the film border used to make the whole image one component
+        assert (x1 - x0) < 0.75 * w and (y1 - y0) > 0.5 * h
+    cfg = PreprocessConfig()
+    preprocess(real_pair[1], cfg)
+    t = time.perf_counter()
+    out = preprocess(real_pair[1], cfg)
+    elapsed = time.perf_counter() - t
+    assert out.shape == (3, 224, 224) and out.dtype == np.float32
+    assert elapsed < 1.0, f"preprocess of a full-field image took {elapsed:.2f} s"
