@@ -1,0 +1,410 @@
+"""The manifest: one table, one row per image, saved as CSV; reading, validating, writing, hashing.
+
+This module owns the manifest contract (``REQUIRED_COLUMNS``, ``LABELS``), the label normalisation
+used on input (case variants, ``BENIGN_WITHOUT_CALLBACK`` -> ``benign``), the derivation of missing
+columns (``image_id`` from the path, ``patient_id`` = ``image_id`` with a warning) and the checks
+that make a bad manifest fail before any work, with a ``ManifestError`` naming the CSV line and the
+reason.
+
+Any CSV with at least ``path`` and ``label`` columns is a manifest. Cells are read as strings (no NA
+conversion: ``N/A`` stays ``N/A``) and stripped. Relative paths are
+resolved against the CSV's folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+
+from featmammo.errors import ManifestError
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = [
+    "image_id",
+    "path",
+    "label",
+    "patient_id",
+    "laterality",
+    "view",
+    "split",
+    "source",
+]
+LABELS = ("normal", "benign", "malignant")
+
+# input spellings accepted for each label (compared lowercase, after stripping)
+LABEL_ALIASES = {
+    "normal": "normal",
+    "benign": "benign",
+    "malignant": "malignant",
+    "benign_without_callback": "benign",
+    "benign without callback": "benign",
+}
+LATERALITY_ALIASES = {"l": "L", "left": "L", "r": "R", "right": "R", "": ""}
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "test": "test",
+    "testing": "test",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "": "",
+}
+MAX_REPORTED_ERRORS = 10
+# optional per-image file columns, written relative to the manifest folder and resolved on read
+AUX_PATH_COLUMNS = ("crop_path", "roi_mask_path")
+
+
+# --------------------------------------------------------------------------------------------
+# CSV reading with exact line numbers
+# --------------------------------------------------------------------------------------------
+def read_csv_strings(path) -> tuple[pd.DataFrame, list[int]]:
+    """Read a CSV as strings: no NA conversion, cells and header stripped, blank records skipped.
+
+    Returns the frame and, for each row, the CSV line number where its record starts (header = line
+    1). Quoted cells may span lines (the CBIS-DDSM CSVs carry newlines inside path cells), so line
+    numbers are tracked by the csv reader rather than computed from the row index.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header: list[str] | None = None
+            records: list[list[str]] = []
+            lines: list[int] = []
+            start = 1
+            for record in reader:
+                if not record or all(not cell.strip() for cell in record):
+                    start = reader.line_num + 1
+                    continue
+                cells = [cell.strip() for cell in record]
+                if header is None:
+                    header = cells
+                else:
+                    if len(cells) > len(header):
+                        raise ManifestError(
+                            f"{path}: line {start}: {len(cells)} fields, header has {len(header)}"
+                        )
+                    cells += [""] * (len(header) - len(cells))
+                    records.append(cells)
+                    lines.append(start)
+                start = reader.line_num + 1
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ManifestError(f"{path}: cannot read CSV ({exc})") from exc
+    if header is None:
+        raise ManifestError(f"{path}: empty CSV (no header)")
+    dupes = sorted({c for c in header if header.count(c) > 1})
+    if dupes:
+        raise ManifestError(f"{path}: duplicate column names {dupes}")
+    df = pd.DataFrame(records, columns=header, dtype=object)
+    return df, lines
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisation helpers (shared with the builders)
+# --------------------------------------------------------------------------------------------
+def normalize_label(value) -> str | None:
+    """The canonical label for an input spelling, or None when it is not a known label."""
+    return LABEL_ALIASES.get(str(value).strip().lower())
+
+
+def normalize_laterality(value) -> str | None:
+    return LATERALITY_ALIASES.get(str(value).strip().lower())
+
+
+def normalize_split(value) -> str | None:
+    return SPLIT_ALIASES.get(str(value).strip().lower())
+
+
+def image_ids_from_paths(paths: Sequence[str], base_dir=None) -> list[str]:
+    """Unique, deterministic image ids from file paths.
+
+    The id is the path relative to ``base_dir`` (posix separators) without its extension, e.g.
+    ``benign/case1/img``. Paths outside ``base_dir`` use their last two components. When two files
+    differ only by extension the colliding ids keep the extension; any remaining collision (the
+    same file listed twice) gets ``#2``, ``#3``... in row order.
+    """
+    stems: list[str] = []
+    full: list[str] = []
+    for p in paths:
+        rel = _relative_posix(p, base_dir)
+        pp = PurePosixPath(rel)
+        full.append(rel)
+        stems.append(str(pp.with_suffix("")) if pp.suffix else rel)
+    counts: dict[str, int] = {}
+    for s in stems:
+        counts[s] = counts.get(s, 0) + 1
+    ids = [f if counts[s] > 1 else s for s, f in zip(stems, full, strict=True)]
+    seen: dict[str, int] = {}
+    out = []
+    for i in ids:
+        n = seen.get(i, 0) + 1
+        seen[i] = n
+        out.append(i if n == 1 else f"{i}#{n}")
+    return out
+
+
+def _relative_posix(p: str, base_dir) -> str:
+    path = Path(p)
+    if base_dir is not None and path.is_absolute():
+        try:
+            rel = Path(os.path.relpath(path, base_dir)).as_posix()
+        except ValueError:  # another drive (Windows)
+            rel = ""
+        if rel and not rel.startswith("../"):
+            return rel
+    if path.is_absolute() or path.as_posix().startswith("../"):
+        # outside the base folder: the last two components (parent folder + file name)
+        return PurePosixPath(*path.parts[-2:]).as_posix()
+    return path.as_posix()
+
+
+# --------------------------------------------------------------------------------------------
+# read / write / hash
+# --------------------------------------------------------------------------------------------
+class _Problems:
+    """Collects row problems so one ManifestError can list them all (up to a limit)."""
+
+    def __init__(self, where: str, lines: list[int] | None):
+        self.where = where
+        self.lines = lines
+        self.items: list[str] = []
+
+    def ref(self, pos: int) -> str:
+        if self.lines is not None:
+            return f"{self.where}: line {self.lines[pos]}"
+        return f"{self.where}: row {pos}"
+
+    def add(self, pos: int, reason: str) -> None:
+        self.items.append(f"{self.ref(pos)}: {reason}")
+
+    def raise_if_any(self) -> None:
+        if not self.items:
+            return
+        shown = self.items[:MAX_REPORTED_ERRORS]
+        more = len(self.items) - len(shown)
+        msg = "invalid manifest:\n  " + "\n  ".join(shown)
+        if more:
+            msg += f"\n  ... and {more} more problem(s)"
+        raise ManifestError(msg)
+
+
+def read_manifest(
+    path_or_df,
+    *,
+    check_paths: bool = True,
+    base_dir=None,
+    require_labels: bool = True,
+) -> pd.DataFrame:
+    """Read and validate a manifest; returns a new DataFrame with ``REQUIRED_COLUMNS`` first.
+
+    ``path_or_df``: a CSV path or a DataFrame. Needs at least ``path`` and (unless
+    ``require_labels=False``, for unlabeled prediction sets) ``label``. Missing columns are derived:
+    ``image_id`` from the path (:func:`image_ids_from_paths`), ``patient_id`` = ``image_id`` (with
+    a warning: patient-grouped splits then group nothing), ``laterality``/``view``/``split`` empty,
+    ``source`` = ``csv``. Values are normalised (labels lowercase, laterality ``L``/``R``, view
+    uppercase, split ``train``/``test``/``val``/``""``).
+
+    Relative paths are resolved against ``base_dir`` (default: the CSV's folder; for a DataFrame,
+    left as given unless ``base_dir`` is set) and returned absolute.
+
+    Raises ManifestError, naming the CSV line (or the DataFrame row position) and the reason, for:
+    missing ``path``/``label`` columns, an empty manifest, unknown labels, bad laterality/split
+    values, empty paths, duplicate ``image_id`` and (``check_paths``) files that do not exist.
+    """
+    if isinstance(path_or_df, pd.DataFrame):
+        df = path_or_df.copy()
+        df.columns = [str(c).strip() for c in df.columns]
+        for c in df.columns:
+            df[c] = ["" if _is_missing(v) else str(v).strip() for v in df[c]]
+        lines = None
+        where = "manifest"
+    else:
+        csv_path = Path(path_or_df).expanduser()
+        if not csv_path.is_file():
+            raise ManifestError(f"{csv_path}: manifest file not found")
+        df, lines = read_csv_strings(csv_path)
+        where = str(csv_path)
+        if base_dir is None:
+            base_dir = csv_path.resolve().parent
+    df = df.reset_index(drop=True)
+
+    required_in = ["path", "label"] if require_labels else ["path"]
+    missing = [c for c in required_in if c not in df.columns]
+    if missing:
+        raise ManifestError(
+            f"{where}: missing required column(s) {missing}; a manifest needs at least "
+            f"'path' and 'label' (has {list(df.columns)})"
+        )
+    if len(df) == 0:
+        raise ManifestError(f"{where}: empty manifest (no rows)")
+    problems = _Problems(where, lines)
+
+    # paths
+    resolved = []
+    for pos, p in enumerate(df["path"]):
+        if not p:
+            problems.add(pos, "empty path")
+            resolved.append(p)
+            continue
+        path = Path(p).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = Path(base_dir) / path
+        resolved.append(str(path))
+        if check_paths and not path.is_file():
+            problems.add(pos, f"path does not exist: {path}")
+    original_paths = list(df["path"])
+    df["path"] = resolved
+    for col in AUX_PATH_COLUMNS:  # lesion crop / ROI mask: resolved like path, checked by users
+        if col in df.columns and base_dir is not None:
+            df[col] = [_resolve(p, base_dir) for p in df[col]]
+
+    # labels
+    if "label" not in df.columns:
+        df["label"] = ""
+    labels = []
+    for pos, v in enumerate(df["label"]):
+        if v == "" and not require_labels:
+            labels.append("")
+            continue
+        lab = normalize_label(v)
+        if lab is None:
+            problems.add(pos, f"unknown label {v!r} (expected one of {', '.join(LABELS)})")
+        labels.append(lab or v)
+    df["label"] = labels
+
+    # image ids
+    if "image_id" not in df.columns or (df["image_id"] == "").all():
+        df["image_id"] = image_ids_from_paths(
+            original_paths if base_dir is None else resolved, base_dir
+        )
+    else:
+        for pos in [i for i, v in enumerate(df["image_id"]) if v == ""]:
+            problems.add(pos, "empty image_id")
+    first_seen: dict[str, int] = {}
+    for pos, i in enumerate(df["image_id"]):
+        if i == "":
+            continue
+        if i in first_seen:
+            problems.add(pos, f"duplicate image_id {i!r} (first at {problems.ref(first_seen[i])})")
+        else:
+            first_seen[i] = pos
+
+    # patients
+    if "patient_id" not in df.columns:
+        df["patient_id"] = ""
+    empty_pat = df["patient_id"] == ""
+    if empty_pat.any():
+        log.warning(
+            "%s: %d of %d rows have no patient_id; using image_id instead. Patient-grouped "
+            "splits then cannot keep a patient's images together (possible leakage).",
+            where,
+            int(empty_pat.sum()),
+            len(df),
+        )
+        df.loc[empty_pat, "patient_id"] = df.loc[empty_pat, "image_id"]
+
+    # laterality, view, split, source
+    for col in ("laterality", "view", "split"):
+        if col not in df.columns:
+            df[col] = ""
+    lat = []
+    for pos, v in enumerate(df["laterality"]):
+        n = normalize_laterality(v)
+        if n is None:
+            problems.add(pos, f"bad laterality {v!r} (expected L, R or empty)")
+        lat.append(n if n is not None else v)
+    df["laterality"] = lat
+    df["view"] = [v.upper() for v in df["view"]]
+    spl = []
+    for pos, v in enumerate(df["split"]):
+        n = normalize_split(v)
+        if n is None:
+            problems.add(pos, f"bad split {v!r} (expected train, test, val or empty)")
+        spl.append(n if n is not None else v)
+    df["split"] = spl
+    if "source" not in df.columns:
+        df["source"] = "csv"
+    df.loc[df["source"] == "", "source"] = "csv"
+
+    problems.raise_if_any()
+    df = df[REQUIRED_COLUMNS + [c for c in df.columns if c not in REQUIRED_COLUMNS]].astype(str)
+    df.attrs["manifest_path"] = None if lines is None else where
+    return df
+
+
+def _resolve(p: str, base_dir) -> str:
+    if not p:
+        return p
+    path = Path(p).expanduser()
+    return str(path if path.is_absolute() else Path(base_dir) / path)
+
+
+def _is_missing(v) -> bool:
+    if v is None:
+        return True
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def write_manifest(df: pd.DataFrame, path) -> None:
+    """Write a manifest CSV (required columns first, then extras), atomically.
+
+    Paths inside the manifest's folder are written relative to it (so the folder can be moved as a
+    whole); others stay absolute. ``read_manifest`` resolves them back.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ManifestError(f"{path}: cannot write manifest, missing column(s) {missing}")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    folder = out.resolve().parent
+    frame = df[REQUIRED_COLUMNS + [c for c in df.columns if c not in REQUIRED_COLUMNS]].copy()
+    for col in frame.columns:
+        frame[col] = ["" if _is_missing(v) else str(v) for v in frame[col]]
+    path_cols = [c for c in ("path", *AUX_PATH_COLUMNS) if c in frame.columns]
+    for col in path_cols:
+        frame[col] = [_relative_if_inside(p, folder) for p in frame[col]]
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    frame.to_csv(tmp, index=False, lineterminator="\n")
+    os.replace(tmp, out)
+    log.info("wrote manifest %s (%d rows)", out, len(frame))
+
+
+def _relative_if_inside(p: str, folder: Path) -> str:
+    if not p or not os.path.isabs(p):
+        return p
+    try:
+        rel = Path(p).resolve().relative_to(folder)
+    except ValueError:
+        return p
+    return rel.as_posix()
+
+
+def manifest_hash(df: pd.DataFrame) -> str:
+    """SHA-256 of the canonical CSV bytes of the required columns.
+
+    Canonical: columns in ``REQUIRED_COLUMNS`` order, rows sorted by ``image_id``, every cell as a
+    stripped string, ``\\n`` line ends, UTF-8. Row order and extra columns do not change the hash;
+    any change of a label, patient, split or path does.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ManifestError(f"manifest_hash: missing column(s) {missing}")
+    frame = df[REQUIRED_COLUMNS].copy()
+    for col in frame.columns:
+        frame[col] = ["" if _is_missing(v) else str(v).strip() for v in frame[col]]
+    frame = frame.sort_values("image_id", kind="mergesort")
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False, lineterminator="\n")
+    return hashlib.sha256(buf.getvalue().encode("utf-8")).hexdigest()
