@@ -1,0 +1,386 @@
+"""The backbone registry and its one factory, :func:`make` (timm style: decorator registry + make).
+
+Registered entries (``@register``) name the paper's backbones and their documented choices:
+
+- ``resnet50``: ``ResNet50_Weights.IMAGENET1K_V2``; default layer ``avgpool`` (2048-d, globally
+  pooled output of layer4, before fc); ``layer1`` .. ``layer4`` global-average 256/512/1024/2048-d.
+- ``alexnet``: ``AlexNet_Weights.IMAGENET1K_V1``; default ``fc7`` (4096-d); ``fc6`` 4096-d;
+  ``pool`` 9216-d = pool5 flattened (256 x 6 x 6); ``features`` 256-d global average of pool5.
+- ``vgg16``: ``VGG16_Weights.IMAGENET1K_V1``; default ``fc7`` (4096-d); ``fc6`` 4096-d;
+  ``pool`` 25088-d = pool5 flattened (512 x 7 x 7); ``features`` 512-d global average.
+
+``fc7`` is the classifier up to its second ReLU (the final Linear and any Dropout right before it
+are removed; the returned module is in eval mode, so the remaining dropout is inactive). ``pool``
+is the adaptive-average-pooled conv output *flattened* (the input of fc6), not a global average.
+Any other torchvision classifier (``torchvision.models.list_models``) works by name with
+torchvision's DEFAULT weights and its penultimate features (final classifier layer replaced by
+Identity), and any layer of any backbone can be tapped by torchvision node/module name
+(``layer="layer3"``), globally average-pooled (see :mod:`featmammo.backbones.arch`).
+``hybrid:PATH`` loads a trained HybridNet checkpoint through ``featmammo.nn.load_backbone``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from featmammo.errors import ConfigError, WeightsError
+
+from . import arch as _arch
+from . import weights as _weights
+from .weights import IMAGENET_MEAN, IMAGENET_STD
+
+log = logging.getLogger(__name__)
+
+PENULTIMATE = "penultimate"
+HYBRID_PREFIX = "hybrid:"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What a backbone is, recorded with every embedding it makes.
+
+    ``weights`` is ``imagenet:<Enum>.<MEMBER>``, ``random`` or the absolute path of a local file;
+    ``weights_sha256`` the file's full sha256 (None for random); ``seed`` the init seed for random.
+    """
+
+    name: str
+    arch: str
+    layer: str
+    dim: int
+    input_size: int = 224
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    weights: str = "random"
+    weights_sha256: str | None = None
+    seed: int | None = None
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BackboneSpec:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        for k in ("mean", "std"):
+            if k in kw:
+                kw[k] = tuple(kw[k])
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to build one named backbone from a torchvision architecture."""
+
+    arch: str
+    imagenet: str | None = None  # weights member used for "imagenet" (None: torchvision DEFAULT)
+    default_layer: str = PENULTIMATE  # the name recorded for the penultimate features
+    aliases: dict = field(default_factory=dict)  # layer name -> torchvision FX node
+    dims: dict = field(default_factory=dict)  # known widths (layer -> dim), checked by the tests
+
+
+_REGISTRY: dict[str, Callable[[], Recipe]] = {}
+
+
+def register(name: str) -> Callable[[Callable[[], Recipe]], Callable[[], Recipe]]:
+    """Decorator: ``@register("resnet50")`` on a function returning the :class:`Recipe`."""
+
+    def deco(fn: Callable[[], Recipe]) -> Callable[[], Recipe]:
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+@register("resnet50")
+def _resnet50() -> Recipe:
+    # V2 (80.9 % top-1) over V1 (76.1 %): the better ImageNet features, the file cache/README names.
+    return Recipe(
+        arch="resnet50",
+        imagenet="IMAGENET1K_V2",
+        default_layer="avgpool",
+        dims={"avgpool": 2048, "layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048},
+    )
+
+
+@register("alexnet")
+def _alexnet() -> Recipe:
+    return Recipe(
+        arch="alexnet",
+        imagenet="IMAGENET1K_V1",
+        default_layer="fc7",
+        aliases={"fc6": "classifier.2", "pool": "flatten"},
+        dims={"fc7": 4096, "fc6": 4096, "pool": 256 * 6 * 6, "features": 256},
+    )
+
+
+@register("vgg16")
+def _vgg16() -> Recipe:
+    return Recipe(
+        arch="vgg16",
+        imagenet="IMAGENET1K_V1",  # not IMAGENET1K_FEATURES: that file has no classifier weights
+        default_layer="fc7",
+        aliases={"fc6": "classifier.1", "pool": "flatten"},
+        dims={"fc7": 4096, "fc6": 4096, "pool": 512 * 7 * 7, "features": 512},
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _torchvision_names() -> tuple[str, ...]:
+    import torchvision.models as tvm
+
+    return tuple(tvm.list_models(module=tvm))
+
+
+def available() -> list[str]:
+    """Registered backbones first, then every other torchvision classifier (``hybrid:PATH`` too)."""
+    reg = list(_REGISTRY)
+    return reg + sorted(n for n in _torchvision_names() if n not in _REGISTRY)
+
+
+def registered() -> list[str]:
+    """The backbones with documented defaults (resnet50, alexnet, vgg16)."""
+    return list(_REGISTRY)
+
+
+def recipe(name: str) -> Recipe:
+    """The :class:`Recipe` for ``name`` (registered, or any torchvision classifier)."""
+    key = name.strip().lower()
+    if key in _REGISTRY:
+        return _REGISTRY[key]()
+    if key in _torchvision_names():
+        return Recipe(arch=key)
+    close = difflib.get_close_matches(key, available(), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ConfigError(
+        f"unknown backbone {name!r}{hint}; use resnet50, alexnet, vgg16, any torchvision "
+        "classifier name (featmammo weights list --all) or hybrid:PATH"
+    )
+
+
+def _plan_weights(name: str, rec: Recipe, weights, sha256: str | None):
+    """(kind, TorchvisionWeights|None, path|None, sha256|None, identity) for ``weights``."""
+    if not isinstance(weights, str) and not hasattr(weights, "__fspath__"):
+        raise WeightsError(
+            f"{name}: weights must be 'imagenet', 'random' or a PATH, got {weights!r}"
+        )
+    w = str(weights)
+    if w == "random":
+        return "random", None, None, None, "random"
+    if w == "imagenet" or w.startswith("imagenet:"):
+        member = w.split(".", 1)[1] if w.startswith("imagenet:") else rec.imagenet
+        tw = _weights.torchvision_weights(rec.arch, member)
+        return "imagenet", tw, None, None, tw.identity
+    members = _weights.weights_members(rec.arch)
+    if w in {m.member for m in members} | {f"{m.enum_name}.{m.member}" for m in members}:
+        tw = _weights.torchvision_weights(rec.arch, w)  # a member name: IMAGENET1K_V1
+        return "imagenet", tw, None, None, tw.identity
+    path, digest, how = _weights.resolve_local_file(w, expected_sha256=sha256)
+    log.info("%s: local weights %s (sha256 %s, %s)", name, path, digest[:16], how)
+    return "file", None, path, digest, str(path)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything ``make`` decides before touching tensors."""
+
+    name: str
+    rec: Recipe
+    kind: str  # random | imagenet | file
+    ref: _weights.TorchvisionWeights  # architecture variant, input size, mean/std
+    path: object
+    digest: str | None
+    identity: str
+    layer: str
+    node: str | None  # FX node for a tap; None = penultimate features
+    kwargs: dict
+    seed: int
+
+    def spec(self, dim: int) -> BackboneSpec:
+        return BackboneSpec(
+            name=self.name,
+            arch=self.rec.arch,
+            layer=self.layer,
+            dim=int(dim),
+            input_size=int(self.ref.input_size),
+            mean=tuple(self.ref.mean),
+            std=tuple(self.ref.std),
+            weights=self.identity,
+            weights_sha256=self.digest,
+            seed=int(self.seed) if self.kind == "random" else None,
+        )
+
+    def tap_dim(self) -> int:
+        """Width of the tapped layer from a meta-device forward (no weights, no compute)."""
+        meta_model = _arch.build(self.rec.arch, self.kwargs, meta=True)
+        _arch.strip_head(meta_model, self.rec.arch)
+        body = _arch.tap(meta_model, self.node, self.rec.arch)
+        return _arch.probe_dim(body, self.ref.input_size)
+
+
+def _plan(name, weights, layer, seed, sha256) -> _Plan:
+    rec = recipe(name)
+    ref = _weights.torchvision_weights(rec.arch, rec.imagenet)
+    kind, tw, path, digest, identity = _plan_weights(name, rec, weights, sha256)
+    if kind == "imagenet":
+        path, digest = _weights.ensure_torchvision_file(tw)
+        ref = tw
+    layer_name = rec.default_layer if layer in (None, "", PENULTIMATE) else str(layer)
+    node = None if layer_name == rec.default_layer else rec.aliases.get(layer_name, layer_name)
+    kwargs = _arch.builder_kwargs(rec.arch, ref, random_init=kind == "random")
+    return _Plan(
+        name.strip().lower(), rec, kind, ref, path, digest, identity, layer_name, node, kwargs, seed
+    )
+
+
+def spec(name: str, *, weights="imagenet", layer: str | None = None, seed: int = 0, sha256=None):
+    """The :class:`BackboneSpec` :func:`make` would record, without loading any weights.
+
+    Still checks the weights file (presence, sha256), so a missing file fails here too.
+    """
+    plan = _plan(name, weights, layer, seed, sha256)
+    if plan.node is not None:
+        return plan.spec(plan.tap_dim())
+    meta_model = _arch.build(plan.rec.arch, plan.kwargs, meta=True)
+    return plan.spec(_arch.strip_head(meta_model, plan.rec.arch)[0])
+
+
+def make(
+    name: str,
+    *,
+    weights="imagenet",
+    layer: str | None = None,
+    device="cpu",
+    seed: int = 0,
+    sha256: str | None = None,
+) -> nn.Module:
+    """Build backbone ``name`` as a feature extractor (eval mode) with ``.spec``.
+
+    weights: ``"imagenet"`` (torchvision file, offline, hash-checked; ``"IMAGENET1K_V1"`` or
+    ``"imagenet:ResNet50_Weights.IMAGENET1K_V1"`` pick another member), ``"random"`` (explicit only;
+    ``seed`` makes it reproducible) or a PATH to a state dict (``sha256`` or a ``PATH.sha256``
+    sidecar is checked when given). layer: a named layer (see the module docstring) or a torchvision
+    node name; None = the default. ``hybrid:PATH`` names go to ``featmammo.nn.load_backbone``.
+    Never falls back: missing or mismatching weights raise :class:`~featmammo.errors.WeightsError`.
+    """
+    if name.startswith(HYBRID_PREFIX):
+        return _make_hybrid(name, weights=weights, layer=layer, device=device)
+    plan = _plan(name, weights, layer, seed, sha256)
+    arch = plan.rec.arch
+    if plan.kind == "random":
+        model = _arch.build(arch, plan.kwargs, seed=seed)
+        dim, _ = _arch.strip_head(model, arch)
+    else:
+        # built on the meta device (no init cost), then the checked state dict is assigned
+        model = _arch.build(arch, plan.kwargs, meta=True)
+        dim, ignored = _arch.strip_head(model, arch)
+        sd = _weights.load_state_dict_file(plan.path)
+        sd = _weights.match_state_dict(
+            model.state_dict(), sd, source=plan.path, arch=arch, ignore_prefixes=ignored
+        )
+        model.load_state_dict(sd, strict=False, assign=True)
+        leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        if leftover:  # a buffer the state dict does not hold: build for real, copy the weights in
+            log.debug("%s: %d tensors not in the state dict; building on CPU", arch, len(leftover))
+            model = _arch.build(arch, plan.kwargs, seed=0)
+            _arch.strip_head(model, arch)
+            model.load_state_dict(sd, strict=False)
+    if plan.node is not None:
+        dim = plan.tap_dim()
+        body = _arch.tap(model.eval(), plan.node, arch)
+    else:
+        body = model
+    out = _arch.Features(body, plan.spec(dim)).eval()
+    return out.to(_device(device))
+
+
+def _device(device) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def prepare_for_inference(model: nn.Module, device="auto") -> nn.Module:
+    """Eval mode, no gradients, channels_last on ``device``; returns the same module.
+
+    Call it inside the extraction loop's setup and run batches under ``torch.inference_mode()``
+    with inputs in ``torch.channels_last`` too.
+    """
+    model.eval()
+    model.requires_grad_(False)
+    return model.to(device=_device(device), memory_format=torch.channels_last)
+
+
+def _make_hybrid(name: str, *, weights, layer, device) -> nn.Module:
+    path = name[len(HYBRID_PREFIX) :]
+    if not path:
+        raise ConfigError(f"{name!r}: hybrid backbones are named hybrid:PATH_TO_CHECKPOINT")
+    if layer not in (None, "", PENULTIMATE):
+        raise ConfigError(f"{name}: layer={layer!r} is not supported for HybridNet checkpoints")
+    if str(weights) not in ("imagenet", "None"):
+        raise ConfigError(
+            f"{name}: a HybridNet checkpoint carries its weights; got weights={weights!r}"
+        )
+    try:
+        from featmammo import nn as fm_nn
+    except ImportError as exc:
+        raise ConfigError(
+            f"{name}: hybrid checkpoints need featmammo.nn, which failed to import ({exc})"
+        ) from exc
+    loader = getattr(fm_nn, "load_backbone", None)
+    if loader is None:
+        raise ConfigError(
+            f"{name}: featmammo.nn has no load_backbone(); cannot load HybridNet checkpoints"
+        )
+    return loader(path, device=_device(device))
+
+
+def load_weights(
+    model: nn.Module, arch: str, weights="imagenet", *, sha256: str | None = None
+) -> dict:
+    """Load ``weights`` into a full torchvision classifier ``model`` of ``arch``, in place.
+
+    For code that builds its own torchvision model (``featmammo.nn``'s HybridNet trunks).
+    ``weights`` is ``"imagenet"`` (or a member name, as in :func:`make`) or a PATH; ``"random"``
+    loads nothing.
+    Every feature key must match (WeightsError naming the file and the keys otherwise); the final
+    classifier's keys are loaded only where their shapes fit (a fine-tuned 2-class head is skipped
+    and the model keeps its own). Returns ``{"weights": identity, "weights_sha256": sha256}``.
+    """
+    rec = Recipe(arch=arch, imagenet=_REGISTRY[arch]().imagenet if arch in _REGISTRY else None)
+    kind, tw, path, digest, identity = _plan_weights(arch, rec, weights, sha256)
+    if kind == "random":
+        return {"weights": "random", "weights_sha256": None}
+    if kind == "imagenet":
+        path, digest = _weights.ensure_torchvision_file(tw)
+    ref = tw or _weights.torchvision_weights(arch, rec.imagenet)
+    probe = _arch.build(arch, _arch.builder_kwargs(arch, ref, random_init=False), meta=True)
+    _, head = _arch.strip_head(probe, arch)
+    head = tuple(p for p in head if p not in _arch.AUX_PREFIXES)
+    target = model.state_dict()
+    sd = _weights.load_state_dict_file(path)
+    body_expected = {k: v for k, v in target.items() if not k.startswith(head + _arch.AUX_PREFIXES)}
+    body = _weights.match_state_dict(
+        body_expected, sd, source=path, arch=arch, ignore_prefixes=head + _arch.AUX_PREFIXES
+    )
+    head_sd = {
+        k: v
+        for k, v in sd.items()
+        if k.startswith(head) and k in target and tuple(v.shape) == tuple(target[k].shape)
+    }
+    skipped = sorted(k for k in sd if k.startswith(head) and k not in head_sd)
+    if skipped:
+        log.info("%s: classifier keys not loaded (shape differs): %s", path, ", ".join(skipped))
+    model.load_state_dict({**body, **head_sd}, strict=False)
+    return {"weights": identity, "weights_sha256": digest}
