@@ -1,0 +1,168 @@
+"""``featmammo fit STORE... -o RUN_DIR``: heads on stored embeddings, patient-grouped CV + test."""
+
+from __future__ import annotations
+
+import click
+
+from .options import device_option, echo_json, json_option, output_option, seed_option
+
+# CLI option name -> key of featmammo.fit.fit (also the keys a --config TOML file may set)
+_KEYS = {
+    "features": "features",
+    "heads": "heads",
+    "classes": "classes",
+    "cv": "cv",
+    "test_split": "test_split",
+    "test_size": "test_size",
+    "seed": "seed",
+    "n_boot": "n_boot",
+    "threshold": "threshold",
+    "device": "device",
+    "block_scaling": "block_scaling",
+    "figures": "figures",
+}
+_TOML_ONLY = ("head_params",)
+
+
+def _resolve(ctx: click.Context, values: dict, config_path) -> dict:
+    """Flags given on the command line win over the TOML file, which wins over the defaults."""
+    from featmammo.errors import ConfigError
+
+    resolved = dict(values)
+    if not config_path:
+        return resolved
+    import tomllib
+
+    try:
+        with open(config_path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{config_path}: unreadable TOML ({exc})") from exc
+    data = data.get("fit", data)
+    unknown = sorted(set(data) - set(_KEYS) - set(_TOML_ONLY) - {"head", "stores", "output"})
+    if unknown:
+        raise ConfigError(
+            f"{config_path}: unknown key(s) {unknown}; known: {sorted([*_KEYS, *_TOML_ONLY])}"
+        )
+    if "head" in data and "heads" not in data:
+        data["heads"] = data.pop("head")
+    for key, value in data.items():
+        if key in _TOML_ONLY:
+            resolved[key] = value
+            continue
+        if key not in _KEYS:
+            continue
+        source = ctx.get_parameter_source(key)
+        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+            if key in ("features", "heads") and isinstance(value, str):
+                value = [value]
+            resolved[key] = value
+    return resolved
+
+
+@click.command("fit")
+@click.argument("stores", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@output_option
+@click.option(
+    "--features",
+    "features",
+    multiple=True,
+    help="Features set (repeatable): a backbone name, 'hybrid', or 'a+b'. "
+    "Default: each backbone in the store(s) + hybrid.",
+)
+@click.option(
+    "--head",
+    "heads",
+    multiple=True,
+    help="Classifier head (repeatable): logreg, svm-linear, svm-rbf, rf, knn, mlp, xgboost, "
+    "refine-mlp. Default: logreg and knn.",
+)
+@click.option(
+    "--classes",
+    default=None,
+    help="Class scheme: normal,benign,malignant | benign,malignant | normal,abnormal | "
+    "3class | benign-malignant | normal-abnormal. Default: the labels in the store. Rows "
+    "outside the scheme are dropped and counted.",
+)
+@click.option("--cv", default=5, show_default=True, type=int, help="Patient-grouped CV folds.")
+@click.option(
+    "--test-split",
+    type=click.Choice(["official", "grouped", "none"]),
+    default="official",
+    show_default=True,
+    help="Held-out test: the store's split=='test' rows (every other row trains), a "
+    "patient-grouped hold-out, or none (CV only).",
+)
+@click.option(
+    "--test-size",
+    default=0.2,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Test fraction for --test-split grouped.",
+)
+@seed_option
+@click.option(
+    "--n-boot", default=1000, show_default=True, type=click.IntRange(min=0),
+    help="Bootstrap resamples (of patients) for the CIs and paired tests.",
+)  # fmt: skip
+@click.option(
+    "--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+    help="P(malignant) threshold for sensitivity/specificity.",
+)  # fmt: skip
+@click.option(
+    "--block-scaling/--no-block-scaling",
+    default=True,
+    show_default=True,
+    help="Give every backbone block of a hybrid equal total variance before the head.",
+)
+@click.option(
+    "--figures/--no-figures", default=True, show_default=True,
+    help="Draw the figures (confusion matrices, ROC/PR, calibration, test images).",
+)  # fmt: skip
+@device_option
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="TOML file with any of these options (and [head_params.<head>] tables); "
+    "command-line flags win.",
+)
+@json_option
+@click.pass_context
+def command(
+    ctx, stores, output, features, heads, classes, cv, test_split, test_size, seed, n_boot,
+    threshold, block_scaling, figures, device, config_path, as_json,
+) -> None:  # fmt: skip
+    """Fit heads on the embeddings of STORE(s) and write a run folder -o RUN_DIR.
+
+    Patient-grouped stratified CV on the training part, then the held-out test; predictions.csv,
+    leaderboard.csv, metrics.json, report.md, figures/, models/ and config.json. Every reported
+    number is recomputed from predictions.csv.
+    """
+    from featmammo.fit import fit
+
+    values = {
+        "features": list(features) or None, "heads": list(heads) or None, "classes": classes,
+        "cv": cv, "test_split": test_split, "test_size": test_size, "seed": seed,
+        "n_boot": n_boot, "threshold": threshold, "device": device,
+        "block_scaling": block_scaling, "figures": figures,
+    }  # fmt: skip
+    kwargs = _resolve(ctx, values, config_path)
+    result = fit(list(stores), output, **kwargs)
+    if as_json:
+        echo_json(result.summary())
+        return
+    lb = result.leaderboard
+    cols = [
+        "features", "head", "evaluation", "n_images", "n_patients", "majority_baseline",
+        "accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr",
+    ]  # fmt: skip
+    click.echo(lb[[c for c in cols if c in lb.columns]].to_string(index=False, float_format="%.3f"))
+    dropped = result.config.get("dropped_rows") or {}
+    if dropped:
+        shown = ", ".join(f"{k}: {v}" for k, v in dropped.items())
+        click.echo(f"\nDropped {sum(dropped.values())} row(s) outside the class scheme ({shown})")
+    for note in result.config.get("notes") or []:
+        click.echo(f"Note: {note}")
+    click.echo(f"\nReport: {result.report}")

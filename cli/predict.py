@@ -1,0 +1,37 @@
+"""``featmammo predict MODEL INPUT...``: classify images or store rows with a fitted model."""
+
+from __future__ import annotations
+
+import click
+
+from .options import device_option, echo_json, json_option
+
+
+@click.command("predict")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option(
+    "-o", "--output", default=None, type=click.Path(dir_okay=False),
+    help="Write the predictions CSV here (default: print it).",
+)  # fmt: skip
+@device_option
+@json_option
+def command(model, inputs, output, device, as_json) -> None:
+    """Predict with MODEL (RUN_DIR/models/<features>__<head>.joblib) on INPUT image files or
+    folders, or on stores (.h5, whose backbone provenance must match the model's).
+
+    Images are read, preprocessed and embedded with the backbones, weights and preprocessing the
+    model was fit on (all recorded in its sidecar). Output columns: image_id, path, y_pred,
+    p_<class>... (and error, for images that could not be read).
+    """
+    from featmammo.predict import predict
+
+    df = predict(model, list(inputs), device=device)
+    if output:
+        df.to_csv(output, index=False)
+    if as_json:
+        echo_json(df.to_dict(orient="records"))
+    elif not output:
+        click.echo(df.to_csv(index=False), nl=False)
+    else:
+        click.echo(f"{len(df)} prediction(s) written to {output}")

@@ -1,0 +1,402 @@
+"""`featmammo fit`: heads on stored embeddings, patient-grouped CV + held-out test, saved models.
+
+:func:`fit` is the library function behind the command. For every features set (each backbone, the
+hybrid, ``a+b``) and every head it
+
+1. fuses the store(s) (:func:`featmammo.fusion.fuse`); all features sets are restricted to the
+   images usable by every one of them, so every model is scored on the same images and paired
+   comparisons are possible;
+2. maps labels to the class scheme (:mod:`featmammo.labels`), dropping rows outside it (counted);
+3. splits once, for all models: held-out test (``official`` = the manifest's ``split == "test"``
+   rows, ``grouped`` = a patient-grouped hold-out, ``none``) and patient-grouped stratified K folds
+   on the training part (:mod:`featmammo.splits`); both are audited for shared patients;
+4. collects out-of-fold predictions, refits on the whole training part, predicts the test part and
+   saves the model (:func:`featmammo.heads.save`) with a sidecar holding everything ``predict``
+   needs;
+5. writes predictions.csv, images.csv, config.json and calls :func:`featmammo.report.write_report`,
+   which computes every reported number from predictions.csv.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError, ManifestError
+from .hashing import fingerprint
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HEADS = ("logreg", "knn")
+LABEL_ORDER = ("normal", "benign", "malignant")
+TEST_SPLITS = ("official", "grouped", "none")
+MODELS = "models"
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` produced (paths are inside ``run_dir``)."""
+
+    run_dir: Path
+    report: Path
+    leaderboard: pd.DataFrame = field(repr=False)
+    models: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict, repr=False)
+
+    def summary(self) -> dict:
+        return {
+            "run_dir": str(self.run_dir),
+            "report": str(self.report),
+            "models": {k: str(v) for k, v in self.models.items()},
+            "leaderboard": self.leaderboard.to_dict(orient="records"),
+        }
+
+
+def model_filename(features: str, head: str) -> str:
+    """``<features>__<head>.joblib`` with characters unsafe in file names replaced."""
+    safe = re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{features}__{head}")
+    return f"{safe}.joblib"
+
+
+def store_fingerprint(store) -> str:
+    """Short hash of a store's identity: ids, backbone identities and store provenance."""
+    return fingerprint(
+        {
+            "ids": fingerprint([str(i) for i in store.ids]),
+            "backbones": {n: store.identity(n) for n in store.backbones},
+            "manifest_hash": store.provenance.get("manifest_hash"),
+        }
+    )
+
+
+def _open_stores(stores) -> list:
+    from . import store as store_mod
+
+    items = list(stores) if isinstance(stores, (list, tuple)) else [stores]
+    if not items:
+        raise ConfigError("fit: no store given")
+    return [store_mod.open(s) if isinstance(s, (str, Path)) else s for s in items]
+
+
+def _default_classes(labels: Sequence[str]) -> tuple[str, ...]:
+    """The labels present, normalised (featmammo.labels), in the order normal, benign, malignant."""
+    from .labels import normalize_label
+
+    present = set()
+    for v in {str(v) for v in labels} - {""}:  # unlabeled rows are dropped later (counted)
+        canon = "abnormal" if v.strip().lower() == "abnormal" else normalize_label(v)
+        if canon is None:
+            raise ManifestError(
+                f"label {v!r} in the store is not a known class; pass --classes to choose a scheme"
+            )
+        present.add(canon)
+    ordered = [c for c in (*LABEL_ORDER, "abnormal") if c in present]
+    return tuple(ordered)
+
+
+def _map_labels(raw: np.ndarray, classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(mapped labels, keep mask): rows the scheme cannot express are dropped, never guessed."""
+    from .labels import in_scheme, map_labels
+
+    keep = np.asarray(in_scheme(list(raw), classes), dtype=bool)
+    mapped = np.full(len(raw), "", dtype=object)
+    if keep.any():
+        mapped[keep] = np.asarray(map_labels(list(raw[keep]), classes), dtype=object).astype(str)
+    return mapped, keep
+
+
+def _assign_splits(meta, labels, groups, *, cv, test_split, test_size, seed):
+    """Per image: ``fold`` ("1".."k" for training rows, "test" for the held-out rows)."""
+    from . import splits
+
+    n = len(labels)
+    is_test = np.zeros(n, dtype=bool)
+    if test_split == "official":
+        if "split" not in meta.columns:
+            raise ManifestError("--test-split official: the store has no 'split' column")
+        split = meta["split"].astype(str).str.strip().str.lower().to_numpy()
+        is_test = split == "test"
+        if not is_test.any():
+            raise ManifestError(
+                "--test-split official: no row has split == 'test' in the store's metadata; "
+                "use --test-split grouped (patient-grouped hold-out) or none (CV only)"
+            )
+    elif test_split == "grouped":
+        _, test_idx = splits.grouped_holdout(labels, groups, test_size, seed)
+        is_test[np.asarray(test_idx, dtype=int)] = True
+    elif test_split != "none":
+        raise ConfigError(f"--test-split {test_split!r}: choose one of {TEST_SPLITS}")
+    fold = np.where(is_test, "test", "").astype(object)
+    train_idx = np.flatnonzero(~is_test)
+    if cv >= 2:
+        if len(train_idx) < cv:
+            raise ConfigError(f"--cv {cv}: only {len(train_idx)} training images")
+        folds = splits.grouped_kfold(labels[train_idx], groups[train_idx], cv, seed)
+        for k, (_, val) in enumerate(folds, start=1):
+            fold[train_idx[np.asarray(val, dtype=int)]] = str(k)
+        if (fold[train_idx] == "").any():
+            raise ConfigError("grouped_kfold left training rows without a fold")
+    elif cv != 0:
+        raise ConfigError(f"--cv {cv}: use 0 (no CV) or at least 2 folds")
+    elif test_split == "none":
+        raise ConfigError("--cv 0 with --test-split none evaluates nothing")
+    return fold
+
+
+def _audits(ids, groups, fold, meta) -> dict:
+    """featmammo.splits.audit of the train/test split and the CV folds (shared patients, views)."""
+    from . import splits
+
+    df = pd.DataFrame(
+        {
+            "image_id": ids,
+            "patient_id": groups,
+            "split": np.where(fold == "test", "test", "train"),
+            "fold": np.where(fold == "test", "", fold),
+        }
+    )
+    for col in ("label", "path", "laterality", "view"):
+        if col in meta.columns:
+            df[col] = meta[col].astype(str).to_numpy()
+    report = splits.audit(df, split_col="split", group_col="patient_id")
+    d = report.to_dict() if hasattr(report, "to_dict") else dict(report)
+    d["ok"] = bool(getattr(report, "ok", d.get("ok", True)))
+    return d
+
+
+@contextlib.contextmanager
+def _step(features: str, head: str, what: str, n_train: int):
+    """Name the model and fold in any error a head raises (e.g. k-NN with too few rows)."""
+    try:
+        yield
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError(
+            f"features {features} / head {head}, {what} ({n_train} training images): {exc}"
+        ) from exc
+
+
+def _proba(model, X, classes) -> np.ndarray:
+    """predict_proba with columns in ``classes`` order (absent classes get probability 0)."""
+    raw = np.asarray(model.predict_proba(X), dtype=float)
+    have = [str(c) for c in model.classes_]
+    out = np.zeros((len(X), len(classes)))
+    for j, c in enumerate(have):
+        if c in classes:
+            out[:, classes.index(c)] = raw[:, j]
+    return out
+
+
+def _make_head(name, seed, blocks, head_params, block_scaling, device):
+    from . import heads
+
+    params = dict(head_params.get(name, {}))
+    if heads.canonical_name(name) in ("xgboost", "refine-mlp"):
+        params.setdefault("device", device)
+    use_blocks = blocks if (block_scaling and blocks is not None and len(blocks) > 1) else None
+    return heads.make(name, seed=seed, blocks=use_blocks, **params)
+
+
+def fit(
+    stores,
+    run_dir,
+    *,
+    features: Sequence[str] | None = None,
+    heads: Sequence[str] | None = None,
+    classes=None,
+    cv: int = 5,
+    test_split: str = "official",
+    test_size: float = 0.2,
+    seed: int = 0,
+    n_boot: int = 1000,
+    threshold: float = 0.5,
+    head_params: dict | None = None,
+    block_scaling: bool = True,
+    device: str = "auto",
+    figures: bool = True,
+) -> FitResult:
+    """Fit every features x head with patient-grouped CV and a held-out test; write the run folder.
+
+    ``stores``: store paths or opened stores. ``features``: backbone names, ``hybrid`` or ``a+b``
+    (default: each backbone + hybrid). ``heads``: head names (default: logreg, knn). ``classes``: a
+    scheme for :func:`featmammo.labels.parse_classes` (default: the labels present, ordered
+    normal, benign, malignant). ``head_params``: head name -> parameters for ``heads.make``.
+    """
+    from . import heads as heads_mod
+    from .fusion import fuse
+    from .labels import parse_classes
+    from .report import write_report
+
+    if test_split not in TEST_SPLITS:
+        raise ConfigError(f"--test-split {test_split!r}: choose one of {TEST_SPLITS}")
+    run_dir = Path(run_dir)
+    store_list = _open_stores(stores)
+    backbones = []
+    for s in store_list:
+        backbones += [b for b in s.backbones if b not in backbones]
+    if not backbones:
+        raise ConfigError(
+            f"fit: the store(s) {[str(s.path) for s in store_list]} hold no backbones"
+        )
+    if not features:
+        features = [*backbones, "hybrid"] if len(backbones) > 1 else list(backbones)
+    features = list(dict.fromkeys(features))
+    head_names = [heads_mod.canonical_name(h) for h in (heads or DEFAULT_HEADS)]
+    head_names = list(dict.fromkeys(head_names))
+    head_params = dict(head_params or {})
+
+    fused = {f: fuse(store_list, f) for f in features}
+    common = set.intersection(*(set(map(str, fz.ids)) for fz in fused.values()))
+    notes = []
+    for f, fz in fused.items():
+        if len(fz.ids) != len(common):
+            notes.append(
+                f"features {f}: {len(fz.ids) - len(common)} image(s) not usable by every features "
+                "set were left out so that all models see the same images"
+            )
+    ref = fused[features[0]]
+    ref_ids = np.asarray(ref.ids).astype(str)
+    keep_common = np.isin(ref_ids, sorted(common))
+    meta = ref.meta.reset_index(drop=True)[keep_common].reset_index(drop=True)
+    ids = ref_ids[keep_common]
+    raw_labels = meta["label"].astype(str).to_numpy()
+
+    classes = tuple(parse_classes(classes)) if classes else _default_classes(raw_labels)
+    if len(classes) < 2:
+        raise ConfigError(f"fit needs at least two classes; the store has {list(classes)}")
+    labels, keep = _map_labels(raw_labels, classes)
+    dropped = {}
+    if not keep.all():
+        vc = pd.Series(raw_labels[~keep]).value_counts()
+        dropped = {(str(k) or "(no label)"): int(v) for k, v in vc.items()}
+        log.info("class scheme %s: dropped %d row(s) %s", ",".join(classes), (~keep).sum(), dropped)
+    ids, labels, meta = ids[keep], labels[keep], meta[keep].reset_index(drop=True)
+    groups = meta["patient_id"].astype(str).to_numpy()
+    if (groups == "").any():
+        raise ManifestError(
+            f"{int((groups == '').sum())} image(s) have no patient_id (first: "
+            f"{ids[groups == ''][0]}); patient-grouped splits need one for every image"
+        )
+    fold = _assign_splits(
+        meta, labels, groups, cv=cv, test_split=test_split, test_size=test_size, seed=seed
+    )
+    audit = _audits(ids, groups, fold, meta)
+    if not audit["ok"]:
+        log.warning("patients shared between the training part and the test part: %s", audit)
+        notes.append(
+            "the split audit found patients shared between the training and test parts or "
+            "between folds (see the audit); those results are optimistic"
+        )
+    is_test = fold == "test"
+    train_counts = pd.Series(labels[~is_test]).value_counts().to_dict()
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / MODELS).mkdir(exist_ok=True)
+    stores_info = [{"path": str(s.path), "fingerprint": store_fingerprint(s)} for s in store_list]
+    rows, models = [], {}
+    for f in features:
+        fz = fused[f]
+        pos = pd.Series(np.arange(len(fz.ids)), index=np.asarray(fz.ids).astype(str))
+        X = fz.X[pos.loc[ids].to_numpy()]
+        for h in head_names:
+            log.info("fitting %s / %s", f, h)
+            proba = np.full((len(ids), len(classes)), np.nan)
+            for k in sorted({v for v in fold if v not in ("test", "")}, key=int):
+                val = fold == k
+                train = ~is_test & ~val
+                model = _make_head(h, seed, fz.blocks, head_params, block_scaling, device)
+                with _step(f, h, f"CV fold {k}", int(train.sum())):
+                    model.fit(X[train], labels[train])
+                    proba[val] = _proba(model, X[val], classes)
+            model = _make_head(h, seed, fz.blocks, head_params, block_scaling, device)
+            with _step(f, h, "final fit on the training part", int((~is_test).sum())):
+                model.fit(X[~is_test], labels[~is_test])
+            if is_test.any():
+                with _step(f, h, "prediction of the test part", int((~is_test).sum())):
+                    proba[is_test] = _proba(model, X[is_test], classes)
+            path = heads_mod.save(
+                model,
+                run_dir / MODELS / model_filename(f, h),
+                _sidecar(
+                    f, h, fz, classes, stores_info, seed, head_params, block_scaling, train_counts
+                ),
+            )
+            models[f"{f}__{h}"] = path
+            done = ~np.isnan(proba).any(axis=1)
+            y_pred = np.asarray(classes, dtype=object)[np.nan_to_num(proba).argmax(axis=1)]
+            part = pd.DataFrame(
+                {
+                    "image_id": ids,
+                    "patient_id": groups,
+                    "fold": fold,
+                    "features": f,
+                    "head": h,
+                    "y_true": labels,
+                    "y_pred": y_pred,
+                    **{f"p_{c}": proba[:, j] for j, c in enumerate(classes)},
+                }
+            )
+            rows.append(part[done])
+    predictions = pd.concat(rows, ignore_index=True)
+    predictions.to_csv(run_dir / "predictions.csv", index=False)
+    paths = meta["path"].astype(str) if "path" in meta.columns else pd.Series([""] * len(ids))
+    pd.DataFrame({"image_id": ids, "path": paths.to_numpy()}).to_csv(
+        run_dir / "images.csv", index=False
+    )
+    config = {
+        "command": "fit",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "stores": stores_info,
+        "features": features,
+        "heads": head_names,
+        "head_params": head_params,
+        "classes": list(classes),
+        "cv": cv,
+        "test_split": test_split,
+        "test_size": test_size if test_split == "grouped" else None,
+        "seed": seed,
+        "n_boot": n_boot,
+        "threshold": threshold,
+        "block_scaling": block_scaling,
+        "device": device,
+        "n_images": len(ids),
+        "n_patients": int(len(set(groups))),
+        "dropped_rows": dropped,
+        "train_class_counts": {str(k): int(v) for k, v in train_counts.items()},
+        "split_audit": audit,
+        "notes": notes,
+    }
+    (run_dir / "config.json").write_text(json.dumps(config, indent=1, default=str))
+    report = write_report(run_dir, figures=figures)
+    leaderboard = pd.read_csv(run_dir / "leaderboard.csv")
+    return FitResult(
+        run_dir=run_dir, report=report, leaderboard=leaderboard, models=models, config=config
+    )
+
+
+def _sidecar(features, head, fused, classes, stores_info, seed, head_params, block_scaling, counts):
+    provenance = {k: v for k, v in fused.provenance.items() if k != "_stores"}
+    return {
+        "kind": "featmammo.fit",
+        "head": head,
+        "head_params": head_params.get(head, {}),
+        "features": features,
+        "backbones": list(fused.blocks),
+        "blocks": {k: [s.start, s.stop] for k, s in fused.blocks.items()},
+        "n_features": int(fused.X.shape[1]),
+        "classes": list(classes),
+        "backbone_provenance": provenance,
+        "stores": stores_info,
+        "block_stores": fused.provenance.get("_stores", {}),
+        "seed": seed,
+        "block_scaling": block_scaling,
+        "train_class_counts": {str(k): int(v) for k, v in counts.items()},
+    }

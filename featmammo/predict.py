@@ -1,0 +1,240 @@
+"""`featmammo predict`: classify new images (or store rows) with a model saved by `featmammo fit`.
+
+A model file (``RUN_DIR/models/<features>__<head>.joblib``) comes with a sidecar that records the
+classes, the features set, its backbone blocks and, per backbone, the provenance the store recorded
+at extraction (spec with weights identity, SHA-256 and init seed, layer, preprocessing config and
+fingerprint). Prediction reproduces exactly that:
+
+- image files: each backbone is rebuilt from its recorded spec (``featmammo.backbones.make`` with
+  the recorded weights, layer, seed and SHA-256; a rebuilt spec that differs from the recorded one
+  is refused), every image is read and preprocessed with the recorded config, embedded with
+  ``featmammo.extract.embed``, the blocks are concatenated in the recorded order and the head
+  predicts. An unreadable image gets a row with its ``error`` instead of stopping the run.
+- a store (``.h5``): every backbone of the model must be in the store with the same weights identity
+  and preprocessing (else :class:`~featmammo.errors.StoreError`); its embeddings are used directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError, FeatmammoError, StoreError, WeightsError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".pgm", ".tif", ".tiff")
+#: spec fields that must match between the recorded backbone and the one rebuilt at predict time
+SPEC_KEYS = ("name", "arch", "layer", "dim", "weights", "weights_sha256", "seed")
+
+
+def load_model(path) -> tuple[object, dict]:
+    """A fitted head and its sidecar; refuses sidecars that lack what prediction needs."""
+    from . import heads
+
+    model, sidecar = heads.load(path)
+    missing = [
+        k for k in ("classes", "backbones", "blocks", "backbone_provenance") if k not in sidecar
+    ]
+    if missing:
+        raise WeightsError(
+            f"{path}: sidecar lacks {missing}; it was not written by `featmammo fit`, so the "
+            "features it expects cannot be reproduced"
+        )
+    return model, sidecar
+
+
+def _ordered_blocks(sidecar: dict) -> list[str]:
+    blocks = sidecar["blocks"]
+    return sorted(blocks, key=lambda n: blocks[n][0])
+
+
+def _predict_matrix(model, X: np.ndarray, sidecar: dict) -> tuple[np.ndarray, np.ndarray]:
+    classes = [str(c) for c in sidecar["classes"]]
+    n_features = sidecar.get("n_features")
+    if n_features is not None and X.shape[1] != n_features:
+        raise ConfigError(
+            f"feature matrix has {X.shape[1]} columns; the model expects {n_features}"
+        )
+    raw = np.asarray(model.predict_proba(X), dtype=float)
+    proba = np.zeros((len(X), len(classes)))
+    for j, c in enumerate(str(c) for c in model.classes_):
+        proba[:, classes.index(c)] = raw[:, j]
+    y_pred = np.asarray(classes, dtype=object)[proba.argmax(axis=1)] if len(X) else np.array([])
+    return y_pred, proba
+
+
+def _frame(ids, paths, y_pred, proba, classes, errors=None) -> pd.DataFrame:
+    df = pd.DataFrame({"image_id": ids, "path": paths, "y_pred": y_pred})
+    for j, c in enumerate(classes):
+        df[f"p_{c}"] = proba[:, j]
+    if errors is not None:
+        df["error"] = errors
+    return df
+
+
+# --------------------------------------------------------------------------------------- stores
+def check_store(store, sidecar: dict) -> None:
+    """StoreError unless every backbone of the model is in ``store`` with the same provenance."""
+    from .fusion import preprocess_fingerprint, weights_identity
+
+    for name in _ordered_blocks(sidecar):
+        want = sidecar["backbone_provenance"].get(name)
+        if name not in store.backbones:
+            raise StoreError(
+                f"{store.path}: backbone {name!r} of the model is not in this store "
+                f"(it has {store.backbones})"
+            )
+        have = store.backbone_provenance(name)
+        if want is None:
+            raise WeightsError(f"model sidecar records no provenance for backbone {name!r}")
+        if want.get("identity") and have.get("identity") == want.get("identity"):
+            continue
+        a = (weights_identity(want), preprocess_fingerprint(want))
+        b = (weights_identity(have), preprocess_fingerprint(have))
+        if a != b:
+            raise StoreError(
+                f"{store.path}: backbone {name!r} was extracted with other weights or "
+                f"preprocessing than the model was fit on (model: weights {a[0]}, preprocess "
+                f"{a[1]}; store: weights {b[0]}, preprocess {b[1]}); refusing to predict"
+            )
+
+
+def predict_store(model, sidecar: dict, store_path) -> pd.DataFrame:
+    """Predictions for every row of a store done for all the model's backbones."""
+    from . import store as store_mod
+    from .fusion import fuse
+
+    store = store_mod.open(store_path)
+    check_store(store, sidecar)
+    names = _ordered_blocks(sidecar)
+    fused = fuse([store], names[0] if len(names) == 1 else "+".join(names))
+    got = {k: [s.start, s.stop] for k, s in fused.blocks.items()}
+    if got != {k: list(v) for k, v in sidecar["blocks"].items()}:
+        raise StoreError(
+            f"{store_path}: block layout {got} differs from the model's {sidecar['blocks']}"
+        )
+    y_pred, proba = _predict_matrix(model, fused.X, sidecar)
+    paths = (
+        fused.meta["path"].astype(str).to_numpy() if "path" in fused.meta else [""] * len(y_pred)
+    )
+    return _frame(fused.ids, paths, y_pred, proba, [str(c) for c in sidecar["classes"]])
+
+
+# --------------------------------------------------------------------------------------- images
+def rebuild_backbones(sidecar: dict, device: str = "cpu") -> dict:
+    """Rebuild each backbone from its recorded spec; WeightsError when the rebuilt spec differs."""
+    from . import backbones
+
+    models = {}
+    for name in _ordered_blocks(sidecar):
+        prov = sidecar["backbone_provenance"][name]
+        spec = prov.get("spec") or {}
+        if not spec:
+            raise WeightsError(f"model sidecar: backbone {name!r} has no recorded spec")
+        weights = spec.get("weights") or prov.get("weights")
+        model = backbones.make(
+            spec.get("name", name),
+            weights=weights,
+            layer=spec.get("layer"),
+            seed=int(spec.get("seed") or 0),
+            sha256=spec.get("weights_sha256") if weights not in (None, "random") else None,
+            device=device,
+        )
+        rebuilt = model.spec.to_dict() if hasattr(model.spec, "to_dict") else vars(model.spec)
+        diff = {
+            k: (spec.get(k), rebuilt.get(k))
+            for k in SPEC_KEYS
+            if k in spec and str(spec.get(k)) != str(rebuilt.get(k))
+        }
+        if diff:
+            raise WeightsError(
+                f"backbone {name!r}: rebuilt spec differs from the recorded one {diff} "
+                "(recorded, rebuilt); the model's features cannot be reproduced"
+            )
+        models[name] = model
+    return models
+
+
+def expand_inputs(inputs: Sequence) -> list[Path]:
+    """Files as given; folders expanded to their image files (sorted, recursive)."""
+    out = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(p)
+    return out
+
+
+def predict_images(model, sidecar: dict, paths: Sequence, *, device: str = "auto") -> pd.DataFrame:
+    """Read, preprocess (recorded config), embed (recorded backbones) and classify image files."""
+    from .extract import embed, resolve_device
+    from .preprocess import PreprocessConfig, load_and_preprocess
+
+    names = _ordered_blocks(sidecar)
+    provs = [sidecar["backbone_provenance"][n] for n in names]
+    configs = {p.get("preprocess_fingerprint") for p in provs}
+    if len(configs) != 1:
+        raise ConfigError(f"model blocks {names} were extracted with different preprocessing")
+    config = PreprocessConfig.from_dict(dict(provs[0]["preprocess"]))
+    recorded = provs[0].get("preprocess_fingerprint")
+    if recorded and config.fingerprint() != recorded:
+        raise ConfigError(
+            f"preprocessing config fingerprint {config.fingerprint()} differs from the recorded "
+            f"{recorded} (featmammo's preprocessing recipe changed since the model was fit)"
+        )
+    dev = str(resolve_device(device))
+    backbones = rebuild_backbones(sidecar, device=dev)
+    arrays, errors = [], []
+    for path in paths:
+        try:
+            arrays.append(load_and_preprocess(path, config))
+            errors.append("")
+        except FeatmammoError as exc:
+            log.warning("%s: skipped (%s)", path, exc)
+            arrays.append(None)
+            errors.append(str(exc))
+    ok = [i for i, a in enumerate(arrays) if a is not None]
+    classes = [str(c) for c in sidecar["classes"]]
+    y_pred = np.full(len(paths), "", dtype=object)
+    proba = np.full((len(paths), len(classes)), np.nan)
+    if ok:
+        blocks = []
+        for n in names:  # one call per block: store names may carry a suffix (resnet50_crop)
+            out = embed(
+                [arrays[i] for i in ok], backbones=[backbones[n]], preprocess=config, device=dev
+            )
+            blocks.append(next(iter(out.values())))
+        X = np.concatenate(blocks, axis=1)
+        y_ok, p_ok = _predict_matrix(model, X, sidecar)
+        y_pred[ok] = y_ok
+        proba[ok] = p_ok
+    ids = [Path(p).stem for p in paths]
+    return _frame(ids, [str(p) for p in paths], y_pred, proba, classes, errors)
+
+
+def predict(model_path, inputs: Sequence, *, device: str = "auto") -> pd.DataFrame:
+    """Predict with a saved model on image files/folders and/or stores (inputs ending in .h5)."""
+    model, sidecar = load_model(model_path)
+    frames = []
+    stores = [i for i in inputs if str(i).endswith((".h5", ".hdf5"))]
+    images = [i for i in inputs if not str(i).endswith((".h5", ".hdf5"))]
+    for s in stores:
+        frames.append(predict_store(model, sidecar, s))
+    if images:
+        paths = expand_inputs(images)
+        if not paths:
+            raise ConfigError(f"no image files in {list(map(str, images))}")
+        frames.append(predict_images(model, sidecar, paths, device=device))
+    if not frames:
+        raise ConfigError("predict: no input given")
+    out = pd.concat(frames, ignore_index=True)
+    if "error" in out.columns:
+        out["error"] = out["error"].fillna("")
+    return out
