@@ -1,0 +1,73 @@
+"""``featmammo info STORE``: what a store holds (images, backbones, failures, provenance)."""
+
+from __future__ import annotations
+
+import click
+
+from .options import echo_json, json_option
+
+
+@click.command("info")
+@click.argument("store_path", metavar="STORE", type=click.Path(exists=True, dir_okay=False))
+@json_option
+@click.option("--max-failures-shown", default=20, show_default=True, help="Failures listed.")
+def command(store_path: str, as_json: bool, max_failures_shown: int) -> None:
+    """Summarise an embedding store: images, backbones and dims, done counts, failures, provenance.
+
+    With --json the keys are n_images, backbones (name -> dim), n_done (name -> count), failed
+    (list of {image_id, path, backbone, reason}) and provenance.
+    """
+    from featmammo.store import open as open_store
+
+    st = open_store(store_path)
+    summary = st.summary()
+    if as_json:
+        keys = ("n_images", "backbones", "n_done", "failed", "provenance")
+        echo_json({k: summary[k] for k in keys})
+        return
+    prov = summary["provenance"]
+    click.echo(f"store      {store_path}")
+    click.echo(f"images     {summary['n_images']}")
+    hashing = prov.get("id_hashing")
+    click.echo(f"ids        {'keyed hashes (' + hashing['method'] + ')' if hashing else 'plain'}")
+    click.echo(f"manifest   {prov.get('manifest_hash') or '-'}")
+    versions = ", ".join(
+        f"{k} {prov.get(k)}"
+        for k in ("featmammo", "torch", "torchvision", "pydicom")
+        if prov.get(k)
+    )
+    click.echo(f"versions   {versions}")
+    click.echo(f"created    {prov.get('created', '-')}   updated {prov.get('updated', '-')}")
+    click.echo("backbones")
+    for name, dim in summary["backbones"].items():
+        bp = prov["backbones"][name]
+        pre = bp.get("preprocess") or {}
+        sha = bp.get("weights_sha256") or "-"
+        click.echo(
+            f"  {name:<22} dim {dim:<5} done {summary['n_done'][name]}/{summary['n_images']}  "
+            f"{bp.get('dtype')}  weights {bp.get('weights')} (sha256 {str(sha)[:12]})"
+        )
+        click.echo(
+            f"  {'':<22} layer {bp.get('layer')}  preprocess {bp.get('preprocess_fingerprint')} "
+            f"(size {pre.get('image_size')}, {pre.get('resize')}, {pre.get('normalize')}, "
+            f"crop {pre.get('crop')}, roi {pre.get('roi')})  devices {bp.get('devices', [])}"
+        )
+    if summary["pending_shards"]:
+        click.echo(
+            f"unmerged   {summary['pending_shards']} shards of an interrupted extraction "
+            "(rerun the same extract command to merge them)"
+        )
+    fails = summary["failed"]
+    click.echo(f"failed     {len(fails)}")
+    for rec in fails[:max_failures_shown]:
+        where = rec["path"] or rec["image_id"]
+        click.echo(f"  {rec['backbone']}: {where}: {rec['reason']}")
+    if len(fails) > max_failures_shown:
+        click.echo(f"  ... {len(fails) - max_failures_shown} more (--json lists all)")
+    runs = prov.get("runs") or []
+    if runs:
+        last = runs[-1]
+        click.echo(
+            f"last run   {last.get('time')} on {last.get('device')} ({last.get('precision')}), "
+            f"{last.get('n_done')} done, {last.get('n_failed')} failed, {last.get('seconds')} s"
+        )
