@@ -39,7 +39,7 @@ def command(
     from featmammo.splits import audit
 
     raw, _ = read_csv_strings(manifest)
-    if "path" in raw.columns:  # a manifest: validated and normalised (files need not exist)
+    if "path" in {c.lower() for c in raw.columns}:  # a manifest (files need not exist)
         df = read_manifest(manifest, check_paths=False, require_labels=False)
     elif group_col in raw.columns:  # e.g. predictions.csv (image_id, patient_id, fold, ...)
         df = raw

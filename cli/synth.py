@@ -75,13 +75,14 @@ def command(out, n, seed, size, difficulty, classes, test_fraction, as_json):
     images, lesion crops, ROI masks), normals/ + normal_cases.csv (normals are a separate synthetic
     source: CBIS-DDSM has none) and manifest.csv, ready for `featmammo extract`.
     """
+    import os
     import time
 
     from featmammo.datasets.synthetic import write_synthetic_cbis
 
     t0 = time.perf_counter()
     summary = write_synthetic_cbis(
-        out,
+        os.path.expanduser(out),  # a quoted '~/synth' too
         n,
         seed=seed,
         size=size,

@@ -481,8 +481,16 @@ def _as_pixels(image) -> tuple[np.ndarray, float, str, dict]:
         raise ImageReadError(path, "empty image")
     if pixels.dtype.kind not in "uif" or pixels.dtype == np.bool_:
         raise ImageReadError(path, f"unsupported pixel dtype {pixels.dtype}")
-    if not max_value > 0:
-        raise ImageReadError(path, f"max_value must be > 0, got {max_value}")
+    if not (max_value > 0 and math.isfinite(max_value)):
+        raise ImageReadError(path, f"max_value must be a finite number > 0, got {max_value}")
+    if pixels.dtype.kind == "f":
+        # NaN/inf would poison Otsu, the resize and every normalisation (and loop decimal scaling)
+        finite = np.isfinite(pixels)
+        if not finite.all():
+            bad = int(pixels.size - np.count_nonzero(finite))
+            raise ImageReadError(
+                path, f"{bad} of {pixels.size} pixels are NaN or infinite; finite values expected"
+            )
     return pixels, max_value, path, meta
 
 
@@ -517,9 +525,10 @@ def preprocess(
         raise ConfigError(f"{path}: roi={config.roi!r} needs a lesion mask or bbox (roi_mask)")
 
     if config.canonical_side:
-        side = _normalize_laterality(
-            laterality if laterality is not None else meta.get("laterality")
-        )
+        # an empty/NaN manifest cell means unknown: the header's laterality, else inference
+        side = _normalize_laterality(laterality)
+        if side is None:
+            side = _normalize_laterality(meta.get("laterality"))
         if side is None:
             side = infer_laterality(pixels)
             log.debug("%s: laterality unknown, inferred %s from tissue distribution", path, side)

@@ -32,7 +32,7 @@ def _as_arrays(labels, groups) -> tuple[np.ndarray, np.ndarray]:
         raise ConfigError(f"labels ({y.shape}) and groups ({g.shape}) must be 1-D of equal length")
     if len(y) == 0:
         raise ConfigError("cannot split an empty set")
-    missing = [i for i, v in enumerate(g) if v is None or str(v) == ""]
+    missing = [i for i, v in enumerate(g) if v is None or str(v).strip() in ("", "nan", "NaN")]
     if missing:
         raise ManifestError(f"row(s) {missing[:10]} have no patient/group id")
     return y, g

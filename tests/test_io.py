@@ -47,6 +47,17 @@ from featmammo.io.dicom import read_dicom
 # --------------------------------------------------------------------------- helpers
 
 
+@pytest.fixture(autouse=True)
+def _featmammo_logs_reach_caplog():
+    """``featmammo`` CLI invocations elsewhere in the session (cli.main.configure_logging) set
+    ``propagate=False`` on the package logger; caplog listens on the root logger. Undo it here."""
+    logger = logging.getLogger("featmammo")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    logger.handlers[:], logger.level, logger.propagate = [], logging.NOTSET, True
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
 def make_ds(
     arr: np.ndarray,
     *,
@@ -266,12 +277,13 @@ VARIANTS = {
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_dicom_variant_table(name, tmp_path, caplog):
+def test_dicom_variant_table(name, tmp_path, caplog, monkeypatch):
     ds_kwargs, read_kwargs, expected, max_value = VARIANTS[name]
     ds_kwargs = dict(ds_kwargs)
     arr = ds_kwargs.pop("arr")
     ds = make_ds(arr, **ds_kwargs)
     path = save(ds, tmp_path / f"{name}.dcm")
+    monkeypatch.setattr("featmammo.io.dicom._monochrome1_warned", False)
     with caplog.at_level(logging.WARNING, logger="featmammo.io.dicom"):
         img = read_image(path, **read_kwargs)
     assert isinstance(img, Image)

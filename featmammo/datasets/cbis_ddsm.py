@@ -16,7 +16,11 @@ Rules (documented choices):
   ``dcmread(stop_before_pixels=True, specific_tags=...)``, called directly for speed: no pixel is
   decoded) and cached per file (size + mtime) in
   ``featmammo.paths.cache_dir()/cbis_index/<hash of ROOT>.json``. Unreadable / non-DICOM files
-  are skipped and reported.
+  are skipped and reported. Untidy real downloads: DICOMs without an extension (or with a
+  UID-like numeric one) are recognised by their ``DICM`` marker; hidden/AppleDouble files,
+  ``DICOMDIR`` and ``__MACOSX`` are skipped; ``metadata.csv`` may sit in ROOT's parent (ROOT given
+  as the ``CBIS-DDSM/`` folder) and its columns match ignoring case/spaces/underscores; the
+  case-description CSVs are found under ROOT (names ignoring case), else beside ROOT.
 - Image label: any MALIGNANT abnormality -> ``malignant``, else ``benign``.
   ``BENIGN_WITHOUT_CALLBACK``: ``benign_without_callback="benign"`` (default, the usual choice)
   counts it as benign; ``"exclude"`` drops those abnormalities (and images left with none). There is
@@ -53,6 +57,12 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
+from featmammo.datasets.folders import (
+    JUNK_FILES,
+    JUNK_FOLDERS,
+    dicom_candidate_name,
+    looks_like_dicom,
+)
 from featmammo.datasets.manifest import REQUIRED_COLUMNS, read_csv_strings
 from featmammo.errors import ConfigError, ManifestError
 
@@ -120,7 +130,16 @@ def find_case_csvs(
         found = _find_names(where, set(wanted.values()))
     elif root is not None:
         where = Path(root)
-        found = (walk or _walk(where)).csv_by_name
+        found = _lower_keys((walk or _walk(where)).csv_by_name)
+        if not any(found.get(n) for n in wanted.values()):
+            # a common arrangement: the CSVs downloaded next to the image folder, not inside it
+            beside = _lower_keys(
+                {p.name: [p] for p in where.parent.glob("*") if p.suffix.lower() == ".csv"}
+            )
+            beside = {n: beside[n] for n in wanted.values() if n in beside}
+            if beside:
+                log.info("%s: case-description CSVs found beside ROOT in %s", where, where.parent)
+                found = beside
     else:
         raise ConfigError("find_case_csvs needs root or csv_dir")
     out: dict[tuple[str, str], Path] = {}
@@ -136,7 +155,8 @@ def find_case_csvs(
     if not out:
         raise ManifestError(
             f"{where}: CBIS-DDSM case-description CSV(s) not found: {', '.join(missing)} "
-            "(searched by file name at any depth; point --csv-dir at the folder holding them)"
+            "(searched by file name at any depth under ROOT and in the folder above it; point "
+            "--csv-dir at the folder holding them)"
         )
     if missing:  # e.g. a test-only download: usable, but said loudly and recorded in the summary
         log.warning(
@@ -151,13 +171,22 @@ def find_case_csvs(
 
 
 def _find_names(folder: Path, names: set[str]) -> dict[str, list[Path]]:
+    """Files under ``folder`` whose name is one of ``names`` ignoring case (lowercase keys)."""
     found: dict[str, list[Path]] = defaultdict(list)
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
-            if name in names:
-                found[name].append(Path(dirpath) / name)
+            if name.lower() in names:
+                found[name.lower()].append(Path(dirpath) / name)
     return found
+
+
+def _lower_keys(by_name: dict[str, list[Path]]) -> dict[str, list[Path]]:
+    """File-name index with lowercase keys (``Mass_Case_Description_Train_Set.csv`` matches)."""
+    out: dict[str, list[Path]] = defaultdict(list)
+    for name, paths in by_name.items():
+        out[name.lower()].extend(paths)
+    return out
 
 
 def _split_csv_path(value: str) -> tuple[str, str, str, str] | None:
@@ -437,14 +466,18 @@ class _Walk:
 def _walk(root: Path) -> _Walk:
     w = _Walk()
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in JUNK_FOLDERS)
         d = Path(dirpath)
         for name in sorted(filenames):
+            if name.startswith(".") or name in JUNK_FILES:  # .DS_Store, '._000000.dcm'
+                continue
             low = name.lower()
             if low.endswith(".csv"):
                 w.csv_by_name[name].append(d / name)
             elif low.endswith(".dcm"):
                 w.dcm.append(d / name)
+            elif dicom_candidate_name(name) and looks_like_dicom(d / name):
+                w.dcm.append(d / name)  # NBIA/PACS exports: no extension or a UID-like one
             elif low.endswith((".jpg", ".jpeg")):
                 w.jpg.append(d / name)
     return w
@@ -594,14 +627,15 @@ def build_index(
     root, *, wanted_series: set[str] | None = None, cache: bool = True, walk=None
 ) -> FileIndex:
     """Index a CBIS-DDSM download by Series UID (see the module docstring for the layouts)."""
-    root = Path(root).expanduser().absolute()
+    root = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
     w = walk or _walk(root)
     series: dict[str, list[dict]] = defaultdict(list)
     skipped: list[dict] = []
     missing_folders: dict[str, str] = {}
     stats: dict = {"dcm_files": len(w.dcm), "jpg_files": len(w.jpg)}
 
-    dicom_info = w.csv_by_name.get("dicom_info.csv", [])
+    csvs = _lower_keys(w.csv_by_name)  # names matched ignoring case
+    dicom_info = csvs.get("dicom_info.csv", [])
     if dicom_info and w.jpg:
         for info_csv in sorted(dicom_info):
             _index_jpeg(info_csv, w, series, skipped)
@@ -618,7 +652,9 @@ def build_index(
     for p in w.dcm:
         by_dir[p.parent].append(p)
     covered: set[Path] = set()
-    metadata = w.csv_by_name.get("metadata.csv", [])
+    metadata = csvs.get("metadata.csv", [])
+    if not metadata:  # ROOT given as the CBIS-DDSM/ folder; the NBIA metadata.csv sits above it
+        metadata = [p for p in root.parent.glob("*") if p.name.lower() == "metadata.csv"]
 
     def add(path: Path) -> None:
         entry = hc.get(path)
@@ -631,6 +667,15 @@ def build_index(
 
     for meta_csv in sorted(metadata):
         mdf, _ = read_csv_strings(meta_csv)
+        # column names as NBIA writes them, matched ignoring case, spaces and underscores
+        canon = {re.sub(r"[\s_]+", "", c).lower(): c for c in mdf.columns}
+        mdf = mdf.rename(
+            columns={
+                canon[k]: v
+                for k, v in (("seriesuid", "Series UID"), ("filelocation", "File Location"))
+                if k in canon
+            }
+        )
         need = [c for c in ("Series UID", "File Location") if c not in mdf.columns]
         if need:
             log.warning("%s: not an NBIA metadata.csv (missing %s); ignored", meta_csv, need)
@@ -897,7 +942,8 @@ def build_cbis_ddsm(
     the rules applied, the unresolved rows with reasons, skipped files and the leakage audit.
     Raises ManifestError when CSVs are missing/malformed or when no image resolves at all.
     """
-    root = Path(root).expanduser().absolute()  # manifest paths must not depend on the cwd
+    # absolute (manifest paths must not depend on the cwd), '..' removed, symlinks kept
+    root = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
     if not root.is_dir():
         raise ManifestError(f"{root}: CBIS-DDSM root is not a folder")
     w = _walk(root)
@@ -913,12 +959,23 @@ def build_cbis_ddsm(
     index = build_index(root, wanted_series=wanted, cache=cache, walk=w)
     df, unresolved, counts = resolve_images(images, index)
     if df.empty:
-        reasons = Counter(u["reason"].split(" (")[0] for u in unresolved)
+        reasons = Counter(_reason_kind(u["reason"]) for u in unresolved)
+        hint = (
+            ". No DICOM or JPEG file under ROOT: is ROOT the folder holding the images?"
+            if not (w.dcm or w.jpg)
+            else ""
+        )
         raise ManifestError(
             f"{root}: no CBIS-DDSM image could be resolved ({len(unresolved)} rows; layout "
-            f"{index.layout}, {len(w.dcm)} .dcm and {len(w.jpg)} .jpg files; "
-            f"skipped files: {len(index.skipped)}); first reasons: "
+            f"{index.layout}, {len(w.dcm)} DICOM and {len(w.jpg)} .jpg files; "
+            f"skipped files: {len(index.skipped)}); reasons: "
             + "; ".join(f"{r} x{n}" for r, n in reasons.most_common(3))
+            + (
+                f"; e.g. {unresolved[0]['subject']}: {unresolved[0]['reason']}"
+                if unresolved
+                else ""
+            )
+            + hint
         )
     from featmammo.splits import audit
 

@@ -9,6 +9,11 @@ to ROOT; its ``patient`` group, else group 1, else the whole match) or, without 
 image id (with a warning: patient-grouped splits then cannot group anything). Laterality and view
 are taken from file-name tokens when present (``LEFT``/``RIGHT``, ``CC``/``MLO``, ``L_CC``,
 ``RMLO``...).
+
+Real trees are untidy: hidden files (``.DS_Store``, ``._x.png``), ``Thumbs.db``, ``DICOMDIR``,
+archiver folders (``__MACOSX``, ``@eaDir``) are skipped; extensions match case-insensitively; a
+file without an extension (or with a numeric one) is an image when it carries the DICOM marker;
+symlinked folders are followed (once each); broken symlinks are skipped with a warning.
 """
 
 from __future__ import annotations
@@ -31,6 +36,31 @@ from featmammo.errors import ConfigError, ManifestError
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".dcm", ".png", ".jpg", ".jpeg", ".pgm", ".tif", ".tiff")
+# folders made by archivers and NAS boxes, never data: skipped wherever they appear
+JUNK_FOLDERS = frozenset({"__MACOSX", "@eaDir", "$RECYCLE.BIN", "System Volume Information"})
+# files that are never images: OS thumbnails/settings, and DICOMDIR (a DICOM media index with the
+# DICM marker but no pixels)
+JUNK_FILES = frozenset({"Thumbs.db", "desktop.ini", "DICOMDIR"})
+
+
+def looks_like_dicom(path) -> bool:
+    """True when the file carries the DICOM ``DICM`` marker at byte 128 (for files without an
+    extension, or with a numeric one such as a UID: NBIA downloads and PACS exports name DICOMs
+    like that). Unreadable files are False."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def dicom_candidate_name(name: str) -> bool:
+    """A file name that may be a DICOM without a ``.dcm`` extension: none, or a numeric one."""
+    suffix = Path(name).suffix
+    return suffix == "" or suffix[1:].isdigit()
+
+
 _SEP = r"(?:^|[_\-. ])"
 _END = r"(?=$|[_\-. ])"
 _VIEW_RE = re.compile(rf"{_SEP}(?P<lat>[LR])?[_\-]?(?P<view>CC|MLO){_END}", re.IGNORECASE)
@@ -67,7 +97,8 @@ def build_folder(
     Raises ManifestError when ROOT is missing, a top-level folder is neither a label nor a split,
     no image is found, or ``patient_pattern`` does not match a file (named in the message).
     """
-    root = Path(root).expanduser().absolute()  # manifest paths must not depend on the cwd
+    # absolute (manifest paths must not depend on the cwd), '..' removed, symlinks kept
+    root = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
     if not root.is_dir():
         raise ManifestError(f"{root}: not a folder")
     pattern = None
@@ -78,7 +109,11 @@ def build_folder(
             raise ConfigError(f"--patient-pattern {patient_pattern!r}: {exc}") from exc
 
     def subdirs(d: Path) -> list[Path]:
-        return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(
+            p
+            for p in d.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and p.name not in JUNK_FOLDERS
+        )
 
     label_dirs: list[tuple[str, str, Path]] = []  # (split, label, folder)
     for top in subdirs(root):
@@ -96,31 +131,74 @@ def build_folder(
                     )
                 label_dirs.append((spl, lab2, inner))
         else:
+            hint = ""
+            if normalize_label(root.name) is not None or normalize_split(root.name):
+                hint = f"; ROOT itself looks like a label/split folder: point at {root.parent}"
             raise ManifestError(
                 f"{top}: top-level folder is neither a label (normal, benign, malignant) nor a "
-                "split (train, test, val)"
+                f"split (train, test, val){hint}"
             )
-    paths, labels, splits, ignored = [], [], [], 0
+    paths, labels, splits, ignored, broken = [], [], [], 0, []
     for spl, lab, folder in label_dirs:
-        for dirpath, dirnames, filenames in os.walk(folder):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        # symlinked folders are followed, each real folder visited once (no loop on a cycle)
+        seen_dirs: set[str] = set()
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen_dirs:
+                log.warning("%s: folder already visited (symlink loop?): skipped", dirpath)
+                dirnames[:] = []
+                continue
+            seen_dirs.add(real)
+            dirnames[:] = sorted(
+                d for d in dirnames if not d.startswith(".") and d not in JUNK_FOLDERS
+            )
             for name in sorted(filenames):
-                if name.startswith("."):
+                if name.startswith(".") or name in JUNK_FILES:
                     continue
-                if not name.lower().endswith(IMAGE_EXTENSIONS):
+                path = Path(dirpath) / name
+                if not name.lower().endswith(IMAGE_EXTENSIONS) and not (
+                    dicom_candidate_name(name) and looks_like_dicom(path)
+                ):
                     ignored += 1
                     continue
-                paths.append(str(Path(dirpath) / name))
+                if not path.exists():  # a symlink to nothing
+                    broken.append(str(path))
+                    continue
+                paths.append(str(path))
                 labels.append(lab)
                 splits.append(spl)
     if ignored:
         log.info(
-            "%s: ignored %d file(s) without an image extension %s", root, ignored, IMAGE_EXTENSIONS
+            "%s: ignored %d file(s) without an image extension %s (or DICOM marker)",
+            root,
+            ignored,
+            IMAGE_EXTENSIONS,
+        )
+    if broken:
+        log.warning(
+            "%s: skipped %d broken symlink(s) (target missing), e.g. %s",
+            root,
+            len(broken),
+            broken[0],
         )
     if not paths:
         raise ManifestError(
             f"{root}: no image found (expected ROOT/<label>/... with extensions "
             f"{', '.join(IMAGE_EXTENSIONS)})"
+        )
+    by_target: dict[str, list[int]] = {}
+    for i, path in enumerate(paths):
+        by_target.setdefault(os.path.realpath(path), []).append(i)
+    twice = [v for v in by_target.values() if len(v) > 1]
+    if twice:
+        first = twice[0]
+        log.warning(
+            "%s: %d file(s) are reached by more than one path (symlinks), e.g. %s (%s); each "
+            "is one row per path: the same pixels then count twice",
+            root,
+            len(twice),
+            " and ".join(paths[i] for i in first),
+            "/".join(sorted({labels[i] for i in first})),
         )
     ids = image_ids_from_paths(paths, root)
     rels = [Path(os.path.relpath(p, root)).as_posix() for p in paths]

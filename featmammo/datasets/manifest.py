@@ -7,17 +7,22 @@ that make a bad manifest fail before any work, with a ``ManifestError`` naming t
 reason.
 
 Any CSV with at least ``path`` and ``label`` columns is a manifest. Cells are read as strings (no NA
-conversion: ``N/A`` stays ``N/A``) and stripped. Relative paths are
-resolved against the CSV's folder.
+conversion: ``N/A`` stays ``N/A``; ids such as ``0012`` keep their zeros) and stripped; a UTF-8 BOM,
+CRLF line ends, blank lines and trailing unnamed empty columns are accepted; a semicolon/tab
+separated file is refused with a message saying so. Required column names match ignoring case.
+Relative paths are resolved against the CSV's folder (``..`` removed, symlinked folders kept);
+on POSIX a backslash in a relative path is a separator (a manifest written on Windows).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
@@ -97,15 +102,45 @@ def read_csv_strings(path) -> tuple[pd.DataFrame, list[int]]:
                     records.append(cells)
                     lines.append(start)
                 start = reader.line_num + 1
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError as exc:
+        raise ManifestError(
+            f"{path}: cannot read CSV: not UTF-8 text ({exc}); "
+            "save it as UTF-8 (Excel: 'CSV UTF-8')"
+        ) from exc
+    except (OSError, csv.Error) as exc:
         raise ManifestError(f"{path}: cannot read CSV ({exc})") from exc
     if header is None:
         raise ManifestError(f"{path}: empty CSV (no header)")
+    # Unnamed columns (trailing separators from spreadsheet exports): dropped when every cell is
+    # empty, an error otherwise (their values would have no column to go to).
+    unnamed = [i for i, c in enumerate(header) if c == ""]
+    if unnamed:
+        filled = [i for i in unnamed if any(r[i] for r in records)]
+        if filled:
+            pos = next(k for k, r in enumerate(records) if r[filled[0]])
+            raise ManifestError(
+                f"{path}: line {lines[pos]}: value {records[pos][filled[0]]!r} in column "
+                f"{filled[0] + 1}, which has no name in the header"
+            )
+        keep = [i for i, c in enumerate(header) if c != ""]
+        header = [header[i] for i in keep]
+        records = [[r[i] for i in keep] for r in records]
     dupes = sorted({c for c in header if header.count(c) > 1})
     if dupes:
         raise ManifestError(f"{path}: duplicate column names {dupes}")
+    if len(header) == 1:
+        sep = next((s for s in (";", "\t", "|") if s in header[0]), None)
+        if sep is not None:
+            raise ManifestError(
+                f"{path}: the header is one column {header[0]!r}: the file looks "
+                f"{_SEP_NAMES[sep]}-separated; featmammo reads comma-separated CSV "
+                "(re-save it with commas)"
+            )
     df = pd.DataFrame(records, columns=header, dtype=object)
     return df, lines
+
+
+_SEP_NAMES = {";": "semicolon", "\t": "tab", "|": "pipe"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,7 +173,9 @@ def image_ids_from_paths(paths: Sequence[str], base_dir=None) -> list[str]:
         rel = _relative_posix(p, base_dir)
         pp = PurePosixPath(rel)
         full.append(rel)
-        stems.append(str(pp.with_suffix("")) if pp.suffix else rel)
+        # a numeric "suffix" is part of the name (UID-named DICOMs: 1.2.840.99.7), not an extension
+        ext = pp.suffix and not pp.suffix[1:].isdigit()
+        stems.append(str(pp.with_suffix("")) if ext else rel)
     counts: dict[str, int] = {}
     for s in stems:
         counts[s] = counts.get(s, 0) + 1
@@ -223,19 +260,34 @@ def read_manifest(
     if isinstance(path_or_df, pd.DataFrame):
         df = path_or_df.copy()
         df.columns = [str(c).strip() for c in df.columns]
+        dupes = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
+        if dupes:
+            raise ManifestError(f"manifest: duplicate column names {dupes}")
         for c in df.columns:
-            df[c] = ["" if _is_missing(v) else str(v).strip() for v in df[c]]
+            df[c] = _cells_as_strings(df[c])
         lines = None
         where = "manifest"
     else:
-        csv_path = Path(path_or_df).expanduser()
+        csv_path = _abspath(path_or_df)
+        if csv_path.is_dir():
+            raise ManifestError(f"{csv_path}: is a folder; a manifest is a CSV file")
         if not csv_path.is_file():
             raise ManifestError(f"{csv_path}: manifest file not found")
         df, lines = read_csv_strings(csv_path)
         where = str(csv_path)
         if base_dir is None:
-            base_dir = csv_path.resolve().parent
+            # lexical (symlinked folders kept): a path written relative to this folder reads
+            # back as the very string that was written. A CSV that is itself a symlink is read
+            # relative to the folder of the file it points to, where its data lives.
+            base_dir = (
+                Path(os.path.realpath(csv_path)).parent
+                if csv_path.is_symlink()
+                else csv_path.parent
+            )
+    if base_dir is not None:
+        base_dir = _abspath(base_dir)
     df = df.reset_index(drop=True)
+    df = _canonical_column_names(df, where)
 
     required_in = ["path", "label"] if require_labels else ["path"]
     missing = [c for c in required_in if c not in df.columns]
@@ -255,12 +307,19 @@ def read_manifest(
             problems.add(pos, "empty path")
             resolved.append(p)
             continue
-        path = Path(p).expanduser()
-        if not path.is_absolute() and base_dir is not None:
-            path = Path(base_dir) / path
+        if os.sep == "/" and _WINDOWS_ABS.match(p):
+            problems.add(
+                pos,
+                f"Windows absolute path {p!r} cannot be opened here; write paths relative to "
+                "the manifest's folder (or absolute paths of this machine)",
+            )
+            resolved.append(p)
+            continue
+        path = Path(_resolve(p, base_dir)) if base_dir is not None else Path(p).expanduser()
         resolved.append(str(path))
         if check_paths and not path.is_file():
-            problems.add(pos, f"path does not exist: {path}")
+            what = "is a folder, not an image file" if path.is_dir() else "does not exist"
+            problems.add(pos, f"path {what}: {path}")
     original_paths = list(df["path"])
     df["path"] = resolved
     for col in AUX_PATH_COLUMNS:  # lesion crop / ROI mask: resolved like path, checked by users
@@ -277,7 +336,8 @@ def read_manifest(
             continue
         lab = normalize_label(v)
         if lab is None:
-            problems.add(pos, f"unknown label {v!r} (expected one of {', '.join(LABELS)})")
+            what = "empty label" if v == "" else f"unknown label {v!r}"
+            problems.add(pos, f"{what} (expected one of {', '.join(LABELS)})")
         labels.append(lab or v)
     df["label"] = labels
 
@@ -342,10 +402,62 @@ def read_manifest(
 
 
 def _resolve(p: str, base_dir) -> str:
+    """``p`` with ``~`` expanded; a relative path joined to ``base_dir`` and normalised
+    (``a/../b`` -> ``b`` where no symlink makes that differ). Absolute paths are kept as given."""
     if not p:
         return p
+    if os.sep == "/" and "\\" in p and not _WINDOWS_ABS.match(p):
+        p = p.replace("\\", "/")  # a manifest written on Windows: backslash = separator
     path = Path(p).expanduser()
-    return str(path if path.is_absolute() else Path(base_dir) / path)
+    if path.is_absolute():
+        return str(path)
+    joined = os.path.join(base_dir, path)
+    if ".." not in path.parts:
+        return os.path.normpath(joined)  # only '.' and doubled separators go
+    # '..' is removed only where that names the same file as the OS would (no symlinked folder
+    # before it), so 'link/../x' keeps meaning what the filesystem says
+    clean = os.path.normpath(joined)
+    return clean if os.path.realpath(clean) == os.path.realpath(joined) else joined
+
+
+_WINDOWS_ABS = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")  # C:\... or \\server\share
+
+
+def _abspath(p) -> Path:
+    """Absolute, ``~`` expanded, ``..`` removed lexically; symlinks are not resolved."""
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(p))))
+
+
+def _canonical_column_names(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    """Required columns matched case-insensitively (``Path``, ``LABEL`` -> ``path``, ``label``)."""
+    renames = {}
+    for col in df.columns:
+        low = col.lower()
+        if low in REQUIRED_COLUMNS and col != low:
+            if low in df.columns or low in renames.values():
+                raise ManifestError(
+                    f"{where}: columns {col!r} and {low!r} differ only by case; keep one"
+                )
+            renames[col] = low
+    return df.rename(columns=renames) if renames else df
+
+
+def _cells_as_strings(values: pd.Series) -> list[str]:
+    """DataFrame cells as stripped strings; missing -> ``""``.
+
+    A float column whose values are all whole numbers (what pandas makes of an integer id column
+    with one missing cell) is written without ``.0``, so patient ``3`` stays ``"3"``.
+    """
+    vals = list(values)
+    present = [v for v in vals if not _is_missing(v)]
+    integral = (
+        values.dtype.kind == "f"
+        and present
+        and all(float(v).is_integer() and abs(v) < 2**53 for v in present)
+    )
+    if integral:
+        return ["" if _is_missing(v) else str(int(v)) for v in vals]
+    return ["" if _is_missing(v) else str(v).strip() for v in vals]
 
 
 def _is_missing(v) -> bool:
@@ -366,9 +478,10 @@ def write_manifest(df: pd.DataFrame, path) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise ManifestError(f"{path}: cannot write manifest, missing column(s) {missing}")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    folder = out.resolve().parent
+    out = _abspath(path)
+    if out.is_dir():
+        raise ManifestError(f"{out}: is a folder; give the manifest a file name (e.g. {out}/m.csv)")
+    folder = out.parent
     frame = df[REQUIRED_COLUMNS + [c for c in df.columns if c not in REQUIRED_COLUMNS]].copy()
     for col in frame.columns:
         frame[col] = ["" if _is_missing(v) else str(v) for v in frame[col]]
@@ -376,17 +489,27 @@ def write_manifest(df: pd.DataFrame, path) -> None:
     for col in path_cols:
         frame[col] = [_relative_if_inside(p, folder) for p in frame[col]]
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    frame.to_csv(tmp, index=False, lineterminator="\n")
-    os.replace(tmp, out)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(tmp, index=False, lineterminator="\n")
+        os.replace(tmp, out)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise ManifestError(f"{out}: cannot write the manifest ({exc.strerror or exc})") from exc
     log.info("wrote manifest %s (%d rows)", out, len(frame))
 
 
 def _relative_if_inside(p: str, folder: Path) -> str:
+    """``p`` relative to ``folder`` when it lies inside it, lexically (symlinks are kept, so a
+    linked file keeps its own name and ``read_manifest`` gives back the same path string)."""
     if not p or not os.path.isabs(p):
         return p
     try:
-        rel = Path(p).resolve().relative_to(folder)
+        rel = Path(p).relative_to(folder)  # pure: no filesystem access
     except ValueError:
+        return p
+    if ".." in rel.parts or os.path.normpath(p) != p:
         return p
     return rel.as_posix()
 

@@ -24,6 +24,7 @@ from .images import (
     check_windowing,
     read_pgm,
     read_pillow,
+    typed_errors,
 )
 
 _DICOM_EXT = {".dcm", ".dicom", ".dic"}
@@ -43,6 +44,7 @@ def _sniff(path: Path) -> str | None:
     return None
 
 
+@typed_errors("image file")
 def read_image(
     path, *, windowing: str = "none", max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> Image:

@@ -22,7 +22,8 @@ This module owns how a DICOM file becomes an :class:`~featmammo.io.images.Image`
   (LINEAR, LINEAR_EXACT, SIGMOID; first window). ``percentile``: 0.5-99.5 % clip. The last three
   give float32 in [0, 1] computed in float32 (never float64), ``max_value`` 1.0. A policy whose
   tags are missing is an error, not a fallback.
-  MONOCHROME1 is inverted after the modality/VOI step (one warning per file read).
+  MONOCHROME1 is inverted after the modality/VOI step (warned once per process, then logged at DEBUG;
+  ``meta['inverted']`` records it per file).
 * **Metadata:** laterality and view from ImageLaterality / Laterality / ViewPosition /
   ViewCodeSequence, then CBIS-DDSM's PatientOrientation (``'CC'``) and PatientID
   (``'Mass-Test_P_00173_LEFT_CC'``); study/series UIDs, SeriesDescription, PatientID.
@@ -56,6 +57,7 @@ from .images import (
     empty_meta,
     grey_from_channels,
     percentile_window,
+    typed_errors,
 )
 
 logger = logging.getLogger(__name__)
@@ -236,6 +238,7 @@ def _dcmread(p: Path, **kwargs):
         ) from None
 
 
+@typed_errors("DICOM header")
 def read_dicom_header(path) -> dict:
     """Header metadata without decoding (or reading) the pixel data; same keys as Image.meta.
 
@@ -345,6 +348,7 @@ def _window(p, x: np.ndarray, ds, meta: dict) -> np.ndarray:
             raise ImageReadError(p, f"invalid WindowWidth {width:g} for SIGMOID")
         y -= np.float32(center)
         y *= np.float32(-4.0 / width)
+        np.clip(y, -80.0, 80.0, out=y)  # exp(80) fits float32; the result is 0 or 1 anyway
         np.exp(y, out=y)
         y += np.float32(1.0)
         np.reciprocal(y, out=y)
@@ -408,15 +412,24 @@ def _apply_policy(p, arr, ds, windowing: str, bits_stored: int, meta: dict):
             np.subtract(np.float32(1.0), pixels, out=pixels)
         max_value = 1.0
     if monochrome1:
-        logger.warning(
-            "%s: MONOCHROME1 image inverted to MONOCHROME2 after the %s step",
+        global _monochrome1_warned
+        # Warn once per process (a data set is often all MONOCHROME1); every file records
+        # meta["inverted"], and later files are logged at DEBUG.
+        log = logger.debug if _monochrome1_warned else logger.warning
+        log(
+            "%s: MONOCHROME1 image inverted to MONOCHROME2 after the %s step%s",
             p,
             "modality" if windowing in ("none", "percentile") else "VOI",
+            "" if _monochrome1_warned else " (further MONOCHROME1 files are logged at DEBUG)",
         )
+        _monochrome1_warned = True
         meta["inverted"] = True
     else:
         meta["inverted"] = False
     return pixels, max_value
+
+
+_monochrome1_warned = False
 
 
 # --------------------------------------------------------------------------- reader
@@ -439,6 +452,7 @@ def _why_no_pixel_data(p: Path, ds) -> str:
     )
 
 
+@typed_errors("DICOM file")
 def read_dicom(
     path,
     *,

@@ -16,6 +16,10 @@ Decisions (documented, tested):
   colour. No luminance conversion: a colour mammogram is almost always the wrong file.
 * A 16-bit PNG stays ``uint16`` (``max_value`` 65535); 16-bit colour or grey+alpha PNGs are refused
   because Pillow would silently reduce them to 8 bits.
+* JPEG EXIF Orientation is applied (what every viewer shows; ``meta["exif_orientation"]``); a
+  float TIFF is refused (no nominal white level).
+* A damaged file that makes Pillow/pydicom raise anything unexpected still gives one
+  :class:`~featmammo.errors.ImageReadError` naming the file (:func:`typed_errors`).
 * ``max_pixels`` is checked from the header (``Image.size``) before any pixel is decoded. Pillow's
   own decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) is raised to ``max_pixels`` when
   that is larger (never lowered), so the two guards agree.
@@ -23,6 +27,7 @@ Decisions (documented, tested):
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -30,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featmammo.errors import ConfigError, ImageReadError
+from featmammo.errors import ConfigError, FeatmammoError, ImageReadError
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +89,32 @@ def empty_meta(fmt: str, windowing: str) -> dict:
     meta["format"] = fmt
     meta["windowing"] = windowing
     return meta
+
+
+def typed_errors(what: str):
+    """Decorator for a reader ``f(path, ...)``: any unexpected exception (a damaged file can make
+    Pillow/pydicom raise TypeError, NotImplementedError, struct.error... from deep inside) becomes
+    one :class:`ImageReadError` naming the file, so a long run can skip it and carry on.
+    ``FeatmammoError`` (ImageReadError, ConfigError) and ``MemoryError`` pass through."""
+
+    def wrap(func):
+        @functools.wraps(func)
+        def reader(path, *args, **kwargs):
+            if not isinstance(path, (str, os.PathLike)):  # a caller's bug, not a bad file
+                raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+            try:
+                return func(path, *args, **kwargs)
+            except (FeatmammoError, MemoryError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                logger.debug("%s: %s failed", path, what, exc_info=True)
+                raise ImageReadError(
+                    path, f"damaged or unsupported {what} ({type(exc).__name__}: {exc})"
+                ) from None
+
+        return reader
+
+    return wrap
 
 
 def check_windowing(windowing: str) -> str:
@@ -195,6 +226,7 @@ def _png_header(path: Path) -> tuple[int, int] | None:
     return head[24], head[25]
 
 
+@typed_errors("PNG/JPEG/TIFF file")
 def read_pillow(path, *, windowing: str = "none", max_pixels: int | None = DEFAULT_MAX_PIXELS):
     """Read a PNG / JPEG / TIFF greyscale image exactly (no lossy mode conversion)."""
     from PIL import Image as PILImage
@@ -239,6 +271,12 @@ def read_pillow(path, *, windowing: str = "none", max_pixels: int | None = DEFAU
         try:
             im.load()
             pixels, max_value, bits = _pillow_to_array(p, im, fmt)
+            # JPEG: what every viewer shows is the stored raster turned by the EXIF Orientation
+            # tag, which Pillow does not apply (its TIFF reader applies the TIFF tag itself)
+            orientation = _exif_orientation(im) if fmt == "jpeg" else None
+            if orientation not in (None, 1):
+                pixels = _apply_orientation(pixels, orientation)
+            rows, cols = pixels.shape
             # Pillow hands out read-only buffers (and one channel of RGB is a strided view):
             # give callers an owned, writable, contiguous array like the DICOM reader does.
             pixels = np.require(pixels, requirements=["C", "W", "O"])
@@ -249,8 +287,36 @@ def read_pillow(path, *, windowing: str = "none", max_pixels: int | None = DEFAU
     meta = empty_meta(fmt, windowing)
     meta.update(decoder="pillow", photometric=mode, bits_stored=bits, rows=rows, cols=cols)
     meta["lossy"] = fmt == "jpeg"
+    meta["exif_orientation"] = orientation
     pixels, max_value = apply_simple_windowing(p, pixels, max_value, meta, windowing, fmt.upper())
     return Image(pixels=pixels, path=str(p), max_value=float(max_value), meta=meta)
+
+
+def _exif_orientation(im) -> int | None:
+    """The EXIF Orientation tag (1..8) of a JPEG, None when absent or unreadable."""
+    try:
+        value = im.getexif().get(0x0112)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block must not stop the read
+        return None
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        return None
+    return value if 1 <= value <= 8 else None
+
+
+def _apply_orientation(a: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply EXIF orientation 2..8 to a 2-D array (same result as ``ImageOps.exif_transpose``)."""
+    ops = {
+        2: lambda x: x[:, ::-1],
+        3: lambda x: x[::-1, ::-1],
+        4: lambda x: x[::-1, :],
+        5: lambda x: x.T,
+        6: lambda x: np.rot90(x, -1),
+        7: lambda x: x[::-1, ::-1].T,
+        8: lambda x: np.rot90(x, 1),
+    }
+    return np.ascontiguousarray(ops[orientation](a))
 
 
 def _pillow_to_array(p: Path, im, fmt: str) -> tuple[np.ndarray, int, int]:
@@ -277,6 +343,12 @@ def _pillow_to_array(p: Path, im, fmt: str) -> tuple[np.ndarray, int, int]:
         return grey_from_channels(p, np.asarray(im), f"{what} palette image"), 255, 8
     if mode in ("RGB", "RGBA", "LA"):
         return grey_from_channels(p, np.asarray(im), what), 255, 8
+    if mode == "F":
+        raise ImageReadError(
+            p,
+            f"{what}: floating-point pixels have no nominal white level; save the image as "
+            "8- or 16-bit integer greyscale",
+        )
     raise ImageReadError(p, f"unsupported pixel mode {mode!r} ({what}); expected greyscale")
 
 
@@ -313,6 +385,7 @@ def _pnm_header(data: bytes, path: Path) -> tuple[bytes, int, int, int, int]:
     return magic, width, height, maxval, i + 1
 
 
+@typed_errors("PGM/PPM file")
 def read_pgm(path, *, windowing: str = "none", max_pixels: int | None = DEFAULT_MAX_PIXELS):
     """Read a binary (P5) or ASCII (P2) PGM exactly; ``max_value`` is the header's maxval.
 
@@ -321,7 +394,7 @@ def read_pgm(path, *, windowing: str = "none", max_pixels: int | None = DEFAULT_
     p = check_path(path)
     check_windowing(windowing)
     with open(p, "rb") as f:
-        head = f.read(512)
+        head = f.read(65536)  # the header, comments included (a raster after it is harmless)
         magic, width, height, maxval, offset = _pnm_header(head, p)
         check_max_pixels(p, height, width, max_pixels)
         f.seek(offset)
