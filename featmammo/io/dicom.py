@@ -22,8 +22,8 @@ This module owns how a DICOM file becomes an :class:`~featmammo.io.images.Image`
   (LINEAR, LINEAR_EXACT, SIGMOID; first window). ``percentile``: 0.5-99.5 % clip. The last three
   give float32 in [0, 1] computed in float32 (never float64), ``max_value`` 1.0. A policy whose
   tags are missing is an error, not a fallback.
-  MONOCHROME1 is inverted after the modality/VOI step (warned once per process, then logged at DEBUG;
-  ``meta['inverted']`` records it per file).
+  MONOCHROME1 is inverted after the modality/VOI step (warned once per process, then logged at
+  DEBUG; ``meta['inverted']`` records it per file).
 * **Metadata:** laterality and view from ImageLaterality / Laterality / ViewPosition /
   ViewCodeSequence, then CBIS-DDSM's PatientOrientation (``'CC'``) and PatientID
   (``'Mass-Test_P_00173_LEFT_CC'``); study/series UIDs, SeriesDescription, PatientID.
