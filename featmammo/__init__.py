@@ -1,7 +1,8 @@
 """featmammo: deep features from mammograms and honest, reproducible classifier comparisons.
 
-Importing this package does not import torch: store readers, manifests, heads and reports work without
-it. Public names are resolved lazily (PEP 562) so ``featmammo.open_store`` costs nothing until used.
+Importing this package does not import torch: store readers, manifests, heads and reports work
+without it. Public names are resolved lazily (PEP 562), so ``featmammo.open_store`` costs nothing
+until used.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Where featmammo keeps run-time artefacts (weights, stores, runs): ``FEATMAMMO_CACHE`` or ./cache."""
+"""Where featmammo keeps run-time artefacts (weights, stores, runs).
+
+``$FEATMAMMO_CACHE`` when set, else ``cache/`` in the current directory.
+"""
 
 from __future__ import annotations
 

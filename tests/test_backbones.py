@@ -11,10 +11,10 @@ import pytest
 import torch
 import torchvision
 from click.testing import CliRunner
-from featmammo.cli.main import cli
 
 from featmammo import backbones as fb
 from featmammo.backbones import weights as fw
+from featmammo.cli.main import cli
 from featmammo.errors import ConfigError, WeightsError
 from featmammo.hashing import sha256_file
 

@@ -490,7 +490,6 @@ def test_missing_and_malformed_csvs(tmp_path, cbis_csv_dir):
 def test_cli_cbis_and_audit(tmp_path, real_headers, case_rows, cbis_csv_dir):
     from featmammo.cli.audit import command as audit_cmd
     from featmammo.cli.manifest import command as manifest_cmd
-
     from featmammo.datasets.manifest import read_manifest
 
     root = tmp_path / "download"

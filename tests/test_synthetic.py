@@ -319,6 +319,7 @@ def test_writer_determinism_and_refusal(tmp_path):
 
 def test_synth_cli(tmp_path):
     from click.testing import CliRunner
+
     from featmammo.cli.synth import command
 
     res = CliRunner().invoke(
