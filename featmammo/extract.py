@@ -478,6 +478,7 @@ def _run(
     names = list(models)
     # True where (manifest row, backbone) still needs an embedding (pending or failed before)
     need = np.stack([st.status(nm)[rows] != fstore.DONE for nm in names], axis=1)
+    dtypes = {nm: st.dtype(nm) for nm in names}
     n = len(df)
     chunks = [np.arange(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
     todo = [c for c in chunks if need[c].any()]
@@ -537,8 +538,10 @@ def _run(
                     status[k], why[k] = fstore.FAILED, reasons[i]
                     continue
                 e = outputs[name][pos[i]]
-                if not np.all(np.isfinite(e)):
-                    status[k], why[k] = fstore.FAILED, f"{name}: non-finite embedding"
+                if not fstore.storable_rows(e[None, :], dtypes[name])[0]:
+                    # NaN/inf, or a value the store's float16 would turn into inf
+                    why[k] = f"{name}: {fstore.nonfinite_reason(e, dtypes[name])}"
+                    status[k] = fstore.FAILED
                     continue
                 emb[k] = e
             for k, i in enumerate(sel):

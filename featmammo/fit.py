@@ -22,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -33,6 +35,7 @@ import pandas as pd
 
 from .errors import ConfigError, ManifestError
 from .hashing import fingerprint
+from .store import DONE, FAILED, PENDING
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,94 @@ def store_fingerprint(store) -> str:
     )
 
 
+class FiniteStoreView:
+    """A store whose ``done`` mask also excludes rows with non-finite embeddings.
+
+    Extraction records NaN/inf embeddings as failed, but a store written by other code may hold
+    them as done; such rows are left out (and counted in the report) instead of stopping the run.
+    Everything else is delegated to the wrapped store; arrays are read once and cached.
+    """
+
+    def __init__(self, store):
+        self._store = store
+        self._arrays: dict = {}
+        self._finite: dict = {}
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def _load(self, name: str) -> None:
+        if name not in self._arrays:
+            x = np.asarray(self._store.array(name))
+            self._arrays[name] = x
+            self._finite[name] = np.isfinite(x).all(axis=1) if x.size else np.ones(len(x), bool)
+
+    def array(self, name: str, *args, **kwargs):
+        self._load(name)
+        return self._arrays[name]
+
+    def done(self, name: str) -> np.ndarray:
+        self._load(name)
+        return np.asarray(self._store.done(name), dtype=bool) & self._finite[name]
+
+    def non_finite(self, name: str) -> np.ndarray:
+        """Rows marked done in the store whose embedding holds NaN or inf."""
+        self._load(name)
+        return np.asarray(self._store.done(name), dtype=bool) & ~self._finite[name]
+
+
+def _exclusions(views, used: Sequence[str], kept_ids) -> list[dict]:
+    """Per store and used backbone: images left out for want of an embedding, with reasons."""
+    kept = set(map(str, kept_ids))
+    out = []
+    for v in views:
+        ids = np.asarray(v.ids).astype(str)
+        fails = v.failures if hasattr(v, "failures") else pd.DataFrame()
+        for name in used:
+            if name not in v.backbones:
+                continue
+            status = np.asarray(v.status(name))
+            nonfin = v.non_finite(name) if hasattr(v, "non_finite") else np.zeros(len(ids), bool)
+            failed = int((status == FAILED).sum())
+            pending = int((status == PENDING).sum())
+            n_nonfin = int(nonfin.sum())
+            if not (failed or pending or n_nonfin):
+                continue
+            reasons = {}
+            if failed and len(fails):
+                f = fails[fails["backbone"] == name]
+                reasons = {str(k): int(c) for k, c in f["reason"].value_counts().head(5).items()}
+            examples = [i for i in ids[(status != DONE) | nonfin] if i not in kept][:5]
+            out.append(
+                {
+                    "store": str(getattr(v, "path", "")),
+                    "backbone": name,
+                    "failed": failed,
+                    "pending": pending,
+                    "non_finite": n_nonfin,
+                    "reasons": reasons,
+                    "examples": examples,
+                }
+            )
+    return out
+
+
+def _exclusion_note(rec: dict) -> str:
+    parts = []
+    if rec["failed"]:
+        why = "; ".join(f"{r} (x{c})" for r, c in rec["reasons"].items())
+        parts.append(f"{rec['failed']} failed at extraction" + (f": {why}" if why else ""))
+    if rec["pending"]:
+        parts.append(f"{rec['pending']} never extracted (pending; rerun `featmammo extract`)")
+    if rec["non_finite"]:
+        parts.append(f"{rec['non_finite']} with a NaN/inf embedding")
+    return (
+        f"{Path(rec['store']).name} backbone {rec['backbone']}: "
+        + ", ".join(parts)
+        + f"; left out of every model (e.g. {', '.join(rec['examples'][:3])})"
+    )
+
+
 def _open_stores(stores) -> list:
     from . import store as store_mod
 
@@ -91,14 +182,20 @@ def _default_classes(labels: Sequence[str]) -> tuple[str, ...]:
     """The labels present, normalised (featmammo.labels), in the order normal, benign, malignant."""
     from .labels import normalize_label
 
-    present = set()
-    for v in {str(v) for v in labels} - {""}:  # unlabeled rows are dropped later (counted)
+    present, unknown = set(), {}
+    counts = pd.Series([str(v) for v in labels]).value_counts()
+    for v in sorted(set(counts.index) - {""}):  # unlabeled rows are dropped later (counted)
         canon = "abnormal" if v.strip().lower() == "abnormal" else normalize_label(v)
         if canon is None:
-            raise ManifestError(
-                f"label {v!r} in the store is not a known class; pass --classes to choose a scheme"
-            )
-        present.add(canon)
+            unknown[v] = int(counts[v])
+        else:
+            present.add(canon)
+    if unknown:
+        raise ManifestError(
+            f"label(s) {unknown} (value: number of images) in the store are not known classes "
+            f"(known: normal, benign, malignant, abnormal); pass --classes to choose a scheme "
+            "(rows outside it are dropped and counted)"
+        )
     ordered = [c for c in (*LABEL_ORDER, "abnormal") if c in present]
     return tuple(ordered)
 
@@ -137,19 +234,50 @@ def _assign_splits(meta, labels, groups, *, cv, test_split, test_size, seed):
         raise ConfigError(f"--test-split {test_split!r}: choose one of {TEST_SPLITS}")
     fold = np.where(is_test, "test", "").astype(object)
     train_idx = np.flatnonzero(~is_test)
+    _check_trainable(labels[train_idx], groups[train_idx], "the training part", test_split)
     if cv >= 2:
-        if len(train_idx) < cv:
-            raise ConfigError(f"--cv {cv}: only {len(train_idx)} training images")
+        n_pat = len(set(groups[train_idx]))
+        if n_pat < cv:
+            raise ConfigError(
+                f"--cv {cv}: the training part has only {n_pat} patient(s) "
+                f"({len(train_idx)} images); patient-grouped CV needs at least one patient per "
+                f"fold: use --cv {n_pat} or fewer"
+                + (" (at least 2)" if n_pat < 2 else "")
+                + ", or --cv 0 to skip CV"
+            )
         folds = splits.grouped_kfold(labels[train_idx], groups[train_idx], cv, seed)
         for k, (_, val) in enumerate(folds, start=1):
             fold[train_idx[np.asarray(val, dtype=int)]] = str(k)
         if (fold[train_idx] == "").any():
             raise ConfigError("grouped_kfold left training rows without a fold")
+        for k in range(1, cv + 1):
+            rest = train_idx[fold[train_idx] != str(k)]
+            _check_trainable(labels[rest], groups[rest], f"CV fold {k}'s training side", None, cv)
     elif cv != 0:
         raise ConfigError(f"--cv {cv}: use 0 (no CV) or at least 2 folds")
     elif test_split == "none":
         raise ConfigError("--cv 0 with --test-split none evaluates nothing")
     return fold
+
+
+def _check_trainable(labels, groups, where: str, test_split, cv: int | None = None) -> None:
+    """ConfigError unless ``labels`` hold at least two classes (a head cannot fit on one)."""
+    present = pd.Series(labels).value_counts()
+    if len(present) >= 2:
+        return
+    what = {str(k): int(v) for k, v in present.items()} if len(present) else "no images"
+    hint = (
+        f"with {len(set(groups))} patient(s) the folds cannot all hold two classes: use fewer "
+        "folds (--cv) or --cv 0"
+        if cv
+        else "use another --test-split (or, for --test-split grouped, a smaller --test-size)"
+        if test_split != "none"
+        else "the store needs images of at least two classes"
+    )
+    raise ConfigError(
+        f"{where} holds a single class ({what} over {len(set(groups))} patient(s)); no head can "
+        f"be fit on one class; {hint}"
+    )
 
 
 def _audits(ids, groups, fold, meta) -> dict:
@@ -238,7 +366,7 @@ def fit(
     if test_split not in TEST_SPLITS:
         raise ConfigError(f"--test-split {test_split!r}: choose one of {TEST_SPLITS}")
     run_dir = Path(run_dir)
-    store_list = _open_stores(stores)
+    store_list = [FiniteStoreView(s) for s in _open_stores(stores)]
     backbones = []
     for s in store_list:
         backbones += [b for b in s.backbones if b not in backbones]
@@ -254,6 +382,12 @@ def fit(
     head_params = dict(head_params or {})
 
     fused = {f: fuse(store_list, f) for f in features}
+    for f, fz in fused.items():
+        if f == "hybrid" and len(fz.blocks) < 2:
+            raise ConfigError(
+                f"features 'hybrid' needs two backbones; the store(s) hold only {backbones} "
+                f"(it would be {list(fz.blocks)} alone under another name)"
+            )
     common = set.intersection(*(set(map(str, fz.ids)) for fz in fused.values()))
     notes = []
     for f, fz in fused.items():
@@ -268,7 +402,19 @@ def fit(
     meta = ref.meta.reset_index(drop=True)[keep_common].reset_index(drop=True)
     ids = ref_ids[keep_common]
     raw_labels = meta["label"].astype(str).to_numpy()
+    used = list(dict.fromkeys(b for fz in fused.values() for b in fz.blocks))
+    excluded = _exclusions(store_list, used, ids)
+    for rec in excluded:
+        note = _exclusion_note(rec)
+        log.warning("%s", note)
+        notes.insert(0, note)
 
+    if not (np.char.strip(raw_labels.astype(str)) != "").any():
+        raise ManifestError(
+            f"no image of the store(s) {[str(s.path) for s in store_list]} has a label (the "
+            f"'label' column is empty for all {len(raw_labels)} usable images); extract from a "
+            "labelled manifest (featmammo manifest) to fit"
+        )
     classes = tuple(parse_classes(classes)) if classes else _default_classes(raw_labels)
     if len(classes) < 2:
         raise ConfigError(f"fit needs at least two classes; the store has {list(classes)}")
@@ -298,88 +444,140 @@ def fit(
     is_test = fold == "test"
     train_counts = pd.Series(labels[~is_test]).value_counts().to_dict()
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / MODELS).mkdir(exist_ok=True)
-    stores_info = [{"path": str(s.path), "fingerprint": store_fingerprint(s)} for s in store_list]
-    rows, models = [], {}
-    for f in features:
-        fz = fused[f]
-        pos = pd.Series(np.arange(len(fz.ids)), index=np.asarray(fz.ids).astype(str))
-        X = fz.X[pos.loc[ids].to_numpy()]
-        for h in head_names:
-            log.info("fitting %s / %s", f, h)
-            proba = np.full((len(ids), len(classes)), np.nan)
-            for k in sorted({v for v in fold if v not in ("test", "")}, key=int):
-                val = fold == k
-                train = ~is_test & ~val
+    final_dir = run_dir
+    run_dir = _staging_dir(final_dir)  # the run is written here, then moved in as a whole
+    try:
+        (run_dir / MODELS).mkdir(parents=True)
+        stores_info = [
+            {"path": str(s.path), "fingerprint": store_fingerprint(s)} for s in store_list
+        ]
+        rows, models = [], {}
+        for f in features:
+            fz = fused[f]
+            pos = pd.Series(np.arange(len(fz.ids)), index=np.asarray(fz.ids).astype(str))
+            X = fz.X[pos.loc[ids].to_numpy()]
+            for h in head_names:
+                log.info("fitting %s / %s", f, h)
+                proba = np.full((len(ids), len(classes)), np.nan)
+                for k in sorted({v for v in fold if v not in ("test", "")}, key=int):
+                    val = fold == k
+                    train = ~is_test & ~val
+                    model = _make_head(h, seed, fz.blocks, head_params, block_scaling, device)
+                    with _step(f, h, f"CV fold {k}", int(train.sum())):
+                        model.fit(X[train], labels[train])
+                        proba[val] = _proba(model, X[val], classes)
                 model = _make_head(h, seed, fz.blocks, head_params, block_scaling, device)
-                with _step(f, h, f"CV fold {k}", int(train.sum())):
-                    model.fit(X[train], labels[train])
-                    proba[val] = _proba(model, X[val], classes)
-            model = _make_head(h, seed, fz.blocks, head_params, block_scaling, device)
-            with _step(f, h, "final fit on the training part", int((~is_test).sum())):
-                model.fit(X[~is_test], labels[~is_test])
-            if is_test.any():
-                with _step(f, h, "prediction of the test part", int((~is_test).sum())):
-                    proba[is_test] = _proba(model, X[is_test], classes)
-            path = heads_mod.save(
-                model,
-                run_dir / MODELS / model_filename(f, h),
-                _sidecar(
-                    f, h, fz, classes, stores_info, seed, head_params, block_scaling, train_counts
-                ),
-            )
-            models[f"{f}__{h}"] = path
-            done = ~np.isnan(proba).any(axis=1)
-            y_pred = np.asarray(classes, dtype=object)[np.nan_to_num(proba).argmax(axis=1)]
-            part = pd.DataFrame(
-                {
-                    "image_id": ids,
-                    "patient_id": groups,
-                    "fold": fold,
-                    "features": f,
-                    "head": h,
-                    "y_true": labels,
-                    "y_pred": y_pred,
-                    **{f"p_{c}": proba[:, j] for j, c in enumerate(classes)},
-                }
-            )
-            rows.append(part[done])
-    predictions = pd.concat(rows, ignore_index=True)
-    predictions.to_csv(run_dir / "predictions.csv", index=False)
-    paths = meta["path"].astype(str) if "path" in meta.columns else pd.Series([""] * len(ids))
-    pd.DataFrame({"image_id": ids, "path": paths.to_numpy()}).to_csv(
-        run_dir / "images.csv", index=False
-    )
-    config = {
-        "command": "fit",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "stores": stores_info,
-        "features": features,
-        "heads": head_names,
-        "head_params": head_params,
-        "classes": list(classes),
-        "cv": cv,
-        "test_split": test_split,
-        "test_size": test_size if test_split == "grouped" else None,
-        "seed": seed,
-        "n_boot": n_boot,
-        "threshold": threshold,
-        "block_scaling": block_scaling,
-        "device": device,
-        "n_images": len(ids),
-        "n_patients": int(len(set(groups))),
-        "dropped_rows": dropped,
-        "train_class_counts": {str(k): int(v) for k, v in train_counts.items()},
-        "split_audit": audit,
-        "notes": notes,
-    }
-    (run_dir / "config.json").write_text(json.dumps(config, indent=1, default=str))
-    report = write_report(run_dir, figures=figures)
+                with _step(f, h, "final fit on the training part", int((~is_test).sum())):
+                    model.fit(X[~is_test], labels[~is_test])
+                if is_test.any():
+                    with _step(f, h, "prediction of the test part", int((~is_test).sum())):
+                        proba[is_test] = _proba(model, X[is_test], classes)
+                path = heads_mod.save(
+                    model,
+                    run_dir / MODELS / model_filename(f, h),
+                    _sidecar(
+                        f,
+                        h,
+                        fz,
+                        classes,
+                        stores_info,
+                        seed,
+                        head_params,
+                        block_scaling,
+                        train_counts,
+                    ),
+                )
+                models[f"{f}__{h}"] = path
+                done = ~np.isnan(proba).any(axis=1)
+                y_pred = np.asarray(classes, dtype=object)[np.nan_to_num(proba).argmax(axis=1)]
+                part = pd.DataFrame(
+                    {
+                        "image_id": ids,
+                        "patient_id": groups,
+                        "fold": fold,
+                        "features": f,
+                        "head": h,
+                        "y_true": labels,
+                        "y_pred": y_pred,
+                        **{f"p_{c}": proba[:, j] for j, c in enumerate(classes)},
+                    }
+                )
+                rows.append(part[done])
+        predictions = pd.concat(rows, ignore_index=True)
+        predictions.to_csv(run_dir / "predictions.csv", index=False)
+        paths = meta["path"].astype(str) if "path" in meta.columns else pd.Series([""] * len(ids))
+        pd.DataFrame({"image_id": ids, "path": paths.to_numpy()}).to_csv(
+            run_dir / "images.csv", index=False
+        )
+        config = {
+            "command": "fit",
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "stores": stores_info,
+            "features": features,
+            "heads": head_names,
+            "head_params": head_params,
+            "classes": list(classes),
+            "cv": cv,
+            "test_split": test_split,
+            "test_size": test_size if test_split == "grouped" else None,
+            "seed": seed,
+            "n_boot": n_boot,
+            "threshold": threshold,
+            "block_scaling": block_scaling,
+            "device": device,
+            "n_images": len(ids),
+            "n_patients": int(len(set(groups))),
+            "dropped_rows": dropped,
+            "excluded_rows": excluded,
+            "n_images_in_stores": int(len(set().union(*(map(str, s.ids) for s in store_list)))),
+            "train_class_counts": {str(k): int(v) for k, v in train_counts.items()},
+            "split_audit": audit,
+            "notes": notes,
+        }
+        (run_dir / "config.json").write_text(json.dumps(config, indent=1, default=str))
+        report = write_report(run_dir, figures=figures)
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a failed fit leaves any earlier run intact
+        raise
+    _install_run(run_dir, final_dir)
+    run_dir = final_dir
+    report = run_dir / report.name
+    models = {k: run_dir / MODELS / Path(v).name for k, v in models.items()}
     leaderboard = pd.read_csv(run_dir / "leaderboard.csv")
     return FitResult(
         run_dir=run_dir, report=report, leaderboard=leaderboard, models=models, config=config
     )
+
+
+#: what a fit writes into RUN_DIR (replaced as a whole by the next fit into the same folder)
+RUN_OUTPUTS = ("predictions.csv", "images.csv", "config.json", "leaderboard.csv", "metrics.json",
+               "report.md", "figures", MODELS)  # fmt: skip
+
+
+def _staging_dir(final_dir: Path) -> Path:
+    """A fresh sibling folder of RUN_DIR to write the run into (same file system: atomic moves)."""
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    if final_dir.exists() and not final_dir.is_dir():
+        raise ConfigError(f"-o {final_dir}: exists and is not a folder")
+    staging = final_dir.parent / f".{final_dir.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    return staging
+
+
+def _install_run(staging: Path, final_dir: Path) -> None:
+    """Move a finished run into RUN_DIR, replacing the outputs of an earlier fit there (so no
+    stale model or figure of another run sits beside this run's report); other files are kept."""
+    final_dir.mkdir(parents=True, exist_ok=True)
+    old = [n for n in RUN_OUTPUTS if (final_dir / n).exists()]
+    if old:
+        log.warning("%s: replacing the outputs of an earlier fit (%s)", final_dir, ", ".join(old))
+    for name in old:
+        target = final_dir / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    for item in staging.iterdir():
+        os.replace(item, final_dir / item.name)
+    staging.rmdir()
 
 
 def _sidecar(features, head, fused, classes, stores_info, seed, head_params, block_scaling, counts):

@@ -107,9 +107,10 @@ def check_store(store, sidecar: dict) -> None:
 def predict_store(model, sidecar: dict, store_path) -> pd.DataFrame:
     """Predictions for every row of a store done for all the model's backbones."""
     from . import store as store_mod
+    from .fit import FiniteStoreView
     from .fusion import fuse
 
-    store = store_mod.open(store_path)
+    store = FiniteStoreView(store_mod.open(store_path))  # NaN/inf rows get an error, not a stop
     check_store(store, sidecar)
     names = _ordered_blocks(sidecar)
     fused = fuse([store], names[0] if len(names) == 1 else "+".join(names))
@@ -122,7 +123,43 @@ def predict_store(model, sidecar: dict, store_path) -> pd.DataFrame:
     paths = (
         fused.meta["path"].astype(str).to_numpy() if "path" in fused.meta else [""] * len(y_pred)
     )
-    return _frame(fused.ids, paths, y_pred, proba, [str(c) for c in sidecar["classes"]])
+    classes = [str(c) for c in sidecar["classes"]]
+    out = _frame(fused.ids, paths, y_pred, proba, classes, [""] * len(y_pred))
+    missing = _missing_rows(store, names, set(map(str, fused.ids)), classes)
+    if len(missing):
+        log.warning(
+            "%s: %d row(s) have no usable embedding for %s; listed with their error",
+            store_path, len(missing), "+".join(names),
+        )  # fmt: skip
+        out = pd.concat([out, missing], ignore_index=True)
+    return out
+
+
+def _missing_rows(store, names, predicted: set, classes) -> pd.DataFrame:
+    """One row (no prediction, an ``error``) per store image the model's blocks lack."""
+    from .store import FAILED
+
+    ids = np.asarray(store.ids).astype(str)
+    todo = [k for k, i in enumerate(ids) if i not in predicted]
+    if not todo:
+        return pd.DataFrame()
+    fails = store.failures
+    reason_of = {(r.image_id, r.backbone): r.reason for r in fails.itertuples()}
+    errors = []
+    for k in todo:
+        why = []
+        for n in names:
+            st = int(store.status(n)[k])
+            if st == FAILED:
+                why.append(f"{n} failed at extraction: {reason_of.get((ids[k], n), '')}")
+            elif st != 1:
+                why.append(f"{n} not extracted yet (pending)")
+            else:
+                why.append(f"{n} embedding is not finite")
+        errors.append("; ".join(why))
+    paths = store.meta["path"].astype(str).to_numpy()[todo] if "path" in store.meta else ""
+    proba = np.full((len(todo), len(classes)), np.nan)
+    return _frame(ids[todo], paths, np.full(len(todo), "", dtype=object), proba, classes, errors)
 
 
 # --------------------------------------------------------------------------------------- images
@@ -216,6 +253,10 @@ def predict_images(model, sidecar: dict, paths: Sequence, *, device: str = "auto
         y_pred[ok] = y_ok
         proba[ok] = p_ok
     ids = [Path(p).stem for p in paths]
+    seen = pd.Series(ids)
+    if seen.duplicated(keep=False).any():  # e.g. CBIS-DDSM's 1-1.dcm in every folder
+        dups = seen.duplicated(keep=False).to_numpy()
+        ids = [str(p) if dup else i for i, p, dup in zip(ids, paths, dups, strict=True)]
     return _frame(ids, [str(p) for p in paths], y_pred, proba, classes, errors)
 
 

@@ -211,6 +211,30 @@ def _json_attr(obj) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
 
+def storable_rows(x: np.ndarray, dtype: str = "float32") -> np.ndarray:
+    """(N,) bool: rows of ``x`` that are finite and representable in the store ``dtype``."""
+    x = np.asarray(x)
+    if x.size == 0:
+        return np.ones(x.shape[0], dtype=bool)
+    finite = np.isfinite(x).all(axis=1)
+    limit = float(np.finfo(np.dtype(dtype)).max)
+    with np.errstate(invalid="ignore"):
+        fits = (np.abs(np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)) <= limit).all(axis=1)
+    return finite & fits
+
+
+def nonfinite_reason(row: np.ndarray, dtype: str = "float32") -> str:
+    """Why ``row`` cannot be stored as an embedding (NaN, inf, or out of ``dtype``'s range)."""
+    row = np.asarray(row, dtype=np.float64)
+    n_nan, n_inf = int(np.isnan(row).sum()), int(np.isinf(row).sum())
+    if n_nan or n_inf:
+        return f"non-finite embedding ({n_nan} NaN, {n_inf} inf of {row.size} values)"
+    return (
+        f"embedding overflows {dtype} (max |value| {np.abs(row).max():.4g} > "
+        f"{float(np.finfo(np.dtype(dtype)).max):.4g}); extract with --dtype float32"
+    )
+
+
 def _as_str_array(values) -> np.ndarray:
     out = []
     for v in values:
@@ -257,6 +281,18 @@ def _normalise_meta(ids: np.ndarray, meta) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------- reader
+def _explain_h5_error(exc: Exception) -> str:
+    """h5py's error text, prefixed with what it means for a user."""
+    text = str(exc)
+    if "file signature not found" in text:
+        return f"not an HDF5 file: {text}"
+    if "truncated file" in text:
+        return f"truncated HDF5 file (an interrupted copy or download?): {text}"
+    if "unable to lock file" in text.lower():
+        return f"the file is locked by another process: {text}"
+    return text
+
+
 class Store:
     """A read-only view of a store file. Metadata is loaded at open; arrays are read on demand.
 
@@ -299,7 +335,7 @@ class Store:
         except StoreError:
             raise
         except (OSError, KeyError, ValueError) as exc:
-            raise StoreError(f"{self.path}: unreadable store ({exc})") from exc
+            raise StoreError(f"{self.path}: unreadable store ({_explain_h5_error(exc)})") from exc
 
     def __repr__(self) -> str:
         dims = ", ".join(f"{n}[{self.dim(n)}]" for n in self.backbones)
@@ -321,6 +357,11 @@ class Store:
     def identity(self, name: str) -> str:
         self._check(name)
         return self._bb[name]["identity"]
+
+    def dtype(self, name: str) -> str:
+        """The stored dtype of ``name``'s embeddings (``float32`` or ``float16``)."""
+        self._check(name)
+        return self._bb[name]["dtype"]
 
     def status(self, name: str) -> np.ndarray:
         """(N,) int8: 0 pending, 1 done, 2 failed."""
@@ -560,6 +601,19 @@ def write(
             done = ~np.all(np.isnan(x), axis=1) if x.size else np.zeros(len(ids), bool)
             status = np.where(done, DONE, PENDING).astype(np.int8)
             reason = np.full(len(ids), "", dtype=object)
+            # a row that is only partly NaN, holds inf, or overflows the stored dtype is no
+            # embedding: record it as failed (with the reason) rather than as done
+            bad = done & ~storable_rows(x, e.dtype)
+            for i in np.flatnonzero(bad):
+                status[i], reason[i] = FAILED, nonfinite_reason(x[i], e.dtype)
+            if bad.any():
+                x = np.array(x, dtype=np.float32)
+                x[bad] = np.nan  # no embedding is stored for a failed row
+                log.warning(
+                    "%s: backbone %r: %d row(s) recorded as failed (non-finite embedding), "
+                    "first %r",
+                    path, e.name, int(bad.sum()), str(ids[np.flatnonzero(bad)[0]]),
+                )  # fmt: skip
             for i, r in fail_map.get(e.name, {}).items():
                 status[i], reason[i] = FAILED, r
             g = f["backbones"][backbone_key(e.name)]
