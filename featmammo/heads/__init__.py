@@ -1,0 +1,35 @@
+"""Classifier heads on (fused) embeddings: a registry of scikit-learn estimators.
+
+``make(name, *, seed=0, **params)`` returns an unfitted scikit-learn Pipeline that holds its own
+scaler; ``available()`` lists the names; ``describe(name)`` says how a head handles class imbalance
+and where its probabilities come from; ``save``/``load`` persist a fitted head with a JSON sidecar
+and a SHA-256 check. Importing this package does not import torch (the torch refinement head imports
+it inside ``fit``/``predict_proba``).
+
+Heads: logreg, svm-linear, svm-rbf, rf, knn, mlp (scikit-learn), xgboost, refine-mlp (torch;
+alias mlp-torch).
+"""
+
+from __future__ import annotations
+
+from . import refine, sklearn_heads  # noqa: F401  (registers the built-in heads)
+from .io import load, save
+from .refine import RefineMLPClassifier
+from .registry import HeadInfo, available, canonical_name, describe, make, register
+from .sklearn_heads import cuda_available, xgboost_device
+from .wrappers import BalancedClassifier
+
+__all__ = [
+    "BalancedClassifier",
+    "HeadInfo",
+    "RefineMLPClassifier",
+    "available",
+    "canonical_name",
+    "cuda_available",
+    "describe",
+    "load",
+    "make",
+    "register",
+    "save",
+    "xgboost_device",
+]

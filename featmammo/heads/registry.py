@@ -1,0 +1,128 @@
+"""The head registry: one factory, :func:`make`, for every classifier head.
+
+A head is a builder ``fn(*, seed, **params) -> classifier`` registered under a name with a short
+description of how it handles class imbalance and where its probabilities come from.
+:func:`make` wraps the classifier in a scikit-learn Pipeline that holds its own scaler (and, when
+``blocks`` are given, per-block scaling or PCA from :mod:`featmammo.fusion`), so fitting a head on a
+training fold learns every statistic from that fold only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HeadInfo:
+    """A head's name, imbalance handling and probability source (for docs and reports)."""
+
+    name: str
+    builder: Callable = field(repr=False)
+    description: str = ""
+    imbalance: str = ""
+    probabilities: str = ""
+    aliases: tuple[str, ...] = ()
+
+
+_REGISTRY: dict[str, HeadInfo] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(
+    name: str,
+    *,
+    description: str,
+    imbalance: str,
+    probabilities: str,
+    aliases: tuple[str, ...] = (),
+):
+    """Decorator: register ``builder(*, seed, **params) -> classifier`` under ``name``."""
+
+    def deco(builder: Callable) -> Callable:
+        if name in _REGISTRY or name in _ALIASES:
+            raise ConfigError(f"head {name!r} is registered twice")
+        _REGISTRY[name] = HeadInfo(name, builder, description, imbalance, probabilities, aliases)
+        for a in aliases:
+            _ALIASES[a] = name
+        return builder
+
+    return deco
+
+
+def _ensure_loaded() -> None:
+    # the built-in heads register themselves on import (no torch imported by either module)
+    from . import refine, sklearn_heads  # noqa: F401
+
+
+def available() -> list[str]:
+    """Registered head names (aliases excluded), in registration order."""
+    _ensure_loaded()
+    return list(_REGISTRY)
+
+
+def canonical_name(name: str) -> str:
+    """The registered name for ``name`` or an alias of it; ConfigError listing names if unknown."""
+    _ensure_loaded()
+    if name in _REGISTRY:
+        return name
+    if name in _ALIASES:
+        return _ALIASES[name]
+    raise ConfigError(f"unknown head {name!r}; available: {', '.join(available())}")
+
+
+def describe(name: str) -> HeadInfo:
+    """The :class:`HeadInfo` of a head (imbalance handling, probability source)."""
+    return _REGISTRY[canonical_name(name)]
+
+
+def make(name: str, *, seed: int = 0, blocks=None, block_pca: int | None = None, **params):
+    """A fresh, unfitted head: ``Pipeline([("scale", ...), ("clf", classifier)])``.
+
+    ``seed`` seeds the classifier. ``blocks`` (``FusedFeatures.blocks``) switches the scaler to a
+    :class:`~featmammo.fusion.BlockScaler` that gives every backbone block equal total variance;
+    ``block_pca=k`` instead standardises and keeps k principal components per block. Any other
+    keyword is a parameter of the classifier (e.g. ``C=0.1``, ``n_estimators=500``); an unknown one
+    raises ConfigError naming the valid ones.
+    """
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from ..fusion import BlockPCA, BlockScaler
+
+    info = describe(name)
+    try:
+        clf = info.builder(seed=seed, **params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"head {info.name!r}: invalid parameter(s) {sorted(params)}: {exc}"
+        ) from exc
+    if block_pca is not None:
+        steps = [
+            ("scale", StandardScaler()),
+            ("block_pca", BlockPCA(blocks=blocks, n_components=int(block_pca), random_state=seed)),
+        ]
+    elif blocks is not None:
+        steps = [("scale", BlockScaler(blocks=blocks, balance=True))]
+    else:
+        steps = [("scale", StandardScaler())]
+    log.debug("head %s (seed %d): %s", info.name, seed, clf)
+    return Pipeline([*steps, ("clf", clf)])
+
+
+def set_routed_params(estimator, params: dict, inner: str | None = None):
+    """``estimator.set_params(**params)``, routing a parameter the outer estimator does not have to
+    ``<inner>__<param>`` (e.g. LinearSVC's ``C`` inside CalibratedClassifierCV)."""
+    if not params:
+        return estimator
+    own = estimator.get_params(deep=False)
+    routed = {}
+    for k, v in params.items():
+        routed[k if (k in own or inner is None or "__" in k) else f"{inner}__{k}"] = v
+    estimator.set_params(**routed)
+    return estimator
