@@ -20,6 +20,7 @@ COMMANDS = {
     "weights": "weights",
     "fit": "fit",
     "predict": "predict",
+    "report": "report",
     "demo": "demo",
     "train": "train",
     "explain": "explain",
