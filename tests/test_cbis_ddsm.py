@@ -536,7 +536,7 @@ def test_cli_cbis_and_audit(tmp_path, real_headers, case_rows, cbis_csv_dir):
         ],
     )
     assert res.exit_code == 1
-    summary = json.loads(res.output)
+    summary = json.loads(res.stdout)
     assert summary["images"] == 7 and summary["unresolved"] == 1
     assert summary["unresolved_rows"][0]["subject"] == "Mass-Test_P_00173_LEFT_CC"
     assert summary["unresolved_rows"][0]["csv"] == "mass_case_description_test_set.csv:2"
@@ -550,7 +550,7 @@ def test_cli_cbis_and_audit(tmp_path, real_headers, case_rows, cbis_csv_dir):
     leaky.to_csv(tmp_path / "leaky.csv", index=False)
     res = runner.invoke(audit_cmd, [str(tmp_path / "leaky.csv"), "--enforce", "--json"])
     assert res.exit_code == 1
-    assert json.loads(res.output)["shared"] == {"test|train": ["P_00820"]}
+    assert json.loads(res.stdout)["shared"] == {"test|train": ["P_00820"]}
     # a predictions-like CSV (no path column): folds are audited
     preds = pd.DataFrame(
         {"image_id": ["a", "b", "c"], "patient_id": ["p1", "p1", "p2"], "fold": ["0", "1", "test"]}

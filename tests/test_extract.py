@@ -238,11 +238,11 @@ def test_cli_max_failures_exit_code_and_info_json(tmp_path, monkeypatch):
     r = _cli(["extract", str(manifest), "-o", str(tmp_path / "b.h5"), *common,
               "--max-failures", "2", "--json"])  # fmt: skip
     assert r.exit_code == 0, r.output
-    out = json.loads(r.output[r.output.index("{") :])
+    out = json.loads(r.stdout[r.stdout.index("{") :])
     assert (out["n_done"], out["n_failed"]) == (4, 2)
     r = _cli(["info", str(tmp_path / "b.h5"), "--json"])
     assert r.exit_code == 0, r.output
-    info = json.loads(r.output)
+    info = json.loads(r.stdout)
     assert set(info) == {"n_images", "backbones", "n_done", "failed", "provenance"}
     assert info["n_images"] == 6 and info["backbones"] == {"resnet18": 512}
     assert info["n_done"] == {"resnet18": 4}

@@ -66,7 +66,7 @@ def fitted(tmp_path_factory):
     r = _cli(["fit", st, "-o", run, "--head", "logreg", "--head", "knn", "--cv", "3",
               "--n-boot", "20", "--json"])  # fmt: skip
     assert r.exit_code == 0, r.output
-    return st, run, json.loads(r.output[r.output.index("{") :])
+    return st, run, json.loads(r.stdout[r.stdout.index("{") :])
 
 
 def test_fit_writes_a_complete_leak_free_run(fitted):
@@ -264,7 +264,7 @@ def test_extract_fit_predict_end_to_end(tmp_path, monkeypatch):
     assert list(got["y_pred"]) == list(test.loc[["im16", "im19"], "y_pred"])
     # the store rows give the same predictions
     r = _cli(["predict", model, st, "--json"], catch=False)
-    rows = pd.DataFrame(json.loads(r.output[r.output.index("[") :])).set_index("image_id")
+    rows = pd.DataFrame(json.loads(r.stdout[r.stdout.index("[") :])).set_index("image_id")
     np.testing.assert_allclose(
         rows.loc[test.index, cols].to_numpy(float), test[cols].to_numpy(), atol=1e-9
     )
@@ -272,6 +272,6 @@ def test_extract_fit_predict_end_to_end(tmp_path, monkeypatch):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     r = _cli(["predict", model, images[0], bad, "--json"], catch=False)
-    rows = json.loads(r.output[r.output.index("[") :])
+    rows = json.loads(r.stdout[r.stdout.index("[") :])
     assert rows[0]["error"] == "" and rows[0]["y_pred"] in ("benign", "malignant")
     assert rows[1]["error"] and rows[1]["y_pred"] == ""

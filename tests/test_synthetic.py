@@ -326,7 +326,7 @@ def test_synth_cli(tmp_path):
         command, [str(tmp_path / "o"), "--n", "6", "--size", "48x32", "--seed", "1", "--json"]
     )
     assert res.exit_code == 0, res.output
-    summary = json.loads(res.output)
+    summary = json.loads(res.stdout)
     assert summary["n_images"] == 6 and summary["size"] == [48, 32]
     assert (tmp_path / "o" / "manifest.csv").is_file()
     res = CliRunner().invoke(command, [str(tmp_path / "p"), "--size", "48by32"])
