@@ -1,0 +1,68 @@
+"""A trained HybridNet checkpoint used as a feature extractor (``hybrid:PATH`` backbones).
+
+:func:`load_backbone` verifies the checkpoint (SHA-256 sidecar, ``weights_only`` load), rebuilds the
+network and returns an eval-mode module whose ``forward(x)`` is the fused penultimate vector and
+whose
+``.spec`` is a :class:`featmammo.backbones.BackboneSpec`; featmammo.backbones dispatches
+``hybrid:PATH``
+names here, so ``featmammo extract MANIFEST -b hybrid:RUN_DIR/checkpoint.pt`` works.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import load_model
+
+log = logging.getLogger(__name__)
+
+HYBRID_PREFIX = "hybrid:"
+
+
+class HybridBackbone(nn.Module):
+    """Wraps a trained HybridNet: ``forward(x) -> (B, dim)`` = ``HybridNet.forward_features``."""
+
+    def __init__(self, net, spec, sidecar: dict):
+        super().__init__()
+        self.net = net
+        self.spec = spec
+        self.sidecar = sidecar
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_features(x)
+
+    def train(self, mode: bool = True):
+        # a backbone is a frozen feature extractor: batch norm and dropout always in eval mode
+        return super().train(False)
+
+
+def load_backbone(path, device="cpu") -> HybridBackbone:
+    """Load checkpoint ``path`` (``hybrid:`` prefix allowed) as an eval-mode feature extractor."""
+    from featmammo.backbones import BackboneSpec
+
+    path = str(path)
+    if path.startswith(HYBRID_PREFIX):
+        path = path[len(HYBRID_PREFIX) :]
+    net, meta = load_model(path, device=device)
+    pre = meta.get("preprocess", {})
+    spec = BackboneSpec(
+        name=f"{HYBRID_PREFIX}{path}",
+        arch="hybridnet",
+        layer="penultimate",
+        dim=int(net.hidden),
+        input_size=int(pre.get("image_size", meta.get("train", {}).get("image_size", 224))),
+        mean=tuple(pre.get("mean", (0.485, 0.456, 0.406))),
+        std=tuple(pre.get("std", (0.229, 0.224, 0.225))),
+        weights=str(Path(path)),
+        weights_sha256=meta["sha256"],
+    )
+    for p in net.parameters():
+        p.requires_grad_(False)
+    log.info(
+        "loaded HybridNet backbone %s (dim %d, sha256 %s)", path, spec.dim, spec.weights_sha256[:12]
+    )
+    return HybridBackbone(net, spec, meta).eval()

@@ -1,0 +1,411 @@
+"""HybridNet: shapes, optimisation, no augmentation at evaluation, resume, checkpoints, backbone
+use,
+Grad-CAM and two-process DDP on the CPU (random weights, 64 px inputs, tiny phantom sets)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from featmammo.errors import ConfigError, WeightsError  # noqa: E402
+from featmammo.nn import (  # noqa: E402
+    HybridNet,
+    load_backbone,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+    train,
+)
+
+SIZE = 64
+FAST = dict(
+    epochs=2,
+    batch_size=4,
+    image_size=SIZE,
+    weights="random",
+    device="cpu",
+    seed=0,
+    classes="benign-malignant",
+    patience=10,
+    eval_batch_size=8,
+    val_fraction=0.34,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # on a shared 2-core machine, spinning OpenMP threads cost several times the work itself
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_manifest(tmp_path_factory) -> Path:
+    """16 phantom PNGs (8 patients x 2 views, benign/malignant); 2 patients are split=test."""
+    from PIL import Image
+
+    from featmammo.datasets.synthetic import make_dataset
+
+    root = tmp_path_factory.mktemp("tiny")
+    ds = make_dataset(16, seed=3, size=(96, 64), classes=("benign", "malignant"), difficulty=0.2)
+    rows = []
+    for i, r in ds.meta.iterrows():
+        img = (ds.images[i].astype(np.float32) / r["max_value"] * 255).round().astype(np.uint8)
+        path = root / f"{r['image_id']}.png"
+        Image.fromarray(img).save(path)
+        rows.append(
+            {
+                "image_id": r["image_id"],
+                "path": path.name,
+                "label": r["label"],
+                "patient_id": r["patient_id"],
+                "laterality": r["laterality"],
+                "view": r["view"],
+                "split": "test" if r["patient_id"] in ("P_00001", "P_00002") else "train",
+                "source": "synthetic",
+            }
+        )
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    return root / "manifest.csv"
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_manifest, tmp_path_factory):
+    """One epoch of the full hybrid (64 px): outputs, backbone and Grad-CAM are checked on it."""
+    run = tmp_path_factory.mktemp("run") / "hybrid"
+    result = train(tiny_manifest, run, **{**FAST, "epochs": 1})
+    return run, result
+
+
+def _state(path):
+    payload, _ = load_checkpoint(path)
+    return payload
+
+
+# -- model -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fusion", ["feature-map", "late"])
+def test_shapes_both_fusions(fusion):
+    net = HybridNet(["normal", "benign", "malignant"], fusion=fusion, weights="random", seed=0)
+    x = torch.randn(4, 3, SIZE, SIZE)
+    net.eval()
+    assert net(x).shape == (4, 3)
+    assert net.forward_features(x).shape == (4, 256)
+    maps = net.forward_maps(x)
+    assert maps["resnet50"].shape[1] == 2048 and maps["alexnet"].shape[1] == 256
+    assert ("fused" in maps) == (fusion == "feature-map")
+    p = net.predict_proba(x)
+    torch.testing.assert_close(p.sum(1), torch.ones(4))
+    assert net.training is False
+
+
+def test_single_trunk_and_bad_options():
+    net = HybridNet(["benign", "malignant"], trunks=("alexnet",), weights="random")
+    assert list(net.trunks) == ["alexnet"]
+    assert net(torch.randn(2, 3, SIZE, SIZE)).shape == (2, 2)
+    with pytest.raises(ConfigError, match="fusion"):
+        HybridNet(["a", "b"], fusion="early", weights="random")
+    with pytest.raises(ConfigError, match="trunks"):
+        HybridNet(["a", "b"], trunks=("vgg16",), weights="random")
+
+
+def test_one_step_lowers_loss():
+    torch.manual_seed(0)
+    net = HybridNet(["benign", "malignant"], weights="random", seed=0, dropout=0.0)
+    net.train()
+    x = torch.randn(4, 3, SIZE, SIZE)
+    y = torch.tensor([0, 1, 0, 1])
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
+    loss0 = torch.nn.functional.cross_entropy(net(x), y)
+    opt.zero_grad()
+    loss0.backward()
+    opt.step()
+    with torch.no_grad():
+        loss1 = torch.nn.functional.cross_entropy(net(x), y)
+    assert float(loss1) < float(loss0.detach()) - 1e-3
+
+
+def test_freeze_keeps_trunk_batchnorm_and_weights():
+    net = HybridNet(["a", "b"], trunks=("resnet50",), weights="random", seed=0)
+    net.freeze_trunks(True)
+    net.train()
+    bn = net.trunks["resnet50"][1]
+    assert not bn.training and net.fc.training
+    before = bn.running_mean.clone()
+    net(torch.randn(4, 3, SIZE, SIZE)).sum().backward()
+    assert torch.equal(before, bn.running_mean)
+    assert all(p.grad is None for p in net.trunk_parameters())
+    assert any(p.grad is not None for p in net.head_parameters())
+    net.freeze_trunks(False)
+    assert bn.training and all(p.requires_grad for p in net.trunk_parameters())
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+
+
+def test_checkpoint_round_trip_and_tamper(tmp_path):
+    net = HybridNet(["benign", "malignant"], trunks=("alexnet",), weights="random", seed=1)
+    path = tmp_path / "m.pt"
+    meta = save_checkpoint(path, {"model": net.state_dict()}, {"model": net.config()})
+    assert json.loads(path.with_suffix(".json").read_text())["sha256"] == meta["sha256"]
+    loaded, _ = load_model(path)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    torch.testing.assert_close(loaded(x), net.eval()(x), rtol=0, atol=0)
+
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="SHA-256"):
+        load_checkpoint(path)
+    path.with_suffix(".json").unlink()
+    with pytest.raises(WeightsError, match="sidecar"):
+        load_checkpoint(path)
+
+
+# -- training --------------------------------------------------------------------------------------
+
+
+def test_train_outputs(trained_run):
+    run, result = trained_run
+    for name in ("checkpoint.pt", "checkpoint.json", "last.pt", "history.csv", "curves.png"):
+        assert (run / name).is_file(), name
+    hist = pd.read_csv(run / "history.csv")
+    assert list(hist["epoch"]) == [1]
+    for col in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "time"):
+        assert hist[col].notna().all(), col
+    preds = pd.read_csv(run / "predictions.csv", dtype={"fold": str})
+    assert list(preds.columns[:7]) == [
+        "image_id",
+        "patient_id",
+        "fold",
+        "features",
+        "head",
+        "y_true",
+        "y_pred",
+    ]
+    assert {"p_benign", "p_malignant"} <= set(preds.columns)
+    assert set(preds["fold"]) == {"0", "test"}
+    assert (preds["features"] == "hybridnet-feature-map").all() and (
+        preds["head"] == "hybridnet"
+    ).all()
+    test_ids = set(preds.loc[preds["fold"] == "test", "image_id"])
+    assert test_ids == {f"synth_{i:05d}" for i in range(4)}  # patients P_00001 and P_00002
+    split = pd.read_csv(run / "split.csv")
+    val_pat = set(split.loc[split.role == "val", "patient_id"])
+    train_pat = set(split.loc[split.role == "train", "patient_id"])
+    assert val_pat and not (val_pat & train_pat)  # patient-grouped
+    side = json.loads((run / "checkpoint.json").read_text())
+    assert side["trunk_weights"]["resnet50"]["weights"] == "random"
+    assert side["preprocess"]["image_size"] == SIZE and side["versions"]["torch"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["classes"] == ["benign", "malignant"]
+    assert result.epochs_run == 1 and result.best_epoch == 1
+
+
+def test_resume_matches_uninterrupted_run(tiny_manifest, tmp_path):
+    # AlexNet trunk (cheap) with freeze_epochs=1, so the frozen -> unfrozen switch happens exactly
+    # at the interruption; batch norm, dropout, augmentation, AdamW and the schedule all carry over.
+    opts = {**FAST, "trunks": ("alexnet",), "freeze_epochs": 1, "schedule": "onecycle"}
+    straight = tmp_path / "straight"
+    train(tiny_manifest, straight, **opts)
+    run = tmp_path / "resumed"
+    first = train(tiny_manifest, run, stop_after=1, **opts)
+    assert first.epochs_run == 1 and not (run / "predictions.csv").exists()
+    after_one = _state(run / "last.pt")["model"]
+    with pytest.raises(ConfigError, match="resume"):
+        train(tiny_manifest, run, **opts)  # refuses to overwrite a run without --resume
+    with pytest.raises(ConfigError, match="lr"):
+        train(tiny_manifest, run, resume=True, **{**opts, "lr": 0.5})
+    other = tmp_path / "other.csv"
+    m = pd.read_csv(tiny_manifest)
+    m["path"] = [str(tiny_manifest.parent / p) for p in m["path"]]
+    m.iloc[:-1].to_csv(other, index=False)
+    with pytest.raises(ConfigError, match="different manifest"):
+        train(other, run, resume=True, **opts)
+    second = train(tiny_manifest, run, resume=True, **opts)
+    assert second.epochs_run == 2
+    a, b = _state(straight / "last.pt"), _state(run / "last.pt")
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=1e-6, msg=k)
+    # epoch 2 (after the interruption) trained the unfrozen trunk and the head
+    trunk_w, head_w = "trunks.alexnet.0.weight", "classifier.weight"
+    assert not torch.equal(after_one[trunk_w], b["model"][trunk_w])
+    assert not torch.equal(after_one[head_w], b["model"][head_w])
+    assert a["epoch"] == b["epoch"] == 1 and a["best_epoch"] == b["best_epoch"]
+    for ha, hb in zip(a["history"], b["history"], strict=True):
+        assert ha["train_loss"] == pytest.approx(hb["train_loss"], abs=1e-6)
+        assert ha["val_loss"] == pytest.approx(hb["val_loss"], abs=1e-6)
+    assert [h["trunks_frozen"] for h in b["history"]] == [True, False]
+    for ka, kb in zip(
+        a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True
+    ):
+        torch.testing.assert_close(ka["exp_avg"], kb["exp_avg"], rtol=0, atol=1e-6)
+    pa = pd.read_csv(straight / "predictions.csv")
+    pb = pd.read_csv(run / "predictions.csv")
+    np.testing.assert_allclose(pa["p_malignant"], pb["p_malignant"], atol=1e-6)
+
+
+def test_augmentation_only_in_training(tiny_manifest, tmp_path, monkeypatch):
+    import featmammo.augment as aug_mod
+
+    calls = []
+    real = aug_mod.Augment
+
+    class Spy:
+        def __init__(self, *a, **k):
+            self.inner = real(*a, **k)
+
+        def __call__(self, x, generator=None):
+            calls.append(tuple(x.shape))
+            return self.inner(x, generator=generator)
+
+    monkeypatch.setattr(aug_mod, "Augment", Spy)
+    run = tmp_path / "aug"
+    res = train(tiny_manifest, run, **{**FAST, "epochs": 1, "trunks": ("alexnet",)})
+    split = pd.read_csv(run / "split.csv")
+    n_train = int(((split.role == "train") & split.decoded).sum())
+    assert sum(s[0] for s in calls) == n_train - (n_train % 4 == 1)  # one call per training batch
+    assert all(len(s) == 4 for s in calls)
+
+    # evaluation: predictions.csv == the model's softmax on the cached, un-augmented images
+    model, meta = load_model(res.checkpoint)
+    cache = next((run / "cache").glob("images-*[!k].npy"))
+    images = np.load(cache)
+    ids = split["image_id"].tolist()
+    preds = pd.read_csv(run / "predictions.csv")
+    idx = [ids.index(i) for i in preds["image_id"]]
+    n_calls = len(calls)
+    with torch.no_grad():
+        p1 = torch.softmax(model(torch.from_numpy(images[idx])), 1).numpy()
+        p2 = model.predict_proba(torch.from_numpy(images[idx])).numpy()
+    assert len(calls) == n_calls
+    np.testing.assert_array_equal(p1, p2)
+    np.testing.assert_allclose(preds[["p_benign", "p_malignant"]].to_numpy(), p1, atol=1e-5)
+    assert (preds["features"] == "alexnet-end2end").all()
+
+
+# -- trained checkpoint as a backbone, Grad-CAM ----------------------------------------------------
+
+
+def test_load_backbone(trained_run):
+    run, _ = trained_run
+    bb = load_backbone(run / "checkpoint.pt")
+    assert bb.spec.dim == 256 and bb.spec.name == f"hybrid:{run / 'checkpoint.pt'}"
+    assert bb.spec.input_size == SIZE
+    assert bb.spec.weights_sha256 == json.loads((run / "checkpoint.json").read_text())["sha256"]
+    bb.train()
+    assert not bb.training
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        out = bb(x)
+    assert out.shape == (3, 256)
+    from featmammo.backbones import make
+
+    via_registry = make(f"hybrid:{run / 'checkpoint.pt'}")
+    with torch.no_grad():
+        torch.testing.assert_close(via_registry(x), out)
+
+
+def test_explain_writes_heatmaps(trained_run, tiny_manifest, tmp_path):
+    from PIL import Image
+
+    from featmammo.nn.gradcam import explain
+
+    run, _ = trained_run
+    images = sorted(tiny_manifest.parent.glob("synth_*.png"))[:2]
+    out = tmp_path / "cam"
+    records = explain(run / "checkpoint.pt", images, out)
+    doc = json.loads((out / "explanations.json").read_text())
+    assert len(doc["images"]) == 2 and doc["classes"] == ["benign", "malignant"]
+    for rec in records:
+        assert set(rec["heatmaps"]) == {"resnet50", "alexnet", "fused"}
+        assert sum(rec["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+        for name in rec["heatmaps"].values():
+            with Image.open(out / name) as im:
+                assert im.size == (SIZE, SIZE)
+        heat = np.load(out / rec["heatmaps_npz"])
+        for k in heat.files:
+            assert heat[k].shape == (SIZE, SIZE)
+            assert heat[k].min() >= 0 and heat[k].max() <= 1
+        assert (out / rec["panel"]).stat().st_size > 0
+
+
+def test_cli_help():
+    from click.testing import CliRunner
+
+    from featmammo.cli.main import cli
+
+    for name, flag in (("train", "--resume"), ("explain", "--target")):
+        res = CliRunner().invoke(cli, [name, "--help"])
+        assert res.exit_code == 0 and flag in res.output
+
+
+# -- distributed -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # ~12 s alone, ~35 s on a loaded 2-core machine: two torch processes start
+def test_ddp_two_processes_cpu(tiny_manifest, tmp_path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "featmammo.cli.main",
+        "train",
+        str(tiny_manifest),
+        "-o",
+        str(run),
+        "--trunks",
+        "alexnet",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--image-size",
+        str(SIZE),
+        "--weights",
+        "random",
+        "--device",
+        "cpu",
+        "--classes",
+        "benign-malignant",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 1/2" in proc.stderr
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["world_size"] == 2
+    assert len(pd.read_csv(run / "history.csv")) == 2
+    assert (run / "predictions.csv").is_file()
+    load_model(run / "checkpoint.pt")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_train_cuda_amp(tiny_manifest, tmp_path, amp):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    res = train(tiny_manifest, tmp_path / amp, **{**FAST, "device": "cuda", "amp": amp})
+    assert res.epochs_run == 2
+    hist = pd.read_csv(tmp_path / amp / "history.csv")
+    assert np.isfinite(hist["train_loss"]).all()
+    model, _ = load_model(res.checkpoint)
+    assert next(model.parameters()).dtype == torch.float32  # AMP never changes the stored weights
