@@ -45,6 +45,22 @@ CI_METRICS = (
     "sensitivity",
     "specificity",
 )
+#: the scalar metrics of :func:`compute_metrics`, in report order
+SCALAR_METRICS = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    "weighted_precision",
+    "weighted_recall",
+    "weighted_f1",
+    "roc_auc_ovr",
+    "roc_auc_pos_vs_rest",
+    "pr_auc_pos_vs_rest",
+    "sensitivity",
+    "specificity",
+)
 #: metrics compared between two models in :func:`paired_comparison`
 PAIRED_METRICS = ("balanced_accuracy", "roc_auc_ovr")
 TEST_FOLD = "test"
@@ -323,21 +339,7 @@ def compute_metrics(
         "confusion_matrix": _confusion(prep.yt, prep.yp, prep.k).astype(int).tolist(),
         "notes": notes,
     }
-    for key in (
-        "accuracy",
-        "balanced_accuracy",
-        "macro_precision",
-        "macro_recall",
-        "macro_f1",
-        "weighted_precision",
-        "weighted_recall",
-        "weighted_f1",
-        "roc_auc_ovr",
-        "roc_auc_pos_vs_rest",
-        "pr_auc_pos_vs_rest",
-        "sensitivity",
-        "specificity",
-    ):
+    for key in SCALAR_METRICS:
         out[key] = float(s[key])
     return out
 
@@ -705,21 +707,7 @@ def evaluate_predictions(
                 "majority_class": bl["majority_class"],
                 "majority_baseline": bl["majority_baseline"],
             }
-            for key in (
-                "accuracy",
-                "balanced_accuracy",
-                "macro_precision",
-                "macro_recall",
-                "macro_f1",
-                "weighted_precision",
-                "weighted_recall",
-                "weighted_f1",
-                "roc_auc_ovr",
-                "roc_auc_pos_vs_rest",
-                "pr_auc_pos_vs_rest",
-                "sensitivity",
-                "specificity",
-            ):
+            for key in SCALAR_METRICS:
                 row[key] = m[key]
                 if key in ci:
                     row[f"{key}_ci_low"] = ci[key]["low"]

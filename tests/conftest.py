@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,17 @@ def cbis_csv_dir() -> Path:
         if (candidate / "mass_case_description_test_set.csv").exists():
             return candidate
     pytest.skip("official CBIS-DDSM CSVs not found beside the checkout")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_featmammo_logger():
+    """Each test starts with the package logger as a library leaves it: CLI invocations
+    (cli.main.configure_logging) add a handler and set a level that would otherwise persist."""
+    logger = logging.getLogger("featmammo")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    logger.handlers[:], logger.level, logger.propagate = [], logging.NOTSET, True
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -27,18 +26,6 @@ from featmammo.datasets.cbis_ddsm import (
 )
 from featmammo.errors import ManifestError
 from featmammo.splits import audit
-
-
-@pytest.fixture(autouse=True)
-def _featmammo_logs_reach_caplog():
-    """``featmammo`` CLI invocations elsewhere in the session (cli.main.configure_logging) set
-    ``propagate=False`` on the package logger; caplog listens on the root logger. Undo it here."""
-    logger = logging.getLogger("featmammo")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    logger.handlers[:], logger.level, logger.propagate = [], logging.NOTSET, True
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
-
 
 PATIENTS = ("P_00173", "P_00820")
 CROP_SIZE = (40, 30)

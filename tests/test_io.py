@@ -47,17 +47,6 @@ from featmammo.io.dicom import read_dicom
 # --------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(autouse=True)
-def _featmammo_logs_reach_caplog():
-    """``featmammo`` CLI invocations elsewhere in the session (cli.main.configure_logging) set
-    ``propagate=False`` on the package logger; caplog listens on the root logger. Undo it here."""
-    logger = logging.getLogger("featmammo")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    logger.handlers[:], logger.level, logger.propagate = [], logging.NOTSET, True
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
-
-
 def make_ds(
     arr: np.ndarray,
     *,

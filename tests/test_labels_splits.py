@@ -13,17 +13,6 @@ from featmammo.labels import SCHEMES, decode, encode, in_scheme, map_labels, par
 from featmammo.splits import audit, grouped_holdout, grouped_kfold
 
 
-@pytest.fixture(autouse=True)
-def _featmammo_logs_reach_caplog():
-    """``featmammo`` CLI invocations elsewhere in the session (cli.main.configure_logging) set
-    ``propagate=False`` on the package logger; caplog listens on the root logger. Undo it here."""
-    logger = logging.getLogger("featmammo")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    logger.handlers[:], logger.level, logger.propagate = [], logging.NOTSET, True
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
-
-
 def test_parse_classes():
     assert parse_classes("3class") == ("normal", "benign", "malignant")
     assert parse_classes("normal,benign,malignant") == SCHEMES["3class"]

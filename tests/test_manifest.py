@@ -22,17 +22,6 @@ from featmammo.datasets.manifest import image_ids_from_paths, read_csv_strings
 from featmammo.errors import ManifestError
 
 
-@pytest.fixture(autouse=True)
-def _featmammo_logs_reach_caplog():
-    """``featmammo`` CLI invocations elsewhere in the session (cli.main.configure_logging) set
-    ``propagate=False`` on the package logger; caplog listens on the root logger. Undo it here."""
-    logger = logging.getLogger("featmammo")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    logger.handlers[:], logger.level, logger.propagate = [], logging.NOTSET, True
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
-
-
 def _png(path, value=0):
     path.parent.mkdir(parents=True, exist_ok=True)
     PILImage.fromarray(np.full((8, 8), value, np.uint8)).save(path)

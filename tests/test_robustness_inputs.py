@@ -33,17 +33,6 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FEATMAMMO_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.fixture(autouse=True)
-def _featmammo_logs_reach_caplog():
-    """``featmammo`` CLI invocations elsewhere in the session (cli.main.configure_logging) set
-    ``propagate=False`` on the package logger; caplog listens on the root logger. Undo it here."""
-    logger = logging.getLogger("featmammo")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    logger.handlers[:], logger.level, logger.propagate = [], logging.NOTSET, True
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
-
-
 def _manifest_cmd():
     # the subcommand itself: the top-level group would configure logging process-wide
     from featmammo.cli.manifest import command

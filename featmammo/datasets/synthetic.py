@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from .manifest import REQUIRED_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +111,7 @@ NORMAL_COLUMNS = [
     "image file path",
 ]
 MANIFEST_COLUMNS = [
-    "image_id",
-    "path",
-    "label",
-    "patient_id",
-    "laterality",
-    "view",
-    "split",
-    "source",
+    *REQUIRED_COLUMNS,
     "abnormality_type",
     "roi_mask_path",
     "photometric",

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_write
 from ..errors import WeightsError
 from ..hashing import sha256_file
 
@@ -96,21 +95,6 @@ def _paths(path) -> tuple[Path, Path]:
     return p, p.with_suffix(".json")
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save(model, path, sidecar: dict | None = None) -> Path:
     """Write ``model`` to ``<path>.joblib`` and a sidecar to ``<path>.json``; return the model path.
 
@@ -121,7 +105,7 @@ def save(model, path, sidecar: dict | None = None) -> Path:
     import joblib
 
     model_path, sidecar_path = _paths(path)
-    _atomic_write(model_path, lambda f: joblib.dump(model, f))
+    atomic_write(model_path, lambda f: joblib.dump(model, f))
     digest = sha256_file(model_path)
 
     info: dict[str, Any] = {k: _jsonable(v) for k, v in dict(sidecar or {}).items()}
@@ -145,7 +129,7 @@ def save(model, path, sidecar: dict | None = None) -> Path:
         }
     )
     text = json.dumps(info, indent=2, sort_keys=True, default=str) + "\n"
-    _atomic_write(sidecar_path, lambda f: f.write(text.encode()))
+    atomic_write(sidecar_path, lambda f: f.write(text.encode()))
     log.info("saved head to %s (sha256 %s…)", model_path, digest[:12])
     return model_path
 
