@@ -409,3 +409,15 @@ def test_train_cuda_amp(tiny_manifest, tmp_path, amp):
     assert np.isfinite(hist["train_loss"]).all()
     model, _ = load_model(res.checkpoint)
     assert next(model.parameters()).dtype == torch.float32  # AMP never changes the stored weights
+
+
+def test_augment_strengths_in_config():
+    from featmammo.nn.train import TrainConfig
+
+    cfg = TrainConfig(weights="random", augment={"rotation": 10, "brightness": 0.05})
+    assert TrainConfig.from_dict(cfg.to_dict()).augment == {"rotation": 10, "brightness": 0.05}
+    assert TrainConfig(weights="random").augment is True
+    with pytest.raises(ConfigError, match="rotation"):
+        TrainConfig(weights="random", augment={"rotation": -1})
+    with pytest.raises(ConfigError, match="augment"):
+        TrainConfig(weights="random", augment="strong")

@@ -88,7 +88,7 @@ class TrainConfig:
     monitor: str = "balanced_accuracy"
     patience: int = 5
     balance: str = "weights"
-    augment: bool = True
+    augment: bool | dict = True  # True: the paper's Augment(); a dict: Augment(**dict) strengths
     amp: str = "auto"
     hidden: int = 256
     dropout: float = 0.5
@@ -132,6 +132,13 @@ class TrainConfig:
         if self.trunk_lr_mult is None:  # random trunks must learn at full rate
             self.trunk_lr_mult = 1.0 if self.weights == "random" else 0.1
         self.preprocess = dict(self.preprocess)
+        if isinstance(self.augment, dict):
+            from featmammo.augment import Augment
+
+            self.augment = dict(self.augment)
+            Augment.from_dict(self.augment)  # raises ConfigError on a bad strength
+        elif not isinstance(self.augment, bool):
+            raise ConfigError(f"augment must be true/false or a dict, got {self.augment!r}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -689,7 +696,7 @@ def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx: DistContext, *, resum
     if cfg.augment:
         from featmammo.augment import Augment
 
-        augmenter = Augment()
+        augmenter = Augment.from_dict(cfg.augment) if isinstance(cfg.augment, dict) else Augment()
 
     start_epoch, best_metric, best_epoch, bad_epochs, history = 0, None, -1, 0, []
     if resume:
