@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
-import tempfile
 from pathlib import Path
 
 import torch
 
 from featmammo._version import __version__
+from featmammo.atomic import atomic_write
 from featmammo.errors import WeightsError
 from featmammo.hashing import sha256_file
 
@@ -47,21 +46,6 @@ def versions() -> dict:
     }
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, fsync, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path, payload: dict, sidecar: dict) -> dict:
     """Save ``payload`` (tensors and plain values only) and its sidecar; returns the sidecar
     written.
@@ -72,7 +56,7 @@ def save_checkpoint(path, payload: dict, sidecar: dict) -> dict:
     mix.
     """
     path = Path(path)
-    _atomic_write_bytes(path, lambda f: torch.save(payload, f))
+    atomic_write(path, lambda f: torch.save(payload, f))
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -82,7 +66,7 @@ def save_checkpoint(path, payload: dict, sidecar: dict) -> dict:
         "versions": versions(),
     }
     text = json.dumps(meta, indent=2, sort_keys=True, default=str).encode()
-    _atomic_write_bytes(sidecar_path(path), lambda f: f.write(text))
+    atomic_write(sidecar_path(path), lambda f: f.write(text))
     log.debug("saved %s (sha256 %s)", path, meta["sha256"][:12])
     return meta
 
