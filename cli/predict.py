@@ -14,11 +14,18 @@ from .options import device_option, echo_json, json_option
     "-o", "--output", default=None, type=click.Path(dir_okay=False),
     help="Write the predictions CSV here (default: print it).",
 )  # fmt: skip
+@click.option(
+    "--laterality",
+    type=click.Choice(["L", "R"]),
+    default=None,
+    help="Breast side of loose image files (default: DICOM header, else inferred from the pixels).",
+)
 @device_option
 @json_option
-def command(model, inputs, output, device, as_json) -> None:
+def command(model, inputs, output, laterality, device, as_json) -> None:
     """Predict with MODEL (RUN_DIR/models/<features>__<head>.joblib) on INPUT image files or
-    folders, or on stores (.h5, whose backbone provenance must match the model's).
+    folders, manifest CSVs (their laterality and roi_mask_path columns are used, as at
+    extraction), or stores (.h5, whose backbone provenance must match the model's).
 
     Images are read, preprocessed and embedded with the backbones, weights and preprocessing the
     model was fit on (all recorded in its sidecar). Output columns: image_id, path, y_pred,
@@ -26,7 +33,7 @@ def command(model, inputs, output, device, as_json) -> None:
     """
     from featmammo.predict import predict
 
-    df = predict(model, list(inputs), device=device)
+    df = predict(model, list(inputs), device=device, laterality=laterality)
     if output:
         df.to_csv(output, index=False)
     if as_json:

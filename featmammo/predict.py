@@ -209,8 +209,32 @@ def expand_inputs(inputs: Sequence) -> list[Path]:
     return out
 
 
-def predict_images(model, sidecar: dict, paths: Sequence, *, device: str = "auto") -> pd.DataFrame:
-    """Read, preprocess (recorded config), embed (recorded backbones) and classify image files."""
+def _recorded_precision(provs: Sequence[dict], device: str) -> str:
+    """The precision the embeddings were computed in: float32 on the CPU; on CUDA the recorded one
+    (a model fit on float32 embeddings is not fed bfloat16 ones)."""
+    if not device.startswith("cuda"):
+        return "float32"
+    recorded = {p.get("precision") for p in provs} - {None}
+    return recorded.pop() if len(recorded) == 1 else "float32"
+
+
+def predict_images(
+    model,
+    sidecar: dict,
+    paths: Sequence,
+    *,
+    device: str = "auto",
+    lateralities: Sequence[str | None] | None = None,
+    roi_masks: Sequence | None = None,
+    ids: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Read, preprocess (recorded config), embed (recorded backbones) and classify image files.
+
+    ``lateralities`` ("L"/"R"/None per image) and ``roi_masks`` (mask paths) play the part of the
+    manifest's ``laterality`` and ``roi_mask_path`` columns at extraction: without them the side
+    comes from the DICOM header or, failing that, from where the tissue lies, which can differ from
+    the side a manifest gave at extraction time.
+    """
     from .extract import embed, resolve_device
     from .preprocess import PreprocessConfig, load_and_preprocess
 
@@ -228,10 +252,24 @@ def predict_images(model, sidecar: dict, paths: Sequence, *, device: str = "auto
         )
     dev = str(resolve_device(device))
     backbones = rebuild_backbones(sidecar, device=dev)
+    n = len(paths)
+    lateralities = list(lateralities) if lateralities is not None else [None] * n
+    roi_masks = list(roi_masks) if roi_masks is not None else [None] * n
+    if len(lateralities) != n or len(roi_masks) != n:
+        raise ConfigError(
+            f"{len(lateralities)} lateralities / {len(roi_masks)} masks for {n} images"
+        )
+    if config.canonical_side and all(lat in (None, "") for lat in lateralities):
+        log.info(
+            "no laterality given: the canonical side comes from DICOM headers or is inferred from "
+            "the pixels (pass a manifest CSV or --laterality to use the manifest's sides)"
+        )
+    precision = _recorded_precision(provs, dev)
     arrays, errors = [], []
-    for path in paths:
+    for path, lat, mask in zip(paths, lateralities, roi_masks, strict=True):
         try:
-            arrays.append(load_and_preprocess(path, config))
+            lat, mask = lat or None, mask or None
+            arrays.append(load_and_preprocess(path, config, laterality=lat, roi_mask_path=mask))
             errors.append("")
         except FeatmammoError as exc:
             log.warning("%s: skipped (%s)", path, exc)
@@ -243,15 +281,21 @@ def predict_images(model, sidecar: dict, paths: Sequence, *, device: str = "auto
     proba = np.full((len(paths), len(classes)), np.nan)
     if ok:
         blocks = []
-        for n in names:  # one call per block: store names may carry a suffix (resnet50_crop)
+        for name in names:  # one call per block: store names may carry a suffix (resnet50_crop)
             out = embed(
-                [arrays[i] for i in ok], backbones=[backbones[n]], preprocess=config, device=dev
+                [arrays[i] for i in ok],
+                backbones=[backbones[name]],
+                preprocess=config,
+                device=dev,
+                precision=precision,
             )
             blocks.append(next(iter(out.values())))
         X = np.concatenate(blocks, axis=1)
         y_ok, p_ok = _predict_matrix(model, X, sidecar)
         y_pred[ok] = y_ok
         proba[ok] = p_ok
+    if ids is not None:
+        return _frame(list(ids), [str(p) for p in paths], y_pred, proba, classes, errors)
     ids = [Path(p).stem for p in paths]
     seen = pd.Series(ids)
     if seen.duplicated(keep=False).any():  # e.g. CBIS-DDSM's 1-1.dcm in every folder
@@ -260,19 +304,43 @@ def predict_images(model, sidecar: dict, paths: Sequence, *, device: str = "auto
     return _frame(ids, [str(p) for p in paths], y_pred, proba, classes, errors)
 
 
-def predict(model_path, inputs: Sequence, *, device: str = "auto") -> pd.DataFrame:
-    """Predict with a saved model on image files/folders and/or stores (inputs ending in .h5)."""
+def predict(
+    model_path, inputs: Sequence, *, device: str = "auto", laterality: str | None = None
+) -> pd.DataFrame:
+    """Predict with a saved model on image files/folders, manifest CSVs and/or stores (.h5).
+
+    A manifest CSV (any CSV ``read_manifest`` accepts) gives each image its id, laterality and ROI
+    mask as at extraction. ``laterality`` ("L"/"R") applies to loose image files.
+    """
+    from .datasets import read_manifest
+
     model, sidecar = load_model(model_path)
     frames = []
     stores = [i for i in inputs if str(i).endswith((".h5", ".hdf5"))]
-    images = [i for i in inputs if not str(i).endswith((".h5", ".hdf5"))]
+    manifests = [i for i in inputs if str(i).lower().endswith(".csv")]
+    images = [i for i in inputs if i not in stores and i not in manifests]
     for s in stores:
         frames.append(predict_store(model, sidecar, s))
+    for m in manifests:
+        df = read_manifest(m, require_labels=False)
+        masks = df["roi_mask_path"].tolist() if "roi_mask_path" in df else None
+        frames.append(
+            predict_images(
+                model,
+                sidecar,
+                df["path"].tolist(),
+                device=device,
+                lateralities=df["laterality"].tolist(),
+                roi_masks=masks,
+                ids=df["image_id"].tolist(),
+            )
+        )
     if images:
         paths = expand_inputs(images)
         if not paths:
             raise ConfigError(f"no image files in {list(map(str, images))}")
-        frames.append(predict_images(model, sidecar, paths, device=device))
+        lats = [laterality] * len(paths) if laterality else None
+        frames.append(predict_images(model, sidecar, paths, device=device, lateralities=lats))
     if not frames:
         raise ConfigError("predict: no input given")
     out = pd.concat(frames, ignore_index=True)

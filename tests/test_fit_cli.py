@@ -207,7 +207,10 @@ def test_fit_cv_only_and_bad_options(fitted, tmp_path):
 
 
 def _png_manifest(folder: Path) -> Path:
-    """24 tiny PNG phantoms of 12 patients; malignant ones carry a bright spot."""
+    """24 tiny PNG phantoms of 12 patients; malignant ones carry a bright spot.
+
+    Tissue sits on the left of every image, but odd rows say laterality "R": extraction flips them,
+    so predicting them needs the manifest's side, not the side inferred from the pixels."""
     from PIL import Image
 
     rng = np.random.default_rng(5)
@@ -223,7 +226,7 @@ def _png_manifest(folder: Path) -> Path:
         Image.fromarray((img * 255).astype(np.uint8)).save(path)
         rows.append(
             {"image_id": f"im{i:02d}", "path": str(path), "label": label,
-             "patient_id": f"Q{i // 2:02d}", "laterality": "", "view": "CC",
+             "patient_id": f"Q{i // 2:02d}", "laterality": "LR"[i % 2], "view": "CC",
              "split": "test" if i >= 16 else "train", "source": "synthetic"}
         )  # fmt: skip
     manifest = folder / "manifest.csv"
@@ -252,16 +255,26 @@ def test_extract_fit_predict_end_to_end(tmp_path, monkeypatch):
     test = pred[pred["fold"] == "test"]
     cols = ["p_benign", "p_malignant"]
     # two image files, read + preprocessed + embedded from the recorded config
-    images = [tmp_path / "im16.png", tmp_path / "im19.png"]
+    images = [tmp_path / "im16.png", tmp_path / "im18.png"]  # laterality L, as inferred
     out = tmp_path / "images.csv"
     r = _cli(["predict", model, *images, "-o", out, "--device", "cpu"], catch=False)
     assert r.exit_code == 0, r.output
     got = pd.read_csv(out, keep_default_na=False).set_index("image_id")
-    assert list(got.index) == ["im16", "im19"] and (got["error"] == "").all()
+    assert list(got.index) == ["im16", "im18"] and (got["error"] == "").all()
     np.testing.assert_allclose(
-        got[cols].to_numpy(float), test.loc[["im16", "im19"], cols].to_numpy(), atol=1e-5
+        got[cols].to_numpy(float), test.loc[["im16", "im18"], cols].to_numpy(), atol=1e-5
     )
-    assert list(got["y_pred"]) == list(test.loc[["im16", "im19"], "y_pred"])
+    assert list(got["y_pred"]) == list(test.loc[["im16", "im18"], "y_pred"])
+    # the manifest gives every image its side (odd rows are "R"), as at extraction
+    r = _cli(["predict", model, manifest, "--json"], catch=False)
+    rows = pd.DataFrame(json.loads(r.stdout[r.stdout.index("[") :])).set_index("image_id")
+    np.testing.assert_allclose(
+        rows.loc[test.index, cols].to_numpy(float), test[cols].to_numpy(), atol=1e-5
+    )
+    # a loose right-breast file matches only when its side is given
+    r = _cli(["predict", model, tmp_path / "im19.png", "--laterality", "R", "--json"], catch=False)
+    row = json.loads(r.stdout[r.stdout.index("[") :])[0]
+    np.testing.assert_allclose([row[c] for c in cols], test.loc["im19", cols], atol=1e-5)
     # the store rows give the same predictions
     r = _cli(["predict", model, st, "--json"], catch=False)
     rows = pd.DataFrame(json.loads(r.stdout[r.stdout.index("[") :])).set_index("image_id")
