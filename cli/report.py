@@ -9,9 +9,13 @@ from .options import echo_json, json_option
 
 @click.command("report")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--n-boot", default=1000, show_default=True, help="Bootstrap resamples of patients.")
-@click.option("--seed", default=0, show_default=True, help="Bootstrap seed.")
-@click.option("--threshold", default=0.5, show_default=True, help="P(positive) threshold.")
+@click.option(
+    "--n-boot", type=int, default=None, help="Bootstrap resamples (default: the run's config.json)."
+)
+@click.option("--seed", type=int, default=None, help="Bootstrap seed (default: the run's).")
+@click.option(
+    "--threshold", type=float, default=None, help="P(positive) threshold (default: the run's)."
+)
 @click.option("--figures/--no-figures", default=True, show_default=True, help="Redraw figures.")
 @json_option
 def command(run_dir, n_boot, seed, threshold, figures, as_json):

@@ -372,17 +372,21 @@ def _joined_meta(store_list: Sequence[Any], ids: np.ndarray) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(index=pd.Index(ids.astype(str), name="image_id"))
     allm = pd.concat(frames, axis=0, sort=False)
-    if "label" in allm.columns and len(frames) > 1:
+    # label, patient and split drive the classes, the grouping and the held-out test: two stores
+    # that disagree on them for one image cannot be fused (the first store would silently win)
+    checked = [c for c in ("label", "patient_id", "split") if c in allm.columns]
+    if checked and len(frames) > 1:
         want = allm[allm.index.isin(set(ids))]
-        nlab = want.groupby(level=0)["label"].nunique(dropna=True)
-        conflict = nlab[nlab > 1]
-        if len(conflict):
-            first = conflict.index[0]
-            labels = want.loc[[first], "label"].tolist()
-            raise StoreError(
-                f"image id {first!r} has different labels in different stores ({labels}); "
-                f"{len(conflict)} id(s) conflict"
-            )
+        for col in checked:
+            nval = want.groupby(level=0)[col].nunique(dropna=True)
+            conflict = nval[nval > 1]
+            if len(conflict):
+                first = conflict.index[0]
+                values = want.loc[[first], col].tolist()
+                raise StoreError(
+                    f"image id {first!r} has different {col} values in different stores "
+                    f"({values}); {len(conflict)} id(s) conflict"
+                )
     allm = allm[~allm.index.duplicated(keep="first")]
     meta = allm.reindex(pd.Index(ids.astype(str), name="image_id")).drop(columns="_store")
     return meta

@@ -232,3 +232,22 @@ def test_block_pca_per_block():
     assert pca.blocks_out_ == {"resnet50": (0, 4), "alexnet": (4, 10)}  # capped by block width
     assert pca.transform(X).shape == (40, 10)
     assert list(pca.get_feature_names_out()[:2]) == ["resnet50:pc0", "resnet50:pc1"]
+
+
+@pytest.mark.parametrize("column", ["patient_id", "split"])
+def test_conflicting_patient_or_split_refused(tmp_path, column):
+    # the patient drives the CV grouping and the split the held-out test: no silent first-store win
+    ids, emb, meta = _truth()
+    meta = meta.assign(split="train")
+    a = fstore.write(tmp_path / "a.h5", ids, meta, {"resnet50": emb["resnet50"]},
+                     {"resnet50": _prov("resnet50")})  # fmt: skip
+    meta2 = meta.copy()
+    meta2.loc[5, column] = "other"
+    b = fstore.write(tmp_path / "b.h5", ids, meta2, {"alexnet": emb["alexnet"]},
+                     {"alexnet": _prov("alexnet")})  # fmt: skip
+    with pytest.raises(StoreError, match=f"img005.*different {column}"):
+        fuse([a, b], "hybrid")
+    # identical metadata fuses
+    c = fstore.write(tmp_path / "c.h5", ids, meta, {"alexnet": emb["alexnet"]},
+                     {"alexnet": _prov("alexnet")})  # fmt: skip
+    assert fuse([a, c], "hybrid").X.shape == (N, DIMS["resnet50"] + DIMS["alexnet"])

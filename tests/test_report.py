@@ -197,3 +197,23 @@ def test_calibration_bins():
     assert bins["count"].sum() == 5
     row = bins[bins["bin"] == 9].iloc[0]
     assert row["observed"] == 1.0 and row["mean_predicted"] == pytest.approx(0.93)
+
+
+def test_report_command_keeps_the_runs_own_settings(tmp_path, rng):
+    """`featmammo report RUN_DIR` without options reproduces the run's numbers (its config's n_boot,
+    seed and threshold); an explicit option changes them."""
+    from click.testing import CliRunner
+
+    from featmammo.cli.main import cli
+    from featmammo.report import write_report
+
+    run = _run_dir(tmp_path, rng)
+    write_report(run, figures=False)  # as fit leaves it: settings from config.json
+    before = (run / "leaderboard.csv").read_text()
+    r = CliRunner().invoke(cli, ["report", str(run), "--no-figures"])
+    assert r.exit_code == 0, r.output
+    assert (run / "leaderboard.csv").read_text() == before
+    assert json.loads((run / "metrics.json").read_text())["n_boot"] == 40
+    r = CliRunner().invoke(cli, ["report", str(run), "--no-figures", "--n-boot", "60"])
+    assert r.exit_code == 0, r.output
+    assert (run / "leaderboard.csv").read_text() != before
