@@ -65,3 +65,16 @@ def test_featmammo_error_becomes_clean_message(tmp_path):
     assert out.returncode != 0
     assert "Traceback" not in out.stderr
     assert "nope.h5" in out.stderr
+
+
+def test_public_lazy_names_resolve_and_store_side_stays_torch_free():
+    code = (
+        "import sys, featmammo\n"
+        "for name in ('open_store', 'read_manifest', 'read_image', 'PreprocessConfig', 'fuse',"
+        " 'make_head'):\n"
+        "    assert callable(getattr(featmammo, name)), name\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "assert callable(featmammo.make_backbone)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
