@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import FeatmammoError, WeightsError
+from .errors import WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +83,16 @@ def build_real_cbis_tree(root: Path) -> Path | None:
 def resolve_demo_weights(weights: str) -> str:
     """'auto' -> 'imagenet' when every demo backbone's ImageNet file is present, else 'random'.
 
-    The switch to random weights is logged as a warning and printed by the command."""
+    The files are checked (present, SHA-256 matching the torchvision name) without building the
+    models; the switch to random weights is logged as a warning and printed by the command."""
     if weights != "auto":
         return weights
-    from .backbones import make
+    from .backbones.manage import imagenet_weights
+    from .backbones.weights import ensure_torchvision_file
 
     try:
         for name in DEMO_BACKBONES:
-            make(name, weights="imagenet")
+            ensure_torchvision_file(imagenet_weights(name))
     except WeightsError as exc:
         log.warning(
             "ImageNet weights are not available (%s). The demo runs with RANDOM weights: the "
@@ -163,7 +165,7 @@ def run_demo(
     run_dir = out / "run"
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    result = fit(
+    fit(
         [store],
         run_dir,
         features=[*DEMO_BACKBONES, "hybrid"],
@@ -174,8 +176,6 @@ def run_demo(
         n_boot=n_boot,
     )
     leaderboard = pd.read_csv(run_dir / "leaderboard.csv")
-    if result is None:  # pragma: no cover - fit returns its summary; keep the type honest
-        raise FeatmammoError("fit returned nothing")
     return DemoResult(
         out_dir=out,
         manifest=manifest_path,

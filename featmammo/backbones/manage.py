@@ -25,7 +25,8 @@ from . import weights as _weights
 log = logging.getLogger(__name__)
 
 
-def _imagenet_weights(name: str) -> _weights.TorchvisionWeights:
+def imagenet_weights(name: str) -> _weights.TorchvisionWeights:
+    """The torchvision weights file that ``make(name, weights="imagenet")`` loads."""
     rec = _registry.recipe(name)
     return _weights.torchvision_weights(rec.arch, rec.imagenet)
 
@@ -36,7 +37,7 @@ def list_weights(*, all_models: bool = False, check_hash: bool = True) -> list[d
     folder = _weights.checkpoints_dir().absolute()
     rows = []
     for name in names:
-        tw = _imagenet_weights(name)
+        tw = imagenet_weights(name)
         path = folder / tw.file_name
         present = path.is_file()
         sha = _weights.file_sha256(path) if present and check_hash else None
@@ -96,7 +97,7 @@ def _verify_file(path: Path, *, name: str | None = None, sha256: str | None = No
     if not checks:
         reason = "no expected hash known (no sidecar, not a torchvision file name, no --sha256)"
     if name is not None or known is not None:
-        tw = known if name is None else _imagenet_weights(name)
+        tw = known if name is None else imagenet_weights(name)
         try:
             check_state_dict_file(path, tw)
         except WeightsError as exc:
@@ -117,7 +118,7 @@ def verify(target: str | None = None, *, name: str | None = None, sha256: str | 
     p = Path(target).expanduser()
     if not p.exists():
         try:
-            tw = _imagenet_weights(target)
+            tw = imagenet_weights(target)
         except ConfigError:
             return [{"target": target, "file": str(p), "sha256": None, "expected": None,
                      "by": None, "status": "missing", "ok": False,
