@@ -9,6 +9,20 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+def fsync_dir(folder) -> None:
+    """Make a rename in ``folder`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(str(folder), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(f)`` on a temporary file in ``path``'s folder, fsync it, then ``os.replace``."""
     path = Path(path)
@@ -20,6 +34,7 @@ def atomic_write(path, write: Callable[[BinaryIO], object]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)  # the rename itself is durable only once the folder is synced
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
