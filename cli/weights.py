@@ -1,7 +1,8 @@
-"""``featmammo weights list | verify | import``: the offline torchvision weights cache.
+"""``featmammo weights list | verify | import | fetch``: torchvision's ImageNet weight files.
 
-Files live in ``TORCH_HOME/hub/checkpoints`` (TORCH_HOME defaults to ``cache/weights``); nothing is
-downloaded. The work is done by :mod:`featmammo.backbones.manage`.
+Files live in torch's hub folder (``$TORCH_HOME/hub/checkpoints``, TORCH_HOME defaulting to
+``~/.cache/torch``), where torchvision keeps them. Only ``fetch`` downloads, and only when asked.
+The work is done by :mod:`featmammo.backbones.manage`.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from .options import echo_json, json_option
 
 @click.group("weights")
 def command() -> None:
-    """List, verify and import the ImageNet weight files the backbones use (offline).
+    """List, verify, fetch and import the ImageNet weight files the backbones use.
 
-    Put torchvision's files (e.g. resnet50-11ad3fa6.pth) in TORCH_HOME/hub/checkpoints, or use
-    `featmammo weights import FILE`, which checks the sha256 before copying.
+    Files live where torchvision keeps them: TORCH_HOME/hub/checkpoints (TORCH_HOME defaults to
+    ~/.cache/torch). `featmammo weights fetch resnet50 alexnet` downloads them (sha256 checked);
+    on an offline machine copy a downloaded file in with `featmammo weights import FILE`.
     """
 
 
@@ -100,3 +102,27 @@ def import_cmd(file: str, name: str | None, as_json: bool) -> None:
         echo_json(row)
     else:
         click.echo(f"{row['status']}: {row['dest']} ({row['weights']}, sha256 {row['sha256']})")
+
+
+@command.command("fetch")
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@click.option("--no-progress", is_flag=True, help="No download progress bar.")
+@json_option
+def fetch_cmd(names: tuple[str, ...], no_progress: bool, as_json: bool) -> None:
+    """Download torchvision's ImageNet weights for backbones NAME... (e.g. resnet50 alexnet).
+
+    Files go to torch's hub folder (see `featmammo weights list`); a file is kept only if its
+    sha256 starts with the hash torchvision embeds in its name. Present, intact files are kept.
+    """
+    from featmammo.backbones.manage import fetch
+    from featmammo.errors import ConfigError, WeightsError
+
+    try:
+        rows = fetch(list(names), progress=not no_progress and not as_json)
+    except (WeightsError, ConfigError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        echo_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['status']}: {r['dest']} ({r['weights']}, sha256 {r['sha256']})")

@@ -1,6 +1,9 @@
-"""Where featmammo keeps run-time artefacts (weights, stores, runs).
+"""Where featmammo keeps run-time artefacts (stores, runs, indexes) and where weights live.
 
-``$FEATMAMMO_CACHE`` when set, else ``cache/`` in the current directory.
+Artefacts: ``$FEATMAMMO_CACHE`` when set, else ``cache/`` in the current directory.
+Weights: torch's own home, exactly as torch/torchvision resolve it (``$TORCH_HOME``, else
+``$XDG_CACHE_HOME/torch``, else ``~/.cache/torch``), so files downloaded by torchvision are found
+and files imported once are found from every folder.
 """
 
 from __future__ import annotations
@@ -14,7 +17,26 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FEATMAMMO_CACHE", "cache")).expanduser()
 
 
-def weights_dir() -> Path:
-    """TORCH_HOME used for torchvision weights unless the user already set TORCH_HOME."""
+def torch_home() -> Path:
+    """torch's home folder, resolved as ``torch.hub`` does (without importing torch)."""
     env = os.environ.get("TORCH_HOME")
-    return Path(env).expanduser() if env else cache_dir() / "weights"
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return Path(xdg).expanduser() / "torch"
+
+
+def weights_dir() -> Path:
+    """The folder whose ``hub/checkpoints`` holds torchvision weight files: :func:`torch_home`."""
+    return torch_home()
+
+
+def missing_weights_hint(names=()) -> str:
+    """What to run when ImageNet weights are missing, in CLI words (no torch needed)."""
+    listed = " ".join(names) or "NAME..."
+    return (
+        f"get them with `featmammo weights fetch {listed}` (downloads torchvision's files into "
+        "torch's hub folder and checks their sha256), copy a downloaded file in with "
+        "`featmammo weights import FILE`, or run with `--weights random` to use untrained "
+        "backbones on purpose"
+    )

@@ -1,8 +1,10 @@
-"""The operations behind ``featmammo weights list | verify | import`` (plain dicts for the CLI).
+"""The operations behind ``featmammo weights list | verify | import | fetch`` (plain dicts).
 
 - :func:`list_weights`: each backbone's ImageNet weights file, whether it is in
   ``TORCH_HOME/hub/checkpoints`` and whether its sha256 matches the prefix in its name;
 - :func:`verify`: recompute sha256 of a backbone's file, a given file, or every file present;
+- :func:`fetch`: download torchvision's ImageNet files for named backbones, on purpose, with the
+  sha256 check (``torch.hub`` checks the prefix in the name before the file appears);
 - :func:`import_file`: copy a downloaded ``.pth`` into the checkpoints folder under its torchvision
   name, after checking its sha256 against that name and its keys/shapes against the architecture.
   Mismatches are refused with :class:`~featmammo.errors.WeightsError`.
@@ -127,7 +129,8 @@ def verify(target: str | None = None, *, name: str | None = None, sha256: str | 
         if row["status"] == "missing":
             row["reason"] = (
                 f"expected file '{tw.file_name}' for {tw.identity} not in folder '{folder}' "
-                f"(featmammo weights import FILE; source {tw.url})"
+                f"(featmammo weights fetch {target}, or featmammo weights import FILE; source "
+                f"{tw.url})"
             )
         return [{**row, "target": target, "weights": tw.identity}]
     return [_verify_file(p, name=name, sha256=sha256)]
@@ -197,3 +200,42 @@ def import_file(path, *, name: str | None = None) -> dict:
         "tensors": n_tensors,
         "status": status,
     }
+
+
+def fetch(names, *, progress: bool = True) -> list[dict]:
+    """Download the ImageNet weights file of each backbone in ``names`` (skipping intact ones).
+
+    Every name is resolved before anything is downloaded (an unknown name downloads nothing). A
+    file already present with the right sha256 is kept (``status: already-present``). Errors
+    (network, hash mismatch) raise WeightsError naming the file and URL.
+    """
+    targets = []
+    for name in names:
+        tw = imagenet_weights(name)
+        if tw not in targets:
+            targets.append(tw)
+    rows = []
+    for tw in targets:
+        dest = tw.path.absolute()
+        present = (
+            dest.is_file()
+            and bool(tw.sha256_prefix)
+            and (_weights.file_sha256(dest).startswith(tw.sha256_prefix))
+        )
+        if present:
+            status, sha = "already-present", _weights.file_sha256(dest)
+        else:
+            dest, sha = _weights.fetch_torchvision_file(tw, progress=progress)
+            status = "downloaded"
+            log.info("fetched %s -> %s (sha256 %s)", tw.url, dest, sha)
+        rows.append(
+            {
+                "arch": tw.arch,
+                "weights": tw.identity,
+                "url": tw.url,
+                "dest": str(dest),
+                "sha256": sha,
+                "status": status,
+            }
+        )
+    return rows

@@ -2,8 +2,9 @@
 
 This module owns
 
-- where torchvision weight files live: ``TORCH_HOME/hub/checkpoints/`` with ``TORCH_HOME``
-  defaulting to :func:`featmammo.paths.weights_dir` (``cache/weights``);
+- where torchvision weight files live: torch's hub folder, ``<torch home>/hub/checkpoints/``,
+  resolved by ``torch.hub.get_dir()`` exactly as torchvision does (``$TORCH_HOME``, else
+  ``$XDG_CACHE_HOME/torch``, else ``~/.cache/torch``; ``torch.hub.set_dir`` is honoured too);
 - the identity of each torchvision weights enum member (``ResNet50_Weights.IMAGENET1K_V2``), its
   file name and the SHA-256 prefix that torchvision embeds in that name
   (``resnet50-11ad3fa6.pth``: the file's sha256 starts with ``11ad3fa6``; the convention
@@ -11,9 +12,10 @@ This module owns
 - SHA-256 checks (file-name prefix, ``FILE.sha256`` sidecars, explicit hashes) *before* any load;
 - reading state dicts with ``torch.load(weights_only=True)`` and matching them to an architecture.
 
-Nothing is downloaded unless ``FEATMAMMO_ALLOW_DOWNLOAD=1``: a missing file raises
-:class:`~featmammo.errors.WeightsError` naming the exact file and folder. Nothing ever falls back to
-random weights.
+Nothing is downloaded implicitly: ``featmammo weights fetch NAME`` (:func:`fetch_torchvision_file`)
+downloads on purpose, and ``FEATMAMMO_ALLOW_DOWNLOAD=1`` lets a run download what it misses. A
+missing file raises :class:`~featmammo.errors.WeightsError` naming the exact file, the folder and
+the command that fetches it. Nothing ever falls back to random weights.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 
 from featmammo.errors import WeightsError
 from featmammo.hashing import sha256_file
-from featmammo.paths import weights_dir
+from featmammo.paths import missing_weights_hint
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +78,8 @@ class TorchvisionWeights:
 
 
 def checkpoints_dir() -> Path:
-    """``TORCH_HOME/hub/checkpoints`` (TORCH_HOME defaults to ``featmammo.paths.weights_dir()``)."""
-    return weights_dir() / "hub" / "checkpoints"
+    """torchvision's weights folder: ``torch.hub.get_dir()/checkpoints``."""
+    return Path(torch.hub.get_dir()).expanduser() / "checkpoints"
 
 
 def hash_prefix_from_name(file_name: str) -> str | None:
@@ -225,10 +227,10 @@ def ensure_torchvision_file(w: TorchvisionWeights) -> tuple[Path, str]:
         else:
             raise WeightsError(
                 f"ImageNet weights for {w.arch} ({w.identity}) not found: expected file "
-                f"'{w.file_name}' in folder '{path.parent}'. Nothing is downloaded (offline by "
-                f"default). Fetch {w.url} on a connected machine, then put it in that folder or "
-                f"run `featmammo weights import {w.file_name}`; set {ALLOW_DOWNLOAD_ENV}=1 to let "
-                "featmammo download it; or ask for weights='random' explicitly."
+                f"'{w.file_name}' in folder '{path.parent}' (torch's hub folder; set TORCH_HOME to "
+                f"use another). Nothing is downloaded implicitly: "
+                f"{missing_weights_hint([w.arch])}. On an offline machine, fetch {w.url} "
+                "elsewhere and import it."
             )
     sha = file_sha256(path)
     prefix = w.sha256_prefix
@@ -247,15 +249,33 @@ def ensure_torchvision_file(w: TorchvisionWeights) -> tuple[Path, str]:
     return path, sha
 
 
-def _download(w: TorchvisionWeights, path: Path) -> None:
+def _download(w: TorchvisionWeights, path: Path, progress: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    log.info("downloading %s -> %s (%s=1)", w.url, path, ALLOW_DOWNLOAD_ENV)
+    log.info("downloading %s -> %s", w.url, path)
     try:
+        # torch.hub writes a temporary file beside ``path``, checks the sha256 prefix and only
+        # then moves it into place: a failed or corrupt download never leaves a file behind
         torch.hub.download_url_to_file(
-            w.url, str(path), hash_prefix=w.sha256_prefix, progress=False
+            w.url, str(path), hash_prefix=w.sha256_prefix, progress=progress
         )
     except Exception as exc:  # network errors come in many types; the message says which
         raise WeightsError(f"{path}: download of {w.url} failed ({exc})") from exc
+
+
+def fetch_torchvision_file(w: TorchvisionWeights, *, progress: bool = True) -> tuple[Path, str]:
+    """Download ``w``'s file into the checkpoints folder (unless an intact copy is there).
+
+    Returns (path, sha256) after the full check of :func:`ensure_torchvision_file`. A present
+    file whose sha256 does not match is replaced by a fresh download.
+    """
+    path = w.path.absolute()
+    if path.is_file() and w.sha256_prefix and file_sha256(path).startswith(w.sha256_prefix):
+        return path, file_sha256(path)
+    if path.is_file():
+        log.warning("%s: sha256 does not match its name; downloading it again", path)
+        path.unlink()
+    _download(w, path, progress=progress)
+    return ensure_torchvision_file(w)
 
 
 # -- local state-dict files ----------------------------------------------------------------------
