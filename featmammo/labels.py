@@ -13,8 +13,20 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from featmammo.datasets.manifest import normalize_label
 from featmammo.errors import ConfigError, ManifestError
+
+# The manifest's labels. Defined here, at the bottom of the layers (no featmammo import but
+# errors), so the manifest contract (featmammo.datasets.manifest) and the class schemes share them.
+LABELS = ("normal", "benign", "malignant")
+
+# input spellings accepted for each label (compared lowercase, after stripping)
+LABEL_ALIASES = {
+    "normal": "normal",
+    "benign": "benign",
+    "malignant": "malignant",
+    "benign_without_callback": "benign",
+    "benign without callback": "benign",
+}
 
 SCHEMES = {
     "3class": ("normal", "benign", "malignant"),
@@ -32,6 +44,11 @@ SCHEME_ALIASES = {
 }
 KNOWN_CLASSES = ("normal", "benign", "malignant", "abnormal")
 ENCODINGS = ("integer", "onehot", "binary")
+
+
+def normalize_label(value) -> str | None:
+    """The canonical label for an input spelling, or None when it is not a known label."""
+    return LABEL_ALIASES.get(str(value).strip().lower())
 
 
 def parse_classes(spec) -> tuple[str, ...]:

@@ -1,10 +1,10 @@
 """The manifest: one table, one row per image, saved as CSV; reading, validating, writing, hashing.
 
-This module owns the manifest contract (``REQUIRED_COLUMNS``, ``LABELS``), the label normalisation
-used on input (case variants, ``BENIGN_WITHOUT_CALLBACK`` -> ``benign``), the derivation of missing
-columns (``image_id`` from the path, ``patient_id`` = ``image_id`` with a warning) and the checks
-that make a bad manifest fail before any work, with a ``ManifestError`` naming the CSV line and the
-reason.
+This module owns the manifest contract (``REQUIRED_COLUMNS``; ``LABELS`` and the label spellings
+live in :mod:`featmammo.labels`, below it), the label normalisation used on input (case variants,
+``BENIGN_WITHOUT_CALLBACK`` -> ``benign``), the derivation of missing columns (``image_id`` from
+the path, ``patient_id`` = ``image_id`` with a warning) and the checks that make a bad manifest
+fail before any work, with a ``ManifestError`` naming the CSV line and the reason.
 
 Any CSV with at least ``path`` and ``label`` columns is a manifest. Cells are read as strings (no NA
 conversion: ``N/A`` stays ``N/A``; ids such as ``0012`` keep their zeros) and stripped; a UTF-8 BOM,
@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from featmammo.errors import ManifestError
+from featmammo.labels import LABEL_ALIASES, LABELS, normalize_label  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +43,6 @@ REQUIRED_COLUMNS = [
     "split",
     "source",
 ]
-LABELS = ("normal", "benign", "malignant")
-
-# input spellings accepted for each label (compared lowercase, after stripping)
-LABEL_ALIASES = {
-    "normal": "normal",
-    "benign": "benign",
-    "malignant": "malignant",
-    "benign_without_callback": "benign",
-    "benign without callback": "benign",
-}
 LATERALITY_ALIASES = {"l": "L", "left": "L", "r": "R", "right": "R", "": ""}
 SPLIT_ALIASES = {
     "train": "train",
@@ -146,11 +137,6 @@ _SEP_NAMES = {";": "semicolon", "\t": "tab", "|": "pipe"}
 # --------------------------------------------------------------------------------------------
 # Normalisation helpers (shared with the builders)
 # --------------------------------------------------------------------------------------------
-def normalize_label(value) -> str | None:
-    """The canonical label for an input spelling, or None when it is not a known label."""
-    return LABEL_ALIASES.get(str(value).strip().lower())
-
-
 def normalize_laterality(value) -> str | None:
     return LATERALITY_ALIASES.get(str(value).strip().lower())
 
