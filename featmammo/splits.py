@@ -1,9 +1,10 @@
 """Patient-grouped, stratified splits and the leakage audit.
 
-Owns :func:`grouped_kfold` (scikit-learn ``StratifiedGroupKFold``, seeded), :func:`grouped_holdout`
-(a seeded, greedy stratified assignment of whole patients to the test side, so any ``test_size``
-is honoured) and :func:`audit`, which reports patients shared between splits (and between CV folds
-when a ``fold`` column exists), duplicated files and duplicated patient/side/view images.
+Owns :func:`grouped_kfold` (scikit-learn ``StratifiedGroupKFold``, shuffled and seeded),
+:func:`grouped_holdout` (whole patients drawn at random, stratified by class, so any ``test_size``
+is honoured and both sides hold the same kind of patient: never filled by patient size) and
+:func:`audit`, which reports patients shared between splits (and between CV folds when a ``fold``
+column exists), duplicated files and duplicated patient/side/view images.
 
 No torch. Errors: ``ConfigError`` for impossible requests (fewer patients than folds, bad sizes).
 A class absent from a fold's validation or training side is a warning, not an error.
@@ -85,39 +86,56 @@ def grouped_kfold(labels: Sequence, groups: Sequence, k: int = 5, seed: int = 0)
     return folds
 
 
+def _random_group_split(y: np.ndarray, g: np.ndarray, test_size: float, seed) -> np.ndarray:
+    """Boolean mask of the held-out rows: whole patients drawn at random, stratified by class.
+
+    Every patient belongs to the stratum of its most frequent label (ties: the first label in
+    sorted order). Within a stratum the patients are put in a seeded random order and the
+    held-out side takes the prefix of that order whose image count is closest to ``test_size`` x
+    the stratum's images. The order is random, never by size, so the held-out and kept patients
+    come from the same population (same images per patient on average); the prefix rule keeps the
+    per-class image fractions close to ``test_size``.
+    """
+    classes, y_codes = np.unique(y.astype(str), return_inverse=True)
+    uniq, g_codes = np.unique(g.astype(str), return_inverse=True)
+    counts = np.zeros((len(uniq), len(classes)), dtype=np.int64)
+    np.add.at(counts, (g_codes, y_codes), 1)
+    stratum = counts.argmax(axis=1)  # first maximum: the first class in sorted order on ties
+    sizes = counts.sum(axis=1)
+    rng = np.random.default_rng(seed)
+    in_test = np.zeros(len(uniq), dtype=bool)
+    for s in range(len(classes)):
+        members = rng.permutation(np.flatnonzero(stratum == s))
+        if not len(members):
+            continue
+        cum = np.concatenate([[0], np.cumsum(sizes[members])])
+        target = float(test_size) * cum[-1]
+        take = int(np.argmin(np.abs(cum - target)))  # first prefix closest to the target
+        in_test[members[:take]] = True
+    if not in_test.any():  # tiny sets: one random patient goes to the held-out side
+        in_test[rng.integers(len(uniq))] = True
+    if in_test.all():
+        in_test[rng.choice(np.flatnonzero(in_test))] = False
+    return in_test[g_codes]
+
+
 def grouped_holdout(labels: Sequence, groups: Sequence, test_size: float = 0.2, seed: int = 0):
     """Patient-disjoint, stratified hold-out split: ``(train_idx, test_idx)``.
 
-    Whole patients are assigned greedily (largest first, seeded shuffle for ties) to the test side
-    while that brings its per-class image counts closer to ``test_size`` x the class totals; so the
-    test fraction and class mix both follow ``test_size``. Raises ConfigError for a ``test_size``
-    outside (0, 1) or fewer than two patients; warns when a class is absent from one side.
+    Whole patients are drawn at random (seeded), stratified by class (each patient counts in the
+    class of most of its images): within each class a random prefix of the patients whose image
+    count is closest to ``test_size`` x the class's images goes to the test side. Patients are
+    never ordered by size, so both sides hold the same kind of patient. Raises ConfigError for a
+    ``test_size`` outside (0, 1) or fewer than two patients; warns when a class is absent from
+    one side.
     """
     y, g = _as_arrays(labels, groups)
     if not 0.0 < float(test_size) < 1.0:
         raise ConfigError(f"test_size must be in (0, 1) (got {test_size})")
-    classes, y_codes = np.unique(y.astype(str), return_inverse=True)
-    uniq, g_codes = np.unique(g.astype(str), return_inverse=True)
-    if len(uniq) < 2:
-        raise ConfigError(f"a hold-out split needs at least 2 patients (got {len(uniq)})")
-    counts = np.zeros((len(uniq), len(classes)), dtype=np.int64)
-    np.add.at(counts, (g_codes, y_codes), 1)
-    target = test_size * counts.sum(axis=0)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(uniq))
-    order = order[np.argsort(-counts[order].sum(axis=1), kind="stable")]
-    test_counts = np.zeros(len(classes))
-    in_test = np.zeros(len(uniq), dtype=bool)
-    for gi in order:
-        new = test_counts + counts[gi]
-        if np.abs(new - target).sum() < np.abs(test_counts - target).sum():
-            in_test[gi] = True
-            test_counts = new
-    if not in_test.any():  # tiny sets: put the smallest patient in test
-        in_test[np.argmin(counts.sum(axis=1))] = True
-    if in_test.all():
-        in_test[np.argmax(counts.sum(axis=1))] = False
-    test_mask = in_test[g_codes]
+    n_groups = len(set(g.astype(str).tolist()))
+    if n_groups < 2:
+        raise ConfigError(f"a hold-out split needs at least 2 patients (got {n_groups})")
+    test_mask = _random_group_split(y, g, test_size, seed)
     train_idx = np.flatnonzero(~test_mask).astype(np.int64)
     test_idx = np.flatnonzero(test_mask).astype(np.int64)
     _warn_missing_classes(y, train_idx, test_idx, "hold-out")

@@ -155,3 +155,35 @@ def test_audit_warns_when_a_label_comes_from_one_source():
     assert "acquisition pipeline" in r.format()
     df.loc[0, "source"] = "cbis-ddsm"  # both sources now hold normals: no longer confounded
     assert audit(df).source_confounding == {}
+
+
+def _mean_images_per_patient(g, idx):
+    return len(idx) / len(set(g[idx]))
+
+
+def test_grouped_holdout_draws_patients_regardless_of_their_size():
+    """Patients of 1-4 images: both sides hold the same kind of patient (a split filled with the
+    largest patients first put only 4-image patients on the test side)."""
+    train_mean, test_mean = [], []
+    for seed in range(20):
+        y, g = _toy(80, seed=seed)
+        tr, te = grouped_holdout(y, g, test_size=0.25, seed=seed)
+        train_mean.append(_mean_images_per_patient(g, tr))
+        test_mean.append(_mean_images_per_patient(g, te))
+        assert set(g[te]).isdisjoint(g[tr])
+    ratio = np.mean(test_mean) / np.mean(train_mean)
+    assert abs(ratio - 1) < 0.10, (np.mean(test_mean), np.mean(train_mean))
+    # and the test side holds small patients too (a size-ordered fill would not)
+    y, g = _toy(80, seed=0)
+    _, te = grouped_holdout(y, g, test_size=0.25, seed=0)
+    sizes = pd.Series(g).value_counts()
+    assert sizes[sorted(set(g[te]))].min() <= 2
+
+
+def test_grouped_kfold_folds_hold_the_same_kind_of_patient():
+    per_fold = []
+    for seed in range(20):
+        y, g = _toy(80, seed=seed)
+        per_fold.append([_mean_images_per_patient(g, va) for _, va in grouped_kfold(y, g, 5, seed)])
+    means = np.mean(per_fold, axis=0)
+    assert means.max() / means.min() < 1.10, means
