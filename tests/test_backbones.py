@@ -365,13 +365,27 @@ def test_prepare_for_inference_channels_last():
     assert after.dtype == torch.float32 and torch.allclose(before, after, atol=1e-4)
 
 
+def test_registry_does_not_import_nn():
+    """One direction between the parts: backbones never import featmammo.nn (nn registers)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, featmammo.backbones as fb, featmammo.backbones.registry as r; "
+        "assert 'featmammo.nn' not in sys.modules, 'registry imported nn'; "
+        "assert 'hybrid:' not in r._PREFIX_LOADERS; "
+        "import featmammo.nn.backbone; assert 'hybrid:' in r._PREFIX_LOADERS"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_hybrid_names_dispatch_to_nn(monkeypatch):
-    import featmammo.nn as fnn
+    import featmammo.nn.backbone as nn_backbone
 
     calls = []
     sentinel = torch.nn.Identity()
     monkeypatch.setattr(
-        fnn, "load_backbone", lambda p, device: calls.append((p, device)) or sentinel
+        nn_backbone, "load_backbone", lambda p, device: calls.append((p, device)) or sentinel
     )
     assert fb.make("hybrid:/runs/a/checkpoint.pt") is sentinel
     assert calls == [("/runs/a/checkpoint.pt", torch.device("cpu"))]

@@ -16,7 +16,9 @@ Any other torchvision classifier (``torchvision.models.list_models``) works by n
 torchvision's DEFAULT weights and its penultimate features (final classifier layer replaced by
 Identity), and any layer of any backbone can be tapped by torchvision node/module name
 (``layer="layer3"``), globally average-pooled (see :mod:`featmammo.backbones.arch`).
-``hybrid:PATH`` loads a trained HybridNet checkpoint through ``featmammo.nn.load_backbone``.
+Prefixed names (``hybrid:PATH``: a trained HybridNet checkpoint) are resolved by the loader their
+provider registers with :func:`register_prefix`; the provider is named in the neutral table
+:mod:`featmammo.plugins` and imported on first use, so this module never imports ``featmammo.nn``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +34,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from featmammo.devices import resolve_device
 from featmammo.errors import ConfigError, WeightsError
+from featmammo.plugins import BACKBONE_PREFIX_PROVIDERS
 
 from . import arch as _arch
 from . import weights as _weights
@@ -40,7 +45,30 @@ from .weights import IMAGENET_MEAN, IMAGENET_STD
 log = logging.getLogger(__name__)
 
 PENULTIMATE = "penultimate"
-HYBRID_PREFIX = "hybrid:"
+
+#: prefix -> loader(name, *, weights, layer, device) -> module with .spec
+_PREFIX_LOADERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_prefix(prefix: str, loader: Callable[..., nn.Module]) -> None:
+    """Make ``make("<prefix>...")`` call ``loader(name, weights=, layer=, device=)``."""
+    _PREFIX_LOADERS[prefix] = loader
+
+
+def _prefix_loader(name: str) -> Callable[..., nn.Module] | None:
+    """The loader for a prefixed name, importing its provider (plugin table) on first use."""
+    for prefix, provider in BACKBONE_PREFIX_PROVIDERS.items():
+        if name.startswith(prefix) and prefix not in _PREFIX_LOADERS:
+            try:
+                importlib.import_module(provider)
+            except ImportError as exc:
+                raise ConfigError(
+                    f"{name}: its provider {provider} failed to import ({exc})"
+                ) from exc
+    for prefix, loader in _PREFIX_LOADERS.items():
+        if name.startswith(prefix):
+            return loader
+    return None
 
 
 @dataclass(frozen=True)
@@ -274,8 +302,9 @@ def make(
     node name; None = the default. ``hybrid:PATH`` names go to ``featmammo.nn.load_backbone``.
     Never falls back: missing or mismatching weights raise :class:`~featmammo.errors.WeightsError`.
     """
-    if name.startswith(HYBRID_PREFIX):
-        return _make_hybrid(name, weights=weights, layer=layer, device=device)
+    loader = _prefix_loader(str(name))
+    if loader is not None:
+        return loader(str(name), weights=weights, layer=layer, device=resolve_device(device))
     plan = _plan(name, weights, layer, seed, sha256)
     arch = plan.rec.arch
     if plan.kind == "random":
@@ -302,13 +331,7 @@ def make(
     else:
         body = model
     out = _arch.Features(body, plan.spec(dim)).eval()
-    return out.to(_device(device))
-
-
-def _device(device) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return out.to(resolve_device(device))
 
 
 def prepare_for_inference(model: nn.Module, device="auto") -> nn.Module:
@@ -319,31 +342,7 @@ def prepare_for_inference(model: nn.Module, device="auto") -> nn.Module:
     """
     model.eval()
     model.requires_grad_(False)
-    return model.to(device=_device(device), memory_format=torch.channels_last)
-
-
-def _make_hybrid(name: str, *, weights, layer, device) -> nn.Module:
-    path = name[len(HYBRID_PREFIX) :]
-    if not path:
-        raise ConfigError(f"{name!r}: hybrid backbones are named hybrid:PATH_TO_CHECKPOINT")
-    if layer not in (None, "", PENULTIMATE):
-        raise ConfigError(f"{name}: layer={layer!r} is not supported for HybridNet checkpoints")
-    if str(weights) not in ("imagenet", "None"):
-        raise ConfigError(
-            f"{name}: a HybridNet checkpoint carries its weights; got weights={weights!r}"
-        )
-    try:
-        from featmammo import nn as fm_nn
-    except ImportError as exc:
-        raise ConfigError(
-            f"{name}: hybrid checkpoints need featmammo.nn, which failed to import ({exc})"
-        ) from exc
-    loader = getattr(fm_nn, "load_backbone", None)
-    if loader is None:
-        raise ConfigError(
-            f"{name}: featmammo.nn has no load_backbone(); cannot load HybridNet checkpoints"
-        )
-    return loader(path, device=_device(device))
+    return model.to(device=resolve_device(device), memory_format=torch.channels_last)
 
 
 def load_weights(

@@ -2,10 +2,10 @@
 
 :func:`load_backbone` verifies the checkpoint (SHA-256 sidecar, ``weights_only`` load), rebuilds the
 network and returns an eval-mode module whose ``forward(x)`` is the fused penultimate vector and
-whose
-``.spec`` is a :class:`featmammo.backbones.BackboneSpec`; featmammo.backbones dispatches
-``hybrid:PATH``
-names here, so ``featmammo extract MANIFEST -b hybrid:RUN_DIR/checkpoint.pt`` works.
+whose ``.spec`` is a :class:`featmammo.backbones.BackboneSpec`. Importing this module registers
+:func:`make_hybrid` for ``hybrid:PATH`` names with the backbone registry (the arrow points from
+``nn`` to ``backbones``; :mod:`featmammo.plugins` tells the registry to import this module), so
+``featmammo extract MANIFEST -b hybrid:RUN_DIR/checkpoint.pt`` works.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from featmammo.backbones.registry import PENULTIMATE, BackboneSpec, register_prefix
+from featmammo.errors import ConfigError
+from featmammo.plugins import HYBRID_PREFIX
+
 from .checkpoint import load_model
 
 log = logging.getLogger(__name__)
-
-HYBRID_PREFIX = "hybrid:"
 
 
 class HybridBackbone(nn.Module):
@@ -42,8 +44,6 @@ class HybridBackbone(nn.Module):
 
 def load_backbone(path, device="cpu") -> HybridBackbone:
     """Load checkpoint ``path`` (``hybrid:`` prefix allowed) as an eval-mode feature extractor."""
-    from featmammo.backbones import BackboneSpec
-
     path = str(path)
     if path.startswith(HYBRID_PREFIX):
         path = path[len(HYBRID_PREFIX) :]
@@ -66,3 +66,20 @@ def load_backbone(path, device="cpu") -> HybridBackbone:
         "loaded HybridNet backbone %s (dim %d, sha256 %s)", path, spec.dim, spec.weights_sha256[:12]
     )
     return HybridBackbone(net, spec, meta).eval()
+
+
+def make_hybrid(name: str, *, weights="imagenet", layer=None, device="cpu") -> HybridBackbone:
+    """The registry's loader for ``hybrid:PATH`` names (see :func:`featmammo.backbones.make`)."""
+    path = name[len(HYBRID_PREFIX) :] if name.startswith(HYBRID_PREFIX) else name
+    if not path:
+        raise ConfigError(f"{name!r}: hybrid backbones are named hybrid:PATH_TO_CHECKPOINT")
+    if layer not in (None, "", PENULTIMATE):
+        raise ConfigError(f"{name}: layer={layer!r} is not supported for HybridNet checkpoints")
+    if str(weights) not in ("imagenet", "None"):
+        raise ConfigError(
+            f"{name}: a HybridNet checkpoint carries its weights; got weights={weights!r}"
+        )
+    return load_backbone(path, device=device)
+
+
+register_prefix(HYBRID_PREFIX, make_hybrid)
