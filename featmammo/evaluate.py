@@ -60,10 +60,30 @@ SCALAR_METRICS = (
     "pr_auc_pos_vs_rest",
     "sensitivity",
     "specificity",
+    "sensitivity_at_threshold",
+    "specificity_at_threshold",
 )
 #: metrics compared between two models in :func:`paired_comparison`
 PAIRED_METRICS = ("balanced_accuracy", "roc_auc_ovr")
 TEST_FOLD = "test"
+#: fold label of HybridNet's early-stopping rows (``featmammo train``): they chose the epoch
+VALIDATION_FOLD = "validation"
+#: evaluations that estimate performance (ranked and compared); ``validation`` is neither
+HONEST_EVALUATIONS = ("cv", "test")
+#: below this many patients in some class a bootstrap CI is not reported (it would look precise
+#: while resting on a handful of clusters: 2 patients give "0.833 [0.833, 0.833]")
+MIN_PATIENTS_PER_CLASS = 10
+#: how the p-values of one evaluation are adjusted for multiplicity
+ADJUSTMENT = (
+    "Holm (step-down Bonferroni) over every p-value of one evaluation (cv or test): all "
+    "hybrid-vs-other comparisons x heads x {balanced accuracy, ROC-AUC, clustered McNemar}"
+)
+#: the decision rule behind y_pred, the confusion matrix, per-class tables, sensitivity, specificity
+DECISION_RULE = (
+    "predicted class = argmax of p_<class> (the y_pred column); the confusion matrix, the "
+    "per-class table, sensitivity and specificity all follow it (an image is called positive "
+    "when the positive class has the highest probability)"
+)
 
 
 def positive_class(classes: Sequence[str]) -> str:
@@ -231,7 +251,8 @@ class _Prepared:
         self.pos_index = index[self.positive]
         self.ranked = [_RankedScore(self.proba[:, j], self.yt == j) for j in range(self.k)]
         self.pos_true = self.yt == self.pos_index
-        self.pos_pred = self.proba[:, self.pos_index] >= self.threshold
+        self.pos_pred = self.yp == self.pos_index  # the decision rule: argmax (y_pred)
+        self.pos_thr = self.proba[:, self.pos_index] >= self.threshold  # extra operating point
 
     def scalars(self, w: np.ndarray | None = None) -> dict:
         """The CI metrics (and the table) for one weighting of the images."""
@@ -246,6 +267,8 @@ class _Prepared:
         neg_w = ww[~self.pos_true].sum()
         sens = ww[self.pos_true & self.pos_pred].sum() / pos_w if pos_w > 0 else math.nan
         spec = ww[~self.pos_true & ~self.pos_pred].sum() / neg_w if neg_w > 0 else math.nan
+        sens_t = ww[self.pos_true & self.pos_thr].sum() / pos_w if pos_w > 0 else math.nan
+        spec_t = ww[~self.pos_true & ~self.pos_thr].sum() / neg_w if neg_w > 0 else math.nan
         return {
             **table,
             "per_class_roc_auc": aucs,
@@ -254,6 +277,8 @@ class _Prepared:
             "pr_auc_pos_vs_rest": self.ranked[self.pos_index].average_precision(w),
             "sensitivity": float(sens),
             "specificity": float(spec),
+            "sensitivity_at_threshold": float(sens_t),
+            "specificity_at_threshold": float(spec_t),
         }
 
     def scalars_batch(self, W: np.ndarray, metrics: Sequence[str] = CI_METRICS) -> dict:
@@ -314,7 +339,10 @@ def compute_metrics(
 
     ``proba`` is (n, len(classes)) with columns in ``classes`` order. The positive class (for
     sensitivity, specificity, positive-vs-rest ROC/PR-AUC) defaults to malignant/abnormal/last
-    class; an image counts as predicted positive when its positive-class probability is
+    class. One decision rule (:data:`DECISION_RULE`): ``y_pred`` (the argmax) makes the confusion
+    matrix, the per-class table, ``sensitivity`` and ``specificity``. ``threshold`` only sets a
+    second, separately named operating point: ``sensitivity_at_threshold`` /
+    ``specificity_at_threshold`` call an image positive when its positive-class probability is
     >= ``threshold``.
     """
     prep = _Prepared(y_true, y_pred, proba, classes, threshold, positive)
@@ -335,6 +363,7 @@ def compute_metrics(
         "classes": list(prep.classes),
         "positive_class": prep.positive,
         "threshold": prep.threshold,
+        "decision_rule": "argmax",
         "per_class": per_class,
         "confusion_matrix": _confusion(prep.yt, prep.yp, prep.k).astype(int).tolist(),
         "notes": notes,
@@ -467,6 +496,78 @@ def mcnemar_exact(correct_a, correct_b) -> dict:
     return {"b": b, "c": c, "p_value": binomial_two_sided(min(b, c), b + c)}
 
 
+def mcnemar_clustered(correct_a, correct_b, groups) -> dict:
+    """McNemar's test for clustered matched pairs (Durkalski et al., Stat Med 2003;22:2417).
+
+    Images of one patient are not independent, so the per-image McNemar test overstates the
+    evidence. Per patient k: ``b_k`` = images only A gets right, ``c_k`` = images only B gets
+    right; ``X = (sum b_k - sum c_k)^2 / sum (b_k - c_k)^2`` is referred to chi-square with 1 df
+    (``p = erfc(sqrt(X / 2))``). With one image per patient it equals the usual McNemar
+    chi-square without continuity correction. Asymptotic: few discordant patients make it
+    unreliable (``n_discordant_patients`` says how many there are). p = 1 without discordance.
+    """
+    a = np.asarray(correct_a, dtype=bool)
+    b_ = np.asarray(correct_b, dtype=bool)
+    g = np.asarray(groups, dtype=object).astype(str)
+    if not (a.shape == b_.shape == g.shape):
+        raise ConfigError(
+            f"clustered McNemar needs paired vectors, got {a.shape}, {b_.shape}, {g.shape}"
+        )
+    codes, _ = pd.factorize(pd.Series(g, dtype=object))
+    n_groups = int(codes.max()) + 1 if len(codes) else 0
+    bk = np.bincount(codes, weights=(a & ~b_).astype(float), minlength=n_groups)
+    ck = np.bincount(codes, weights=(~a & b_).astype(float), minlength=n_groups)
+    d = bk - ck
+    den = float(np.sum(d**2))
+    stat = float(d.sum() ** 2 / den) if den > 0 else 0.0
+    p = math.erfc(math.sqrt(stat / 2.0)) if den > 0 else 1.0
+    return {
+        "test": "clustered McNemar (Durkalski 2003), patients as clusters",
+        "b": int(bk.sum()),
+        "c": int(ck.sum()),
+        "n_discordant_patients": int(np.sum((bk + ck) > 0)),
+        "statistic": stat,
+        "p_value": float(min(1.0, p)),
+    }
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (NaN stays NaN and does not count as a test).
+
+    Sorted ascending, ``p_(i) * (m - i + 1)`` (i = 1..m), made monotone with a running maximum and
+    capped at 1; compare the adjusted values with alpha directly.
+    """
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    idx = np.flatnonzero(np.isfinite(p))
+    m = len(idx)
+    if m == 0:
+        return out.tolist()
+    order = idx[np.argsort(p[idx], kind="stable")]
+    adjusted = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
+    out[order] = adjusted
+    return out.tolist()
+
+
+def patients_per_class(y_true, groups, classes: Sequence[str]) -> dict[str, int]:
+    """Distinct patients with at least one image of each class."""
+    df = pd.DataFrame(
+        {"y": np.asarray(y_true, dtype=object).astype(str), "g": np.asarray(groups).astype(str)}
+    )
+    counts = df.drop_duplicates().groupby("y")["g"].nunique()
+    return {c: int(counts.get(c, 0)) for c in classes}
+
+
+def ci_note(per_class_patients: dict[str, int], minimum: int = MIN_PATIENTS_PER_CLASS) -> str:
+    """'' when every class has >= ``minimum`` patients, else why no CI is given."""
+    if not per_class_patients:
+        return "n/a (no patients)"
+    c, n = min(per_class_patients.items(), key=lambda kv: kv[1])
+    if n >= minimum:
+        return ""
+    return f"n/a ({n} patient{'s' if n != 1 else ''} in class {c} < {minimum})"
+
+
 def binomial_two_sided(k: int, n: int) -> float:
     """min(1, 2 * P[X <= k]) for X ~ Binomial(n, 1/2), exact with integer arithmetic."""
     if n == 0:
@@ -484,13 +585,16 @@ def paired_comparison(
     seed: int = 0,
     level: float = 0.95,
     metrics: Sequence[str] = PAIRED_METRICS,
+    min_patients_per_class: int = MIN_PATIENTS_PER_CLASS,
 ) -> dict:
     """Compare two prediction tables (predictions.csv rows) on the images they share.
 
     For each metric: the difference A - B, its percentile CI under a paired patient-level bootstrap
     (both models are scored on the same resampled patients) and a two-sided bootstrap p-value
-    ``min(1, 2 (min(#[d* <= 0], #[d* >= 0]) + 1) / (B + 1))``; plus McNemar's exact test on
-    per-image correctness.
+    ``min(1, 2 (min(#[d* <= 0], #[d* >= 0]) + 1) / (B + 1))``; plus McNemar's test for
+    clustered pairs (:func:`mcnemar_clustered`, patients as clusters) on per-image correctness.
+    Below ``min_patients_per_class`` patients in some class of the shared images no CI or
+    p-value is given (``ci_note`` says why).
     """
     merged = a.merge(b, on="image_id", suffixes=("_a", "_b"))
     out: dict = {"n_images": len(merged), "n_patients": int(merged["patient_id_a"].nunique())}
@@ -512,6 +616,11 @@ def paired_comparison(
         for s in ("a", "b")
     ]
     point = [p.scalars() for p in preps]
+    per_class = patients_per_class(merged["y_true_a"], merged["patient_id_a"], classes)
+    out["patients_per_class"] = per_class
+    out["ci_note"] = ci_note(per_class, min_patients_per_class)
+    if out["ci_note"]:
+        n_boot = 0
     rng = np.random.default_rng(seed)
     diffs = {m: [] for m in metrics}
     done, chunk = 0, _chunk(n_boot, len(merged))
@@ -541,7 +650,9 @@ def paired_comparison(
         }
     correct_a = merged["y_pred_a"].astype(str) == merged["y_true_a"].astype(str)
     correct_b = merged["y_pred_b"].astype(str) == merged["y_true_a"].astype(str)
-    out["mcnemar"] = mcnemar_exact(correct_a, correct_b)
+    out["mcnemar"] = mcnemar_clustered(correct_a, correct_b, merged["patient_id_a"])
+    if out["ci_note"]:
+        out["mcnemar"]["p_value"] = math.nan
     return out
 
 
@@ -584,49 +695,65 @@ def _check_columns(predictions: pd.DataFrame, classes) -> list[str]:
     return pcols
 
 
+def evaluation_of(fold) -> str:
+    """``test`` / ``validation`` for those fold labels, ``cv`` for every other (a fold number)."""
+    fold = str(fold)
+    if fold == TEST_FOLD:
+        return "test"
+    if fold == VALIDATION_FOLD:
+        return "validation"
+    return "cv"
+
+
 def _evaluation_rows(group: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    fold = group["fold"].astype(str)
+    evaluation = group["fold"].astype(str).map(evaluation_of)
     out = {}
-    cv = group[fold != TEST_FOLD]
-    if len(cv):
-        out["cv"] = cv
-    test = group[fold == TEST_FOLD]
-    if len(test):
-        out["test"] = test
+    for name in ("cv", "test", "validation"):
+        rows = group[evaluation == name]
+        if len(rows):
+            out[name] = rows
     return out
 
 
-def _baseline(evaluation: str, rows: pd.DataFrame, cv_rows, classes, train_counts) -> dict:
-    """Majority-class baseline from the training labels of each evaluation.
+def _counts_labels(train_counts: dict) -> list[str]:
+    return [str(c) for c, n in train_counts.items() for _ in range(int(n))]
 
-    CV: per fold, the majority of the other folds (its training part; with a single validation
-    fold, ``train_counts``); test: the majority of all K-fold CV rows (the whole training part)
-    or else ``train_counts`` recorded at fit/train time.
+
+def _baseline(evaluation: str, rows: pd.DataFrame, cv_rows, classes, train_counts) -> dict:
+    """Majority-class baseline from training labels, never from the evaluated rows' own labels.
+
+    ``cv`` with K >= 2 folds: per fold, the majority of the other folds (that fold's training
+    part). ``test`` and ``validation`` (and a single-fold ``cv``): the recorded training class
+    counts (``config.json["train_class_counts"]``); for ``test`` without them, the K-fold CV rows
+    (the whole training part in ``featmammo fit``). Otherwise NaN with ``majority_note`` saying
+    why.
     """
-    if evaluation == "cv":
+    n_folds = 0 if cv_rows is None else cv_rows["fold"].astype(str).nunique()
+    if evaluation == "cv" and n_folds >= 2:
         correct = 0
         majorities = set()
         for fold, part in rows.groupby(rows["fold"].astype(str), sort=True):
             train = rows.loc[rows["fold"].astype(str) != fold, "y_true"]
-            if len(train) == 0:  # a single validation fold: its training part is not in the rows
-                if train_counts:
-                    counts = [c for c, n in train_counts.items() for _ in range(int(n))]
-                    return majority_baseline(counts, rows["y_true"], classes)
-                return {"majority_class": None, "majority_baseline": math.nan}
             bl = majority_baseline(train, part["y_true"], classes)
             majorities.add(bl["majority_class"])
             correct += bl["majority_baseline"] * len(part)
         name = majorities.pop() if len(majorities) == 1 else "/".join(sorted(majorities))
-        return {"majority_class": name, "majority_baseline": correct / len(rows)}
-    n_folds = 0 if cv_rows is None else cv_rows["fold"].astype(str).nunique()
-    if n_folds >= 2:  # K-fold CV rows are the whole training part
-        return majority_baseline(cv_rows["y_true"], rows["y_true"], classes)
-    if train_counts:  # e.g. a single validation fold (featmammo train): the recorded counts
-        train = [c for c, n in train_counts.items() for _ in range(int(n))]
-        return majority_baseline(train, rows["y_true"], classes)
-    if n_folds:
-        return majority_baseline(cv_rows["y_true"], rows["y_true"], classes)
-    return {"majority_class": None, "majority_baseline": math.nan}
+        return {
+            "majority_class": name,
+            "majority_baseline": correct / len(rows),
+            "majority_source": "each fold's training part (the other folds)",
+        }
+    if train_counts:
+        out = majority_baseline(_counts_labels(train_counts), rows["y_true"], classes)
+        return {**out, "majority_source": "train_class_counts recorded in config.json"}
+    if evaluation == "test" and n_folds >= 2:
+        out = majority_baseline(cv_rows["y_true"], rows["y_true"], classes)
+        return {**out, "majority_source": "the K-fold CV rows (the training part)"}
+    return {
+        "majority_class": None,
+        "majority_baseline": math.nan,
+        "majority_source": "unknown: config.json records no train_class_counts",
+    }
 
 
 def _per_fold(rows: pd.DataFrame, classes, pcols, threshold) -> list[dict]:
@@ -661,16 +788,24 @@ def evaluate_predictions(
     level: float = 0.95,
     train_counts: dict | None = None,
     compare_to: str = "hybrid",
+    optimistic_features: Sequence[str] = (),
+    min_patients_per_class: int = MIN_PATIENTS_PER_CLASS,
 ) -> tuple[pd.DataFrame, dict]:
     """Leaderboard (one row per features x head x evaluation) and a metrics dict, from predictions.
 
-    ``evaluation`` is ``cv`` (pooled out-of-fold rows: every fold other than ``test``) or ``test``.
-    ``compare_to`` names the features set paired against every other features set with the
-    same head.
+    ``evaluation`` is ``cv`` (pooled out-of-fold rows: numbered folds), ``test`` or
+    ``validation`` (HybridNet's early-stopping rows: they chose the epoch, so they are optimistic;
+    they get no rank and enter no comparison). ``compare_to`` names the features set paired
+    against every other features set with the same head, per honest evaluation; the p-values of
+    one evaluation are Holm-adjusted together (``p_holm``). Rows of ``optimistic_features``
+    (embeddings trained on the evaluated images) are marked ``optimistic``. A result whose
+    smallest class has fewer than ``min_patients_per_class`` patients gets no CI (NaN) and a
+    ``ci_note`` saying why.
     """
     classes = tuple(str(c) for c in classes)
     pcols = _check_columns(predictions, classes)
     positive = positive or positive_class(classes)
+    optimistic_features = {str(f) for f in optimistic_features or ()}
     rows_out, results, groups = [], [], {}
     for (features, head), group in predictions.groupby(["features", "head"], sort=False):
         evals = _evaluation_rows(group)
@@ -684,13 +819,15 @@ def evaluate_predictions(
                 threshold=threshold,
                 positive=positive,
             )
+            per_class_patients = patients_per_class(rows["y_true"], rows["patient_id"], classes)
+            note = ci_note(per_class_patients, min_patients_per_class)
             ci = bootstrap_metrics(
                 rows["y_true"],
                 rows["y_pred"],
                 rows[pcols].to_numpy(float),
                 classes,
                 rows["patient_id"],
-                n_boot=n_boot,
+                n_boot=0 if note else n_boot,
                 seed=seed,
                 level=level,
                 threshold=threshold,
@@ -698,12 +835,15 @@ def evaluate_predictions(
             )
             bl = _baseline(evaluation, rows, evals.get("cv"), classes, train_counts)
             n_patients = int(rows["patient_id"].nunique())
+            optimistic = evaluation == "validation" or str(features) in optimistic_features
             row = {
                 "features": features,
                 "head": head,
                 "evaluation": evaluation,
+                "optimistic": optimistic,
                 "n_images": m["n_images"],
                 "n_patients": n_patients,
+                "min_patients_per_class": min(per_class_patients.values()),
                 "majority_class": bl["majority_class"],
                 "majority_baseline": bl["majority_baseline"],
             }
@@ -712,15 +852,20 @@ def evaluate_predictions(
                 if key in ci:
                     row[f"{key}_ci_low"] = ci[key]["low"]
                     row[f"{key}_ci_high"] = ci[key]["high"]
+            row["ci_note"] = note
             row["positive_class"] = positive
+            row["decision_rule"] = "argmax"
             row["threshold"] = threshold
             rows_out.append(row)
             result = {
                 "features": features,
                 "head": head,
                 "evaluation": evaluation,
+                "optimistic": optimistic,
                 "n_images": m["n_images"],
                 "n_patients": n_patients,
+                "patients_per_class": per_class_patients,
+                "ci_note": note,
                 **bl,
                 "metrics": m,
                 "ci": ci,
@@ -730,25 +875,87 @@ def evaluate_predictions(
             results.append(result)
     comparisons = []
     for (features, head, evaluation), rows in groups.items():
-        if features != compare_to:
+        if features != compare_to or evaluation not in HONEST_EVALUATIONS:
             continue
         for (other, head2, eval2), rows2 in groups.items():
             if head2 != head or eval2 != evaluation or other == features:
                 continue
-            cmp = paired_comparison(rows, rows2, classes, n_boot=n_boot, seed=seed, level=level)
-            comparisons.append(
-                {"a": features, "b": other, "head": head, "evaluation": evaluation, **cmp}
+            cmp = paired_comparison(
+                rows,
+                rows2,
+                classes,
+                n_boot=n_boot,
+                seed=seed,
+                level=level,
+                min_patients_per_class=min_patients_per_class,
             )
-    leaderboard = pd.DataFrame(rows_out)
+            comparisons.append(
+                {
+                    "a": features,
+                    "b": other,
+                    "head": head,
+                    "evaluation": evaluation,
+                    "optimistic": bool({str(features), str(other)} & optimistic_features),
+                    **cmp,
+                }
+            )
+    _adjust(comparisons)
+    leaderboard = _rank(pd.DataFrame(rows_out))
     metrics = {
         "classes": list(classes),
         "positive_class": positive,
+        "decision_rule": DECISION_RULE,
         "threshold": threshold,
+        "threshold_use": (
+            "only sensitivity_at_threshold / specificity_at_threshold (a second operating point "
+            f"at P({positive}) >= threshold); every other figure follows the decision rule"
+        ),
         "n_boot": n_boot,
         "seed": seed,
         "ci_level": level,
         "bootstrap": "patient-clustered percentile bootstrap (patients resampled with replacement)",
+        "min_patients_per_class": min_patients_per_class,
+        "ci_rule": (
+            f"no CI (and no comparison p-value) where some class has fewer than "
+            f"{min_patients_per_class} patients: ci_note says which"
+        ),
+        "multiple_comparisons": ADJUSTMENT,
+        "optimistic_features": sorted(optimistic_features),
         "results": results,
         "comparisons": comparisons,
     }
     return leaderboard, metrics
+
+
+def _adjust(comparisons: list[dict]) -> None:
+    """Holm-adjust every p-value of one evaluation together (adds ``p_holm`` in place)."""
+    for evaluation in HONEST_EVALUATIONS:
+        slots = []
+        for c in comparisons:
+            if c["evaluation"] != evaluation:
+                continue
+            for key in PAIRED_METRICS:
+                if key in c:
+                    slots.append(c[key])
+            if "mcnemar" in c:
+                slots.append(c["mcnemar"])
+        adjusted = holm_adjust([d["p_value"] for d in slots])
+        for d, p in zip(slots, adjusted, strict=True):
+            d["p_holm"] = p
+
+
+def _rank(leaderboard: pd.DataFrame) -> pd.DataFrame:
+    """Order: test, cv, validation; within one, balanced accuracy descending. ``rank`` (1 = best
+    balanced accuracy) is given within test and within cv only: validation rows are not ranked."""
+    if leaderboard.empty:
+        return leaderboard
+    order = {"test": 0, "cv": 1, "validation": 2}
+    lb = leaderboard.assign(_o=leaderboard["evaluation"].map(order))
+    lb = lb.sort_values(["_o", "balanced_accuracy"], ascending=[True, False], kind="stable")
+    lb = lb.drop(columns="_o").reset_index(drop=True)
+    rank = pd.Series(np.nan, index=lb.index)
+    for evaluation in HONEST_EVALUATIONS:
+        sel = lb["evaluation"] == evaluation
+        rank[sel] = lb.loc[sel, "balanced_accuracy"].rank(ascending=False, method="min")
+    lb.insert(3, "rank", rank.astype("Int64"))
+    return lb

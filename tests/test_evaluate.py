@@ -53,9 +53,16 @@ def test_metrics_match_sklearn(rng, k):
     assert m["pr_auc_pos_vs_rest"] == pytest.approx(
         skm.average_precision_score(pos, p[:, -1]), abs=1e-12
     )
-    called = p[:, -1] >= 0.4
+    # one decision rule (issue 8.7): sensitivity/specificity follow y_pred (argmax), as the
+    # confusion matrix does; the threshold only makes the separately named operating point
+    called = yp == k - 1
     assert m["sensitivity"] == pytest.approx(skm.recall_score(pos, called), abs=1e-12)
     assert m["specificity"] == pytest.approx(skm.recall_score(~pos, ~called), abs=1e-12)
+    cm = np.asarray(m["confusion_matrix"])
+    assert m["sensitivity"] == pytest.approx(cm[-1, -1] / cm[-1].sum(), abs=1e-12)
+    thr = p[:, -1] >= 0.4
+    assert m["sensitivity_at_threshold"] == pytest.approx(skm.recall_score(pos, thr), abs=1e-12)
+    assert m["specificity_at_threshold"] == pytest.approx(skm.recall_score(~pos, ~thr), abs=1e-12)
     assert np.array_equal(m["confusion_matrix"], skm.confusion_matrix(y, yp, labels=labels))
 
 
@@ -160,7 +167,8 @@ def test_paired_comparison_identical_predictions_gives_p_one(rng):
         assert out[key]["diff"] == 0.0
         assert out[key]["p_value"] == pytest.approx(1.0)
         assert out[key]["ci_low"] == out[key]["ci_high"] == 0.0
-    assert out["mcnemar"] == {"b": 0, "c": 0, "p_value": 1.0}
+    mc = out["mcnemar"]  # now the clustered McNemar (issue 8.7): patients are the clusters
+    assert (mc["b"], mc["c"], mc["p_value"], mc["n_discordant_patients"]) == (0, 0, 1.0, 0)
     assert out["n_images"] == 90 and out["n_patients"] == 30
 
 
@@ -215,9 +223,13 @@ def test_evaluate_predictions_leaderboard_and_baselines(rng):
     train_majority = pd.Series(names[y[:90]]).value_counts().idxmax()
     assert test["majority_baseline"] == pytest.approx(np.mean(names[y[90:]] == train_majority))
     assert test["n_images"] == 30 and test["n_patients"] == 8
-    for col in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr"):
-        assert test[f"{col}_ci_low"] <= test[col] <= test[f"{col}_ci_high"]
+    # 8 test patients: fewer than 10 in some class, so no CI is given (issue 11.3)
+    assert test["ci_note"].startswith("n/a (") and "< 10)" in test["ci_note"]
+    assert np.isnan(test["accuracy_ci_low"]) and np.isnan(test["roc_auc_ovr_ci_high"])
     cv = lb[(lb["features"] == "hybrid") & (lb["evaluation"] == "cv")].iloc[0]
+    assert cv["ci_note"] == "" and cv["min_patients_per_class"] >= 10
+    for col in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr"):
+        assert cv[f"{col}_ci_low"] <= cv[col] <= cv[f"{col}_ci_high"]
     expected = 0.0
     for k in "123":
         tr = names[y[:90]][fold[:90] != k]
@@ -260,3 +272,96 @@ def test_single_validation_fold_uses_recorded_train_counts(rng):
         assert row["majority_baseline"] == pytest.approx(np.mean(names[y[part]] == "benign"))
     lb, _ = ev.evaluate_predictions(df, CLASSES, n_boot=0)
     assert np.isnan(lb.loc[lb["evaluation"] == "cv", "majority_baseline"].iloc[0])
+
+
+def test_clustered_mcnemar_reduces_to_mcnemar_and_widens_with_clusters():
+    # one image per patient: the usual McNemar chi-square (no continuity correction)
+    a = np.array([True] * 3 + [False] * 12 + [True] * 20)
+    b = np.array([False] * 3 + [True] * 12 + [True] * 20)
+    one = ev.mcnemar_clustered(a, b, np.arange(35).astype(str))
+    assert one["statistic"] == pytest.approx((3 - 12) ** 2 / (3 + 12))
+    assert one["p_value"] == pytest.approx(math.erfc(math.sqrt(81 / 15 / 2)))
+    # the same images, discordances concentrated in three patients: far less evidence
+    groups = np.array(["P1"] * 5 + ["P2"] * 5 + ["P3"] * 5 + [f"Q{i}" for i in range(20)])
+    clustered = ev.mcnemar_clustered(a, b, groups)
+    assert (clustered["b"], clustered["c"], clustered["n_discordant_patients"]) == (3, 12, 3)
+    assert clustered["p_value"] > one["p_value"] * 5
+    same = ev.mcnemar_clustered(a, a, groups)
+    assert same["p_value"] == 1.0 and same["statistic"] == 0.0
+
+
+def test_holm_adjust_known_values():
+    # m = 4: sorted 0.01, 0.02, 0.03, 0.5 -> 0.04, 0.06, 0.06 (running max), 0.5
+    got = ev.holm_adjust([0.03, 0.5, 0.01, 0.02])
+    np.testing.assert_allclose(got, [0.06, 0.5, 0.04, 0.06])
+    got = ev.holm_adjust([0.4, math.nan, 0.6])  # NaN is not a test: m = 2
+    assert got[0] == pytest.approx(0.8) and math.isnan(got[1]) and got[2] == pytest.approx(0.8)
+    assert ev.holm_adjust([]) == []
+
+
+def test_ci_note_names_the_smallest_class():
+    counts = ev.patients_per_class(
+        ["benign", "benign", "malignant", "benign"],
+        ["P1", "P1", "P2", "P3"],
+        ("benign", "malignant"),
+    )
+    assert counts == {"benign": 2, "malignant": 1}
+    assert ev.ci_note(counts) == "n/a (1 patient in class malignant < 10)"
+    assert ev.ci_note(counts, minimum=1) == ""
+
+
+def test_validation_rows_are_labelled_unranked_and_not_compared(rng):
+    """HybridNet early-stopping rows (fold 'validation') are their own evaluation: optimistic,
+    unranked, out of the comparisons, baseline from the training counts (not their labels)."""
+    y, p, yp = _predictions(rng, n=240)
+    groups = (np.arange(240) // 2).astype(str)
+    fold = np.where(np.arange(240) < 120, "validation", "test")
+    frames = [_frame(y, yp, p, f, groups, fold) for f in ("hybrid", "resnet50")]
+    counts = {"normal": 3, "benign": 2, "malignant": 40}  # malignant: not the validation majority
+    lb, metrics = ev.evaluate_predictions(
+        pd.concat(frames), CLASSES, n_boot=20, train_counts=counts
+    )
+    assert set(lb["evaluation"]) == {"validation", "test"} and "cv" not in set(lb["evaluation"])
+    val = lb[lb["evaluation"] == "validation"]
+    assert val["optimistic"].all() and val["rank"].isna().all()
+    assert list(lb["evaluation"]) == ["test", "test", "validation", "validation"]
+    assert lb.loc[lb["evaluation"] == "test", "rank"].notna().all()
+    names = np.asarray(CLASSES, dtype=object)
+    for _, row in lb.iterrows():
+        part = slice(0, 120) if row["evaluation"] == "validation" else slice(120, 240)
+        assert row["majority_class"] == "malignant"
+        assert row["majority_baseline"] == pytest.approx(np.mean(names[y[part]] == "malignant"))
+    assert [c["evaluation"] for c in metrics["comparisons"]] == ["test"]
+    # without recorded counts: NaN, and the reason says so (never the validation labels)
+    lb, metrics = ev.evaluate_predictions(pd.concat(frames), CLASSES, n_boot=0)
+    res = next(r for r in metrics["results"] if r["evaluation"] == "validation")
+    assert math.isnan(res["majority_baseline"]) and "train_class_counts" in res["majority_source"]
+
+
+def test_optimistic_features_and_holm_adjusted_comparisons(rng):
+    y, p, yp = _predictions(rng, n=240, signal=2.0)
+    groups = (np.arange(240) // 2).astype(str)
+    fold = np.where(np.arange(240) < 160, (np.arange(240) // 2) % 2 + 1, 0).astype(str)
+    fold[fold == "0"] = "test"
+    noise = rng.dirichlet(np.ones(3), size=240)
+    frames = [
+        _frame(y, yp, p, "hybrid", groups, fold),
+        _frame(y, noise.argmax(1), noise, "resnet50", groups, fold),
+        _frame(y, noise.argmax(1), noise, "alexnet", groups, fold),
+    ]
+    lb, metrics = ev.evaluate_predictions(
+        pd.concat(frames), CLASSES, n_boot=50, optimistic_features=["hybrid"]
+    )
+    assert lb.loc[lb["features"] == "hybrid", "optimistic"].all()
+    assert not lb.loc[lb["features"] != "hybrid", "optimistic"].any()
+    assert lb.loc[(lb["evaluation"] == "test"), "rank"].tolist() == [1, 2, 2]
+    comps = [c for c in metrics["comparisons"] if c["evaluation"] == "test"]
+    assert len(comps) == 2 and all(c["optimistic"] for c in comps)
+    raw = [c[k]["p_value"] for c in comps for k in ev.PAIRED_METRICS] + [
+        c["mcnemar"]["p_value"] for c in comps
+    ]
+    holm = [c[k]["p_holm"] for c in comps for k in ev.PAIRED_METRICS] + [
+        c["mcnemar"]["p_holm"] for c in comps
+    ]
+    np.testing.assert_allclose(holm, ev.holm_adjust(raw))
+    assert all(h >= r for h, r in zip(holm, raw, strict=True))
