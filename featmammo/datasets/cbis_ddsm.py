@@ -46,731 +46,40 @@ Rules (documented choices):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 
-from featmammo.datasets.folders import (
-    JUNK_FILES,
-    JUNK_FOLDERS,
-    dicom_candidate_name,
-    looks_like_dicom,
+from featmammo.datasets.base import records as _records
+from featmammo.datasets.cbis_ddsm_cases import (  # noqa: F401 (public names re-exported)
+    ABNORMALITY_TYPE,
+    BWC_POLICIES,
+    CASE_COLUMNS,
+    CSV_NAMES,
+    DENSITY_COLUMNS,
+    DESCRIPTOR_COLUMNS,
+    PATHOLOGIES,
+    SUBSETS,
+    _label_rule,
+    cases_to_frame,
+    find_case_csvs,
+    images_from_cases,
+    read_case_csvs,
 )
-from featmammo.datasets.manifest import REQUIRED_COLUMNS, read_csv_strings
-from featmammo.errors import ConfigError, ManifestError
+from featmammo.datasets.cbis_ddsm_index import (  # noqa: F401 (public names re-exported)
+    HEADER_TAGS,
+    INDEX_VERSION,
+    FileIndex,
+    _walk,
+    build_index,
+)
+from featmammo.datasets.manifest import REQUIRED_COLUMNS
+from featmammo.errors import ManifestError
 
 log = logging.getLogger(__name__)
-
-CSV_NAMES = {
-    ("mass", "train"): "mass_case_description_train_set.csv",
-    ("mass", "test"): "mass_case_description_test_set.csv",
-    ("calc", "train"): "calc_case_description_train_set.csv",
-    ("calc", "test"): "calc_case_description_test_set.csv",
-}
-SUBSETS = {"mass": ("mass",), "calc": ("calc",), "all": ("mass", "calc")}
-ABNORMALITY_TYPE = {"mass": "mass", "calc": "calcification"}
-BWC_POLICIES = ("benign", "exclude")
-PATHOLOGIES = ("BENIGN", "BENIGN_WITHOUT_CALLBACK", "MALIGNANT")
-CASE_COLUMNS = [
-    "patient_id",
-    "left or right breast",
-    "image view",
-    "abnormality id",
-    "pathology",
-    "image file path",
-    "cropped image file path",
-    "ROI mask file path",
-]
-DENSITY_COLUMNS = ("breast_density", "breast density")
-DESCRIPTOR_COLUMNS = {
-    "mass shape": "mass_shape",
-    "mass margins": "mass_margins",
-    "calc type": "calc_type",
-    "calc distribution": "calc_distribution",
-    "assessment": "assessment",
-    "subtlety": "subtlety",
-}
-HEADER_TAGS = [
-    "PatientID",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "SeriesDescription",
-    "InstanceNumber",
-    "Rows",
-    "Columns",
-]
-INDEX_VERSION = 1
-_UID_RE = re.compile(r"^\d+(\.\d+)+$")
-
-
-# --------------------------------------------------------------------------------------------
-# CSVs -> abnormalities -> images
-# --------------------------------------------------------------------------------------------
-def find_case_csvs(
-    root=None, *, csv_dir=None, subset: str = "all", walk=None
-) -> dict[tuple[str, str], Path]:
-    """Locate the case-description CSVs of ``subset``: in ``csv_dir`` when given, else anywhere
-    under ``root`` (by file name). Raises ManifestError (listing the names and where it looked) when
-    none is found; a partial set (e.g. test files only) is used with a warning.
-    """
-    if subset not in SUBSETS:
-        raise ConfigError(f"unknown subset {subset!r} (expected one of {', '.join(SUBSETS)})")
-    wanted = {k: v for k, v in CSV_NAMES.items() if k[0] in SUBSETS[subset]}
-    if csv_dir is not None:
-        where = Path(csv_dir)
-        if not where.is_dir():
-            raise ManifestError(f"{where}: --csv-dir is not a folder")
-        found = _find_names(where, set(wanted.values()))
-    elif root is not None:
-        where = Path(root)
-        found = _lower_keys((walk or _walk(where)).csv_by_name)
-        if not any(found.get(n) for n in wanted.values()):
-            # a common arrangement: the CSVs downloaded next to the image folder, not inside it
-            beside = _lower_keys(
-                {p.name: [p] for p in where.parent.glob("*") if p.suffix.lower() == ".csv"}
-            )
-            beside = {n: beside[n] for n in wanted.values() if n in beside}
-            if beside:
-                log.info("%s: case-description CSVs found beside ROOT in %s", where, where.parent)
-                found = beside
-    else:
-        raise ConfigError("find_case_csvs needs root or csv_dir")
-    out: dict[tuple[str, str], Path] = {}
-    missing = []
-    for key, name in wanted.items():
-        paths = sorted(found.get(name, []))
-        if not paths:
-            missing.append(name)
-            continue
-        if len(paths) > 1:
-            log.warning("%s: %d copies found, using %s", name, len(paths), paths[0])
-        out[key] = paths[0]
-    if not out:
-        raise ManifestError(
-            f"{where}: CBIS-DDSM case-description CSV(s) not found: {', '.join(missing)} "
-            "(searched by file name at any depth under ROOT and in the folder above it; point "
-            "--csv-dir at the folder holding them)"
-        )
-    if missing:  # e.g. a test-only download: usable, but said loudly and recorded in the summary
-        log.warning(
-            "%s: only %d of %d case-description CSVs found; missing %s: their images are not in "
-            "the manifest",
-            where,
-            len(out),
-            len(wanted),
-            ", ".join(missing),
-        )
-    return out
-
-
-def _find_names(folder: Path, names: set[str]) -> dict[str, list[Path]]:
-    """Files under ``folder`` whose name is one of ``names`` ignoring case (lowercase keys)."""
-    found: dict[str, list[Path]] = defaultdict(list)
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if name.lower() in names:
-                found[name.lower()].append(Path(dirpath) / name)
-    return found
-
-
-def _lower_keys(by_name: dict[str, list[Path]]) -> dict[str, list[Path]]:
-    """File-name index with lowercase keys (``Mass_Case_Description_Train_Set.csv`` matches)."""
-    out: dict[str, list[Path]] = defaultdict(list)
-    for name, paths in by_name.items():
-        out[name.lower()].extend(paths)
-    return out
-
-
-def _split_csv_path(value: str) -> tuple[str, str, str, str] | None:
-    """``Subject/StudyUID/SeriesUID/file.dcm`` -> its four parts (None when malformed)."""
-    parts = [p for p in re.split(r"[\\/]+", value.strip()) if p]
-    if len(parts) < 4:
-        return None
-    subject, study, series, name = parts[-4:]
-    if not (_UID_RE.match(study) and _UID_RE.match(series)):
-        return None
-    return subject, study, series, name
-
-
-def read_case_csvs(csv_files: dict[tuple[str, str], Path]) -> pd.DataFrame:
-    """Parse the case-description CSVs into one normalised row per abnormality.
-
-    Columns: ``csv_file, csv_line, subset (mass|calc), split (train|test), patient_id, laterality
-    (L|R), view, abnormality_id, abnormality_type (mass|calcification), pathology, density,
-    mass_shape, mass_margins, calc_type, calc_distribution, assessment, subtlety, subject,
-    study_uid, series_uid, crop_subject, crop_study_uid, crop_series_uid, crop_file,
-    mask_study_uid, mask_series_uid, mask_file, path_error``. Raises ManifestError (file + line) on
-    missing columns, unknown pathology or laterality.
-    """
-    all_rows: list[dict] = []
-    density_zero = 0
-    for (subset, split), path in sorted(csv_files.items()):
-        df, lines = read_csv_strings(path)
-        missing = [c for c in CASE_COLUMNS if c not in df.columns]
-        density_col = next((c for c in DENSITY_COLUMNS if c in df.columns), None)
-        if density_col is None:
-            missing.append(" or ".join(repr(c) for c in DENSITY_COLUMNS))
-        if missing:
-            raise ManifestError(
-                f"{path}: not a CBIS-DDSM case-description CSV, missing column(s) {missing}"
-            )
-        if len(df) == 0:
-            log.warning("%s: no abnormality rows", path)
-        rows = []
-        for pos, rec in enumerate(_records(df)):
-            where = f"{path}: line {lines[pos]}"
-            pathology = rec["pathology"].upper()
-            if pathology not in PATHOLOGIES:
-                raise ManifestError(f"{where}: unknown pathology {rec['pathology']!r}")
-            side = rec["left or right breast"].upper()
-            if side not in ("LEFT", "RIGHT"):
-                raise ManifestError(f"{where}: bad 'left or right breast' {side!r}")
-            density = rec[density_col]
-            if density in ("0", "N/A"):
-                density_zero += density == "0"
-                density = ""
-            out = {
-                "csv_file": path.name,
-                "csv_line": lines[pos],
-                "subset": subset,
-                "split": split,
-                "patient_id": rec["patient_id"],
-                "laterality": side[0],
-                "view": rec["image view"].upper(),
-                "abnormality_id": rec["abnormality id"],
-                "abnormality_type": ABNORMALITY_TYPE[subset],
-                "pathology": pathology,
-                "density": density,
-            }
-            for col, name in DESCRIPTOR_COLUMNS.items():
-                v = rec.get(col, "")
-                out[name] = "" if v == "N/A" else v
-            errors = []
-            full = _split_csv_path(rec["image file path"])
-            crop = _split_csv_path(rec["cropped image file path"])
-            mask = _split_csv_path(rec["ROI mask file path"])
-            if full is None:
-                errors.append(f"malformed image file path {rec['image file path']!r}")
-                full = ("", "", "", "")
-            crop = crop or ("", "", "", "")
-            mask = mask or ("", "", "", "")
-            if (
-                full[0]
-                and full[0]
-                != f"{_prefix(subset, split)}_{rec['patient_id']}_{side}_" + (out["view"])
-            ):
-                log.debug("%s: subject folder %s does not match the row's columns", where, full[0])
-            out.update(
-                subject=full[0],
-                study_uid=full[1],
-                series_uid=full[2],
-                crop_subject=crop[0],
-                crop_study_uid=crop[1],
-                crop_series_uid=crop[2],
-                crop_file=crop[3],
-                mask_study_uid=mask[1],
-                mask_series_uid=mask[2],
-                mask_file=mask[3],
-                path_error="; ".join(errors),
-            )
-            rows.append(out)
-        all_rows.extend(rows)
-    if not all_rows:
-        raise ManifestError(
-            "no abnormality rows in " + ", ".join(str(p) for p in sorted(csv_files.values()))
-        )
-    cases = pd.DataFrame(all_rows, dtype=object)
-    cases.attrs["density_zero"] = density_zero
-    if density_zero:
-        log.warning(
-            "%d abnormality rows have density 0 (not a BI-RADS density): left empty", density_zero
-        )
-    return cases
-
-
-def _prefix(subset: str, split: str) -> str:
-    return f"{subset.capitalize()}-{'Training' if split == 'train' else 'Test'}"
-
-
-def _label_rule(bwc: str) -> str:
-    return f"any-malignant; BENIGN_WITHOUT_CALLBACK={bwc}"
-
-
-def _records(df: pd.DataFrame) -> list[dict]:
-    """Rows as dicts, fast (``DataFrame.to_dict("records")`` is slow on object columns)."""
-    cols = list(df.columns)
-    return [
-        dict(zip(cols, vals, strict=True))
-        for vals in zip(*(df[c].tolist() for c in cols), strict=True)
-    ]
-
-
-def images_from_cases(
-    cases: pd.DataFrame, *, benign_without_callback: str = "benign", dedup: bool = True
-) -> tuple[pd.DataFrame, dict]:
-    """Abnormality rows (:func:`read_case_csvs`) -> one row per full mammogram, before any file.
-
-    Returns the image frame (manifest columns except ``path``/``source``, plus ``abnormality_type``,
-    ``pathology``, ``density``, ``official_splits``, ``merged_from``, ``subject``, ``study_uid``,
-    ``series_uid`` and private ``_members``/``_lesions`` used for resolution) and a dict of counts.
-    See the module docstring for the label, BENIGN_WITHOUT_CALLBACK and dedup rules.
-    """
-    if benign_without_callback not in BWC_POLICIES:
-        raise ConfigError(
-            f"benign_without_callback={benign_without_callback!r}: expected one of {BWC_POLICIES}"
-        )
-    records = _records(cases)
-    info: dict = {"n_abnormalities": len(records)}
-    is_bwc = [r["pathology"] == "BENIGN_WITHOUT_CALLBACK" for r in records]
-    info["n_benign_without_callback"] = sum(is_bwc)
-    excluded: list[dict] = []
-    if benign_without_callback == "exclude":
-        kept_series = {r["series_uid"] for r, b in zip(records, is_bwc, strict=True) if not b}
-        seen: set[str] = set()
-        for r, b in zip(records, is_bwc, strict=True):
-            if b and r["series_uid"] not in kept_series and r["subject"] not in seen:
-                seen.add(r["subject"])
-                excluded.append(
-                    {
-                        "image_id": r["subject"],
-                        "subject": r["subject"],
-                        "csv": f"{r['csv_file']}:{r['csv_line']}",
-                        "reason": "only BENIGN_WITHOUT_CALLBACK abnormalities (excluded by policy)",
-                    }
-                )
-        records = [r for r, b in zip(records, is_bwc, strict=True) if not b]
-    info["excluded"] = sorted(excluded, key=lambda e: e["subject"])
-
-    # one member per full-mammogram series, abnormalities in CSV order
-    by_series: dict[tuple, list[dict]] = defaultdict(list)
-    for r in records:
-        by_series[(r["subset"], r["subject"], r["series_uid"])].append(r)
-    members = []
-    for key in sorted(by_series):
-        abn = sorted(by_series[key], key=lambda r: (_int_or(r["abnormality_id"]), r["csv_line"]))
-        first = abn[0]
-        members.append(
-            {
-                "subset": first["subset"],
-                "subject": first["subject"],
-                "study_uid": first["study_uid"],
-                "series_uid": first["series_uid"],
-                "split": first["split"],
-                "patient_id": first["patient_id"],
-                "laterality": first["laterality"],
-                "view": first["view"],
-                "csv": f"{first['csv_file']}:{first['csv_line']}",
-                "path_error": first["path_error"],
-                "abn": abn,
-            }
-        )
-    info["n_series"] = len(members)
-    info["images_with_benign_and_malignant"] = sum(
-        1 for m in members if len({a["pathology"] == "MALIGNANT" for a in m["abn"]}) == 2
-    )
-
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for m in members:
-        key = (m["patient_id"], m["laterality"], m["view"]) if dedup else (m["subject"],)
-        groups[key].append(m)
-    merged = conflicts = 0
-    rows = []
-    subset_rank = {"mass": 0, "calc": 1}
-    for key in sorted(groups):
-        ms = groups[key]
-        splits = sorted({m["split"] for m in ms})
-        split = "test" if "test" in splits else splits[0]
-        ms = sorted(ms, key=lambda m: (m["split"] != split, subset_rank[m["subset"]], m["subject"]))
-        if len(ms) > 1:
-            merged += 1
-            conflicts += len(splits) > 1
-        lesions = [{**a, "member_series": m["series_uid"]} for m in ms for a in m["abn"]]
-        pathologies = {a["pathology"] for a in lesions}
-        types = {a["abnormality_type"] for a in lesions}
-        chosen = ms[0]
-        side = "LEFT" if chosen["laterality"] == "L" else "RIGHT"
-        rows.append(
-            {
-                "image_id": (
-                    f"{chosen['patient_id']}_{side}_{chosen['view']}"
-                    if dedup
-                    else chosen["subject"]
-                ),
-                "label": "malignant" if "MALIGNANT" in pathologies else "benign",
-                "patient_id": chosen["patient_id"],
-                "laterality": chosen["laterality"],
-                "view": chosen["view"],
-                "split": split,
-                "abnormality_type": ";".join(t for t in ("mass", "calcification") if t in types),
-                "pathology": ";".join(p for p in PATHOLOGIES if p in pathologies),
-                "label_rule": _label_rule(benign_without_callback),
-                "density": next((a["density"] for a in lesions if a["density"]), ""),
-                "n_abnormalities": len(lesions),
-                "abnormality_ids": ";".join(
-                    f"{a['subset']}{a['abnormality_id']}" if len(ms) > 1 else a["abnormality_id"]
-                    for a in lesions
-                ),
-                "official_splits": ";".join(splits),
-                "subject": chosen["subject"],
-                "merged_from": ";".join(m["subject"] for m in ms[1:]),
-                "study_uid": chosen["study_uid"],
-                "series_uid": chosen["series_uid"],
-                "csv": chosen["csv"],
-                "_members": ms,
-                "_lesions": lesions,
-            }
-        )
-    info["merged_views"] = merged
-    info["split_conflicts"] = conflicts
-    info["n_images"] = len(rows)
-    images = pd.DataFrame(rows)
-    ids = [r["image_id"] for r in rows]
-    if len(set(ids)) != len(ids):  # pragma: no cover - invariant of the grouping above
-        raise ManifestError("internal error: duplicate CBIS-DDSM image ids")
-    return images, info
-
-
-def _int_or(v: str) -> int:
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        return 10**9
-
-
-def cases_to_frame(csv_dir, *, subset: str = "all", **kwargs) -> pd.DataFrame:
-    """Convenience: CSV folder -> per-image rows (no files needed), for audits and counts."""
-    images, _ = images_from_cases(
-        read_case_csvs(find_case_csvs(csv_dir=csv_dir, subset=subset)), **kwargs
-    )
-    return images.drop(columns=["_members", "_lesions"])
-
-
-# --------------------------------------------------------------------------------------------
-# The file index: UIDs -> files
-# --------------------------------------------------------------------------------------------
-@dataclass
-class _Walk:
-    csv_by_name: dict[str, list[Path]] = field(default_factory=lambda: defaultdict(list))
-    dcm: list[Path] = field(default_factory=list)
-    jpg: list[Path] = field(default_factory=list)
-
-
-def _walk(root: Path) -> _Walk:
-    w = _Walk()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in JUNK_FOLDERS)
-        d = Path(dirpath)
-        for name in sorted(filenames):
-            if name.startswith(".") or name in JUNK_FILES:  # .DS_Store, '._000000.dcm'
-                continue
-            low = name.lower()
-            if low.endswith(".csv"):
-                w.csv_by_name[name].append(d / name)
-            elif low.endswith(".dcm"):
-                w.dcm.append(d / name)
-            elif dicom_candidate_name(name) and looks_like_dicom(d / name):
-                w.dcm.append(d / name)  # NBIA/PACS exports: no extension or a UID-like one
-            elif low.endswith((".jpg", ".jpeg")):
-                w.jpg.append(d / name)
-    return w
-
-
-@dataclass
-class FileIndex:
-    """Series UID -> file records (path, study_uid, series_uid, series_description, rows, cols,
-    patient_id, instance), plus what happened while building it."""
-
-    series: dict[str, list[dict]]
-    layout: str
-    source: str  # cbis-ddsm | cbis-ddsm-jpeg
-    skipped: list[dict]
-    missing_folders: dict[str, str]
-    stats: dict
-
-
-def _detect_layout(w: _Walk, has_metadata: bool, jpeg: bool) -> str:
-    if jpeg:
-        return "jpeg"
-    kinds = Counter()
-    for p in w.dcm:
-        n = p.name
-        if re.fullmatch(r"\d{6}\.dcm", n):
-            kinds["classic"] += 1
-        elif re.fullmatch(r"\d{8}\.dcm", n):
-            kinds["nbia-rest"] += 1
-        elif re.fullmatch(r"\d+-\d+\.dcm", n):
-            kinds["nbia-descriptive"] += 1
-        else:
-            kinds["other"] += 1
-    if len(kinds) > 1:
-        kinds.pop("other", None)  # stray files do not make a layout
-    if not kinds:
-        return "empty"
-    if len(kinds) > 1:
-        return "mixed(" + ",".join(f"{k}:{v}" for k, v in sorted(kinds.items())) + ")"
-    layout = next(iter(kinds))
-    if layout == "nbia-descriptive" and not has_metadata:
-        layout += " (no metadata.csv)"
-    return layout
-
-
-def _index_cache_path(root: Path) -> Path:
-    from featmammo.paths import cache_dir
-
-    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
-    return cache_dir() / "cbis_index" / f"{key}.json"
-
-
-def _read_header(path: Path) -> dict:
-    """Header fields of one DICOM without touching its pixel data (raises on a non-DICOM file)."""
-    import pydicom
-
-    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
-    series = str(ds.get("SeriesInstanceUID", "") or "")
-    if not series:
-        raise ValueError("no SeriesInstanceUID in header")
-
-    def _int(v):
-        try:
-            return int(v)
-        except (TypeError, ValueError):
-            return None
-
-    return {
-        "study_uid": str(ds.get("StudyInstanceUID", "") or ""),
-        "series_uid": series,
-        "series_description": str(ds.get("SeriesDescription", "") or ""),
-        "rows": _int(ds.get("Rows")),
-        "cols": _int(ds.get("Columns")),
-        "patient_id": str(ds.get("PatientID", "") or ""),
-        "instance": _int(ds.get("InstanceNumber")),
-    }
-
-
-class _HeaderCache:
-    """Per-file header records keyed by path relative to ROOT, valid while size and mtime match."""
-
-    def __init__(self, root: Path, enabled: bool):
-        self.root = root
-        self.enabled = enabled
-        self.path = _index_cache_path(root) if enabled else None
-        self.entries: dict[str, dict] = {}
-        self.changed = False
-        self.read = self.hits = 0
-        if self.path is not None and self.path.is_file():
-            try:
-                data = json.loads(self.path.read_text())
-                if data.get("version") == INDEX_VERSION and data.get("root") == str(root.resolve()):
-                    self.entries = data.get("files", {})
-            except (OSError, ValueError) as exc:
-                log.warning("%s: ignoring unreadable index cache (%s)", self.path, exc)
-
-    def get(self, path: Path) -> dict:
-        rel = os.path.relpath(path, self.root)
-        try:
-            st = path.stat()
-            sig = [st.st_size, st.st_mtime_ns]
-        except OSError as exc:
-            return {"error": f"cannot stat: {exc}"}
-        entry = self.entries.get(rel)
-        if entry is not None and entry.get("sig") == sig:
-            self.hits += 1
-            return entry
-        self.read += 1
-        if sig[0] == 0:
-            entry = {"sig": sig, "error": "zero-byte file"}
-        else:
-            try:
-                entry = {"sig": sig, **_read_header(path)}
-            except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped and reported
-                entry = {"sig": sig, "error": f"not a readable DICOM ({type(exc).__name__}: {exc})"}
-        self.entries[rel] = entry
-        self.changed = True
-        return entry
-
-    def save(self) -> None:
-        if not (self.enabled and self.changed and self.path is not None):
-            return
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-            tmp.write_text(
-                json.dumps(
-                    {
-                        "version": INDEX_VERSION,
-                        "root": str(self.root.resolve()),
-                        "files": self.entries,
-                    }
-                )
-            )
-            os.replace(tmp, self.path)
-            log.info("cached the header index of %d files in %s", len(self.entries), self.path)
-        except OSError as exc:
-            log.warning("could not write the index cache %s (%s)", self.path, exc)
-
-
-def _file_location(loc: str) -> PurePosixPath:
-    """NBIA ``File Location`` (``.\\CBIS-DDSM\\Subject\\...``) -> a relative posix path."""
-    parts = [p for p in re.split(r"[\\/]+", loc.strip()) if p and p != "."]
-    return PurePosixPath(*parts) if parts else PurePosixPath(".")
-
-
-def build_index(
-    root, *, wanted_series: set[str] | None = None, cache: bool = True, walk=None
-) -> FileIndex:
-    """Index a CBIS-DDSM download by Series UID (see the module docstring for the layouts)."""
-    root = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
-    w = walk or _walk(root)
-    series: dict[str, list[dict]] = defaultdict(list)
-    skipped: list[dict] = []
-    missing_folders: dict[str, str] = {}
-    stats: dict = {"dcm_files": len(w.dcm), "jpg_files": len(w.jpg)}
-
-    csvs = _lower_keys(w.csv_by_name)  # names matched ignoring case
-    dicom_info = csvs.get("dicom_info.csv", [])
-    if dicom_info and w.jpg:
-        for info_csv in sorted(dicom_info):
-            _index_jpeg(info_csv, w, series, skipped)
-        log.warning(
-            "%s: this is the 8-bit JPEG re-encoding of CBIS-DDSM (lossy, 8 bits instead of 16); "
-            "features from it are not comparable with features from the DICOMs",
-            root,
-        )
-        stats.update(headers_read=0, headers_cached=0, metadata_csv=[str(p) for p in dicom_info])
-        return FileIndex(dict(series), "jpeg", "cbis-ddsm-jpeg", skipped, missing_folders, stats)
-
-    hc = _HeaderCache(root, cache)
-    by_dir: dict[Path, list[Path]] = defaultdict(list)
-    for p in w.dcm:
-        by_dir[p.parent].append(p)
-    covered: set[Path] = set()
-    metadata = csvs.get("metadata.csv", [])
-    if not metadata:  # ROOT given as the CBIS-DDSM/ folder; the NBIA metadata.csv sits above it
-        metadata = [p for p in root.parent.glob("*") if p.name.lower() == "metadata.csv"]
-
-    def add(path: Path) -> None:
-        entry = hc.get(path)
-        if "error" in entry:
-            skipped.append({"path": str(path), "reason": entry["error"]})
-            return
-        rec = {k: v for k, v in entry.items() if k != "sig"}
-        rec["path"] = str(path)
-        series[rec["series_uid"]].append(rec)
-
-    for meta_csv in sorted(metadata):
-        mdf, _ = read_csv_strings(meta_csv)
-        # column names as NBIA writes them, matched ignoring case, spaces and underscores
-        canon = {re.sub(r"[\s_]+", "", c).lower(): c for c in mdf.columns}
-        mdf = mdf.rename(
-            columns={
-                canon[k]: v
-                for k, v in (("seriesuid", "Series UID"), ("filelocation", "File Location"))
-                if k in canon
-            }
-        )
-        need = [c for c in ("Series UID", "File Location") if c not in mdf.columns]
-        if need:
-            log.warning("%s: not an NBIA metadata.csv (missing %s); ignored", meta_csv, need)
-            continue
-        for uid, loc in zip(mdf["Series UID"], mdf["File Location"], strict=True):
-            if wanted_series is not None and uid not in wanted_series:
-                continue
-            rel = _file_location(loc)
-            folder = next(
-                (c for c in (meta_csv.parent / rel, root / rel) if c.is_dir()),
-                None,
-            )
-            if folder is None or not by_dir.get(folder):
-                missing_folders[uid] = f"metadata.csv lists {loc!r} but no .dcm file is there"
-                continue
-            for p in by_dir[folder]:
-                if p not in covered:
-                    covered.add(p)
-                    add(p)
-    stats["metadata_csv"] = [str(p) for p in sorted(metadata)]
-    remaining = [p for p in w.dcm if p not in covered]
-    unresolved = None if wanted_series is None else set(wanted_series) - set(series)
-    if remaining and (not metadata or unresolved is None or unresolved):
-        if metadata:
-            log.info(
-                "%d series not found through metadata.csv: scanning %d other DICOM headers",
-                len(unresolved or ()),
-                len(remaining),
-            )
-        for p in remaining:
-            add(p)
-    hc.save()
-    stats.update(headers_read=hc.read, headers_cached=hc.hits, skipped_files=len(skipped))
-    if skipped:
-        log.warning(
-            "%d file(s) skipped while reading DICOM headers, e.g. %s: %s",
-            len(skipped),
-            skipped[0]["path"],
-            skipped[0]["reason"],
-        )
-    layout = _detect_layout(w, bool(metadata), False)
-    return FileIndex(dict(series), layout, "cbis-ddsm", skipped, missing_folders, stats)
-
-
-def _index_jpeg(info_csv: Path, w: _Walk, series: dict, skipped: list) -> None:
-    df, lines = read_csv_strings(info_csv)
-    need = [c for c in ("image_path", "SeriesInstanceUID") if c not in df.columns]
-    if need:
-        raise ManifestError(
-            f"{info_csv}: missing column(s) {need} (expected the JPEG copy's dicom_info.csv)"
-        )
-    jpgs = {(p.parent.name, p.name): p for p in w.jpg}
-
-    def _int(v):
-        try:
-            return int(float(v))
-        except (TypeError, ValueError):
-            return None
-
-    for pos, rec in enumerate(_records(df)):
-        parts = [p for p in re.split(r"[\\/]+", rec["image_path"]) if p]
-        path = jpgs.get(tuple(parts[-2:])) if len(parts) >= 2 else None
-        if path is None:
-            skipped.append(
-                {
-                    "path": rec["image_path"],
-                    "reason": f"{info_csv.name}:{lines[pos]}: JPEG file not found",
-                }
-            )
-            continue
-        rows, cols = _int(rec.get("Rows")), _int(rec.get("Columns"))
-        if rows is None or cols is None:
-            rows, cols = _jpeg_size(path)
-        series[rec["SeriesInstanceUID"]].append(
-            {
-                "path": str(path),
-                "study_uid": rec.get("StudyInstanceUID", ""),
-                "series_uid": rec["SeriesInstanceUID"],
-                "series_description": rec.get("SeriesDescription", ""),
-                "rows": rows,
-                "cols": cols,
-                "patient_id": rec.get("PatientID", ""),
-                "instance": _int(rec.get("InstanceNumber")),
-            }
-        )
-
-
-def _jpeg_size(path: Path) -> tuple[int | None, int | None]:
-    from PIL import Image as PILImage
-
-    try:
-        with PILImage.open(path) as im:  # reads the header only
-            return im.height, im.width
-    except OSError:
-        return None, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -1044,3 +353,48 @@ def _reason_kind(reason: str) -> str:
     if reason.startswith("malformed"):
         return "malformed path in CSV"
     return reason
+
+
+def format_summary(summary: dict, output, max_rows: int = 10) -> str:
+    """The text ``featmammo manifest cbis-ddsm`` prints for a :func:`build_cbis_ddsm` summary."""
+    from featmammo.datasets.base import format_unresolved
+
+    out = [f"manifest   {output}"]
+    out.append(
+        f"root       {summary['root']}  (layout {summary['layout']}, source {summary['source']})"
+    )
+    out.extend(f"note       {note}" for note in summary["notes"])
+    if summary["csv_missing"]:
+        out.append(f"csv        MISSING {', '.join(summary['csv_missing'])}: not in the manifest")
+    out.append(f"subset     {summary['subset']}; label rule: {summary['label_rule']}")
+    out.append(
+        f"dedup      {summary['dedup']}: {summary['merged_views']} views merged, "
+        f"{summary['split_conflicts']} with a train/test conflict"
+    )
+    out.append(
+        f"images     {summary['images']} of {summary['n_images_in_csvs']} in the CSVs; "
+        f"patients {summary['patients']}"
+    )
+    out.append("labels     " + ", ".join(f"{k} {v}" for k, v in summary["labels"].items()))
+    out.append("splits     " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
+    idx = summary["index"]
+    out.append(
+        f"index      {idx.get('dcm_files', 0)} .dcm / {idx.get('jpg_files', 0)} .jpg files; "
+        f"headers read {idx.get('headers_read', 0)}, cached {idx.get('headers_cached', 0)}"
+    )
+    out.append(
+        f"lesions    {summary['lesions_missing_files']} without crop/mask files, "
+        f"{summary['mask_size_mismatch']} masks of the wrong size, "
+        f"{summary['crop_mask_swapped']} crop/mask listed in swapped order"
+    )
+    if summary["density_zero"]:
+        out.append(f"density    {summary['density_zero']} rows with density 0 left empty")
+    if summary["excluded"]:
+        out.append(f"excluded   {len(summary['excluded'])} images (BENIGN_WITHOUT_CALLBACK only)")
+    if summary["skipped_files"]:
+        out.append(f"skipped    {len(summary['skipped_files'])} unreadable file(s):")
+        out.extend(
+            f"           {s['path']}: {s['reason']}" for s in summary["skipped_files"][:max_rows]
+        )
+    out.extend(format_unresolved(summary, max_rows))
+    return "\n".join(out)
