@@ -18,64 +18,19 @@ def command() -> None:
     """Build a manifest CSV (image_id, path, label, patient_id, laterality, view, split, source)."""
 
 
-def _side_files(output: str):
-    from pathlib import Path
+def _finish(df, summary: dict, output: str, as_json: bool, text: str) -> None:
+    """Write the manifest, summary and unresolved files (library), then print."""
+    from featmammo.datasets.base import format_audit, save
 
-    out = Path(output)
-    return out.with_name(out.stem + ".summary.json"), out.with_name(out.stem + ".unresolved.csv")
-
-
-def _echo_summary(summary: dict, output: str, max_rows: int) -> None:
-    click.echo(f"manifest   {output}")
-    click.echo(
-        f"root       {summary['root']}  (layout {summary['layout']}, source {summary['source']})"
-    )
-    for note in summary["notes"]:
-        click.echo(f"note       {note}")
-    if summary["csv_missing"]:
-        click.echo(f"csv        MISSING {', '.join(summary['csv_missing'])}: not in the manifest")
-    click.echo(f"subset     {summary['subset']}; label rule: {summary['label_rule']}")
-    click.echo(
-        f"dedup      {summary['dedup']}: {summary['merged_views']} views merged, "
-        f"{summary['split_conflicts']} with a train/test conflict"
-    )
-    click.echo(
-        f"images     {summary['images']} of {summary['n_images_in_csvs']} in the CSVs; "
-        f"patients {summary['patients']}"
-    )
-    click.echo("labels     " + ", ".join(f"{k} {v}" for k, v in summary["labels"].items()))
-    click.echo("splits     " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
-    idx = summary["index"]
-    click.echo(
-        f"index      {idx.get('dcm_files', 0)} .dcm / {idx.get('jpg_files', 0)} .jpg files; "
-        f"headers read {idx.get('headers_read', 0)}, cached {idx.get('headers_cached', 0)}"
-    )
-    click.echo(
-        f"lesions    {summary['lesions_missing_files']} without crop/mask files, "
-        f"{summary['mask_size_mismatch']} masks of the wrong size, "
-        f"{summary['crop_mask_swapped']} crop/mask listed in swapped order"
-    )
-    if summary["density_zero"]:
-        click.echo(f"density    {summary['density_zero']} rows with density 0 left empty")
-    if summary["excluded"]:
-        click.echo(f"excluded   {len(summary['excluded'])} images (BENIGN_WITHOUT_CALLBACK only)")
-    if summary["skipped_files"]:
-        click.echo(f"skipped    {len(summary['skipped_files'])} unreadable file(s):")
-        for s in summary["skipped_files"][:max_rows]:
-            click.echo(f"           {s['path']}: {s['reason']}")
-    if summary["unresolved"]:
-        click.echo(
-            f"unresolved {summary['unresolved']} image(s): "
-            + "; ".join(f"{k} x{v}" for k, v in summary["unresolved_reasons"].items())
-        )
-        for u in summary["unresolved_rows"][:max_rows]:
-            click.echo(f"           {u['subject']} ({u['csv']}): {u['reason']}")
-        if summary["unresolved"] > max_rows:
-            click.echo(
-                f"           ... {summary['unresolved'] - max_rows} more in the unresolved CSV"
-            )
-    else:
-        click.echo("unresolved 0")
+    paths = save(df, summary, output)
+    if as_json:
+        echo_json({**summary, **paths})
+        return
+    click.echo(text)
+    click.echo(format_audit(summary))
+    click.echo(f"summary    {paths['summary_json']}")
+    if paths["unresolved_csv"]:
+        click.echo(f"unresolved {paths['unresolved_csv']}")
 
 
 @command.command("cbis-ddsm")
@@ -137,12 +92,7 @@ def cbis_ddsm(
     Study/Series UID; crop and ROI mask are told apart by image size. The official train/test split
     is kept in 'split'. Unresolved rows are listed, never silently dropped.
     """
-    import csv as csv_module
-    import json
-
-    from featmammo.datasets.cbis_ddsm import build_cbis_ddsm
-    from featmammo.datasets.manifest import write_manifest
-    from featmammo.splits import audit
+    from featmammo.datasets.cbis_ddsm import build_cbis_ddsm, format_summary
 
     df, summary = build_cbis_ddsm(
         root,
@@ -152,22 +102,7 @@ def cbis_ddsm(
         dedup=not no_dedup,
         cache=not no_cache,
     )
-    write_manifest(df, output)
-    summary_path, unresolved_path = _side_files(output)
-    summary_path.write_text(json.dumps(summary, indent=2, default=str))
-    if summary["unresolved_rows"]:
-        with open(unresolved_path, "w", newline="") as f:
-            writer = csv_module.DictWriter(f, fieldnames=["image_id", "subject", "csv", "reason"])
-            writer.writeheader()
-            writer.writerows(summary["unresolved_rows"])
-    elif unresolved_path.exists():
-        unresolved_path.unlink()
-    if as_json:
-        echo_json({**summary, "manifest": output, "summary_json": str(summary_path)})
-    else:
-        _echo_summary(summary, output, max_rows)
-        click.echo(audit(df).format())
-        click.echo(f"summary    {summary_path}")
+    _finish(df, summary, output, as_json, format_summary(summary, output, max_rows))
     if fail_on_unresolved and summary["unresolved"]:
         ctx.exit(1)
 
