@@ -11,6 +11,7 @@ import pandas as pd
 import pydicom
 import pytest
 
+from featmammo.datasets import phantoms
 from featmammo.datasets import synthetic as syn
 from featmammo.errors import ConfigError
 from featmammo.preprocess import largest_component_bbox
@@ -74,7 +75,7 @@ def test_mlo_has_pectoral_muscle():
 
 def test_texture_power_law_slope():
     rng = np.random.default_rng(0)
-    field = syn._power_law_noise((128, 128), 3.0, rng)
+    field = phantoms._power_law_noise((128, 128), 3.0, rng)
     spec = np.abs(np.fft.fft2(field)) ** 2
     fy = np.fft.fftfreq(128)[:, None]
     fx = np.fft.fftfreq(128)[None, :]
