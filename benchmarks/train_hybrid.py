@@ -423,7 +423,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     # denormal gradients/Adam moments of random-init trunks made each AdamW step ~9x slower
     torch.set_flush_denormal(True)
-    from featmammo.nn.ddp import resolve_device
+    from featmammo.devices import resolve_device
 
     device = resolve_device(args.device)
     machine = (

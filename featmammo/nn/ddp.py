@@ -1,22 +1,21 @@
 """Distributed training context for HybridNet (featmammo.nn): torchrun env -> process group.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) :func:`setup` joins the process group
-(NCCL on
-CUDA, gloo on the CPU) and picks this rank's device; otherwise it returns a single-process context
-and
-touches nothing. Rank 0 writes files; the others wait at :meth:`DistContext.barrier`.
+(NCCL on CUDA, gloo on the CPU) and picks this rank's device; otherwise it returns a single-process
+context and touches nothing. The device (``--device``) and the torchrun environment are read by
+:mod:`featmammo.devices`, as everywhere else. Rank 0 writes files; the others wait at
+:meth:`DistContext.barrier`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from featmammo.errors import ConfigError
+from featmammo.devices import resolve_device, torchrun_env
 
 log = logging.getLogger(__name__)
 
@@ -63,24 +62,13 @@ class DistContext:
             dist.destroy_process_group()
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available else CPU; ``cuda`` without a GPU is a ConfigError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was requested but no CUDA device is available")
-    return dev
-
-
 def setup(device: str = "auto") -> DistContext:
     """The process's rank/world size/device; joins the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    env = torchrun_env()
     base = resolve_device(device)
-    if world <= 1:
+    if not env.distributed:
         return DistContext(device=base)
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world, local_rank = env.rank, env.world_size, env.local_rank
     if base.type == "cuda":
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)

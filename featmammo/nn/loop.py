@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import warnings
 
 import numpy as np
 import torch
@@ -85,11 +86,6 @@ def predict_arrays(
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.float32)
 
 
-def _balanced_accuracy(y: np.ndarray, pred: np.ndarray, k: int) -> float:
-    recalls = [np.mean(pred[y == c] == c) for c in range(k) if np.any(y == c)]
-    return float(np.mean(recalls)) if recalls else math.nan
-
-
 def rng_state() -> dict:
     """torch, python (and CUDA) RNG states, for the resumable training state."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
@@ -158,6 +154,21 @@ def train_epoch(
     return loss_sum / max(count, 1), correct / max(count, 1)
 
 
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """scikit-learn's balanced accuracy: the mean recall over the classes present in ``y_true``.
+
+    A class predicted but absent from ``y_true`` adds no recall (scikit-learn's warning about it is
+    expected on small validation sets and silenced here); NaN for an empty ``y_true``.
+    """
+    from sklearn.metrics import balanced_accuracy_score
+
+    if len(y_true) == 0:
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        return float(balanced_accuracy_score(y_true, y_pred))
+
+
 def validate(
     model: HybridNet,
     images: np.ndarray,
@@ -179,5 +190,5 @@ def validate(
     return {
         "val_loss": val_loss,
         "val_accuracy": float(np.mean(pred == y_val)),
-        "val_balanced_accuracy": _balanced_accuracy(y_val, pred, len(model.classes)),
+        "val_balanced_accuracy": balanced_accuracy(y_val, pred),
     }
