@@ -157,6 +157,40 @@ def test_write_read_roundtrip_and_hash(tmp_path, images):
         write_manifest(df.drop(columns="split"), tmp_path / "x.csv")
 
 
+def test_one_path_convention_for_every_path_column(tmp_path, images):
+    """path, *_path and ;-joined *_paths columns: relative inside the manifest folder, absolute
+    outside, resolved back on read; FILE#INDEX paths are checked through FILE."""
+    rec = tmp_path / "img" / "patches.tfrecords"
+    rec.write_bytes(b"x")
+    df = pd.DataFrame(
+        {
+            "image_id": ["a", "b"],
+            "path": [str(images[0]), f"{rec}#7"],
+            "label": ["benign", "normal"],
+            "patient_id": ["p1", "p2"],
+            "laterality": ["L", ""],
+            "view": ["CC", ""],
+            "split": ["train", "test"],
+            "source": ["x", "y"],
+            "overlay_path": [str(images[1]), ""],
+            "roi_mask_paths": [f"{images[1]};;/elsewhere/m.png", ""],
+        }
+    )
+    out = tmp_path / "manifest.csv"
+    write_manifest(df, out)
+    raw = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(raw["path"]) == ["img/a.png", "img/patches.tfrecords#7"]
+    assert list(raw["overlay_path"]) == ["img/b.png", ""]
+    assert list(raw["roi_mask_paths"]) == ["img/b.png;;/elsewhere/m.png", ""]
+    back = read_manifest(out)  # check_paths: FILE of FILE#INDEX exists
+    assert back.loc[1, "path"] == f"{rec}#7"
+    assert back.loc[0, "overlay_path"] == str(images[1])
+    assert back.loc[0, "roi_mask_paths"] == f"{images[1]};;/elsewhere/m.png"
+    rec.unlink()
+    with pytest.raises(ManifestError, match=r"line 3: path does not exist: .*patches.tfrecords$"):
+        read_manifest(out)
+
+
 def test_build_folder(tmp_path, monkeypatch, caplog):
     root = tmp_path / "tree"
     _png(root / "Benign" / "P_001_L_CC.png")

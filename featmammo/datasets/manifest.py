@@ -16,7 +16,6 @@ on POSIX a backslash in a relative path is a separator (a manifest written on Wi
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
@@ -28,6 +27,7 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
+from featmammo.atomic import atomic_write
 from featmammo.errors import ManifestError
 from featmammo.labels import LABEL_ALIASES, LABELS, normalize_label  # noqa: F401 (re-exported)
 
@@ -55,8 +55,40 @@ SPLIT_ALIASES = {
     "": "",
 }
 MAX_REPORTED_ERRORS = 10
-# optional per-image file columns, written relative to the manifest folder and resolved on read
-AUX_PATH_COLUMNS = ("crop_path", "roi_mask_path")
+# Path columns (issue: one convention for all of them): ``path``, every column whose name ends in
+# ``_path`` (one file: crop_path, roi_mask_path, ...) and every column ending in ``_paths`` (several
+# files joined by ``;``). All are written by :func:`write_manifest` with ONE rule -- relative to the
+# manifest's folder when the file lies inside it, absolute otherwise -- and resolved back the same
+# way by :func:`read_manifest`. A path may address one record of a container file as
+# ``FILE#INDEX`` (a TFRecord record); the check for existence is then made on FILE.
+AUX_PATH_COLUMNS = ("crop_path", "roi_mask_path")  # the usual ones (any *_path column counts)
+PATH_LIST_SEPARATOR = ";"
+
+
+def path_columns(columns) -> list[str]:
+    """The path columns among ``columns``: ``path``, ``*_path`` and (``;``-joined) ``*_paths``."""
+    return [
+        c for c in columns if c == "path" or str(c).endswith("_path") or str(c).endswith("_paths")
+    ]
+
+
+def _map_paths(value: str, column: str, fn) -> str:
+    if column.endswith("_paths"):
+        return PATH_LIST_SEPARATOR.join(fn(v) for v in value.split(PATH_LIST_SEPARATOR))
+    return fn(value)
+
+
+_RECORD_RE = re.compile(r"^(?P<file>.+)#(?P<index>\d+)$")
+
+
+def container_file(path) -> Path:
+    """The file to check for ``path``: ``FILE`` for ``FILE#INDEX`` (one record of a TFRecord
+    file) when ``path`` itself is not a file, else ``path``."""
+    p = Path(path)
+    m = _RECORD_RE.match(str(path))
+    if m and not p.is_file():
+        return Path(m.group("file"))
+    return p
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,14 +335,17 @@ def read_manifest(
             continue
         path = Path(_resolve(p, base_dir)) if base_dir is not None else Path(p).expanduser()
         resolved.append(str(path))
-        if check_paths and not path.is_file():
-            what = "is a folder, not an image file" if path.is_dir() else "does not exist"
-            problems.add(pos, f"path {what}: {path}")
+        if check_paths:
+            target = container_file(path)
+            if not target.is_file():
+                what = "is a folder, not an image file" if target.is_dir() else "does not exist"
+                problems.add(pos, f"path {what}: {target}")
     original_paths = list(df["path"])
     df["path"] = resolved
-    for col in AUX_PATH_COLUMNS:  # lesion crop / ROI mask: resolved like path, checked by users
-        if col in df.columns and base_dir is not None:
-            df[col] = [_resolve(p, base_dir) for p in df[col]]
+    # crop / ROI mask / other file columns: resolved like path (checked by the code using them)
+    for col in path_columns(df.columns):
+        if col != "path" and base_dir is not None:
+            df[col] = [_map_paths(v, col, lambda p: _resolve(p, base_dir)) for v in df[col]]
 
     # labels
     if "label" not in df.columns:
@@ -458,8 +493,9 @@ def _is_missing(v) -> bool:
 def write_manifest(df: pd.DataFrame, path) -> None:
     """Write a manifest CSV (required columns first, then extras), atomically.
 
-    Paths inside the manifest's folder are written relative to it (so the folder can be moved as a
-    whole); others stay absolute. ``read_manifest`` resolves them back.
+    One rule for every path column (:func:`path_columns`: ``path``, ``*_path``, ``;``-joined
+    ``*_paths``): a file inside the manifest's folder is written relative to it (so the folder
+    can be moved as a whole), any other stays absolute. ``read_manifest`` resolves them back.
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
@@ -471,17 +507,14 @@ def write_manifest(df: pd.DataFrame, path) -> None:
     frame = df[REQUIRED_COLUMNS + [c for c in df.columns if c not in REQUIRED_COLUMNS]].copy()
     for col in frame.columns:
         frame[col] = ["" if _is_missing(v) else str(v) for v in frame[col]]
-    path_cols = [c for c in ("path", *AUX_PATH_COLUMNS) if c in frame.columns]
-    for col in path_cols:
-        frame[col] = [_relative_if_inside(p, folder) for p in frame[col]]
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    for col in path_columns(frame.columns):
+        frame[col] = [
+            _map_paths(v, col, lambda p: _relative_if_inside(p, folder)) for v in frame[col]
+        ]
+    data = frame.to_csv(index=False, lineterminator="\n").encode("utf-8")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(tmp, index=False, lineterminator="\n")
-        os.replace(tmp, out)
+        atomic_write(out, lambda f: f.write(data))
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise ManifestError(f"{out}: cannot write the manifest ({exc.strerror or exc})") from exc
     log.info("wrote manifest %s (%d rows)", out, len(frame))
 
