@@ -103,5 +103,10 @@ def command(out, n, seed, size, difficulty, classes, test_fraction, as_json):
     click.echo("  splits:  " + ", ".join(f"{k} {v}" for k, v in summary["by_split"].items()))
     click.echo("  sources: " + ", ".join(f"{k} {v}" for k, v in summary["by_source"].items()))
     click.echo(f"  MONOCHROME1 images: {summary['monochrome1']}")
-    click.echo(f"  manifest: {summary['manifest']}")
-    click.echo("  note: phantoms, not patient data; normals are a separate source (normals/).")
+    click.echo(f"  manifest: {summary['manifest']} (every class, normals included: use this one)")
+    click.echo(
+        "  note: phantoms, not patient data; normals are a separate source (normals/). "
+        "`featmammo manifest cbis-ddsm OUT` reads only the CBIS-DDSM part (no normals), as it "
+        "would a real download."
+    )
+    click.echo(f"  next: featmammo extract {summary['manifest']} -o STORE.h5")
