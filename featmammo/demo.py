@@ -96,9 +96,10 @@ def resolve_demo_weights(weights: str) -> str:
     except WeightsError as exc:
         log.warning(
             "ImageNet weights are not available (%s). The demo runs with RANDOM weights: the "
-            "leaderboard then measures the pipeline, not what ImageNet features can do. Put the "
-            "weight files in place (`featmammo weights list`) and rerun for real features.",
+            "leaderboard then measures the pipeline, not what ImageNet features can do. For real "
+            "features run `featmammo weights fetch %s` and rerun the demo.",
             exc,
+            " ".join(DEMO_BACKBONES),
         )
         return "random"
     return "imagenet"
