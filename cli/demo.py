@@ -70,7 +70,8 @@ def command(output, n_synthetic, image_size, weights, heads, cv, n_boot, device,
     if result.weights == "random":
         click.echo(
             "NOTE: ImageNet weights were not available, so the backbones ran with RANDOM weights. "
-            "The figures below measure the pipeline, not ImageNet features."
+            "The figures below measure the pipeline, not ImageNet features. For real features: "
+            "featmammo weights fetch resnet50 alexnet, then rerun the demo."
         )
     click.echo("\nLeaderboard (cv = pooled out-of-fold, test = held-out; CIs in leaderboard.csv):")
     click.echo(shown.to_string(index=False))
