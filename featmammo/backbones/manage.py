@@ -12,13 +12,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import os
-import shutil
 from pathlib import Path
 
+from featmammo.atomic import atomic_write
 from featmammo.errors import ConfigError, WeightsError
-from featmammo.hashing import sha256_file
 
 from . import arch as _arch
 from . import registry as _registry
@@ -181,15 +180,17 @@ def import_file(path, *, name: str | None = None) -> dict:
     if dest.is_file() and _weights.file_sha256(dest) == sha:
         status = "already-present"
     else:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
-        try:
-            shutil.copyfile(src, tmp)
-            if sha256_file(tmp) != sha:
-                raise WeightsError(f"{tmp}: copy of {src} does not hash like the source")
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
+
+        def copy(out) -> None:
+            digest = hashlib.sha256()
+            with src.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
+            if digest.hexdigest() != sha:  # the source changed while it was being copied
+                raise WeightsError(f"{dest}: copy of {src} does not hash like the source")
+
+        atomic_write(dest, copy)
         log.info("imported %s -> %s (%s)", src, dest, tw.identity)
     return {
         "file": str(src),
