@@ -32,8 +32,8 @@ def real_dicoms() -> list[Path]:
 
 @pytest.fixture(scope="session")
 def cbis_csv_dir() -> Path:
-    """The four official case-description CSVs (real files, CC BY 3.0), copied into tests/data so the
-    tests never depend on a folder beside the checkout."""
+    """The four official case-description CSVs (real files, CC BY 3.0), copied into tests/data so
+    the tests never depend on a folder beside the checkout."""
     folder = Path(__file__).resolve().parent / "data" / "cbis-ddsm"
     if not (folder / "mass_case_description_test_set.csv").exists():
         pytest.fail(f"{folder}: the official CBIS-DDSM CSVs are missing from the checkout")
