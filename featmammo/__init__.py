@@ -2,7 +2,7 @@
 
 Importing this package does not import torch: store readers, manifests, heads and reports work
 without it. Public names are resolved lazily (PEP 562), so ``featmammo.open_store`` costs nothing
-until used.
+until used; so is the ``featmammo.store`` submodule (``import featmammo; featmammo.store.open(p)``).
 """
 
 from __future__ import annotations
@@ -22,11 +22,16 @@ _LAZY = {
     "make_backbone": ("featmammo.backbones", "make"),
 }
 
-__all__ = ["__version__", *_LAZY]
+# submodules reachable as attributes without importing them first (``featmammo.store.open(p)``)
+_SUBMODULES = ("store",)
+
+__all__ = ["__version__", *_LAZY, *_SUBMODULES]
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")  # also binds featmammo.<name>
     raise AttributeError(f"module 'featmammo' has no attribute {name!r}")

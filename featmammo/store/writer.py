@@ -1,0 +1,232 @@
+"""Writing an extraction's batches off the forward loop, at a cost linear in the store's size.
+
+:class:`BackgroundWriter` takes finished batches (``submit`` returns at once), writes each as a
+durable shard in a background thread and, on the process that owns the main file, merges shards
+into it on a geometric schedule:
+
+* a merge happens only once the pending shards hold at least ``growth`` times the main file's
+  bytes, so the main file (at least) doubles between merges and the copies every merge makes form
+  a geometric series: they add up to about the final size, not to its square;
+* no scheduled merge once ``merge_until`` (half) of the bytes this run is expected to write (the
+  store's rows not done yet, times their width) would be merged: the caller's final
+  ``consolidate`` would copy everything merged by then once more, so late merges cost the most;
+* the caller's final ``featmammo.store.consolidate`` (with the run's provenance) merges the rest.
+
+Total bytes written: the shards (1x), the rows merged into the main file (1x), the copies (at most
+about 1x): about 3x the final store size at worst, however large it grows. Readers see a
+consistent store all along (the main file, replaced atomically; rows still in shards read as
+pending). Crash safety is the shards' and ``consolidate``'s (see ``featmammo.store``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import StoreError
+from .reader import Store
+from .schema import DONE, parts_dir
+from .shards import consolidate as _consolidate
+from .shards import write_shard
+
+log = logging.getLogger("featmammo.store")
+
+_STOP = object()
+
+
+class BackgroundWriter:
+    """Write an extraction's batches to the store at ``store_path`` from background threads.
+
+    ``consolidate``: merge shards into the main file on the geometric schedule (the process that
+    owns the main file, rank 0); other ranks only write shards. ``max_pending``: batches that may
+    wait for the writer before ``submit`` blocks (bounds memory). ``growth`` and ``merge_until``
+    shape the schedule (module docstring); ``growth=0, merge_until=None`` merges after every batch
+    (fault-injection tests). The store must exist (``featmammo.store.prepare``).
+    """
+
+    def __init__(
+        self,
+        store_path,
+        *,
+        consolidate: bool = True,
+        max_pending: int = 4,
+        growth: float = 1.0,
+        merge_until: float | None = 0.5,
+    ):
+        self.path = Path(store_path)
+        if max_pending < 1:
+            raise StoreError(f"{self.path}: max_pending must be >= 1, not {max_pending}")
+        st = Store(self.path)
+        self._dims = {n: st.dim(n) for n in st.backbones}
+        self._dtypes = {n: st.dtype(n) for n in st.backbones}
+        # bytes this run is expected to write: every row not done yet, of every backbone
+        self.expected_bytes = sum(
+            int((st.status(n) != DONE).sum()) * st.dim(n) * np.dtype(st.dtype(n)).itemsize
+            for n in st.backbones
+        )
+        self.consolidate = bool(consolidate)
+        self.growth = float(growth)
+        self.merge_until = merge_until
+        self.n_batches = 0  # shards written
+        self.n_merges = 0  # scheduled merges done
+        self.bytes_shards = 0  # bytes of the shards this writer wrote
+        self.bytes_merged = 0  # bytes of shards merged by scheduled merges
+        self._sizes: dict[str, int] = {}
+        self._queue: queue.Queue = queue.Queue(maxsize=int(max_pending))
+        self._error: BaseException | None = None
+        self._closed = False
+        self._merge: threading.Thread | None = None
+        self._thread = threading.Thread(
+            target=self._loop, name=f"featmammo-store-writer {self.path.name}", daemon=True
+        )
+        self._thread.start()
+
+    # -------------------------------------------------------------------------------- public
+    def submit(
+        self,
+        ids: Sequence[str],
+        blocks: Mapping[str, tuple],
+        identities: Mapping[str, str],
+    ) -> None:
+        """Queue one finished batch: ``blocks[name] = (emb (n, D), status (n,), reasons (n,))``.
+
+        Returns at once unless ``max_pending`` batches are already waiting. The arrays are copied,
+        so the caller may reuse its buffers. Raises the first error of the background threads.
+        """
+        self._raise()
+        if self._closed:
+            raise StoreError(f"{self.path}: submit after close")
+        ids = [str(i) for i in ids]
+        batch = {}
+        for name, (emb, status, reasons) in blocks.items():
+            if name not in self._dims:
+                raise StoreError(f"{self.path}: no backbone {name!r} in this store")
+            if name not in identities:
+                raise StoreError(f"{self.path}: no identity given for backbone {name!r}")
+            emb = np.array(emb, copy=True)
+            status = np.array(status, dtype=np.int8, copy=True)
+            reasons = [str(r) for r in reasons]
+            if (
+                emb.shape != (len(ids), self._dims[name])
+                or len(status) != len(ids)
+                or len(reasons) != len(ids)
+            ):
+                raise StoreError(
+                    f"{self.path}: backbone {name!r}: block shapes {emb.shape}, "
+                    f"{status.shape}, {len(reasons)} do not match {len(ids)} ids of dim "
+                    f"{self._dims[name]}"
+                )
+            batch[name] = (emb, status, reasons)
+        if batch:
+            self._queue.put((ids, batch, {n: str(identities[n]) for n in batch}))
+
+    def close(self) -> None:
+        """Wait for every submitted batch (and a merge in progress); raise a background error.
+
+        Does not make the final merge: the caller runs ``featmammo.store.consolidate`` (with the
+        run's provenance) once every writer of the store, on every rank, has closed.
+        """
+        if not self._closed:
+            self._closed = True
+            self._queue.put(_STOP)
+        self._thread.join()
+        if self._merge is not None:
+            self._merge.join()
+        self._raise()
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            self.close()
+        except BaseException as err:
+            if exc_type is None:
+                raise
+            if err is not exc:  # the caller's exception propagates; do not hide this one
+                log.error("%s: background writer failed too: %s", self.path, err)
+        return False
+
+    # -------------------------------------------------------------------------------- threads
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            if self._error is not None:
+                continue  # keep draining so a blocked submit/close never hangs
+            ids, blocks, identities = item
+            try:
+                p = write_shard(self.path, ids, blocks, identities, dtypes=self._dtypes)
+                self.n_batches += 1
+                self.bytes_shards += p.stat().st_size
+                if self.consolidate and self._merge_due():
+                    self._start_merge()
+            except BaseException as exc:  # surfaced by the next submit or close
+                self._error = exc
+                log.error("%s: background writer: %s", self.path, exc)
+
+    def _pending(self) -> tuple[list[Path], int]:
+        """Complete shards waiting in the parts folder (any rank's) and their bytes."""
+        d = parts_dir(self.path)
+        found, total = [], 0
+        sizes = {}
+        with os.scandir(d) as it:
+            for entry in it:
+                if entry.name.startswith(".") or not entry.name.endswith(".npz"):
+                    continue
+                size = self._sizes.get(entry.name)
+                if size is None:
+                    try:
+                        size = entry.stat().st_size
+                    except FileNotFoundError:
+                        continue
+                sizes[entry.name] = size
+                found.append(Path(entry.path))
+                total += size
+        self._sizes = sizes
+        return sorted(found), total
+
+    def _merge_due(self) -> bool:
+        if self._merge is not None and self._merge.is_alive():
+            return False
+        if self._error is not None:
+            return False
+        _, pending = self._pending()
+        if pending == 0 or pending < self.growth * self.path.stat().st_size:
+            return False
+        if self.merge_until is not None:
+            # late merges are the expensive ones: leave the second half to the final merge
+            return self.bytes_merged + pending <= self.merge_until * self.expected_bytes
+        return True
+
+    def _start_merge(self) -> None:
+        shards, pending = self._pending()
+
+        def run() -> None:
+            t0 = time.perf_counter()
+            try:
+                _consolidate(self.path, shards=shards)
+                self.bytes_merged += pending
+                self.n_merges += 1
+                log.debug(
+                    "%s: merged %d shards (%d bytes) in %.2f s",
+                    self.path, len(shards), pending, time.perf_counter() - t0,
+                )  # fmt: skip
+            except BaseException as exc:
+                self._error = exc
+                log.error("%s: background merge: %s", self.path, exc)
+
+        self._merge = threading.Thread(target=run, name="featmammo-store-merge", daemon=True)
+        self._merge.start()
