@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
+import time
 
 import click
 
-from .options import device_option, echo_json, json_option, output_option, weights_option
+from .options import (
+    device_option,
+    echo_json,
+    json_option,
+    no_cache_option,
+    output_option,
+    weights_option,
+    workers_option,
+)
 
 
 @click.command("extract")
@@ -23,7 +34,12 @@ from .options import device_option, echo_json, json_option, output_option, weigh
     "or hybrid:RUN_DIR/checkpoint.pt. All run on the same decoded batch.",
 )
 @weights_option
-@click.option("--image-size", default=224, show_default=True, type=int, help="Side of the input.")
+@click.option(
+    "--image-size",
+    default=None,
+    type=click.IntRange(min=8),
+    help="Side of the input [default: 224, or the hybrid: checkpoint's].",
+)
 @click.option(
     "--resize",
     type=click.Choice(["area", "bilinear", "bicubic", "nearest"]),
@@ -47,19 +63,14 @@ from .options import device_option, echo_json, json_option, output_option, weigh
 @click.option(
     "--roi",
     type=click.Choice(["full", "crop", "patch"]),
-    default="full",
-    show_default=True,
-    help="crop/patch need a roi_mask_path column in the manifest.",
+    default=None,
+    help="full (the default, or the hybrid: checkpoint's) | crop | patch; crop/patch need a "
+    "roi_mask_path column in the manifest (refused before any work without one); full never "
+    "reads the masks.",
 )
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
-@click.option(
-    "--workers",
-    default=0,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="DataLoader worker processes for reading/preprocessing (0: the main process, with a "
-    "background thread reading the next batch during the forward passes).",
-)
+@workers_option
+@no_cache_option
 @device_option
 @click.option(
     "--max-failures",
@@ -93,25 +104,29 @@ from .options import device_option, echo_json, json_option, output_option, weigh
 @json_option
 def command(
     manifest, output, backbones, weights, image_size, resize, normalize, windowing, crop, roi,
-    batch_size, workers, device, max_failures, dtype, hash_ids, backbone_suffix, compression,
-    as_json,
+    batch_size, workers, no_cache, device, max_failures, dtype, hash_ids, backbone_suffix,
+    compression, as_json,
 ) -> None:  # fmt: skip
     """Embed every image of MANIFEST with every backbone into the HDF5 store -o STORE.h5.
 
     Rerunning the same command resumes (finished images are skipped); a store made with other
     weights or preprocessing is refused. Under `torchrun --nproc-per-node N` the images are split
-    across processes into one store.
+    across processes into one store. Exits non-zero when every image failed.
     """
-    import os
-
-    from featmammo.extract import extract
+    from featmammo.devices import torchrun_env
+    from featmammo.extract import AllImagesFailed, extract, hybrid_preprocess
     from featmammo.preprocess import PreprocessConfig
 
+    # a hybrid: checkpoint imposes the image size and ROI mode it was trained on (unless given,
+    # then extract refuses a contradiction)
+    imposed = hybrid_preprocess(backbones)
     config = PreprocessConfig(
-        image_size=image_size, resize=resize, normalize=normalize, crop=crop, roi=roi,
+        image_size=image_size or imposed.get("image_size", 224), resize=resize,
+        normalize=normalize, crop=crop, roi=roi or imposed.get("roi", "full"),
+        patch_context=imposed.get("patch_context", PreprocessConfig.patch_context),
         windowing=windowing,
     )  # fmt: skip
-    rank = int(os.environ.get("RANK", "0"))
+    rank = torchrun_env().rank
     show_bar = rank == 0 and not as_json and sys.stderr.isatty()
     bar = None
     if show_bar:
@@ -119,18 +134,23 @@ def command(
             length=1, label="extract", file=sys.stderr, show_pos=True,
             item_show_func=lambda rate: f"{rate:.2f} images/s" if rate else None,
         )  # fmt: skip
-    progress = _progress(bar) if bar is not None else None
+    lines = BarLines(bar) if bar is not None else None
+    all_failed = None
     try:
-        summary = extract(
-            manifest, output, backbones=backbones, weights=weights, preprocess=config,
-            batch_size=batch_size, workers=workers, device=device, max_failures=max_failures,
-            dtype=dtype, hash_ids=hash_ids, backbone_suffix=backbone_suffix,
-            compression=compression, progress=progress,
-        )  # fmt: skip
-    finally:
-        if bar is not None:
-            bar.render_finish()
+        with lines if lines is not None else _nothing():
+            summary = extract(
+                manifest, output, backbones=backbones, weights=weights, preprocess=config,
+                batch_size=batch_size, workers=workers, device=device,
+                max_failures=max_failures, dtype=dtype, hash_ids=hash_ids,
+                backbone_suffix=backbone_suffix, compression=compression,
+                progress=lines.progress if lines is not None else None,
+                cache=False if no_cache else None,
+            )  # fmt: skip
+    except AllImagesFailed as exc:
+        summary, all_failed = exc.summary, exc
     if rank != 0:
+        if all_failed is not None:
+            raise all_failed
         return
     if as_json:
         echo_json(summary.to_dict())
@@ -148,22 +168,63 @@ def command(
             click.echo(f"  failed ({', '.join(names)}): {where}: {reason}", err=True)
         if summary.stopped_early:
             click.echo(f"stopped early: more than {max_failures} failures", err=True)
+    if all_failed is not None:
+        click.echo(f"Error: {all_failed}", err=True)
+        click.get_current_context().exit(1)
     if summary.exceeded_max_failures:
         click.get_current_context().exit(1)
 
 
-def _progress(bar):
-    """A progress callback that sizes the bar on first use (the total is known inside extract)."""
-    import time
+@contextlib.contextmanager
+def _nothing():
+    yield
 
-    state = {"started": False, "t0": time.monotonic(), "n": 0}
 
-    def update(n: int, total: int) -> None:
-        if not state["started"]:
-            bar.length = max(1, total)
-            state["started"] = True
-        state["n"] += n
-        rate = state["n"] / max(time.monotonic() - state["t0"], 1e-9)
-        bar.update(n, current_item=rate)
+class BarLines(logging.Filter):
+    """Keeps a progress bar and log lines on separate lines.
 
-    return update
+    click draws the bar with a carriage return and no newline; a log record written while the bar
+    is on screen would continue the bar's line. While active (a context manager), this filter sits
+    on the ``featmammo`` logger's handlers and ends the bar's line before each record; the bar is
+    redrawn below at the next update, and its line is ended once when the run finishes.
+    ``progress(n, total)`` is the callback ``extract`` calls after each batch (it sizes the bar on
+    first use: the total is known inside extract).
+    """
+
+    def __init__(self, bar):
+        super().__init__()
+        self.bar = bar
+        self.open = False  # the bar's line is on screen without its newline
+        self.started = False
+        self.t0 = time.monotonic()
+        self.n = 0
+        self._handlers: list = []
+
+    def filter(self, record) -> bool:
+        self.end_line()
+        return True
+
+    def end_line(self) -> None:
+        if self.open:
+            self.bar.render_finish()  # click's line end (and the cursor shown again)
+            self.open = False
+
+    def progress(self, n: int, total: int) -> None:
+        if not self.started:
+            self.bar.length = max(1, total)
+            self.started = True
+        self.n += n
+        rate = self.n / max(time.monotonic() - self.t0, 1e-9)
+        self.bar.update(n, current_item=rate)
+        self.open = True
+
+    def __enter__(self):
+        self._handlers = list(logging.getLogger("featmammo").handlers)
+        for h in self._handlers:
+            h.addFilter(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handlers:
+            h.removeFilter(self)
+        self.end_line()

@@ -28,3 +28,41 @@ output_option = click.option(
 
 def echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
+
+
+class WorkersType(click.ParamType):
+    """``auto`` or an integer >= 0."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            n = value
+        elif str(value).strip().lower() == "auto":
+            return "auto"
+        else:
+            try:
+                n = int(str(value).strip())
+            except ValueError:
+                self.fail(f"{value!r} is neither 'auto' nor an integer", param, ctx)
+        if n < 0:
+            self.fail(f"{value!r} is negative", param, ctx)
+        return n
+
+
+workers_option = click.option(
+    "--workers",
+    type=WorkersType(),
+    default="auto",
+    show_default=True,
+    help="Processes that read and preprocess images. auto: one per spare core on a GPU; on the "
+    "CPU 0, i.e. the main process with a read-ahead thread (measured fastest there; see README "
+    "'Speed').",
+)
+no_cache_option = click.option(
+    "--no-cache",
+    "no_cache",
+    is_flag=True,
+    help="Read and prepare every image afresh, bypassing the prepared-image cache "
+    "(featmammo cache info|clear manages it).",
+)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import device_option, echo_json, json_option
+from .options import device_option, echo_json, json_option, no_cache_option, workers_option
 
 
 @click.command("predict")
@@ -20,20 +20,30 @@ from .options import device_option, echo_json, json_option
     default=None,
     help="Breast side of loose image files (default: DICOM header, else inferred from the pixels).",
 )
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@workers_option
+@no_cache_option
 @device_option
 @json_option
-def command(model, inputs, output, laterality, device, as_json) -> None:
+def command(
+    model, inputs, output, laterality, batch_size, workers, no_cache, device, as_json
+) -> None:
     """Predict with MODEL (RUN_DIR/models/<features>__<head>.joblib) on INPUT image files or
     folders, manifest CSVs (their laterality and roi_mask_path columns are used, as at
     extraction), or stores (.h5, whose backbone provenance must match the model's).
 
     Images are read, preprocessed and embedded with the backbones, weights and preprocessing the
     model was fit on (all recorded in its sidecar). Output columns: image_id, path, y_pred,
-    p_<class>... (and error, for images that could not be read).
+    p_<class>... (and error, for images that could not be read). Images stream through in
+    batches; a labelled input with a class the model lacks (a normal image given to a
+    benign/malignant model) is warned about.
     """
     from featmammo.predict import predict
 
-    df = predict(model, list(inputs), device=device, laterality=laterality)
+    df = predict(
+        model, list(inputs), device=device, laterality=laterality, batch_size=batch_size,
+        workers=workers, cache=False if no_cache else None,
+    )  # fmt: skip
     if output:
         df.to_csv(output, index=False)
     if as_json:

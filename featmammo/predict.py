@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, FeatmammoError, StoreError, WeightsError
+from .errors import ConfigError, StoreError, WeightsError
 
 log = logging.getLogger(__name__)
 
+HYBRID_PREFIX = "hybrid:"
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".pgm", ".tif", ".tiff")
 #: spec fields that must match between the recorded backbone and the one rebuilt at predict time
 SPEC_KEYS = ("name", "arch", "layer", "dim", "weights", "weights_sha256", "seed")
@@ -164,7 +165,11 @@ def _missing_rows(store, names, predicted: set, classes) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------------------- images
 def rebuild_backbones(sidecar: dict, device: str = "cpu") -> dict:
-    """Rebuild each backbone from its recorded spec; WeightsError when the rebuilt spec differs."""
+    """Rebuild each backbone from its recorded spec; WeightsError when the rebuilt spec differs.
+
+    A ``hybrid:`` block is reloaded from its checkpoint (which carries its weights); the recorded
+    SHA-256 must match the checkpoint's, as for any weights file.
+    """
     from . import backbones
 
     models = {}
@@ -173,15 +178,19 @@ def rebuild_backbones(sidecar: dict, device: str = "cpu") -> dict:
         spec = prov.get("spec") or {}
         if not spec:
             raise WeightsError(f"model sidecar: backbone {name!r} has no recorded spec")
-        weights = spec.get("weights") or prov.get("weights")
-        model = backbones.make(
-            spec.get("name", name),
-            weights=weights,
-            layer=spec.get("layer"),
-            seed=int(spec.get("seed") or 0),
-            sha256=spec.get("weights_sha256") if weights not in (None, "random") else None,
-            device=device,
-        )
+        arch_name = str(spec.get("name", name))
+        if arch_name.startswith(HYBRID_PREFIX):
+            model = backbones.make(arch_name, device=device)
+        else:
+            weights = spec.get("weights") or prov.get("weights")
+            model = backbones.make(
+                arch_name,
+                weights=weights,
+                layer=spec.get("layer"),
+                seed=int(spec.get("seed") or 0),
+                sha256=spec.get("weights_sha256") if weights not in (None, "random") else None,
+                device=device,
+            )
         rebuilt = model.spec.to_dict() if hasattr(model.spec, "to_dict") else vars(model.spec)
         diff = {
             k: (spec.get(k), rebuilt.get(k))
@@ -227,16 +236,27 @@ def predict_images(
     lateralities: Sequence[str | None] | None = None,
     roi_masks: Sequence | None = None,
     ids: Sequence[str] | None = None,
+    batch_size: int = 16,
+    workers="auto",
+    cache=None,
 ) -> pd.DataFrame:
     """Read, preprocess (recorded config), embed (recorded backbones) and classify image files.
 
     ``lateralities`` ("L"/"R"/None per image) and ``roi_masks`` (mask paths) play the part of the
     manifest's ``laterality`` and ``roi_mask_path`` columns at extraction: without them the side
     comes from the DICOM header or, failing that, from where the tissue lies, which can differ from
-    the side a manifest gave at extraction time.
+    the side a manifest gave at extraction time. Images stream through in batches of
+    ``batch_size`` (decoded by ``workers``, see ``featmammo.extract.resolve_workers``), each
+    decoded once for every block of the model; ``cache``: the prepared-image cache (False: none).
     """
-    from .extract import embed, resolve_device
-    from .preprocess import PreprocessConfig, load_and_preprocess
+    from .devices import resolve_device
+    from .extract import (
+        _check_hybrid_preprocess,
+        _make_models,
+        _resolve_preprocess,
+        embed_stream,
+    )
+    from .preprocess import PreprocessConfig
 
     names = _ordered_blocks(sidecar)
     provs = [sidecar["backbone_provenance"][n] for n in names]
@@ -250,8 +270,11 @@ def predict_images(
             f"preprocessing config fingerprint {config.fingerprint()} differs from the recorded "
             f"{recorded} (featmammo's preprocessing recipe changed since the model was fit)"
         )
-    dev = str(resolve_device(device))
-    backbones = rebuild_backbones(sidecar, device=dev)
+    dev = resolve_device(device)
+    # store names (which may carry a suffix: resnet50_crop) -> rebuilt modules, in block order
+    models = _make_models(rebuild_backbones(sidecar, device=str(dev)), "imagenet", dev)
+    _check_hybrid_preprocess(config, models)
+    config = _resolve_preprocess(config, models)
     n = len(paths)
     lateralities = list(lateralities) if lateralities is not None else [None] * n
     roi_masks = list(roi_masks) if roi_masks is not None else [None] * n
@@ -264,36 +287,24 @@ def predict_images(
             "no laterality given: the canonical side comes from DICOM headers or is inferred from "
             "the pixels (pass a manifest CSV or --laterality to use the manifest's sides)"
         )
-    precision = _recorded_precision(provs, dev)
-    arrays, errors = [], []
-    for path, lat, mask in zip(paths, lateralities, roi_masks, strict=True):
-        try:
-            lat, mask = lat or None, mask or None
-            arrays.append(load_and_preprocess(path, config, laterality=lat, roi_mask_path=mask))
-            errors.append("")
-        except FeatmammoError as exc:
-            log.warning("%s: skipped (%s)", path, exc)
-            arrays.append(None)
-            errors.append(str(exc))
-    ok = [i for i, a in enumerate(arrays) if a is not None]
+    precision = _recorded_precision(provs, str(dev))
     classes = [str(c) for c in sidecar["classes"]]
-    y_pred = np.full(len(paths), "", dtype=object)
-    proba = np.full((len(paths), len(classes)), np.nan)
-    if ok:
-        blocks = []
-        for name in names:  # one call per block: store names may carry a suffix (resnet50_crop)
-            out = embed(
-                [arrays[i] for i in ok],
-                backbones=[backbones[name]],
-                preprocess=config,
-                device=dev,
-                precision=precision,
-            )
-            blocks.append(next(iter(out.values())))
-        X = np.concatenate(blocks, axis=1)
-        y_ok, p_ok = _predict_matrix(model, X, sidecar)
-        y_pred[ok] = y_ok
-        proba[ok] = p_ok
+    y_pred = np.full(n, "", dtype=object)
+    proba = np.full((n, len(classes)), np.nan)
+    errors = [""] * n
+    for ok, emb, failed in embed_stream(
+        [str(p) for p in paths], models, config, device=dev, precision=precision,
+        batch_size=batch_size, workers=workers, lateralities=lateralities, roi_masks=roi_masks,
+        cache=cache,
+    ):  # fmt: skip
+        for i, exc in failed:
+            log.warning("%s: skipped (%s)", paths[i], exc)
+            errors[i] = str(exc)
+        if ok:
+            X = np.concatenate([emb[name] for name in names], axis=1)
+            y_ok, p_ok = _predict_matrix(model, X, sidecar)
+            y_pred[ok] = y_ok
+            proba[ok] = p_ok
     if ids is not None:
         return _frame(list(ids), [str(p) for p in paths], y_pred, proba, classes, errors)
     ids = [Path(p).stem for p in paths]
@@ -304,13 +315,49 @@ def predict_images(
     return _frame(ids, [str(p) for p in paths], y_pred, proba, classes, errors)
 
 
+def warn_missing_classes(labels, classes, where: str) -> list[str]:
+    """Warn when labelled inputs hold a class the model cannot output (a ``normal`` image given to
+    a benign/malignant model is called benign or malignant, never normal); returns the warnings."""
+    from .labels import normalize_label
+
+    known = {str(c) for c in classes}
+    counts: dict[str, int] = {}
+    for v in labels:
+        if v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == "":
+            continue
+        lab = normalize_label(v) or str(v).strip().lower()
+        if lab == "abnormal" or (lab in ("benign", "malignant") and "abnormal" in known):
+            continue
+        if lab not in known:
+            counts[lab] = counts.get(lab, 0) + 1
+    out = []
+    for lab, k in sorted(counts.items()):
+        what = "has no normal class" if lab == "normal" else f"has no {lab!r} class"
+        msg = (
+            f"{where}: {k} image(s) labelled {lab!r}, but the model {what} (its classes: "
+            f"{', '.join(sorted(known))}): each is predicted as one of those"
+        )
+        log.warning("%s", msg)
+        out.append(msg)
+    return out
+
+
 def predict(
-    model_path, inputs: Sequence, *, device: str = "auto", laterality: str | None = None
+    model_path,
+    inputs: Sequence,
+    *,
+    device: str = "auto",
+    laterality: str | None = None,
+    batch_size: int = 16,
+    workers="auto",
+    cache=None,
 ) -> pd.DataFrame:
     """Predict with a saved model on image files/folders, manifest CSVs and/or stores (.h5).
 
     A manifest CSV (any CSV ``read_manifest`` accepts) gives each image its id, laterality and ROI
-    mask as at extraction. ``laterality`` ("L"/"R") applies to loose image files.
+    mask as at extraction. ``laterality`` ("L"/"R") applies to loose image files. Labelled inputs
+    (manifest ``label`` column, store metadata) with a class the model lacks are warned about.
+    ``batch_size``, ``workers``, ``cache``: see :func:`predict_images`.
     """
     from .datasets import read_manifest
 
@@ -319,20 +366,30 @@ def predict(
     stores = [i for i in inputs if str(i).endswith((".h5", ".hdf5"))]
     manifests = [i for i in inputs if str(i).lower().endswith(".csv")]
     images = [i for i in inputs if i not in stores and i not in manifests]
+    classes = [str(c) for c in sidecar["classes"]]
+    run = {"device": device, "batch_size": batch_size, "workers": workers, "cache": cache}
     for s in stores:
         frames.append(predict_store(model, sidecar, s))
+        from . import store as store_mod
+
+        meta = store_mod.open(s).meta
+        if "label" in meta:
+            warn_missing_classes(meta["label"].tolist(), classes, str(s))
     for m in manifests:
         df = read_manifest(m, require_labels=False)
-        masks = df["roi_mask_path"].tolist() if "roi_mask_path" in df else None
+        if "label" in df:
+            warn_missing_classes(df["label"].tolist(), classes, str(m))
+        mask_col = next((c for c in ("roi_mask_path", "mask_path") if c in df), None)
+        masks = df[mask_col].fillna("").tolist() if mask_col else None
         frames.append(
             predict_images(
                 model,
                 sidecar,
                 df["path"].tolist(),
-                device=device,
                 lateralities=df["laterality"].tolist(),
                 roi_masks=masks,
                 ids=df["image_id"].tolist(),
+                **run,
             )
         )
     if images:
@@ -340,7 +397,7 @@ def predict(
         if not paths:
             raise ConfigError(f"no image files in {list(map(str, images))}")
         lats = [laterality] * len(paths) if laterality else None
-        frames.append(predict_images(model, sidecar, paths, device=device, lateralities=lats))
+        frames.append(predict_images(model, sidecar, paths, lateralities=lats, **run))
     if not frames:
         raise ConfigError("predict: no input given")
     out = pd.concat(frames, ignore_index=True)
