@@ -5,6 +5,11 @@ stable fingerprint that goes into every embedding store). It is torch-free (nump
 
 Steps, in order (each one documented where it is implemented):
 
+0. **DDSM calibration** (``ddsm_calibration="od"``, default ``none``): grey levels of a DDSM
+   ``.LJPEG`` scan become optical density for the scanner named in ``Image.meta["digitizer"]``
+   (:func:`featmammo.io.ddsm.optical_density`), clipped to [0.05, 3.0] and mapped to
+   ``1 - OD / 4`` (float32, max value 1; dense tissue stays bright). Never applied at read time;
+   an image without a digitiser is an error naming the file.
 1. **Canonical side** (``canonical_side``): right breasts are flipped horizontally so the chest wall
    is on the left of every image (the CBIS-DDSM/DDSM convention for left breasts). Laterality comes
    from the ``laterality`` argument, else ``Image.meta["laterality"]``; when unknown it is inferred:
@@ -34,6 +39,11 @@ Steps, in order (each one documented where it is implemented):
    ``none`` x / max_value.
 6. Grey -> 3 identical channels; output is C-contiguous float32 ``(3, S, S)``.
 
+Steps 0-4 are :func:`prepare` (the costly part, cached by :mod:`featmammo.prepared` under
+:meth:`PreprocessConfig.prepared_fingerprint`), steps 5-6 are :func:`finish`;
+``preprocess = finish(prepare(...))``. :func:`load_and_preprocess` reads an ROI mask only when
+``roi`` is ``crop`` or ``patch``.
+
 Pixels stay in their stored integer type until the resize (flips and crops are views); nothing is
 ever float64 at full-field size.
 """
@@ -60,6 +70,11 @@ NORMALIZE_METHODS = ("backbone", "zscore", "mean", "decimal", "none")
 CROP_METHODS = ("breast", "none")
 ROI_MODES = ("full", "crop", "patch")
 WINDOWINGS = ("none", "voi", "window", "percentile")
+DDSM_CALIBRATIONS = ("none", "od")
+
+# ``ddsm_calibration="od"``: optical density is clipped to this range (the common practice for DDSM)
+# and mapped to v = 1 - OD / 4, so dense tissue (low OD) stays bright as in the raw scan.
+OD_CLIP = (0.05, 3.0)
 
 # Bumped whenever the numerical recipe changes, so old and new stores never fuse silently.
 PREPROCESS_VERSION = 1
@@ -82,6 +97,7 @@ class PreprocessConfig:
     roi: str = "full"
     patch_context: float = 0.5
     windowing: str = "none"
+    ddsm_calibration: str = "none"
 
     def __post_init__(self):
         def bad(msg):
@@ -98,6 +114,7 @@ class PreprocessConfig:
             ("crop", CROP_METHODS),
             ("roi", ROI_MODES),
             ("windowing", WINDOWINGS),
+            ("ddsm_calibration", DDSM_CALIBRATIONS),
         ):
             value = getattr(self, name)
             if value not in allowed:
@@ -123,12 +140,25 @@ class PreprocessConfig:
         if not (ctx >= 0 and math.isfinite(ctx)):
             bad(f"patch_context must be >= 0, got {self.patch_context!r}")
         object.__setattr__(self, "patch_context", ctx)
+        if self.ddsm_calibration != "none" and self.windowing != "none":
+            bad(
+                f"ddsm_calibration={self.ddsm_calibration!r} maps the digitiser's raw values; "
+                f"it needs windowing='none', got {self.windowing!r}"
+            )
 
     def to_dict(self) -> dict:
-        """Plain JSON-able dict (tuples become lists)."""
+        """Plain JSON-able dict (tuples become lists).
+
+        Fields added after the first release (``ddsm_calibration``) appear only when they differ
+        from their default, so configs (and stores) made before they existed keep their
+        fingerprint; :meth:`from_dict` fills them back in.
+        """
         d = asdict(self)
         d["mean"] = list(self.mean)
         d["std"] = list(self.std)
+        for name, default in _LATE_FIELDS.items():
+            if d[name] == default:
+                del d[name]
         return d
 
     @classmethod
@@ -152,6 +182,24 @@ class PreprocessConfig:
         """
         payload = {"preprocess_version": PREPROCESS_VERSION, **self.to_dict()}
         return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:16]
+
+    def prepared_fingerprint(self) -> str:
+        """Fingerprint of the fields that decide :func:`prepare`'s output (normalisation excluded).
+
+        Two configs that differ only in ``normalize``/``mean``/``std`` share it, so the
+        prepared-image cache (:mod:`featmammo.prepared`) serves both.
+        """
+        d = self.to_dict()
+        for name in _FINISH_FIELDS:
+            d.pop(name)
+        payload = {"preprocess_version": PREPROCESS_VERSION, "stage": "prepared", **d}
+        return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:16]
+
+
+# fields added after PREPROCESS_VERSION 1 -> their default (omitted from to_dict at the default)
+_LATE_FIELDS = {"ddsm_calibration": "none"}
+# fields only :func:`finish` reads
+_FINISH_FIELDS = ("normalize", "mean", "std")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -494,22 +542,94 @@ def _as_pixels(image) -> tuple[np.ndarray, float, str, dict]:
     return pixels, max_value, path, meta
 
 
-def preprocess(
+@dataclass(frozen=True)
+class Prepared:
+    """The expensive half of preprocessing, before normalisation (what the cache stores).
+
+    ``pixels``: the region after calibration, canonical side, crop/ROI and resize, float32
+    ``(out_h, out_w)`` (long side = ``image_size``, no padding yet); ``max_value``: the image's
+    nominal maximum; ``raw_max_abs``: max |value| of the region before resizing (``decimal``).
+    """
+
+    pixels: np.ndarray
+    max_value: float
+    raw_max_abs: float
+
+
+def _optical_density(pixels: np.ndarray, digitizer: str, institution: str | None) -> np.ndarray:
+    from .io.ddsm import optical_density  # lazy: the io package pulls pydicom
+
+    return optical_density(pixels, digitizer, institution)
+
+
+def calibrate_od(pixels: np.ndarray, digitizer: str, institution: str | None = None) -> np.ndarray:
+    """DDSM grey levels -> ``1 - clip(OD, 0.05, 3.0) / 4`` (float32), OD per digitiser.
+
+    OD comes from :func:`featmammo.io.ddsm.optical_density` (``institution``: the case letter,
+    which tells HOWTEK's two calibrations apart). Integer images of at most 16 bits go
+    through a lookup table of every possible value (the same numbers, one call on <= 65,536 values
+    instead of one per pixel); the result is a full-size float32 image, max value 1.
+    """
+    lo, hi = OD_CLIP
+
+    def to_grey(od):
+        od = np.asarray(od, dtype=np.float32)
+        return (
+            np.float32(1.0) - np.clip(od, np.float32(lo), np.float32(hi)) / np.float32(4.0)
+        ).astype(np.float32, copy=False)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if pixels.dtype in (np.uint8, np.uint16):
+            values = np.arange(int(pixels.max()) + 1, dtype=pixels.dtype)
+            lut = to_grey(_optical_density(values, digitizer, institution))
+            if lut.shape != values.shape:
+                raise ConfigError(
+                    f"optical_density returned shape {lut.shape} for {values.shape} values"
+                )
+            return lut[pixels]
+        return to_grey(_optical_density(pixels, digitizer, institution))
+
+
+def _region_max_abs(region: np.ndarray) -> float:
+    """max |x| of ``region`` without an |x| copy (and without int overflow at the dtype minimum)."""
+    top = float(region.max())
+    if region.dtype.kind == "u":
+        return abs(top)
+    return max(abs(top), abs(float(region.min())))
+
+
+def prepare(
     image,
     config: PreprocessConfig | None = None,
     *,
     laterality: str | None = None,
     roi_mask: np.ndarray | tuple | None = None,
-) -> np.ndarray:
-    """Turn one image into a ``(3, S, S)`` float32 C-contiguous array (see the module docstring).
+) -> Prepared:
+    """Steps 0-4 of the module docstring (calibration, side, crop/ROI, resize): the costly part.
 
-    ``image`` is a :class:`featmammo.io.Image` or a 2-D array (uint8 -> max 255, uint16 -> 65535,
-    float -> 1.0). ``roi_mask`` is a 2-D mask (any resolution; > 0 = lesion) or a bounding box
-    ``(y0, x0, y1, x1)`` in image pixels, needed for ``roi="crop"|"patch"``.
+    Arguments as :func:`preprocess`; ``finish(prepare(...), config)`` is ``preprocess(...)``.
     """
     config = config or PreprocessConfig()
     pixels, max_value, path, meta = _as_pixels(image)
     h, w = pixels.shape
+
+    if config.ddsm_calibration == "od":
+        digitizer = meta.get("digitizer")
+        if not digitizer:
+            raise ImageReadError(
+                path,
+                "ddsm_calibration='od' needs the image's digitiser (Image.meta['digitizer'], set "
+                f"for DDSM .LJPEG files); this image ({meta.get('format') or 'no format recorded'})"
+                " has none",
+            )
+        institution = meta.get("institution") or None
+        try:
+            pixels = calibrate_od(pixels, str(digitizer), institution)
+        except ConfigError as exc:
+            raise ImageReadError(path, f"ddsm_calibration='od': {exc}") from None
+        max_value = 1.0
+        if not np.isfinite(pixels).all():
+            raise ImageReadError(path, f"optical density of digitiser {digitizer!r} is not finite")
 
     mask = None
     box = None
@@ -555,10 +675,23 @@ def preprocess(
         out_h, out_w = size, max(1, int(round(rw * size / rh)))
     else:
         out_h, out_w = max(1, int(round(rh * size / rw))), size
-    raw_max_abs = float(np.abs(region).max()) if config.normalize == "decimal" else 0.0
-    resized = resize2d(region, out_h, out_w, config.resize)
+    raw_max_abs = _region_max_abs(region)
+    resized = np.ascontiguousarray(resize2d(region, out_h, out_w, config.resize), np.float32)
+    return Prepared(resized, max_value, raw_max_abs)
+
+
+def finish(prepared: Prepared, config: PreprocessConfig | None = None) -> np.ndarray:
+    """Steps 5-6 (normalise, pad to a square, 3 channels) of a :class:`Prepared` region."""
+    config = config or PreprocessConfig()
+    resized = prepared.pixels
+    out_h, out_w = resized.shape
+    size = config.image_size
+    if max(out_h, out_w) != size:
+        raise ConfigError(
+            f"prepared region {out_h}x{out_w} does not match image_size={size} (another config)"
+        )
     background = float(resized.min())
-    normed, map_scalar = _normalize(resized, config, max_value, raw_max_abs)
+    normed, map_scalar = _normalize(resized, config, prepared.max_value, prepared.raw_max_abs)
 
     out = np.empty((3, size, size), dtype=np.float32)
     pad = np.asarray(map_scalar(background), dtype=np.float32).reshape(-1)
@@ -566,6 +699,56 @@ def preprocess(
     top, left = (size - out_h) // 2, (size - out_w) // 2
     out[:, top : top + out_h, left : left + out_w] = normed
     return out
+
+
+def preprocess(
+    image,
+    config: PreprocessConfig | None = None,
+    *,
+    laterality: str | None = None,
+    roi_mask: np.ndarray | tuple | None = None,
+) -> np.ndarray:
+    """Turn one image into a ``(3, S, S)`` float32 C-contiguous array (see the module docstring).
+
+    ``image`` is a :class:`featmammo.io.Image` or a 2-D array (uint8 -> max 255, uint16 -> 65535,
+    float -> 1.0). ``roi_mask`` is a 2-D mask (any resolution; > 0 = lesion) or a bounding box
+    ``(y0, x0, y1, x1)`` in image pixels, needed for ``roi="crop"|"patch"``.
+    """
+    config = config or PreprocessConfig()
+    return finish(prepare(image, config, laterality=laterality, roi_mask=roi_mask), config)
+
+
+def _has_path(value) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, float) and math.isnan(value):
+        return False
+    return str(value).strip() != ""
+
+
+def load_prepared(
+    path,
+    config: PreprocessConfig | None = None,
+    *,
+    laterality: str | None = None,
+    roi_mask_path=None,
+) -> Prepared:
+    """Read ``path`` (and its ROI mask when ``config.roi`` uses one) and :func:`prepare` it.
+
+    The mask is read only for ``roi="crop"|"patch"`` (with windowing ``none``; mask = pixels > 0):
+    ``roi="full"`` never opens it, so an unreadable or empty mask cannot fail a full image.
+    """
+    from .io import read_image  # lazy: io pulls pydicom
+
+    config = config or PreprocessConfig()
+    image = read_image(path, windowing=config.windowing)
+    mask = None
+    if config.roi != "full" and _has_path(roi_mask_path):
+        mask_img = read_image(roi_mask_path, windowing="none")
+        mask = np.asarray(mask_img.pixels) > 0
+        if not mask.any():
+            raise ImageReadError(roi_mask_path, "ROI mask has no foreground pixels")
+    return prepare(image, config, laterality=laterality, roi_mask=mask)
 
 
 def load_and_preprocess(
@@ -577,34 +760,34 @@ def load_and_preprocess(
 ) -> np.ndarray:
     """Read ``path`` with :func:`featmammo.io.read_image` (``config.windowing``) and preprocess it.
 
-    ``roi_mask_path`` is read with windowing ``none``; mask = pixels > 0.
+    ``roi_mask_path`` is read (windowing ``none``; mask = pixels > 0) only when ``config.roi`` is
+    ``crop`` or ``patch``. :func:`featmammo.prepared.prepare_image` gives the same array through
+    the prepared-image cache.
     """
-    from .io import read_image  # lazy: io pulls pydicom
-
     config = config or PreprocessConfig()
-    image = read_image(path, windowing=config.windowing)
-    mask = None
-    if roi_mask_path is not None and str(roi_mask_path) != "":
-        mask_img = read_image(roi_mask_path, windowing="none")
-        mask = np.asarray(mask_img.pixels) > 0
-        if not mask.any():
-            raise ImageReadError(roi_mask_path, "ROI mask has no foreground pixels")
-    return preprocess(image, config, laterality=laterality, roi_mask=mask)
+    prepared = load_prepared(path, config, laterality=laterality, roi_mask_path=roi_mask_path)
+    return finish(prepared, config)
 
 
 __all__ = [
+    "DDSM_CALIBRATIONS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "PREPROCESS_VERSION",
+    "Prepared",
     "PreprocessConfig",
     "area_resize",
     "breast_bbox",
+    "calibrate_od",
+    "finish",
     "infer_laterality",
     "largest_component_bbox",
     "load_and_preprocess",
+    "load_prepared",
     "mask_bbox",
     "otsu_threshold",
     "patch_bbox",
+    "prepare",
     "preprocess",
     "resize2d",
 ]

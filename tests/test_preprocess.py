@@ -343,3 +343,155 @@ def test_real_dicoms_crop_side_and_speed(real_pair):
     elapsed = time.perf_counter() - t
     assert out.shape == (3, 224, 224) and out.dtype == np.float32
     assert elapsed < 1.0, f"preprocess of a full-field image took {elapsed:.2f} s"
+
+
+# ---------------------------------------------------------------------------- ROI mask reading
+
+
+def test_full_roi_never_reads_the_mask(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    import featmammo.io
+    from featmammo.preprocess import load_and_preprocess
+
+    img = np.full((60, 40), 300, np.uint16)
+    img[10:50, 0:25] = 3000
+    PILImage.fromarray(img).save(tmp_path / "a.png")
+    PILImage.fromarray(np.zeros((60, 40), np.uint8)).save(tmp_path / "empty.png")
+    (tmp_path / "garbage.png").write_bytes(b"not an image")
+    reads = []
+    real = featmammo.io.read_image
+
+    def counting(path, **kw):
+        reads.append(str(path))
+        return real(path, **kw)
+
+    monkeypatch.setattr(featmammo.io, "read_image", counting)
+    cfg = PreprocessConfig(image_size=16)
+    ref = load_and_preprocess(tmp_path / "a.png", cfg)
+    for mask in ("empty.png", "garbage.png", "missing.png"):
+        out = load_and_preprocess(tmp_path / "a.png", cfg, roi_mask_path=tmp_path / mask)
+        assert np.array_equal(out, ref)
+    assert reads == [str(tmp_path / "a.png")] * 4
+    # crop/patch do read it, and an empty mask is then a clear error naming the mask
+    with pytest.raises(ImageReadError, match="empty.png.*no foreground"):
+        load_and_preprocess(
+            tmp_path / "a.png", PreprocessConfig(image_size=16, roi="crop"),
+            roi_mask_path=tmp_path / "empty.png",
+        )  # fmt: skip
+    with pytest.raises(ConfigError, match="needs a lesion mask"):
+        load_and_preprocess(
+            tmp_path / "a.png", PreprocessConfig(image_size=16, roi="patch"), roi_mask_path=""
+        )
+
+
+def test_prepare_finish_split_and_prepared_fingerprint(rng):
+    from featmammo.preprocess import finish, prepare
+
+    img = _fake_mammogram(side="R")
+    for cfg in (
+        PreprocessConfig(image_size=40),
+        PreprocessConfig(image_size=41, resize="bicubic", normalize="decimal", crop="none"),
+    ):
+        p = prepare(img, cfg)
+        assert p.pixels.dtype == np.float32 and max(p.pixels.shape) == cfg.image_size
+        # the breast crop drops the 4000 label and the 3500 border
+        assert p.raw_max_abs == (3000.0 if cfg.crop == "breast" else 4000.0)
+        assert p.max_value == 65535.0
+        assert np.array_equal(finish(p, cfg), preprocess(img, cfg))
+    with pytest.raises(ConfigError, match="image_size"):
+        finish(prepare(img, PreprocessConfig(image_size=40)), PreprocessConfig(image_size=41))
+    base = PreprocessConfig()
+    same = {
+        PreprocessConfig(normalize=n).prepared_fingerprint()
+        for n in ("backbone", "zscore", "mean", "decimal", "none")
+    }
+    same.add(PreprocessConfig(mean=(0.5,), std=(0.2,)).prepared_fingerprint())
+    assert same == {base.prepared_fingerprint()}
+    differ = {
+        PreprocessConfig(image_size=256).prepared_fingerprint(),
+        PreprocessConfig(resize="nearest").prepared_fingerprint(),
+        PreprocessConfig(crop="none").prepared_fingerprint(),
+        PreprocessConfig(canonical_side=False).prepared_fingerprint(),
+        PreprocessConfig(roi="crop").prepared_fingerprint(),
+        PreprocessConfig(patch_context=0.25).prepared_fingerprint(),
+        PreprocessConfig(windowing="voi").prepared_fingerprint(),
+        PreprocessConfig(ddsm_calibration="od").prepared_fingerprint(),
+    }
+    assert base.prepared_fingerprint() not in differ and len(differ) == 8
+    assert base.prepared_fingerprint() != base.fingerprint()
+
+
+# ---------------------------------------------------------------------------- DDSM calibration
+
+
+def test_ddsm_calibration_config():
+    od = PreprocessConfig(ddsm_calibration="od")
+    assert "ddsm_calibration" not in PreprocessConfig().to_dict()  # old fingerprints unchanged
+    assert od.to_dict()["ddsm_calibration"] == "od"
+    assert PreprocessConfig.from_dict(od.to_dict()) == od
+    assert od.fingerprint() != PreprocessConfig().fingerprint()
+    with pytest.raises(ConfigError, match="ddsm_calibration"):
+        PreprocessConfig(ddsm_calibration="linear")
+    with pytest.raises(ConfigError, match="windowing='none'"):
+        PreprocessConfig(ddsm_calibration="od", windowing="percentile")
+
+
+class _Ljpeg:  # duck-typed featmammo.io.Image of an LJPEG
+    def __init__(self, pixels, digitizer):
+        self.pixels, self.path, self.max_value = pixels, "A_0001_1.LEFT_CC.LJPEG", 4095.0
+        self.meta = {"format": "ljpeg", "laterality": "L", "institution": "A"}
+        if digitizer is not None:
+            self.meta["digitizer"] = digitizer
+
+
+def test_ddsm_od_uses_the_digitiser_and_needs_one(monkeypatch, rng):
+    import featmammo.preprocess as pre
+
+    calls = []
+
+    def fake_od(pixels, digitizer, institution):  # Howtek-like: OD = 3.789 - 0.00094568 GL
+        calls.append((np.asarray(pixels).size, digitizer, institution))
+        return (3.789 - 0.00094568 * np.asarray(pixels, np.float64)).astype(np.float32)
+
+    monkeypatch.setattr(pre, "_optical_density", fake_od)
+    pixels = _fake_mammogram().astype(np.uint16)
+    pixels[5, 5] = 0  # OD 3.789 -> clipped to 3.0
+    cfg = PreprocessConfig(image_size=48, ddsm_calibration="od", normalize="none")
+    out = preprocess(_Ljpeg(pixels, "HOWTEK 1"), cfg)
+    # a lookup table of every value up to the image's max, once, with the digitiser's name
+    assert calls == [(int(pixels.max()) + 1, "HOWTEK 1", "A")]
+    od = np.clip(3.789 - 0.00094568 * pixels.astype(np.float64), 0.05, 3.0)
+    grey = (1 - od / 4).astype(np.float32)
+    expected = preprocess(
+        grey, PreprocessConfig(image_size=48, normalize="none"), laterality="L"
+    )  # float image -> max value 1
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(out, preprocess(_Ljpeg(pixels, "HOWTEK 1"), cfg.__class__(
+        image_size=48, normalize="none")))  # fmt: skip
+    for digitizer in (None, ""):
+        with pytest.raises(ImageReadError, match="A_0001_1.LEFT_CC.LJPEG.*digitiser"):
+            preprocess(_Ljpeg(pixels, digitizer), cfg)
+    with pytest.raises(ImageReadError, match="<array>.*digitiser"):
+        preprocess(pixels, cfg)
+
+
+def test_ddsm_od_with_the_real_calibrations(rng):
+    ddsm = pytest.importorskip("featmammo.io.ddsm")
+    from featmammo.preprocess import calibrate_od
+
+    pixels = rng.integers(0, 4096, size=(50, 30)).astype(np.uint16)
+    for digitizer, inst in (("HOWTEK 1", "A"), ("HOWTEK 1", "D"), ("LUMISYS LASER", "B"),
+                            ("DBA 21", None)):  # fmt: skip
+        lut_path = calibrate_od(pixels, digitizer, inst)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            od = np.asarray(ddsm.optical_density(pixels, digitizer, inst), np.float32)
+        direct = np.float32(1) - np.clip(od, np.float32(0.05), np.float32(3.0)) / np.float32(4)
+        assert lut_path.dtype == np.float32 and np.array_equal(lut_path, direct)
+        assert np.isfinite(lut_path).all() and 0.25 <= lut_path.min() <= lut_path.max() <= 0.9875
+    # HOWTEK without the institution letter: which calibration is unknown -> error naming the file
+    cfg = PreprocessConfig(image_size=16, ddsm_calibration="od")
+    image = _Ljpeg(pixels, "HOWTEK 1")
+    image.meta["institution"] = None
+    with pytest.raises(ImageReadError, match="A_0001_1.LEFT_CC.LJPEG.*HOWTEK"):
+        preprocess(image, cfg)

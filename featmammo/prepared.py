@@ -1,0 +1,524 @@
+"""Prepared-image cache: decode + calibration + side + crop + resize once per image and config.
+
+:func:`prepare_image` returns exactly what :func:`featmammo.preprocess.load_and_preprocess` returns
+(bit for bit), but keeps the costly half, :func:`featmammo.preprocess.prepare`'s output (the
+resized region before normalisation), on disk, so the next ``extract``/``train``/``predict`` with
+the same preprocessing reads a ~200 KB file instead of decoding a ~25 MB mammogram.
+
+**Where.** ``PreparedCache.default()`` lives in ``$FEATMAMMO_CACHE/prepared`` (``cache/prepared`` in
+the current folder when the variable is unset, like every featmammo artefact), bounded by
+``$FEATMAMMO_PREPARED_MAX_BYTES`` (bytes, or with a K/M/G/T suffix; default 10G).
+
+**Layout.** ``ROOT/v1/<prepared fingerprint>/<k[:2]>/<k>.prep`` plus one ``config.json`` per
+fingerprint folder (the preprocessing fields it stands for, for ``featmammo cache info``). The
+prepared fingerprint (:meth:`PreprocessConfig.prepared_fingerprint`) covers every field that
+decides the prepared pixels and leaves out ``normalize``/``mean``/``std``: configs that differ only
+in normalisation share entries.
+
+**Key** ``k`` = sha256 of: the image file's identity (resolved path, size, mtime_ns; for a
+``FILE#INDEX`` path, FILE's identity and the record index; for a DDSM ``.LJPEG`` also every ``.ics``
+beside it, since shape and digitiser come from there), the ROI mask file's identity when
+``roi`` is ``crop``/``patch`` (never for ``full``), the requested laterality (when
+``canonical_side``) and the prepared fingerprint. A file edited in place changes its size or
+mtime_ns, so its old entry is simply never asked for again (and ages out). We stat instead of
+hashing contents: hashing would read the whole file on every hit. The identity is read again
+after a miss's decode; a file that changed meanwhile is not stored.
+
+**Entry file.** ``FMPREP1\\n``, a little-endian uint32 header length, a JSON header (key, dtype,
+shape, max_value, raw_max_abs, identities), the pixels (C order), and the sha256 of everything
+before it. Pixels are stored in the smallest dtype that holds them exactly (uint8/uint16 for
+``nearest`` on integer images, float32 otherwise: area/bilinear/bicubic averages are not integers
+and the result must stay bit-identical). A file that is short, fails its checksum, names another
+key or disagrees with the config is logged, deleted and rebuilt, never used.
+
+**Concurrency and crashes.** Entries are written with :func:`featmammo.atomic.atomic_write` (temp
+file, fsync, rename): a reader sees a whole entry or none; two runs preparing the same image both
+write the same bytes. A run killed mid-write leaves only a ``.*.tmp`` file, removed by eviction
+scans once it is an hour old and by :meth:`PreparedCache.clear`. No locks.
+
+**Size bound.** Each hit bumps the entry's mtime (its last use). Each process keeps a running total
+(one scan of the folder on its first write); past ``max_bytes`` it deletes least recently used
+entries down to 90 % of the bound. Concurrent processes each enforce the bound on their own view,
+so the folder can overshoot by about one entry per process between scans.
+
+Cache I/O failures (read-only or full disk) never change a result: the image is prepared
+without the cache and one warning per process names the folder and reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import stat
+import struct
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_write
+from .errors import ConfigError
+from .hashing import canonical_json
+from .paths import cache_dir
+from .preprocess import (
+    Prepared,
+    PreprocessConfig,
+    _has_path,
+    _normalize_laterality,
+    finish,
+    load_and_preprocess,
+    load_prepared,
+)
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+MAGIC = b"FMPREP1\n"
+SUFFIX = ".prep"
+DEFAULT_MAX_BYTES = 10 * 2**30
+MAX_BYTES_ENV = "FEATMAMMO_PREPARED_MAX_BYTES"
+_LOW_WATER = 0.9  # eviction brings the folder down to this fraction of max_bytes
+_TMP_MAX_AGE_S = 3600.0  # a temp file older than this belongs to a killed writer
+_DIGEST = 32
+_DTYPES = {"uint8": np.uint8, "uint16": np.uint16, "float32": np.float32}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_bytes(text) -> int:
+    """``"10G"``, ``"512M"``, ``"1.5GiB"``, ``"123"`` -> bytes (binary multiples)."""
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise ConfigError(f"not a size in bytes: {text!r} (examples: 500M, 10G, 1073741824)")
+    mult = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[m.group(2).lower()]
+    value = int(float(m.group(1)) * mult)
+    if value <= 0:
+        raise ConfigError(f"size must be > 0 bytes, got {text!r}")
+    return value
+
+
+def file_identity(path) -> dict | None:
+    """``{"path", "size", "mtime_ns", "index"}`` of an image file; None when it cannot be stat'ed.
+
+    ``FILE#INDEX`` (a record of FILE) gives FILE's identity with ``index``. A DDSM ``.LJPEG`` also
+    carries the identities of the ``.ics`` files in its folder (``ics``).
+    """
+    text = str(path)
+    p, index = Path(text), None
+    try:
+        st = p.stat()
+    except OSError:
+        m = re.fullmatch(r"(.+)#(\d+)", text)
+        if m is None:
+            return None
+        p, index = Path(m.group(1)), int(m.group(2))
+        try:
+            st = p.stat()
+        except OSError:
+            return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    ident = {
+        "path": str(p.resolve()),
+        "size": int(st.st_size),
+        "mtime_ns": int(st.st_mtime_ns),
+        "index": index,
+    }
+    name = p.name.lower()
+    if name.endswith(".ljpeg") or name.endswith(".ljpeg.gz"):
+        ics = []
+        try:
+            siblings = sorted(q for q in p.parent.iterdir() if q.name.lower().endswith(".ics"))
+        except OSError:
+            return None
+        for q in siblings:
+            try:
+                s = q.stat()
+            except OSError:
+                return None
+            ics.append([q.name, int(s.st_size), int(s.st_mtime_ns)])
+        ident["ics"] = ics
+    return ident
+
+
+def _utc(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+
+
+def _compact(pixels: np.ndarray) -> np.ndarray:
+    """The smallest of uint8/uint16/float32 that holds ``pixels`` (float32) exactly."""
+    lo, hi = float(pixels.min()), float(pixels.max())
+    if lo >= 0 and hi <= 65535 and np.array_equal(np.floor(pixels), pixels):
+        return pixels.astype(np.uint8 if hi <= 255 else np.uint16)
+    return np.ascontiguousarray(pixels, dtype=np.float32)
+
+
+class CorruptEntry(Exception):
+    """An entry file that must not be used (the message says why)."""
+
+
+class PreparedCache:
+    """Prepared regions on disk under ``root``, at most about ``max_bytes`` (see the module doc).
+
+    Picklable (DataLoader workers get their own size estimate). ``stats`` counts this process's
+    ``hits``, ``misses``, ``rebuilt`` (corrupt entries replaced), ``stored`` and ``uncached``
+    (images prepared without the cache: source not stat-able or cache I/O failed).
+    """
+
+    _defaults: dict = {}
+
+    def __init__(self, root, max_bytes: int = DEFAULT_MAX_BYTES):
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)):
+            raise ConfigError(f"PreparedCache: max_bytes must be an int, got {max_bytes!r}")
+        if max_bytes <= 0:
+            raise ConfigError(f"PreparedCache: max_bytes must be > 0, got {max_bytes}")
+        self.root = Path(root).expanduser().absolute()
+        self.max_bytes = int(max_bytes)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._approx_bytes: int | None = None
+        self._warned = False
+        self._configs_written: set[str] = set()
+        self.stats = {"hits": 0, "misses": 0, "rebuilt": 0, "stored": 0, "uncached": 0}
+
+    def __getstate__(self):
+        return {"root": self.root, "max_bytes": self.max_bytes}
+
+    def __setstate__(self, state):
+        self.root, self.max_bytes = state["root"], state["max_bytes"]
+        self._reset()
+
+    def __repr__(self) -> str:
+        return f"PreparedCache({str(self.root)!r}, max_bytes={self.max_bytes})"
+
+    @classmethod
+    def default(cls) -> PreparedCache:
+        """Root ``$FEATMAMMO_CACHE/prepared`` (else ``cache/prepared``), bound
+        ``$FEATMAMMO_PREPARED_MAX_BYTES`` (else 10 GiB); one shared object per (root, bound)."""
+        env = os.environ.get(MAX_BYTES_ENV)
+        max_bytes = parse_bytes(env) if env else DEFAULT_MAX_BYTES
+        root = (cache_dir() / "prepared").expanduser().absolute()
+        key = (str(root), max_bytes)
+        cache = cls._defaults.get(key)
+        if cache is None:
+            cache = cls._defaults[key] = cls(root, max_bytes)
+        return cache
+
+    # ------------------------------------------------------------------------------ paths, keys
+    @property
+    def _base(self) -> Path:
+        return self.root / f"v{CACHE_FORMAT}"
+
+    def entry_path(self, config: PreprocessConfig, key: str) -> Path:
+        return self._base / config.prepared_fingerprint() / key[:2] / f"{key}{SUFFIX}"
+
+    def key(
+        self, path, config: PreprocessConfig, *, laterality=None, roi_mask_path=None
+    ) -> tuple[str, dict] | None:
+        """``(key, identities)`` for one image and config; None when a file cannot be stat'ed
+        (the caller then prepares without the cache, and the reader names the problem)."""
+        source = file_identity(path)
+        if source is None:
+            return None
+        mask = None
+        if config.roi != "full" and _has_path(roi_mask_path):
+            mask = file_identity(roi_mask_path)
+            if mask is None:
+                return None
+        side = _normalize_laterality(laterality) if config.canonical_side else None
+        idents = {
+            "format": CACHE_FORMAT,
+            "prepared": config.prepared_fingerprint(),
+            "source": source,
+            "mask": mask,
+            "laterality": side,
+        }
+        return hashlib.sha256(canonical_json(idents).encode()).hexdigest()[:40], idents
+
+    # ------------------------------------------------------------------------------ read, write
+    def _warn(self, what: str, exc: BaseException) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "prepared-image cache %s: %s failed (%s: %s); preparing without it",
+                self.root,
+                what,
+                type(exc).__name__,
+                exc,
+            )
+
+    def read(self, file: Path, key: str, config: PreprocessConfig) -> Prepared:
+        """The entry in ``file``; FileNotFoundError when absent, CorruptEntry when unusable."""
+        data = file.read_bytes()
+        head = len(MAGIC) + 4
+        if len(data) < head + _DIGEST or not data.startswith(MAGIC):
+            raise CorruptEntry(f"not a prepared entry ({len(data)} bytes, bad magic or short)")
+        body, digest = data[:-_DIGEST], data[-_DIGEST:]
+        if hashlib.sha256(body).digest() != digest:
+            raise CorruptEntry("checksum mismatch")
+        (hlen,) = struct.unpack_from("<I", data, len(MAGIC))
+        try:
+            header = json.loads(body[head : head + hlen].decode())
+            dtype = _DTYPES[header["dtype"]]
+            shape = tuple(int(v) for v in header["shape"])
+            max_value, raw_max_abs = float(header["max_value"]), float(header["raw_max_abs"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptEntry(f"bad header ({exc})") from exc
+        if header.get("key") != key:
+            raise CorruptEntry(f"entry is for key {header.get('key')!r}")
+        payload = body[head + hlen :]
+        if len(shape) != 2 or max(shape) != config.image_size or min(shape) < 1:
+            raise CorruptEntry(f"shape {shape} does not fit image_size={config.image_size}")
+        if len(payload) != shape[0] * shape[1] * np.dtype(dtype).itemsize:
+            raise CorruptEntry(f"{len(payload)} payload bytes for {header['dtype']} {shape}")
+        pixels = np.empty(shape, dtype=np.float32)
+        pixels[...] = np.frombuffer(payload, dtype=dtype).reshape(shape)
+        with contextlib.suppress(OSError):
+            os.utime(file)  # last use, for LRU eviction
+        return Prepared(pixels, max_value, raw_max_abs)
+
+    def write(self, file: Path, key: str, prepared: Prepared, idents: dict) -> int:
+        """Write one entry atomically; returns its size in bytes."""
+        stored = _compact(prepared.pixels)
+        header = {
+            "key": key,
+            "dtype": stored.dtype.name,
+            "shape": list(stored.shape),
+            "max_value": float(prepared.max_value),
+            "raw_max_abs": float(prepared.raw_max_abs),
+            "created": _utc(time.time()),
+            **idents,
+        }
+        hbytes = json.dumps(header, sort_keys=True).encode()
+        body = MAGIC + struct.pack("<I", len(hbytes)) + hbytes + stored.tobytes(order="C")
+        blob = body + hashlib.sha256(body).digest()
+        atomic_write(file, lambda f: f.write(blob))
+        return len(blob)
+
+    def _write_config(self, config: PreprocessConfig) -> None:
+        fp = config.prepared_fingerprint()
+        if fp in self._configs_written:
+            return
+        path = self._base / fp / "config.json"
+        if not path.exists():
+            d = config.to_dict()
+            for name in ("normalize", "mean", "std"):
+                d.pop(name)
+            text = json.dumps(
+                {"prepared_fingerprint": fp, "preprocess": d}, indent=2, sort_keys=True
+            )
+            atomic_write(path, lambda f: f.write(text.encode()))
+        self._configs_written.add(fp)
+
+    def get_or_prepare(
+        self, path, config: PreprocessConfig, *, laterality=None, roi_mask_path=None
+    ) -> Prepared:
+        """The prepared region of ``path``: from the cache, else decoded, prepared and stored."""
+        keyed = self.key(path, config, laterality=laterality, roi_mask_path=roi_mask_path)
+        if keyed is None:
+            self.stats["uncached"] += 1
+            return load_prepared(path, config, laterality=laterality, roi_mask_path=roi_mask_path)
+        key, idents = keyed
+        file = self.entry_path(config, key)
+        try:
+            prepared = self.read(file, key, config)
+        except FileNotFoundError:
+            pass
+        except CorruptEntry as exc:
+            log.warning("prepared-image cache: %s: %s; rebuilding it", file, exc)
+            self.stats["rebuilt"] += 1
+            try:
+                file.unlink(missing_ok=True)
+            except OSError as err:
+                self._warn("removing a corrupt entry", err)
+        except OSError as exc:
+            self._warn("reading", exc)
+        else:
+            self.stats["hits"] += 1
+            return prepared
+        self.stats["misses"] += 1
+        prepared = load_prepared(path, config, laterality=laterality, roi_mask_path=roi_mask_path)
+        again = self.key(path, config, laterality=laterality, roi_mask_path=roi_mask_path)
+        if again is None or again[0] != key:
+            log.info("prepared-image cache: %s changed while it was read; not stored", path)
+            self.stats["uncached"] += 1
+            return prepared
+        try:
+            self._write_config(config)
+            size = self.write(file, key, prepared, idents)
+        except OSError as exc:
+            self._warn("writing", exc)
+            self.stats["uncached"] += 1
+            return prepared
+        self.stats["stored"] += 1
+        self._account(size)
+        return prepared
+
+    # ------------------------------------------------------------------------------ size bound
+    def _scan(self, tmp_cleanup: bool = True) -> list[tuple[float, int, Path]]:
+        """``(mtime, size, path)`` of every entry; stale temp files are removed on the way."""
+        out = []
+        now = time.time()
+        if not self._base.is_dir():
+            return out
+        for dirpath, _dirs, files in os.walk(self._base):
+            for name in files:
+                p = Path(dirpath) / name
+                try:
+                    st = p.stat()
+                except OSError:
+                    continue
+                if name.endswith(SUFFIX) and not name.startswith("."):
+                    out.append((st.st_mtime, st.st_size, p))
+                elif tmp_cleanup and name.endswith(".tmp") and now - st.st_mtime > _TMP_MAX_AGE_S:
+                    p.unlink(missing_ok=True)
+        return out
+
+    def _account(self, size: int) -> None:
+        if self._approx_bytes is None:
+            self._approx_bytes = sum(s for _, s, _ in self._scan())
+        else:
+            self._approx_bytes += size
+        if self._approx_bytes > self.max_bytes:
+            self.evict()
+
+    def evict(self, target: int | None = None) -> int:
+        """Delete least recently used entries until at most ``target`` bytes remain (default 90 %
+        of ``max_bytes``); returns how many were deleted."""
+        target = int(self.max_bytes * _LOW_WATER) if target is None else int(target)
+        entries = sorted(self._scan())
+        total = sum(s for _, s, _ in entries)
+        removed = 0
+        for _, size, p in entries:
+            if total <= target:
+                break
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass  # another process evicted it
+            except OSError as exc:
+                self._warn("evicting", exc)
+                break
+            total -= size
+            removed += 1
+        self._approx_bytes = total
+        if removed:
+            log.info(
+                "prepared-image cache %s: evicted %d least recently used entries (now %d bytes)",
+                self.root,
+                removed,
+                total,
+            )
+        return removed
+
+    # ------------------------------------------------------------------------------ management
+    def info(self) -> dict:
+        """Root, bound, entry count and bytes in all and per prepared fingerprint (with config)."""
+        entries = self._scan(tmp_cleanup=False)
+        per: dict[str, dict] = {}
+        for _mtime, size, p in entries:
+            fp = p.relative_to(self._base).parts[0]
+            row = per.setdefault(fp, {"fingerprint": fp, "entries": 0, "bytes": 0})
+            row["entries"] += 1
+            row["bytes"] += size
+        for fp, row in per.items():
+            try:
+                row["preprocess"] = json.loads((self._base / fp / "config.json").read_text())[
+                    "preprocess"
+                ]
+            except (OSError, ValueError, KeyError):
+                row["preprocess"] = None
+        temp = 0
+        if self._base.is_dir():
+            temp = sum(1 for p in self._base.rglob("*.tmp"))
+        mtimes = [m for m, _, _ in entries]
+        return {
+            "root": str(self.root),
+            "format": CACHE_FORMAT,
+            "max_bytes": self.max_bytes,
+            "entries": len(entries),
+            "bytes": sum(s for _, s, _ in entries),
+            "temp_files": temp,
+            "least_recent_use": _utc(min(mtimes)) if mtimes else None,
+            "most_recent_use": _utc(max(mtimes)) if mtimes else None,
+            "configs": sorted(per.values(), key=lambda r: r["fingerprint"]),
+        }
+
+    def clear(self) -> int:
+        """Delete every entry (all format versions), temp file and config; returns entries gone."""
+        removed = 0
+        if not self.root.is_dir():
+            return 0
+        for base in self.root.iterdir():
+            if not (base.is_dir() and re.fullmatch(r"v\d+", base.name)):
+                continue
+            for dirpath, dirs, files in os.walk(base, topdown=False):
+                for name in files:
+                    try:
+                        (Path(dirpath) / name).unlink()
+                    except FileNotFoundError:
+                        continue
+                    if name.endswith(SUFFIX) and not name.startswith("."):
+                        removed += 1
+                for d in dirs:
+                    with contextlib.suppress(OSError):  # a concurrent writer may have added a file
+                        (Path(dirpath) / d).rmdir()
+            with contextlib.suppress(OSError):
+                base.rmdir()
+        self._approx_bytes = None
+        return removed
+
+
+def _resolve_cache(cache) -> PreparedCache | None:
+    if cache is False:
+        return None
+    if cache is None or cache is True:
+        return PreparedCache.default()
+    if isinstance(cache, PreparedCache):
+        return cache
+    raise ConfigError(
+        "cache must be a PreparedCache, None (the default cache) or False (no cache), "
+        f"got {cache!r}"
+    )
+
+
+def prepare_image(
+    path,
+    config: PreprocessConfig | None = None,
+    *,
+    laterality=None,
+    roi_mask_path=None,
+    cache=None,
+) -> np.ndarray:
+    """``(3, S, S)`` float32, identical to ``load_and_preprocess(path, config, ...)``.
+
+    Decode + calibration + side + crop + resize come from the prepared-image cache when present
+    (and are stored there otherwise); normalisation runs every time. ``cache``: None (or True)
+    = :meth:`PreparedCache.default`, False = no cache, or a :class:`PreparedCache`.
+    """
+    config = config or PreprocessConfig()
+    store = _resolve_cache(cache)
+    if store is None:
+        return load_and_preprocess(path, config, laterality=laterality, roi_mask_path=roi_mask_path)
+    prepared = store.get_or_prepare(
+        path, config, laterality=laterality, roi_mask_path=roi_mask_path
+    )
+    return finish(prepared, config)
+
+
+__all__ = [
+    "CACHE_FORMAT",
+    "DEFAULT_MAX_BYTES",
+    "MAX_BYTES_ENV",
+    "PreparedCache",
+    "file_identity",
+    "parse_bytes",
+    "prepare_image",
+]
