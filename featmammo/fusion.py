@@ -424,10 +424,13 @@ def _normalise_blocks(blocks: Any, n_features: int) -> list[tuple[str, int, int]
 
 
 class BlockScaler(TransformerMixin, BaseEstimator):
-    """Standardise every feature, then (``balance=True``) divide each block by sqrt(its width).
+    """Standardise every feature, then (``balance=True``) divide each of the B blocks by
+    sqrt(B x its width).
 
-    After balancing each block carries the same total variance (1), so a 4096-d AlexNet block does
-    not outweigh a 2048-d ResNet50 block in distances or in an L2 penalty. ``blocks``: mapping
+    After balancing each block carries the same total variance (1/B) and a row the total variance
+    1 whatever the features set: a 4096-d AlexNet block does not outweigh a 2048-d ResNet50 block
+    in distances or in an L2 penalty, and a one-block set (a single backbone) is scaled by the same
+    rule as a hybrid, so a given C / alpha / gamma regularises both alike. ``blocks``: mapping
     name -> slice or (start, stop) (``FusedFeatures.blocks``), or None for one block.
     """
 
@@ -444,8 +447,9 @@ class BlockScaler(TransformerMixin, BaseEstimator):
         self.scale_ = std
         factor = np.ones(X.shape[1], dtype=X.dtype)
         if self.balance:
+            n_blocks = len(self.blocks_)
             for _, start, stop in self.blocks_:
-                factor[start:stop] = 1.0 / np.sqrt(stop - start)
+                factor[start:stop] = 1.0 / np.sqrt(n_blocks * (stop - start))
         self.factor_ = factor
         return self
 

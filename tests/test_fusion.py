@@ -206,8 +206,12 @@ def test_block_scaler_balances_blocks_and_learns_on_train_only():
     X = np.concatenate([rng.normal(5, 3, (80, 4)), rng.normal(-1, 0.1, (80, 16))], axis=1)
     blocks = {"resnet50": slice(0, 4), "alexnet": slice(4, 20)}
     Z = BlockScaler(blocks).fit_transform(X)
-    for s in blocks.values():  # every block carries total variance 1
-        np.testing.assert_allclose(Z[:, s].var(axis=0).sum(), 1.0, rtol=1e-6)
+    for s in blocks.values():  # every block carries total variance 1/B, a row 1
+        np.testing.assert_allclose(Z[:, s].var(axis=0).sum(), 0.5, rtol=1e-6)
+    np.testing.assert_allclose(Z.var(axis=0).sum(), 1.0, rtol=1e-6)
+    one = BlockScaler({"resnet50": slice(0, 20)}).fit_transform(X)  # one block: same rule
+    np.testing.assert_allclose(one.var(axis=0).sum(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(BlockScaler().fit_transform(X), one, rtol=1e-6)
     Z2 = BlockScaler(blocks, balance=False).fit_transform(X)
     np.testing.assert_allclose(Z2.var(axis=0), 1.0, rtol=1e-6)
 

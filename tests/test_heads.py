@@ -294,3 +294,60 @@ def test_balanced_classifier_sklearn_estimator_checks():
 
     results = check_estimator(BalancedClassifier(LogisticRegression()), on_fail=None)
     assert not [r["check_name"] for r in results if r["status"] == "failed"]
+
+
+# ------------------------------------------------------------------ one scaling rule, early stops
+def test_every_features_set_goes_through_the_same_scaling_and_refine_mlp_keeps_it(data):
+    Xtr, ytr, _, _ = data
+    one = heads.make("logreg")  # a single backbone is a one-block features set
+    two = heads.make("logreg", blocks={"resnet50": slice(0, 16), "alexnet": slice(16, 40)})
+    assert type(one.named_steps["scale"]) is type(two.named_steps["scale"]) is BlockScaler
+    for model in (one, two):
+        Z = model.named_steps["scale"].fit_transform(Xtr)
+        np.testing.assert_allclose(Z.var(axis=0).sum(), 1.0, rtol=1e-4)  # unit total variance
+    refine = heads.make("refine-mlp", **FAST["refine-mlp"])
+    assert refine.named_steps["clf"].standardize is False  # no second, block-undoing z-score
+    refine.fit(Xtr, ytr)
+    np.testing.assert_array_equal(refine.named_steps["clf"].mean_, 0.0)
+    np.testing.assert_array_equal(refine.named_steps["clf"].scale_, 1.0)
+
+
+def _patients(n, size=3):
+    return np.array([f"P{i // size:03d}" for i in range(n)], dtype=object)
+
+
+@pytest.mark.parametrize("name", ["refine-mlp", "mlp", "xgboost"])
+def test_early_stopping_holds_out_whole_patients(name, data):
+    Xtr, ytr, _, _ = data
+    groups = _patients(len(ytr))
+    params = {k: v for k, v in FAST.get(name, {}).items() if k != "n_estimators"}
+    if name == "mlp":
+        params["max_iter"] = 40
+    model = heads.make(name, **params)
+    assert heads.accepts_groups(model)
+    heads.fit_head(model, Xtr, ytr, groups)
+    clf = model.named_steps["clf"]
+    val = clf.validation_index_
+    assert len(val) > 0
+    train = np.setdiff1d(np.arange(len(ytr)), val)
+    assert set(groups[val]).isdisjoint(groups[train])  # no patient on both sides
+    for p in set(groups[val]):  # every image of a held-out patient is held out
+        assert set(np.flatnonzero(groups == p)) <= set(val)
+    if name == "xgboost":
+        assert 0 <= clf.early_stopping_["best_iteration"] < 500
+    if name == "mlp":
+        assert clf.early_stopping_["best_epoch"] >= 1
+    # without groups every row is its own patient; logreg takes no groups at all
+    assert not heads.accepts_groups(heads.make("logreg"))
+    heads.fit_head(heads.make("logreg"), Xtr, ytr, groups)
+
+
+def test_patient_holdout_is_disjoint_seeded_and_refuses_tiny_classes():
+    y = np.repeat([0, 1, 2], 30)
+    g = _patients(90, size=5)
+    tr, va = heads.patient_holdout(y, g, 0.2, seed=1)
+    assert set(g[tr]).isdisjoint(g[va]) and set(y[va]) == {0, 1, 2}
+    tr2, va2 = heads.patient_holdout(y, g, 0.2, seed=1)
+    np.testing.assert_array_equal(va, va2)
+    one_patient_class = np.array([0] * 10 + [1] * 3)
+    assert heads.patient_holdout(one_patient_class, ["a"] * 10 + ["b"] * 3, 0.2, 0) is None

@@ -15,20 +15,32 @@ from __future__ import annotations
 from . import refine, sklearn_heads  # noqa: F401  (registers the built-in heads)
 from .io import load, save
 from .refine import RefineMLPClassifier
-from .registry import HeadInfo, available, canonical_name, describe, make, register
+from .registry import (
+    HeadInfo,
+    accepts_groups,
+    available,
+    canonical_name,
+    describe,
+    fit_head,
+    make,
+    register,
+)
 from .sklearn_heads import cuda_available, xgboost_device
-from .wrappers import BalancedClassifier
+from .wrappers import BalancedClassifier, patient_holdout
 
 __all__ = [
     "BalancedClassifier",
     "HeadInfo",
     "RefineMLPClassifier",
+    "accepts_groups",
     "available",
     "canonical_name",
     "cuda_available",
     "describe",
+    "fit_head",
     "load",
     "make",
+    "patient_holdout",
     "register",
     "save",
     "xgboost_device",

@@ -3,7 +3,8 @@
 :class:`RefineMLPClassifier` stores only its parameters in ``__init__``; everything learnt ends in
 ``_``; ``clone()`` works; ``predict_proba`` returns one column per ``classes_`` (any label type).
 Training: Linear -> BatchNorm -> ReLU -> Dropout blocks, AdamW, class-weighted cross-entropy,
-early stopping on a stratified internal validation split, seeded (same data + seed -> same model
+early stopping on held-out *patients* (``fit(X, y, groups=patient_ids)``; stratified, random;
+without ``groups`` every row counts as its own patient), seeded (same data + seed -> same model
 on the CPU), on the CPU or a CUDA device. torch is imported inside ``fit``/``predict_proba`` only;
 the fitted network is kept as numpy arrays, so a pickled model is device-independent.
 """
@@ -33,9 +34,11 @@ class RefineMLPClassifier(ClassifierMixin, BaseEstimator):
     ``patience`` (epochs without validation-loss improvement before stopping; the best epoch's
     weights are kept), ``validation_fraction`` (0 disables early stopping), ``class_weight``
     (``"balanced"``, dict label -> weight, or None), ``standardize`` (z-score inputs with training
-    statistics), ``device`` (``auto``/``cpu``/``cuda``), ``n_jobs`` (torch CPU threads while fitting
-    and predicting; None leaves torch's setting -- 1 is often fastest for small MLPs on a busy
-    machine), ``random_state``.
+    statistics; off by default: inside :func:`featmammo.heads.make` the pipeline's block-balanced
+    scaling is the input, and re-standardising would undo the block balance), ``device``
+    (``auto``/``cpu``/``cuda``; :func:`featmammo.devices.resolve_device`), ``n_jobs`` (torch CPU
+    threads while fitting and predicting; None leaves torch's setting -- 1 is often fastest for
+    small MLPs on a busy machine), ``random_state``.
     """
 
     def __init__(
@@ -50,7 +53,7 @@ class RefineMLPClassifier(ClassifierMixin, BaseEstimator):
         patience: int = 15,
         validation_fraction: float = 0.15,
         class_weight="balanced",
-        standardize: bool = True,
+        standardize: bool = False,
         device: str = "auto",
         n_jobs: int | None = None,
         random_state: int | None = 0,
@@ -103,13 +106,9 @@ class RefineMLPClassifier(ClassifierMixin, BaseEstimator):
         return nn.Sequential(*layers)
 
     def _resolve_device(self) -> str:
-        import torch
+        from ..devices import resolve_device
 
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        if self.device not in ("cpu", "cuda") and not str(self.device).startswith("cuda:"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]'; got {self.device!r}")
-        return str(self.device)
+        return str(resolve_device(self.device))
 
     def _validate_params(self) -> None:
         if not 0.0 <= float(self.validation_fraction) < 1.0:
@@ -123,23 +122,23 @@ class RefineMLPClassifier(ClassifierMixin, BaseEstimator):
         if int(self.max_epochs) < 1:
             raise ValueError(f"max_epochs must be >= 1; got {self.max_epochs}")
 
-    def _split(self, y_enc: np.ndarray, rng: np.random.Generator):
-        """Stratified train/validation indices; no validation when a class is too small."""
-        n = len(y_enc)
-        frac = float(self.validation_fraction)
-        counts = np.bincount(y_enc)
-        if frac <= 0 or counts.min() < 2 or n * frac < len(counts):
-            return np.arange(n), np.array([], dtype=int)
-        val = []
-        for k in range(len(counts)):
-            idx = rng.permutation(np.flatnonzero(y_enc == k))
-            take = max(1, int(round(frac * len(idx))))
-            val.extend(idx[: min(take, len(idx) - 1)])
-        val = np.sort(np.asarray(val, dtype=int))
-        train = np.setdiff1d(np.arange(n), val)
-        return train, val
+    def _split(self, y_enc: np.ndarray, groups, seed: int):
+        """Train/validation indices holding out whole patients; no validation when too few."""
+        from .wrappers import patient_holdout
 
-    def fit(self, X, y):
+        split = patient_holdout(y_enc, groups, float(self.validation_fraction), seed)
+        if split is None:
+            if float(self.validation_fraction) > 0:
+                log.warning(
+                    "refine-mlp: too few patients per class for an early-stopping hold-out; "
+                    "training %d epochs without early stopping",
+                    int(self.max_epochs),
+                )
+            return np.arange(len(y_enc)), np.array([], dtype=int)
+        return split
+
+    def fit(self, X, y, groups=None):
+        """Fit; ``groups`` (patient ids) make the early-stopping hold-out patient-disjoint."""
         import torch
 
         self._validate_params()
@@ -173,8 +172,8 @@ class RefineMLPClassifier(ClassifierMixin, BaseEstimator):
             )
 
         seed = 0 if self.random_state is None else int(self.random_state)
-        rng = np.random.default_rng(seed)
-        train_idx, val_idx = self._split(y_enc, rng)
+        train_idx, val_idx = self._split(y_enc, groups, seed)
+        self.validation_index_ = val_idx  # rows held out for early stopping
         device = self._resolve_device()
         self.device_ = device
 

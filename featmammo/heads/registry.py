@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -81,11 +83,19 @@ def describe(name: str) -> HeadInfo:
     return _REGISTRY[canonical_name(name)]
 
 
-def make(name: str, *, seed: int = 0, blocks=None, block_pca: int | None = None, **params):
-    """A fresh, unfitted head: ``Pipeline([("scale", ...), ("clf", classifier)])``.
+def make(
+    name: str, *, seed: int = 0, blocks=None, block_pca: int | None = None, balance=True, **params
+):
+    """A fresh, unfitted head: ``Pipeline([("scale", BlockScaler), ("clf", classifier)])``.
 
-    ``seed`` seeds the classifier. ``blocks`` (``FusedFeatures.blocks``) switches the scaler to a
-    :class:`~featmammo.fusion.BlockScaler` that gives every backbone block equal total variance;
+    The one scaling rule: every features set -- a single backbone is a one-block set -- goes
+    through the same :class:`~featmammo.fusion.BlockScaler`: each column is standardised on the
+    training rows, then each of the B blocks is divided by sqrt(B x its width), so every block
+    carries 1/B and the whole row a total variance of 1 (``balance=False``: standardisation only).
+    A regularisation strength (C, alpha) or an RBF gamma then means the same thing for a 2,048-d
+    backbone and a 6,144-d hybrid, and no head re-scales its input afterwards.
+
+    ``seed`` seeds the classifier. ``blocks`` (``FusedFeatures.blocks``; None = one block);
     ``block_pca=k`` instead standardises and keeps k principal components per block. Any other
     keyword is a parameter of the classifier (e.g. ``C=0.1``, ``n_estimators=500``); an unknown one
     raises ConfigError naming the valid ones.
@@ -107,12 +117,27 @@ def make(name: str, *, seed: int = 0, blocks=None, block_pca: int | None = None,
             ("scale", StandardScaler()),
             ("block_pca", BlockPCA(blocks=blocks, n_components=int(block_pca), random_state=seed)),
         ]
-    elif blocks is not None:
-        steps = [("scale", BlockScaler(blocks=blocks, balance=True))]
     else:
-        steps = [("scale", StandardScaler())]
+        steps = [("scale", BlockScaler(blocks=blocks, balance=bool(balance)))]
     log.debug("head %s (seed %d): %s", info.name, seed, clf)
     return Pipeline([*steps, ("clf", clf)])
+
+
+def accepts_groups(model) -> bool:
+    """Whether a head's classifier takes ``groups`` (patient ids) in ``fit`` (early stopping)."""
+    import inspect
+
+    clf = model.steps[-1][1] if hasattr(model, "steps") else model
+    return "groups" in inspect.signature(clf.fit).parameters
+
+
+def fit_head(model, X, y, groups=None):
+    """``model.fit(X, y)``, passing the patient ids to a classifier that early-stops on a
+    patient hold-out (``clf__groups``; scikit-learn routes ``step__param`` fit parameters)."""
+    if groups is not None and accepts_groups(model):
+        key = f"{model.steps[-1][0]}__groups" if hasattr(model, "steps") else "groups"
+        return model.fit(X, y, **{key: np.asarray(groups)})
+    return model.fit(X, y)
 
 
 def set_routed_params(estimator, params: dict, inner: str | None = None):

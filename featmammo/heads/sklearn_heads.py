@@ -8,6 +8,12 @@ Probabilities: native ``predict_proba``, or a sigmoid (Platt) calibration fitted
 cross-validation inside the training data for the SVMs (``CalibratedClassifierCV(ensemble=False)``).
 That inner 3-fold split is stratified but not patient-grouped: it only affects the calibration
 curve fitted within one training fold, never the outer (patient-grouped) evaluation.
+
+Defaults suit the one scaling rule of :func:`featmammo.heads.make` (every features set arrives
+with a total variance of 1 per row): logreg C=10, svm-linear C=0.1, svm-rbf C=1 and gamma="scale"
+(= 1 under that rule), k-NN k=10, MLP alpha=1e-3, XGBoost depth 3 and learning rate 0.1. Early
+stopping (MLP, XGBoost) holds out whole patients when ``fit`` gets ``groups``
+(:class:`~featmammo.heads.wrappers.BalancedClassifier`). ``featmammo.tuning`` tunes these.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ log = logging.getLogger(__name__)
 def _logreg(*, seed: int = 0, **params):
     from sklearn.linear_model import LogisticRegression
 
-    clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000, random_state=seed)
+    clf = LogisticRegression(C=10.0, class_weight="balanced", max_iter=2000, random_state=seed)
     return set_routed_params(clf, params)
 
 
@@ -53,7 +59,7 @@ def _calibrated(base, params: dict):
 def _svm_linear(*, seed: int = 0, **params):
     from sklearn.svm import LinearSVC
 
-    base = LinearSVC(C=1.0, class_weight="balanced", max_iter=5000, random_state=seed)
+    base = LinearSVC(C=0.1, class_weight="balanced", max_iter=5000, random_state=seed)
     return _calibrated(base, params)
 
 
@@ -102,21 +108,18 @@ def _knn(*, seed: int = 0, **params):
 
 @register(
     "mlp",
-    description="scikit-learn MLPClassifier (256 hidden, adam, early stopping)",
+    description="scikit-learn MLPClassifier (256 hidden, adam, early stop on held-out patients)",
     imbalance="balanced sample weights (BalancedClassifier)",
     probabilities="native (softmax)",
 )
 def _mlp(*, seed: int = 0, **params):
     from sklearn.neural_network import MLPClassifier
 
-    base = MLPClassifier(
-        hidden_layer_sizes=(256,),
-        alpha=1e-3,
-        early_stopping=True,
-        max_iter=300,
-        random_state=seed,
-    )
-    return set_routed_params(BalancedClassifier(base), params, inner="estimator")
+    base = MLPClassifier(hidden_layer_sizes=(256,), alpha=1e-3, max_iter=300, random_state=seed)
+    # early stopping on 10 % of the patients (BalancedClassifier, epoch by epoch), not sklearn's
+    # row-level early_stopping split, which puts images of one patient on both sides
+    clf = BalancedClassifier(base, validation_fraction=0.1, patience=10, random_state=seed)
+    return set_routed_params(clf, params, inner="estimator")
 
 
 @functools.lru_cache(maxsize=1)
@@ -151,7 +154,8 @@ def xgboost_device(device: str = "auto") -> str:
 
 @register(
     "xgboost",
-    description="gradient-boosted trees (XGBoost hist, 200 x depth 3; CUDA when available)",
+    description="gradient-boosted trees (XGBoost hist, depth 3, up to 500 rounds early-stopped "
+    "on held-out patients; CUDA when available)",
     imbalance="balanced sample weights (BalancedClassifier)",
     probabilities="native (softmax / logistic)",
 )
@@ -159,12 +163,14 @@ def _xgboost(*, seed: int = 0, device: str = "auto", **params):
     from xgboost import XGBClassifier
 
     dev = xgboost_device(device)
-    log.info("xgboost head: device=%s", dev)
+    log.debug("xgboost head: device=%s", dev)  # featmammo.fit logs the device once per run
     # defaults for wide inputs (thousands of embedding columns, hundreds to thousands of images):
     # shallow trees, 64 histogram bins and 30 % of the columns per tree keep a fit to minutes on
     # a CPU without a visible loss on embeddings; raise n_estimators / max_depth on larger sets.
+    # the number of rounds is chosen by early stopping (20 rounds without gain) on 15 % of the
+    # training patients
     base = XGBClassifier(
-        n_estimators=200,
+        n_estimators=500,
         learning_rate=0.1,
         max_depth=3,
         subsample=0.8,
@@ -172,6 +178,8 @@ def _xgboost(*, seed: int = 0, device: str = "auto", **params):
         max_bin=64,
         tree_method="hist",
         device=dev,
+        early_stopping_rounds=20,
         random_state=seed,
     )
-    return set_routed_params(BalancedClassifier(base), params, inner="estimator")
+    clf = BalancedClassifier(base, validation_fraction=0.15, patience=20, random_state=seed)
+    return set_routed_params(clf, params, inner="estimator")
