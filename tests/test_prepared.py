@@ -449,3 +449,71 @@ def test_concurrent_processes_and_kill_9(tmp_path, rng):
         assert check.stats["rebuilt"] == 0
         hits += check.stats["hits"]
     assert hits > 0  # the killed writers did leave entries behind
+
+
+# --------------------------------------------------------------------------- DDSM LJPEG end to end
+
+
+def test_ljpeg_optical_density_through_the_cache(tmp_path):
+    pytest.importorskip("featmammo.io.ljpeg")
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        from ljpeg_vectors import phantom, write_case
+    finally:
+        sys.path.pop(0)
+    paths = write_case(
+        tmp_path / "case", "B-3024-1", {"LEFT_CC": (phantom(90, 60, 12, seed=3), 7, 12, True)}
+    )
+    lj = paths["LEFT_CC"]
+    try:
+        featmammo.io.read_image(lj)
+    except ImageReadError as exc:  # featmammo.io.read_image learns .LJPEG in the same change set
+        pytest.skip(f"read_image does not read .LJPEG here yet: {exc}")
+    cache = PreparedCache(tmp_path / "c", max_bytes=2**30)
+    od = PreprocessConfig(image_size=32, ddsm_calibration="od")
+    raw = PreprocessConfig(image_size=32)
+    ref = load_and_preprocess(lj, od)
+    assert not np.allclose(ref, load_and_preprocess(lj, raw))
+    for _ in range(2):
+        assert _same_bits(prepare_image(lj, od, cache=cache), ref)
+    assert cache.stats["hits"] == 1 and cache.stats["misses"] == 1
+    prepare_image(lj, raw, cache=cache)
+    assert cache.stats["misses"] == 2  # calibration is part of the prepared fingerprint
+    # the .ics decides the digitiser: editing it is a new key (here another scanner)
+    ics = tmp_path / "case" / "B-3024-1.ics"
+    ics.write_text(ics.read_text().replace("LUMISYS LASER", "DBA 21"))
+    st = ics.stat()
+    os.utime(ics, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    dba = prepare_image(lj, od, cache=cache)
+    assert cache.stats["misses"] == 3 and not np.allclose(dba, ref)
+    assert _same_bits(dba, load_and_preprocess(lj, od))
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cache_cli_info_and_clear(files, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from featmammo.cli.cache import command
+
+    monkeypatch.setenv("FEATMAMMO_CACHE", str(tmp_path / "fc"))
+    monkeypatch.delenv("FEATMAMMO_PREPARED_MAX_BYTES", raising=False)
+    prepare_image(files["left"], PreprocessConfig(image_size=16))
+    prepare_image(files["right"], PreprocessConfig(image_size=16))
+    runner = CliRunner()
+    res = runner.invoke(command, ["info", "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    assert info["entries"] == 2 and info["root"] == str((tmp_path / "fc" / "prepared").absolute())
+    assert info["configs"][0]["preprocess"]["image_size"] == 16
+    res = runner.invoke(command, ["info"])
+    assert res.exit_code == 0 and "2 entries" in res.output and "image_size=16" in res.output
+    other = PreparedCache(tmp_path / "other", max_bytes=2**30)
+    prepare_image(files["left"], PreprocessConfig(image_size=16), cache=other)
+    res = runner.invoke(command, ["clear", "--root", str(tmp_path / "other"), "--json"])
+    assert json.loads(res.stdout)["removed"] == 1 and other.info()["entries"] == 0
+    assert PreparedCache.default().info()["entries"] == 2  # --root left the default alone
+    res = runner.invoke(command, ["clear"])
+    assert res.exit_code == 0 and "removed 2 entries" in res.output
+    assert json.loads(runner.invoke(command, ["info", "--json"]).stdout)["entries"] == 0
