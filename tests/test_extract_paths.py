@@ -1,0 +1,361 @@
+"""The extraction loop's paths: what is read, what is refused up front, what stops a run, how
+batches reach the backbones (one copy, streamed), ``--workers auto``, ``hybrid:`` checkpoints,
+predict.
+
+Tiny PNG phantoms at 32-64 px and probe backbones (a few flops) keep these fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+
+import featmammo.extract as fx  # noqa: E402
+from featmammo import store  # noqa: E402
+from featmammo.errors import ConfigError, ImageReadError  # noqa: E402
+from featmammo.preprocess import PreprocessConfig  # noqa: E402
+
+CFG = PreprocessConfig(image_size=32)
+
+
+def _phantom(rng, side: int = 48) -> np.ndarray:
+    yy, xx = np.mgrid[:side, :side]
+    cy, cx = side / 2 + rng.integers(-4, 5), side / 3 + rng.integers(-3, 4)
+    blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (side / 5) ** 2))
+    return (np.clip(blob + 0.1 * rng.random((side, side)), 0, 1) * 255).astype(np.uint8)
+
+
+def _manifest(folder, n: int, *, masks: str | None = None, bad: int = 0):
+    """n phantom PNGs (+ ``bad`` unreadable files); ``masks``: None (no column), "empty" (an
+    all-zero mask, i.e. no foreground, for every row) or "lesion"."""
+    from PIL import Image
+
+    rng = np.random.default_rng(n)
+    rows = []
+    for i in range(n + bad):
+        name = f"im{i:02d}.png"
+        if i < n:
+            Image.fromarray(_phantom(rng)).save(folder / name)
+        else:
+            (folder / name).write_bytes(b"not an image")
+        row = {"image_id": f"im{i:02d}", "path": name, "label": "benign",
+               "patient_id": f"P{i}", "laterality": "L", "view": "CC", "split": "train",
+               "source": "synthetic"}  # fmt: skip
+        if masks is not None:
+            m = np.zeros((48, 48), np.uint8)
+            if masks == "lesion":
+                m[20:30, 10:20] = 255
+            Image.fromarray(m).save(folder / f"mask{i:02d}.png")
+            row["roi_mask_path"] = f"mask{i:02d}.png"
+        rows.append(row)
+    p = folder / "manifest.csv"
+    pd.DataFrame(rows).to_csv(p, index=False)
+    return p
+
+
+class Probe(torch.nn.Module):
+    """A backbone of a few flops that records the storage of every input it sees."""
+
+    def __init__(self, name: str, dim: int = 3, seen=None, sidecar=None):
+        super().__init__()
+        from featmammo.backbones import BackboneSpec
+
+        self.spec = BackboneSpec(
+            name=name, arch="probe", layer="penultimate", dim=dim, input_size=32,
+            mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), weights="random",
+            weights_sha256=None,
+        )  # fmt: skip
+        self.w = torch.nn.Parameter(torch.linspace(0.5, 1.5, dim), requires_grad=False)
+        self.seen = seen if seen is not None else []
+        if sidecar is not None:
+            self.sidecar = sidecar
+
+    def forward(self, x):
+        self.seen.append((x.data_ptr(), tuple(x.shape)))
+        return x.mean(dim=(1, 2, 3))[:, None] * self.w
+
+
+FAST = {"weights": "random", "threads": 1, "device": "cpu", "workers": 0}
+
+
+# ----------------------------------------------------------------------------- what is read
+def test_roi_full_never_opens_the_masks_and_an_empty_mask_does_not_fail(tmp_path, monkeypatch):
+    manifest = _manifest(tmp_path, 4, masks="empty")
+    import featmammo.io as fio
+
+    opened = []
+    real = fio.read_image
+
+    def spy(path, *a, **k):
+        opened.append(str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(fio, "read_image", spy)
+    s = fx.extract(manifest, tmp_path / "s.h5", backbones=[Probe("p")], preprocess=CFG, **FAST)
+    assert (s.n_done, s.n_failed) == (4, 0)
+    assert not [p for p in opened if "mask" in p]
+    # crop reads them: an all-zero mask fails its image, with the reason
+    crop = dataclasses.replace(CFG, roi="crop")
+    with pytest.raises(fx.AllImagesFailed, match="no foreground"):
+        fx.extract(manifest, tmp_path / "c.h5", backbones=[Probe("p")], preprocess=crop, **FAST)
+    assert any("mask" in p for p in opened)
+
+
+def test_roi_crop_or_patch_without_masks_is_refused_before_any_work(tmp_path):
+    manifest = _manifest(tmp_path, 2)
+    for roi in ("crop", "patch"):
+        cfg = dataclasses.replace(CFG, roi=roi)
+        with pytest.raises(ConfigError, match="roi_mask_path column"):
+            fx.extract(manifest, tmp_path / "s.h5", backbones=[Probe("p")], preprocess=cfg, **FAST)
+    assert not (tmp_path / "s.h5").exists()
+    r = CliRunner().invoke(
+        _cli(), ["extract", str(manifest), "-o", str(tmp_path / "c.h5"), "-b", "resnet18",
+                 "--weights", "random", "--roi", "patch", "--device", "cpu"],
+    )  # fmt: skip
+    assert r.exit_code != 0 and "roi_mask_path" in str(r.exception or r.output)
+    assert not (tmp_path / "c.h5").exists()
+
+
+def _cli():
+    from featmammo.cli.main import cli
+
+    return cli
+
+
+# ----------------------------------------------------------------------------- what stops a run
+def test_every_image_failed_raises_and_the_cli_exits_non_zero(tmp_path):
+    manifest = _manifest(tmp_path, 0, bad=3)
+    with pytest.raises(fx.AllImagesFailed, match="every image failed") as info:
+        fx.extract(manifest, tmp_path / "s.h5", backbones=[Probe("p")], preprocess=CFG, **FAST)
+    assert info.value.summary.n_failed == 3
+    st = store.open(tmp_path / "s.h5")  # the failures are recorded
+    assert len(st.failures) == 3 and not st.done("p").any()
+    r = CliRunner().invoke(
+        _cli(), ["extract", str(manifest), "-o", str(tmp_path / "c.h5"), "-b", "resnet18",
+                 "--weights", "random", "--image-size", "32", "--device", "cpu"],
+    )  # fmt: skip
+    assert r.exit_code == 1, r.output
+    assert "every image failed" in r.output
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_programming_error_stops_the_run_with_its_traceback(tmp_path, monkeypatch, workers):
+    manifest = _manifest(tmp_path, 4, bad=1)
+
+    def broken(*a, **k):
+        raise TypeError("a bug, not a bad image")
+
+    monkeypatch.setattr(fx, "_load_prepared", broken)
+    with pytest.raises(TypeError, match="a bug, not a bad image"):
+        fx.extract(manifest, tmp_path / "s.h5", backbones=[Probe("p")], preprocess=CFG,
+                   **{**FAST, "workers": workers})  # fmt: skip
+
+
+def test_a_bad_image_among_good_ones_is_a_recorded_failure(tmp_path):
+    manifest = _manifest(tmp_path, 3, bad=1)
+    s = fx.extract(manifest, tmp_path / "s.h5", backbones=[Probe("p")], preprocess=CFG, **FAST)
+    assert (s.n_done, s.n_failed) == (3, 1)
+
+
+# ----------------------------------------------------------------------------- how batches flow
+def test_one_device_copy_per_batch_shared_by_every_backbone(tmp_path):
+    manifest = _manifest(tmp_path, 6)
+    seen_a, seen_b = [], []
+    models = [Probe("a", seen=seen_a), Probe("b", dim=5, seen=seen_b)]
+    fx.extract(manifest, tmp_path / "s.h5", backbones=models, preprocess=CFG, batch_size=4,
+               **FAST)  # fmt: skip
+    assert [s[1][0] for s in seen_a] == [4, 2]
+    assert seen_a == seen_b  # the same tensor (same storage) reached both backbones
+    st = store.open(tmp_path / "s.h5")
+    assert st.dim("a") == 3 and st.dim("b") == 5 and st.done("b").all()
+    x = st.array("a")
+    np.testing.assert_allclose(st.array("b")[:, 0], x[:, 0], rtol=1e-6)  # w[0] = 0.5 in both
+
+
+def test_embed_streams_batches_and_matches_the_store(tmp_path, monkeypatch):
+    manifest = _manifest(tmp_path, 12)
+    df = pd.read_csv(manifest)
+    paths = [tmp_path / p for p in df["path"]]
+    fx.extract(manifest, tmp_path / "s.h5", backbones=[Probe("p")], preprocess=CFG, **FAST)
+    reads = []
+    real = fx._load_prepared
+    monkeypatch.setattr(fx, "_load_prepared", lambda *a: reads.append(a[0]) or real(*a))
+    models = fx._make_models([Probe("p")], "random", torch.device("cpu"))
+    stream = fx.embed_stream(paths, models, fx._resolve_preprocess(CFG, models), device="cpu",
+                             batch_size=2, workers=0, lateralities=["L"] * 12)  # fmt: skip
+    first = next(stream)
+    assert first[0] == [0, 1] and first[1]["p"].shape == (2, 3) and not first[2]
+    assert len(reads) <= 6  # the current batch and at most two read ahead, not all 12
+    rest = list(stream)
+    assert len(rest) == 5 and len(reads) == 12
+    got = np.concatenate([first[1]["p"]] + [r[1]["p"] for r in rest])
+    np.testing.assert_allclose(got, store.open(tmp_path / "s.h5").array("p"), rtol=1e-6)
+    # embed: the same numbers; a bad file raises its ImageReadError
+    out = fx.embed(paths, backbones=[Probe("p")], preprocess=CFG, device="cpu", batch_size=5,
+                   lateralities=["L"] * 12, workers=0)  # fmt: skip
+    np.testing.assert_allclose(out["p"], got, rtol=1e-6)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    with pytest.raises(ImageReadError, match="bad.png"):
+        fx.embed([paths[0], bad], backbones=[Probe("p")], preprocess=CFG, device="cpu", workers=0)
+
+
+def test_workers_auto(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert fx.resolve_workers("auto", cpu) == 0
+    monkeypatch.setattr(fx, "available_cores", lambda: 16)
+    assert fx.resolve_workers("auto", cpu) == 0
+    assert fx.resolve_workers("auto", cuda) == 15
+    assert fx.resolve_workers("auto", cuda, local_world=4) == 3
+    monkeypatch.setattr(fx, "available_cores", lambda: 2)
+    assert fx.resolve_workers("auto", cuda) == 2
+    monkeypatch.setattr(fx, "available_cores", lambda: 64)
+    assert fx.resolve_workers(None, cuda) == fx.MAX_AUTO_WORKERS
+    assert fx.resolve_workers(3, cuda) == 3 and fx.resolve_workers("2", cpu) == 2
+    for bad in (-1, "many"):
+        with pytest.raises(ConfigError, match="workers"):
+            fx.resolve_workers(bad, cpu)
+    from featmammo.cli.options import WorkersType
+
+    assert WorkersType().convert("auto", None, None) == "auto"
+    assert WorkersType().convert("3", None, None) == 3
+
+
+def test_resolve_device_is_the_shared_one():
+    from featmammo import devices
+
+    assert fx.resolve_device is devices.resolve_device
+
+
+# ----------------------------------------------------------------------------- hybrid: checkpoints
+def test_a_hybrid_backbone_imposes_its_image_size_and_roi(tmp_path):
+    manifest = _manifest(tmp_path, 3, masks="lesion")
+    side = {"preprocess": {"image_size": 40, "roi": "crop", "patch_context": 0.5}}
+    hyb = Probe("hybrid:run/checkpoint.pt", sidecar=side)
+    assert fx.hybrid_preprocess([hyb, Probe("p")]) == {
+        "image_size": 40, "roi": "crop", "patch_context": 0.5,
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match=r"image_size 40 \(this run: 32\)"):
+        fx.extract(manifest, tmp_path / "a.h5", backbones=[hyb], preprocess=CFG, **FAST)
+    with pytest.raises(ConfigError, match=r"roi 'crop' \(this run: 'full'\)"):
+        fx.extract(manifest, tmp_path / "b.h5", backbones=[hyb],
+                   preprocess=dataclasses.replace(CFG, image_size=40), **FAST)  # fmt: skip
+    s = fx.extract(manifest, tmp_path / "c.h5", backbones=[hyb, Probe("p")], **FAST)
+    assert s.n_done == 3
+    st = store.open(tmp_path / "c.h5")
+    for name in st.backbones:
+        pre = st.backbone_provenance(name)["preprocess"]
+        assert (pre["image_size"], pre["roi"]) == (40, "crop")
+    other = Probe("hybrid:other.pt", sidecar={"preprocess": {"image_size": 64, "roi": "full"}})
+    with pytest.raises(ConfigError, match="different image sizes"):
+        fx.hybrid_preprocess([hyb, other])
+
+
+def _checkpoint(path, image_size: int = 32):
+    from featmammo.nn import HybridNet, save_checkpoint
+
+    net = HybridNet(["benign", "malignant"], trunks=("alexnet",), weights="random", seed=0,
+                    hidden=8)  # fmt: skip
+    pre = PreprocessConfig(image_size=image_size).to_dict()
+    save_checkpoint(path, {"model": net.state_dict()},
+                    {"model": net.config(), "classes": ["benign", "malignant"],
+                     "preprocess": pre})  # fmt: skip
+    return path
+
+
+def test_predict_on_a_model_with_a_hybrid_block(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    from featmammo.predict import predict_images
+
+    ckpt = _checkpoint(tmp_path / "checkpoint.pt", image_size=64)
+    manifest = _manifest(tmp_path, 6)
+    name = f"hybrid:{ckpt}"
+    # the checkpoint's image size (64) is taken, none being given
+    r = CliRunner().invoke(
+        _cli(), ["extract", str(manifest), "-o", str(tmp_path / "s.h5"), "-b", name,
+                 "--device", "cpu", "--workers", "0"], catch_exceptions=False,
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    st = store.open(tmp_path / "s.h5")
+    assert st.backbones == [name] and st.backbone_provenance(name)["preprocess"]["image_size"] == 64
+    x = st.array(name)
+    y = np.array([0, 1] * 3)
+    head = LogisticRegression().fit(x, y)
+    head.classes_ = np.array(["benign", "malignant"], dtype=object)
+    sidecar = {"classes": ["benign", "malignant"], "backbones": [name], "blocks": {name: [0, 8]},
+               "backbone_provenance": {name: st.backbone_provenance(name)},
+               "n_features": 8}  # fmt: skip
+    df = pd.read_csv(manifest)
+    out = predict_images(
+        head,
+        sidecar,
+        [tmp_path / p for p in df["path"]],
+        device="cpu",
+        lateralities=df["laterality"].tolist(),
+        workers=0,
+        batch_size=4,
+    )
+    np.testing.assert_allclose(out[["p_benign", "p_malignant"]].to_numpy(),
+                               head.predict_proba(x), atol=1e-5)  # fmt: skip
+    # an --image-size that contradicts the checkpoint is refused
+    r = CliRunner().invoke(
+        _cli(), ["extract", str(manifest), "-o", str(tmp_path / "t.h5"), "-b", name,
+                 "--image-size", "32", "--device", "cpu"],
+    )  # fmt: skip
+    assert r.exit_code != 0 and "image_size 64" in str(r.exception)
+
+
+# ----------------------------------------------------------------------------- small frictions
+def test_predict_warns_when_the_model_has_no_normal_class(caplog):
+    from featmammo.predict import warn_missing_classes
+
+    with caplog.at_level(logging.WARNING, logger="featmammo.predict"):
+        msgs = warn_missing_classes(["normal", "benign", "NORMAL", ""], ["benign", "malignant"],
+                                    "m.csv")  # fmt: skip
+    assert len(msgs) == 1 and "2 image(s) labelled 'normal'" in msgs[0]
+    assert "has no normal class" in caplog.text
+    assert warn_missing_classes(["benign", "malignant"], ["normal", "abnormal"], "x") == []
+    assert warn_missing_classes(["normal"], ["normal", "benign", "malignant"], "x") == []
+
+
+class _FakeBar:
+    def __init__(self, out):
+        self.out, self.length = out, None
+
+    def update(self, n, current_item=None):
+        self.out.write(f"\r[bar {n}]")
+
+    def render_finish(self):
+        self.out.write("\n")
+
+
+def test_progress_bar_and_log_lines_do_not_merge():
+    from featmammo.cli.extract import BarLines
+
+    out = io.StringIO()
+    logger = logging.getLogger("featmammo")
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with BarLines(_FakeBar(out)) as lines:
+            lines.progress(2, 4)
+            logging.getLogger("featmammo.extract").warning("one image failed")
+            lines.progress(2, 4)
+            logging.getLogger("featmammo.extract").info("extract done")
+        logger.info("after")
+    finally:
+        logger.removeHandler(handler)
+    text = out.getvalue()
+    assert text == "\r[bar 2]\nWARNING one image failed\n\r[bar 2]\nINFO extract done\nINFO after\n"
+    assert not handler.filters  # the filter is gone after the run
