@@ -196,7 +196,7 @@ def test_train_outputs(trained_run):
         "y_pred",
     ]
     assert {"p_benign", "p_malignant"} <= set(preds.columns)
-    assert set(preds["fold"]) == {"0", "test"}
+    assert set(preds["fold"]) == {"validation", "test"}  # validation rows chose the epoch
     assert (preds["features"] == "hybridnet-feature-map").all() and (
         preds["head"] == "hybridnet"
     ).all()
@@ -212,6 +212,118 @@ def test_train_outputs(trained_run):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["classes"] == ["benign", "malignant"]
     assert result.epochs_run == 1 and result.best_epoch == 1
+
+
+def test_train_config_counts_caveats_and_note(trained_run):
+    run, _ = trained_run
+    cfg = json.loads((run / "config.json").read_text())
+    split = pd.read_csv(run / "split.csv")
+    trained = split[(split.role == "train") & split.decoded]
+    assert cfg["train_class_counts"] == {
+        c: int((trained["label"] == c).sum()) for c in ("benign", "malignant")
+    }
+    assert sum(cfg["train_class_counts"].values()) == len(trained) > 0
+    assert any("stopping epoch" in n for n in cfg["notes"])
+    cav = cfg["caveats"]
+    assert cav["weights"] == {"resnet50": "random (seed 0)", "alexnet": "random (seed 1)"}
+    assert cav["sources"] == {"synthetic": int(split.decoded.sum())}
+    assert any("random weights" in w for w in cav["warnings"])
+    assert cfg["split_audit"]["ok"] and cfg["split_audit"]["source_confounding"] == {}
+
+
+def test_checkpoint_records_trained_and_validation_ids(trained_run):
+    from featmammo.nn.checkpoint import trained_image_ids
+
+    run, _ = trained_run
+    split = pd.read_csv(run / "split.csv")
+    for name in ("checkpoint.pt", "last.pt"):
+        ids = trained_image_ids(run / name)
+        assert sorted(ids["train"]) == sorted(split.loc[split.role == "train", "image_id"])
+        assert sorted(ids["validation"]) == sorted(split.loc[split.role == "val", "image_id"])
+        assert not set(ids["train"]) & set(split.loc[split.role == "test", "image_id"])
+
+
+def test_trained_ids_missing_and_checkpoint_of(trained_run, tmp_path):
+    from featmammo.nn.checkpoint import checkpoint_of, trained_image_ids
+
+    net = HybridNet(["benign", "malignant"], trunks=("alexnet",), weights="random", seed=1)
+    bare = tmp_path / "bare.pt"
+    save_checkpoint(bare, {"model": net.state_dict()}, {"model": net.config()})
+    with pytest.raises(WeightsError, match="bare.pt.*no trained/validation image ids"):
+        trained_image_ids(bare)
+    with pytest.raises(WeightsError, match="not found"):
+        trained_image_ids(tmp_path / "absent.pt")
+
+    run, _ = trained_run
+    ckpt = run / "checkpoint.pt"
+    spec = load_backbone(ckpt).spec.to_dict()
+    prov = {"spec": spec, "weights": spec["weights"], "weights_sha256": spec["weights_sha256"]}
+    assert checkpoint_of(prov) == ckpt
+    plain = {"spec": {"name": "resnet50", "arch": "resnet50"}, "weights": "random"}
+    assert checkpoint_of(plain) is None
+    with pytest.raises(WeightsError, match="not the one that made the embeddings"):
+        checkpoint_of({**prov, "weights_sha256": "0" * 64})
+    moved = {**prov, "spec": {**spec, "weights": str(tmp_path / "gone.pt")}}
+    with pytest.raises(WeightsError, match="gone.pt"):
+        checkpoint_of(moved)
+
+
+def test_validation_split_is_splits_grouped_holdout(tiny_manifest, tmp_path, monkeypatch):
+    import featmammo.splits as splits
+
+    calls = []
+    real = splits.grouped_holdout
+
+    def spy(labels, groups, test_size=0.2, seed=0):
+        calls.append((len(labels), test_size, seed))
+        return real(labels, groups, test_size, seed)
+
+    monkeypatch.setattr(splits, "grouped_holdout", spy)
+    opts = {**FAST, "epochs": 1, "trunks": ("alexnet",), "seed": 3}
+    train(tiny_manifest, tmp_path / "r", evaluate=False, **opts)
+    assert calls == [(12, FAST["val_fraction"], 3)]  # the 12 non-test images, once
+
+
+def test_amp_on_cpu_is_refused(tiny_manifest, tmp_path):
+    for amp in ("bf16", "fp16"):
+        with pytest.raises(ConfigError, match=f"--amp {amp} is only used on CUDA"):
+            train(tiny_manifest, tmp_path / amp, **{**FAST, "amp": amp})
+        assert not (tmp_path / amp).exists()  # refused before any work
+
+
+def test_caveat_strings_and_source_confounding():
+    from featmammo.nn.outputs import run_audit, run_caveats, weights_caveat
+
+    sha = "ab" * 32
+    assert weights_caveat("alexnet", {"weights": "random", "seed": 4}) == "random (seed 4)"
+    assert weights_caveat(
+        "resnet50", {"weights": "imagenet:ResNet50_Weights.IMAGENET1K_V2", "weights_sha256": sha}
+    ) == ("imagenet (torchvision resnet50-11ad3fa6.pth, sha256 abababababab)")
+    assert weights_caveat("alexnet", {"weights": "/w/a.pth", "weights_sha256": sha}) == (
+        "file /w/a.pth (sha256 abababababab)"
+    )
+    df = pd.DataFrame(
+        {
+            "patient_id": ["p1", "p1", "p2", "p3", "p4"],
+            "_y": ["normal", "normal", "malignant", "malignant", "benign"],
+            "source": ["ddsm", "ddsm", "cbis", "cbis", "cbis"],
+        }
+    )
+    used = np.array([True, False, True, True, True])
+    role = np.array(["train", "train", "val", "test", "train"])
+    audit = run_audit(df, used, role)
+    assert audit["source_confounding"] == {"normal": "ddsm"}
+    cav = run_caveats(df, used, role, {"alexnet": {"weights": "random", "seed": 0}}, audit)
+    assert cav["sources"] == {"cbis": 3, "ddsm": 1}
+    text = " | ".join(cav["warnings"])
+    assert "every 'normal' image comes from source 'ddsm'" in text
+    assert "1 image(s) could not be decoded" in text and "random weights" in text
+    no_source = df.drop(columns="source")
+    audit = run_audit(no_source, used, role)
+    assert "source_confounding" not in audit  # not checked, which is not the same as clean
+    cav = run_caveats(no_source, used, role, {}, audit)
+    assert cav["sources"] == {"(no source column)": 4}
+    assert any("source confounding not checked" in w for w in cav["warnings"])
 
 
 def test_resume_matches_uninterrupted_run(tiny_manifest, tmp_path):

@@ -8,6 +8,11 @@ Its sidecar ``NAME.json`` records the model config, classes, preprocessing, libr
 file's SHA-256. Loading checks the SHA-256 first and then calls ``torch.load(weights_only=True)``,
 so a
 tampered or truncated file is refused and no pickled code is ever executed.
+
+A training run's sidecars also record the manifest image ids the network trained and validated on
+(``image_ids``): :func:`trained_image_ids` reads them, and :func:`checkpoint_of` finds the
+checkpoint behind a store's ``hybrid:`` block, so ``fit`` can refuse to evaluate embeddings on the
+images they were trained on. Those two read JSON only.
 """
 
 from __future__ import annotations
@@ -15,14 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import platform
+from collections.abc import Mapping
 from pathlib import Path
-
-import torch
 
 from featmammo._version import __version__
 from featmammo.atomic import atomic_write
 from featmammo.errors import WeightsError
 from featmammo.hashing import sha256_file
+from featmammo.plugins import HYBRID_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,7 @@ def sidecar_path(path) -> Path:
 
 
 def versions() -> dict:
+    import torch
     import torchvision
 
     return {
@@ -55,6 +61,8 @@ def save_checkpoint(path, payload: dict, sidecar: dict) -> dict:
     a crash between the two leaves a mismatch that :func:`load_checkpoint` refuses, never a silent
     mix.
     """
+    import torch
+
     path = Path(path)
     atomic_write(path, lambda f: torch.save(payload, f))
     meta = {
@@ -95,6 +103,8 @@ def load_checkpoint(path, *, map_location="cpu") -> tuple[dict, dict]:
 
     Returns ``(payload, sidecar)``. Raises WeightsError on a missing sidecar or a hash mismatch.
     """
+    import torch
+
     meta = read_sidecar(path)
     actual = sha256_file(path)
     if actual != meta["sha256"]:
@@ -131,3 +141,61 @@ def load_model(path, *, device="cpu"):
             f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})"
         )
     return model.to(device).eval(), meta
+
+
+#: the sidecar key holding ``{"train": [...], "validation": [...]}`` manifest image ids
+IMAGE_IDS_KEY = "image_ids"
+#: the BackboneSpec ``arch`` of a HybridNet used as a backbone (featmammo.nn.backbone)
+HYBRID_ARCH = "hybridnet"
+
+
+def trained_image_ids(checkpoint_path) -> dict[str, list[str]]:
+    """``{"train": [...], "validation": [...]}``: the manifest image ids checkpoint
+    ``checkpoint_path`` trained on and validated on (early stopping), from its JSON sidecar.
+
+    WeightsError naming the file when the checkpoint (or its sidecar) is missing or records no ids
+    (a checkpoint saved before ids were recorded, or one not written by ``featmammo train``).
+    """
+    meta = read_sidecar(checkpoint_path)
+    ids = meta.get(IMAGE_IDS_KEY)
+    if not isinstance(ids, Mapping) or not all(
+        isinstance(ids.get(k), list) for k in ("train", "validation")
+    ):
+        raise WeightsError(
+            f"{checkpoint_path}: the checkpoint records no trained/validation image ids (its "
+            f"sidecar {sidecar_path(checkpoint_path).name} has no {IMAGE_IDS_KEY!r}); it was not "
+            "written by this version of `featmammo train`, so the images it learnt from are unknown"
+        )
+    return {
+        "train": [str(i) for i in ids["train"]],
+        "validation": [str(i) for i in ids["validation"]],
+    }
+
+
+def checkpoint_of(backbone_provenance: Mapping) -> Path | None:
+    """The HybridNet checkpoint behind a store's ``hybrid:`` block; None for any other backbone.
+
+    ``backbone_provenance`` is ``Store.backbone_provenance(name)`` as written by extraction: a
+    ``hybrid:`` block has ``spec.arch == "hybridnet"``, the checkpoint's path in ``spec.weights``
+    (also the top-level ``weights``) and its SHA-256 in ``weights_sha256``. The path is returned
+    only when the checkpoint's sidecar there still records that SHA-256, so ids read from it belong
+    to the network that made the embeddings; WeightsError (naming the file) otherwise. Reads JSON
+    only: the checkpoint itself is not hashed again here.
+    """
+    spec = backbone_provenance.get("spec") or {}
+    name = str(spec.get("name") or "")
+    if spec.get("arch") != HYBRID_ARCH and not name.startswith(HYBRID_PREFIX):
+        return None
+    weights = spec.get("weights") or backbone_provenance.get("weights")
+    if not weights:
+        raise WeightsError(f"backbone {name!r}: its provenance records no checkpoint path")
+    path = Path(str(weights))
+    expected = backbone_provenance.get("weights_sha256") or spec.get("weights_sha256")
+    meta = read_sidecar(path)  # WeightsError naming the file when it is gone
+    if expected and meta.get("sha256") != expected:
+        raise WeightsError(
+            f"{path}: this checkpoint (sha256 {str(meta.get('sha256'))[:12]}) is not the one that "
+            f"made the embeddings of {name!r} (sha256 {str(expected)[:12]}); it was replaced after "
+            "extraction"
+        )
+    return path

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from featmammo.errors import ConfigError
+
 from .config import TrainConfig
 from .data import batches, to_batch
 from .ddp import DistContext
@@ -26,10 +28,17 @@ log = logging.getLogger(__name__)
 
 
 def amp_dtype(mode: str, device: torch.device):
-    """The autocast dtype of ``--amp mode`` on ``device`` (None: float32)."""
+    """The autocast dtype of ``--amp mode`` on ``device`` (None: float32).
+
+    ``auto`` is float32 on the CPU and bf16 (else fp16) on CUDA; an explicit ``bf16``/``fp16`` on
+    a CPU is a ConfigError, as ``extract --precision`` refuses it: it would silently not apply.
+    """
+    if device.type != "cuda" and mode in ("bf16", "fp16"):
+        raise ConfigError(
+            f"--amp {mode} is only used on CUDA; on {device} training runs in float32 "
+            "(use --amp auto or --amp none)"
+        )
     if device.type != "cuda" or mode == "none":
-        if mode in ("bf16", "fp16") and device.type != "cuda":
-            log.info("AMP %s requested on %s: training in float32", mode, device)
         return None
     if mode == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -1,6 +1,11 @@
-"""What a HybridNet run leaves in RUN_DIR besides checkpoints (featmammo.nn): ``curves.png``,
-``predictions.csv`` in the ``featmammo fit`` format, ``leaderboard.csv``, ``metrics.json`` and the
-report.
+"""What a HybridNet run leaves in RUN_DIR besides checkpoints (featmammo.nn): ``config.json``
+(with the caveats that travel with the results), ``curves.png``, ``predictions.csv`` in the
+``featmammo fit`` format, ``leaderboard.csv``, ``metrics.json`` and the report.
+
+Validation rows are written with ``fold = "validation"``: they chose the stopping epoch (and the
+saved checkpoint), so featmammo.evaluate keeps them out of the ranked comparison and
+``config.json`` says why (``notes``); ``train_class_counts`` (the training part) gives every row
+its majority baseline.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import numpy as np
 import pandas as pd
 
 from featmammo.atomic import atomic_write
+from featmammo.evaluate import VALIDATION_FOLD, evaluate_predictions
 
-from .config import features_name
+from .config import TrainConfig, features_name
 from .loop import predict_arrays
 
 log = logging.getLogger(__name__)
@@ -40,6 +46,132 @@ def write_curves(history: pd.DataFrame, path: Path) -> None:
         ax.legend()
     fig.tight_layout()
     fig.savefig(path)
+
+
+#: why a HybridNet run's validation rows are not an estimate (config.json ``notes``, metrics.json)
+VALIDATION_NOTE = (
+    "HybridNet 'validation' rows are the patient-grouped validation split that chose the stopping "
+    "epoch and the saved checkpoint (early stopping): their scores are optimistic, not an "
+    "estimate. Only the 'test' rows (the manifest's split=test, never seen in training) are."
+)
+
+
+def class_counts(y: np.ndarray, classes) -> dict[str, int]:
+    """``{class: images}`` of the class codes ``y`` (0..k-1 in ``classes`` order)."""
+    return {c: int(np.sum(y == i)) for i, c in enumerate(classes)}
+
+
+def weights_caveat(arch: str, info: dict) -> str:
+    """One trunk's weights as the caveats state them (INTERFACES I2): ``random (seed N)``,
+    ``imagenet (torchvision FILE, sha256 PREFIX)`` or ``file PATH (sha256 PREFIX)``."""
+    w = str(info.get("weights"))
+    sha = str(info.get("weights_sha256") or "")[:12] or "unknown"
+    if w == "random":
+        return f"random (seed {info.get('seed')})"
+    if w.startswith("imagenet:"):
+        from featmammo.backbones.weights import torchvision_weights
+
+        tw = torchvision_weights(arch, w[len("imagenet:") :])
+        return f"imagenet (torchvision {tw.file_name}, sha256 {sha})"
+    return f"file {w} (sha256 {sha})"
+
+
+def run_audit(df: pd.DataFrame, used: np.ndarray, role: np.ndarray) -> dict:
+    """featmammo.splits.audit of the rows a run used, split = train/val/test (patients shared
+    between them, labels confounded with the manifest's ``source``), as config.json's
+    ``split_audit``. Without a ``source`` column the source check is absent (not checked), never
+    ``{}`` (checked, clean)."""
+    from featmammo.splits import audit
+
+    rows = df[used]
+    frame = pd.DataFrame(
+        {
+            "patient_id": rows["patient_id"].astype(str).to_numpy(),
+            "label": rows["_y"].astype(str).to_numpy(),
+            "split": np.asarray(role)[used],
+        }
+    )
+    if "source" in rows.columns:
+        frame["source"] = rows["source"].to_numpy()
+    out = audit(frame).to_dict()
+    if "source" not in rows.columns:
+        out.pop("source_confounding", None)
+    return out
+
+
+def run_caveats(
+    df: pd.DataFrame, used: np.ndarray, role: np.ndarray, trunk_weights: dict, split_audit: dict
+) -> dict:
+    """``{"weights", "sources", "warnings"}`` of a training run (the format of ``featmammo fit``).
+
+    ``df``: the manifest rows in the class scheme (``_y`` = class name); ``used``: rows decoded
+    (the others are counted in a warning); ``role``: train/val/test per row; ``split_audit``:
+    :func:`run_audit`'s result.
+    """
+    weights = {arch: weights_caveat(arch, info) for arch, info in trunk_weights.items()}
+    rows = df[used]
+    if "source" in rows.columns:
+        src = rows["source"].fillna("").astype(str).replace("", "(empty)")
+        sources = {str(k): int(v) for k, v in src.value_counts().sort_index().items()}
+    else:
+        sources = {"(no source column)": int(len(rows))}
+    warnings = []
+    random_trunks = [a for a, info in trunk_weights.items() if info.get("weights") == "random"]
+    if random_trunks:
+        warnings.append(
+            f"trunk(s) {', '.join(random_trunks)} started from random weights, not ImageNet: "
+            "these results say nothing about the pretrained network (fetch real weights with "
+            "`featmammo weights fetch NAME` and train with --weights imagenet)"
+        )
+    if "source_confounding" not in split_audit:
+        warnings.append("the manifest has no 'source' column: source confounding not checked")
+    for label, source in (split_audit.get("source_confounding") or {}).items():
+        warnings.append(
+            f"every {label!r} image comes from source {source!r} and no other label does: the "
+            "network can learn the acquisition pipeline instead of the pathology"
+        )
+    n_failed = int((~used).sum())
+    if n_failed:
+        warnings.append(
+            f"{n_failed} image(s) could not be decoded and were left out (cache/failures-*.csv)"
+        )
+    patients = df["patient_id"].astype(str).to_numpy()
+    shared = set(patients[role == "test"]) & set(patients[role != "test"])
+    if shared:
+        warnings.append(
+            f"{len(shared)} patient(s) appear both in the manifest's test split and in the "
+            f"training/validation data (e.g. {sorted(shared)[0]}): the test rows are not held out"
+        )
+    return {"weights": weights, "sources": sources, "warnings": warnings}
+
+
+def run_config(
+    cfg: TrainConfig,
+    *,
+    classes,
+    pre,
+    manifest,
+    m_hash: str,
+    world_size: int,
+    train_counts: dict,
+    caveats: dict,
+    split_audit: dict,
+) -> dict:
+    """The run's ``config.json``: options, data identity, training class counts, caveats, notes."""
+    return {
+        "train": cfg.to_dict(),
+        "classes": list(classes),
+        "preprocess": pre.to_dict(),
+        "features": features_name(cfg.fusion, cfg.trunks),
+        "head": "hybridnet",
+        "manifest": str(manifest) if not isinstance(manifest, pd.DataFrame) else None,
+        "manifest_hash": m_hash,
+        "world_size": world_size,
+        "train_class_counts": train_counts,
+        "caveats": caveats,
+        "split_audit": split_audit,
+        "notes": [VALIDATION_NOTE],
+    }
 
 
 def write_json(path: Path, obj) -> None:
@@ -69,9 +201,9 @@ def predictions_frame(df, idx, proba, classes, fold, cfg) -> pd.DataFrame:
 def final_evaluation(
     run_dir, df, classes, cfg, model, images, val_idx, test_idx, y_train, device, amp
 ):
-    """Best model -> predictions.csv (val rows as fold 0, test rows as ``test``) -> metrics."""
+    """Best model -> predictions.csv (``validation`` and ``test`` rows) -> metrics and report."""
     parts = []
-    for fold, idx in (("0", val_idx), ("test", test_idx)):
+    for fold, idx in ((VALIDATION_FOLD, val_idx), ("test", test_idx)):
         if len(idx):
             proba = predict_arrays(
                 model, images, idx, batch_size=cfg.eval_batch_size, device=device, amp_dtype=amp
@@ -79,17 +211,10 @@ def final_evaluation(
             parts.append(predictions_frame(df, idx, proba, classes, fold, cfg))
     preds = pd.concat(parts, ignore_index=True)
     preds.to_csv(run_dir / "predictions.csv", index=False)
-    try:
-        from featmammo.evaluate import evaluate_predictions
-    except ImportError:  # pragma: no cover - evaluate is part of the package
-        log.warning("featmammo.evaluate unavailable: predictions.csv written without metrics")
-        return None
-    train_counts = {c: int(np.sum(y_train == i)) for i, c in enumerate(classes)}
-    leaderboard, metrics = evaluate_predictions(preds, classes, train_counts=train_counts)
-    metrics["note"] = (
-        "evaluation 'cv' of a HybridNet run is its validation split (fold 0), which also chose the "
-        "epoch (early stopping): optimistic. 'test' rows are the manifest's held-out split=test."
+    leaderboard, metrics = evaluate_predictions(
+        preds, classes, train_counts=class_counts(y_train, classes)
     )
+    metrics["note"] = VALIDATION_NOTE
     leaderboard.to_csv(run_dir / "leaderboard.csv", index=False)
     write_json(run_dir / "metrics.json", metrics)
     try:

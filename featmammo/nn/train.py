@@ -37,7 +37,7 @@ import torch
 
 from featmammo.errors import ConfigError
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import IMAGE_IDS_KEY, load_checkpoint, save_checkpoint
 from .config import (
     HISTORY_COLUMNS,
     TrainConfig,
@@ -68,7 +68,15 @@ from .loop import (
     wrap_ddp,
 )
 from .model import HybridNet
-from .outputs import final_evaluation, write_curves, write_json
+from .outputs import (
+    class_counts,
+    final_evaluation,
+    run_audit,
+    run_caveats,
+    run_config,
+    write_curves,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +162,7 @@ def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx: DistContext, *, resum
             f"{run_dir}: already holds a training run (last.pt); use --resume or another directory"
         )
 
+    amp = amp_dtype(cfg.amp, ctx.device)  # --amp bf16/fp16 on a CPU is refused before any work
     df, m_hash, classes, y_all = _read_data(manifest, run_dir, cfg, resume=resume)
     role = split_roles(df, y_all, cfg)
     pre = preprocess_config(cfg)
@@ -171,20 +180,6 @@ def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx: DistContext, *, resum
                 "decoded": ok,
             }
         ).to_csv(run_dir / "split.csv", index=False)
-        if not resume:
-            write_json(
-                run_dir / "config.json",
-                {
-                    "train": cfg.to_dict(),
-                    "classes": list(classes),
-                    "preprocess": pre.to_dict(),
-                    "features": features_name(cfg.fusion, cfg.trunks),
-                    "head": "hybridnet",
-                    "manifest": str(manifest) if not isinstance(manifest, pd.DataFrame) else None,
-                    "manifest_hash": m_hash,
-                    "world_size": ctx.world_size,
-                },
-            )
     ctx.barrier()
     images_path = ctx.broadcast_object(str(images_path) if ctx.is_main else None)
     ok = np.load(Path(images_path).with_name(Path(images_path).stem + ".ok.npy"))
@@ -212,7 +207,6 @@ def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx: DistContext, *, resum
     )
 
     device = ctx.device
-    amp = amp_dtype(cfg.amp, device)
     model = HybridNet(
         classes,
         fusion=cfg.fusion,
@@ -223,6 +217,22 @@ def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx: DistContext, *, resum
         dropout=cfg.dropout,
         seed=cfg.seed,
     ).to(device)
+    if ctx.is_main and not resume:
+        split_audit = run_audit(df, ok, role)
+        write_json(
+            run_dir / "config.json",
+            run_config(
+                cfg,
+                classes=classes,
+                pre=pre,
+                manifest=manifest,
+                m_hash=m_hash,
+                world_size=ctx.world_size,
+                train_counts=class_counts(y_train, classes),
+                caveats=run_caveats(df, ok, role, model.trunk_weights, split_audit),
+                split_audit=split_audit,
+            ),
+        )
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg, steps_per_epoch(len(train_idx), cfg, ctx))
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
@@ -259,6 +269,7 @@ def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx: DistContext, *, resum
             "resuming %s at epoch %d (best %s at %d)", run_dir, start_epoch, best_metric, best_epoch
         )
 
+    ids = df["image_id"].astype(str).to_numpy()
     sidecar = {
         "model": model.config(),
         "classes": list(classes),
@@ -266,6 +277,10 @@ def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx: DistContext, *, resum
         "train": cfg.to_dict(),
         "features": features_name(cfg.fusion, cfg.trunks),
         "trunk_weights": model.trunk_weights,
+        IMAGE_IDS_KEY: {  # what fit must not evaluate these embeddings on (trained_image_ids)
+            "train": ids[train_idx].tolist(),
+            "validation": ids[val_idx].tolist(),
+        },
     }
     wrapped, wrapped_frozen = None, None
     stopped_early = False
