@@ -6,9 +6,11 @@ import gzip
 
 import numpy as np
 import pytest
+from ljpeg_vectors import encode, phantom, residuals, write_case
 
-from featmammo.errors import ConfigError, ManifestError
-from featmammo.io import ddsm
+from featmammo.errors import ConfigError, ImageReadError, ManifestError
+from featmammo.io import ddsm, read_image
+from featmammo.io import ljpeg as lj
 
 ICS = """
 
@@ -104,3 +106,137 @@ def test_optical_density_refuses_ambiguity():
     with pytest.raises(ConfigError, match="DBA digitiser at institution D"):
         ddsm.optical_density(px, "DBA 21", "D")
     assert np.isfinite(ddsm.optical_density(px, "DBA 21")).all()  # GL 0 -> finite
+
+
+# --------------------------------------------------------------------------- LJPEG reader
+
+
+@pytest.mark.parametrize("precision", [12, 16])
+@pytest.mark.parametrize("predictor", range(1, 8))
+@pytest.mark.parametrize("swap", [False, True])
+def test_ljpeg_vectors_decode_exactly(tmp_path, precision, predictor, swap):
+    img = phantom(61, 47, precision, seed=predictor)
+    paths = write_case(tmp_path, "B-3024-1", {"LEFT_MLO": (img, predictor, precision, swap)})
+    im = read_image(paths["LEFT_MLO"])
+    assert im.pixels.dtype == np.uint16 and im.pixels.shape == (61, 47)
+    np.testing.assert_array_equal(im.pixels, img)
+    m = im.meta
+    assert m["format"] == "ljpeg" and m["decoder"] == lj.DECODER
+    assert m["bits_stored"] == precision and im.max_value == 2**precision - 1
+    assert m["predictor"] == predictor and m["sof_swapped"] is swap
+    assert m["sof_shape"] == ((47, 61) if swap else (61, 47))
+    assert (m["laterality"], m["view"], m["patient_id"]) == ("L", "MLO", "B-3024-1")
+    assert m["digitizer"] == "LUMISYS LASER" and m["institution"] == "B"
+    assert m["od_calibration"] == "LUMISYS_WFU" and m["lossy"] is False
+
+
+def test_random_noise_wraps_modulo_2_16_and_category_16():
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 65536, size=(23, 31)).astype(np.uint16)
+    img[5, 3], img[5, 4] = 0, 32768  # residual 32768 (SSSS 16) with predictor 1
+    for predictor in range(1, 8):
+        d = residuals(img, predictor, 16)
+        out, info = lj.decode_ljpeg(encode(img, predictor, 16))
+        np.testing.assert_array_equal(out, img)
+        assert info["predictor"] == predictor
+    assert (residuals(img, 1, 16) == 32768).any() and (np.abs(d) > 30000).any()
+
+
+@pytest.mark.parametrize("predictor", [2, 3, 6, 7])
+def test_plain_standard_decode_is_wrong_for_pvrg_files(predictor):
+    """The PVRG first-row rule matters: a T.81 decoder gives wrong pixels, spreading down."""
+    img = phantom(40, 50, 12, seed=1)
+    data = encode(img, predictor, 12)
+    standard = lj.decode_standard(data, "vector")
+    wrong = standard != img
+    assert wrong[1:].any()  # the error is not confined to the first row
+    if predictor == 7:
+        assert wrong.mean() > 0.2
+    np.testing.assert_array_equal(lj.decode_ljpeg(data)[0], img)
+    # and a stream written with the T.81 rule is not what PVRG's rule decodes
+    assert not np.array_equal(
+        lj.decode_ljpeg(encode(img, predictor, 12, first_row="standard"))[0], img
+    )
+
+
+@pytest.mark.parametrize("predictor", [1, 4, 5])
+def test_predictors_where_both_rules_agree(predictor):
+    img = phantom(20, 30, 16, seed=2)
+    data = encode(img, predictor, 16)
+    np.testing.assert_array_equal(lj.decode_standard(data, "v"), img)
+    assert encode(img, predictor, 16, first_row="standard") == data
+
+
+def test_ljpeg_gzipped_and_explicit_shape(tmp_path):
+    img = phantom(30, 20, 12)
+    paths = write_case(tmp_path, "C-0001-1", {"RIGHT_CC": (img, 7, 12, True)})
+    lj_path = paths["RIGHT_CC"]
+    gz = lj_path.with_name(lj_path.name + ".gz")
+    gz.write_bytes(gzip.compress(lj_path.read_bytes()))
+    lj_path.unlink()
+    ics = tmp_path / "C-0001-1.ics"
+    (tmp_path / "C-0001-1.ics.gz").write_bytes(gzip.compress(ics.read_bytes()))
+    ics.unlink()
+    im = read_image(gz)
+    np.testing.assert_array_equal(im.pixels, img)
+    assert im.meta["gzipped"] is True and im.meta["laterality"] == "R"
+    alone = tmp_path / "alone" / "x.LJPEG"
+    alone.parent.mkdir()
+    alone.write_bytes(encode(img, 6, 12))
+    np.testing.assert_array_equal(lj.read_ljpeg(alone, shape=(30, 20)).pixels, img)
+    with pytest.raises(ImageReadError, match="no sibling .ics"):
+        read_image(alone)
+
+
+def test_ljpeg_windowing_and_max_pixels(tmp_path):
+    img = phantom(30, 20, 12)
+    p = write_case(tmp_path, "D-4164-1", {"LEFT_CC": (img, 7, 12, False)}, digitizer="HOWTEK 1")
+    im = read_image(p["LEFT_CC"], windowing="percentile")
+    assert im.pixels.dtype == np.float32 and im.max_value == 1.0
+    assert read_image(p["LEFT_CC"]).meta["od_calibration"] == "HOWTEK_ISMD"
+    with pytest.raises(ImageReadError, match="max_pixels"):
+        read_image(p["LEFT_CC"], max_pixels=100)
+    with pytest.raises(ImageReadError, match="needs DICOM"):
+        read_image(p["LEFT_CC"], windowing="voi")
+
+
+def _case(tmp_path, img=None, predictor=7, precision=12):
+    img = phantom(24, 16, precision) if img is None else img
+    return write_case(tmp_path, "A-0002-1", {"LEFT_CC": (img, predictor, precision, False)})[
+        "LEFT_CC"
+    ], img
+
+
+@pytest.mark.parametrize(
+    "damage,match",
+    [
+        (lambda b: b[: len(b) // 2], "truncated"),
+        (lambda b: b[:-2], "EOI"),
+        (lambda b: b"garbage" + b, "not a JPEG stream"),
+        (lambda b: b[:30], "truncated"),
+        (lambda b: b.replace(b"\xff\xc3", b"\xff\xc0", 1), "baseline DCT"),
+        (lambda b: gzip.compress(b)[:-10], "gzip"),
+    ],
+)
+def test_corrupt_ljpeg_is_one_image_read_error(tmp_path, damage, match):
+    p, _ = _case(tmp_path)
+    p.write_bytes(damage(p.read_bytes()))
+    with pytest.raises(ImageReadError, match=match) as info:
+        read_image(p)
+    assert info.value.path == str(p)
+
+
+def test_ljpeg_geometry_mismatch_and_header_limits(tmp_path):
+    p, img = _case(tmp_path)
+    ics = tmp_path / "A-0002-1.ics"
+    ics.write_text(ics.read_text().replace("LINES 24", "LINES 25"))
+    with pytest.raises(ImageReadError, match=r"holds 24 x 16 pixels but the .ics says LINES 25"):
+        read_image(p)
+    ics.write_text(ics.read_text().replace("LEFT_CC", "RIGHT_CC"))
+    with pytest.raises(ImageReadError, match="no line for view LEFT_CC"):
+        read_image(p)
+    p8, img8 = _case(tmp_path / "eight", img=phantom(24, 16, 8), predictor=7, precision=8)
+    with pytest.raises(ImageReadError, match="8-bit lossless JPEG with predictor 7"):
+        read_image(p8)
+    p1, img1 = _case(tmp_path / "one", img=phantom(24, 16, 8), predictor=1, precision=8)
+    np.testing.assert_array_equal(read_image(p1).pixels, img1)

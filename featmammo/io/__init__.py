@@ -1,9 +1,13 @@
-"""Image readers: DICOM / PNG / JPEG / PGM / TIFF -> :class:`Image` (2-D pixels, max_value, meta).
+"""Image readers: DICOM / PNG / JPEG / PGM / TIFF / DDSM LJPEG / TFRecord and .npy records ->
+:class:`Image` (2-D pixels, max_value, meta).
 
 ``read_image`` picks the reader from the file name and, when that is not conclusive, the first
 bytes: ``.dcm``/``.dicom`` files are always read as DICOM (so a non-DICOM file with a ``.dcm``
 name is an error, not a guess); ``.png``/``.jpg``/``.jpeg``/``.tif``/``.tiff`` go to Pillow and
-``.pgm``/``.pnm``/``.ppm`` to the exact netpbm reader; any other name is sniffed (``DICM`` at byte
+``.pgm``/``.pnm``/``.ppm`` to the exact netpbm reader; ``.LJPEG`` / ``.LJPEG.gz`` (original DDSM)
+to :func:`~featmammo.io.ljpeg.read_ljpeg` (shape from the sibling ``.ics``); ``FILE#INDEX``, when
+no file has that whole name, is record INDEX of a TFRecord or ``.npy`` file
+(:mod:`featmammo.io.records`); any other name is sniffed (``DICM`` at byte
 128, PNG/JPEG/TIFF/netpbm magic numbers). Every failure is a
 :class:`featmammo.errors.ImageReadError` naming the file and the reason. No torch here.
 """
@@ -26,6 +30,8 @@ from .images import (
     read_pillow,
     typed_errors,
 )
+from .ljpeg import is_ljpeg_name, read_ljpeg
+from .records import read_record_image, record_path, split_record_path
 
 _DICOM_EXT = {".dcm", ".dicom", ".dic"}
 _PILLOW_EXT = {".png", ".jpg", ".jpeg", ".jpe", ".tif", ".tiff"}
@@ -53,8 +59,13 @@ def read_image(
     ``max_pixels`` (None = no limit) is checked from the header before decoding.
     """
     check_windowing(windowing)
+    record = split_record_path(path)
+    if record is not None:
+        return read_record_image(record[0], record[1], windowing=windowing, max_pixels=max_pixels)
     p = check_path(path)
     ext = p.suffix.lower()
+    if is_ljpeg_name(p):
+        return read_ljpeg(p, windowing=windowing, max_pixels=max_pixels)
     if ext in _DICOM_EXT:
         kind = "dicom"
     elif ext in _PILLOW_EXT:
@@ -80,4 +91,8 @@ __all__ = [
     "read_dicom",
     "read_dicom_header",
     "read_image",
+    "read_ljpeg",
+    "read_record_image",
+    "record_path",
+    "split_record_path",
 ]

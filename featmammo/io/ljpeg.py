@@ -1,0 +1,431 @@
+"""DDSM ``.LJPEG`` reader: lossless JPEG (SOF3) written by the Stanford PVRG codec.
+
+How a file becomes an :class:`~featmammo.io.images.Image` (exact stored values, ``uint16``):
+
+1. The markers are parsed here (SOF3, one component, precision P in 2..16, predictor 1..7, no
+   point transform, no restart interval; anything else is an ImageReadError naming the file).
+   A gzipped file (``.LJPEG.gz``; some mirrors gzip every file) is decompressed in memory.
+2. The Huffman stream is decoded by ``imagecodecs.jpegsof3_decode`` (C, a standard ITU T.81
+   lossless decoder): ~0.3 s for a 4600 x 3000 image. imagecodecs' other lossless decoder,
+   ``ljpeg_decode`` (liblj92), is no faster here, decodes truncated streams silently and refuses
+   some valid predictor-6 streams, so it is not used.
+3. PVRG predicts the **first row** differently from T.81 (DATASETS.md): after the first pixel it
+   applies the scan's predictor with an imaginary row above filled with 2**(P-1), where T.81 uses
+   the left neighbour. Predictors 1, 4 and 5 give the same prediction either way, so the standard
+   decode is already exact. For 2, 3, 6 and 7 the coded residuals are recovered exactly from the
+   standard decode (re-applying the standard predictor, modulo 2**16) and re-integrated with PVRG's
+   rule. For the linear predictors 2 and 3 that is row 0's difference carried down the columns
+   (2) or the diagonals (3); 6 and 7 are re-integrated over anti-diagonals, which are strided
+   slices of the flat image. Values wrap modulo 2**16 like the codec's.
+4. The pixel stream is row-major in the SOF's own geometry; the image is that flat stream
+   reshaped to (LINES, PIXELS_PER_LINE) of the sibling ``.ics`` (many SOFs have width and height
+   swapped). Never transposed. ``meta["sof_swapped"]`` records it.
+
+``read_ljpeg`` needs the ``.ics`` (``A_0002_1.LEFT_CC.LJPEG`` -> ``A-0002-1.ics`` in the same
+folder) for the geometry, unless ``shape`` is given. A file whose data does not end in an EOI
+marker is refused as truncated (jpegsof3 refuses such a stream too; the check gives the clearer
+message). P <= 8 with predictors 2, 3, 6, 7 is refused (the standard decode comes back as uint8,
+losing the wrapped values the residuals are recovered from; DDSM files are 12- or 16-bit).
+Optical density is never applied here (see :func:`featmammo.io.ddsm.optical_density`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from featmammo.errors import ConfigError, ImageReadError, ManifestError
+
+from . import ddsm
+from .images import (
+    DEFAULT_MAX_PIXELS,
+    Image,
+    apply_simple_windowing,
+    check_max_pixels,
+    check_path,
+    check_windowing,
+    empty_meta,
+    typed_errors,
+)
+
+logger = logging.getLogger(__name__)
+
+DECODER = "imagecodecs-jpegsof3+pvrg"
+STANDARD_AGREES = frozenset({1, 4, 5})  # predictors whose first-row prediction is PVRG's too
+
+_SOF_NAMES = {
+    0xC0: "baseline DCT",
+    0xC1: "extended DCT",
+    0xC2: "progressive DCT",
+    0xC5: "differential sequential DCT",
+    0xC6: "differential progressive DCT",
+    0xC7: "differential lossless (hierarchical)",
+    0xC9: "arithmetic-coded extended DCT",
+    0xCA: "arithmetic-coded progressive DCT",
+    0xCB: "arithmetic-coded lossless",
+    0xCD: "arithmetic-coded differential DCT",
+    0xCE: "arithmetic-coded differential progressive DCT",
+    0xCF: "arithmetic-coded differential lossless",
+}
+
+
+def parse_header(data: bytes, path) -> dict:
+    """SOF3/SOS parameters of a lossless JPEG stream; ImageReadError for anything unsupported.
+
+    Returns ``precision``, ``height``, ``width`` (SOF geometry), ``predictor``,
+    ``point_transform``, ``scan_offset`` (first byte of entropy-coded data).
+    """
+    if data[:2] != b"\xff\xd8":
+        raise ImageReadError(path, "not a JPEG stream (no SOI marker 0xFFD8 at the start)")
+    info: dict = {"restart_interval": 0}
+    i, n = 2, len(data)
+    while True:
+        while i < n and data[i] != 0xFF:  # tolerate stray bytes between segments
+            i += 1
+        while i < n and data[i] == 0xFF:  # fill bytes
+            i += 1
+        if i >= n:
+            raise ImageReadError(path, "truncated lossless JPEG: no start-of-scan (SOS) marker")
+        marker = data[i]
+        i += 1
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # SOI, TEM, RSTn: no length
+            continue
+        if marker == 0xD9:
+            raise ImageReadError(path, "lossless JPEG ends (EOI) before any scan")
+        if i + 2 > n:
+            raise ImageReadError(path, "truncated lossless JPEG header")
+        (length,) = struct.unpack(">H", data[i : i + 2])
+        if length < 2:
+            raise ImageReadError(path, f"corrupt JPEG segment 0xFF{marker:02X} length {length}")
+        if i + length > n:
+            raise ImageReadError(
+                path, f"truncated lossless JPEG: segment 0xFF{marker:02X} runs past the end"
+            )
+        seg = data[i + 2 : i + length]
+        if marker in _SOF_NAMES:
+            raise ImageReadError(
+                path,
+                f"JPEG frame type 0xFF{marker:02X} ({_SOF_NAMES[marker]}) is not a DDSM lossless "
+                "JPEG; expected SOF3 (lossless, Huffman)",
+            )
+        if marker == 0xC3:
+            if len(seg) < 6:
+                raise ImageReadError(path, "corrupt SOF3 segment")
+            p, h, w, nf = struct.unpack(">BHHB", seg[:6])
+            if nf != 1:
+                raise ImageReadError(path, f"lossless JPEG with {nf} components; one expected")
+            if not 2 <= p <= 16:
+                raise ImageReadError(path, f"invalid lossless JPEG precision {p}")
+            if h == 0 or w == 0:
+                raise ImageReadError(path, f"invalid lossless JPEG size {h} x {w}")
+            info.update(precision=p, height=h, width=w)
+        elif marker == 0xDD and len(seg) >= 2:
+            info["restart_interval"] = struct.unpack(">H", seg[:2])[0]
+        elif marker == 0xDA:
+            if "precision" not in info:
+                raise ImageReadError(path, "lossless JPEG scan before any SOF3 frame header")
+            if len(seg) < 6 or seg[0] != 1:
+                raise ImageReadError(path, "lossless JPEG scan with other than one component")
+            predictor, pt = seg[3], seg[5] & 0x0F
+            if not 1 <= predictor <= 7:
+                raise ImageReadError(path, f"lossless JPEG predictor {predictor}; 1..7 expected")
+            if pt:
+                raise ImageReadError(path, f"lossless JPEG point transform {pt} is not supported")
+            if info["restart_interval"]:
+                raise ImageReadError(
+                    path, "lossless JPEG with restart markers (DRI) is not a DDSM file"
+                )
+            info.update(predictor=predictor, point_transform=pt, scan_offset=i + length)
+            return info
+        i += length
+
+
+def _standard_prediction(x: np.ndarray, predictor: int, half: int) -> np.ndarray:
+    """T.81 prediction (int32) of every pixel of a decoded image ``x`` (uint16); 6 and 7."""
+    xi = x.astype(np.int32)
+    pred = np.empty_like(xi)
+    pred[0, 0] = half
+    pred[0, 1:] = xi[0, :-1]
+    pred[1:, 0] = xi[:-1, 0]
+    a, b, c = xi[1:, :-1], xi[:-1, 1:], xi[:-1, :-1]  # Ra, Rb, Rc
+    body = pred[1:, 1:]
+    if predictor == 6:
+        np.subtract(a, c, out=body)
+        body >>= 1
+        body += b
+    elif predictor == 7:
+        np.add(a, b, out=body)
+        body >>= 1
+    else:  # pragma: no cover - callers only pass 6 and 7
+        raise ValueError(predictor)
+    return pred
+
+
+def pvrg_from_standard(std: np.ndarray, predictor: int, precision: int) -> np.ndarray:
+    """PVRG's image (uint16) from a standard T.81 decode ``std`` of the same stream.
+
+    The residuals are recovered exactly (``std - standard prediction`` modulo 2**16) and
+    re-integrated with PVRG's first-row rule. Predictors 1, 4, 5: ``std`` is returned unchanged.
+    """
+    if predictor in STANDARD_AGREES:
+        return std
+    h, w = std.shape
+    half = 1 << (precision - 1)
+    if predictor in (2, 3):
+        # Linear predictors: the two decodes differ by row 0's difference E0 carried straight
+        # down (2: X[r, c] += E0[c]) or down the diagonals (3: X[r, c] += E0[c - r], c >= r).
+        # PVRG's row 0: X[0, c] = half + d0[c], d0 = standard row-0 residuals (left neighbour).
+        row0 = std[0].astype(np.int64)
+        d0 = np.diff(row0, prepend=half)
+        e0 = ((half + d0) - row0) & 0xFFFF
+        e0 = e0.astype(np.uint16)
+        out = std.copy()
+        if predictor == 2:
+            out += e0  # uint16 arithmetic wraps modulo 2**16, as the codec does
+        else:
+            for r in range(min(h, w)):
+                out[r, r:] += e0[: w - r]
+        return out
+    d = std.astype(np.int32)
+    d -= _standard_prediction(std, predictor, half)
+    d &= 0xFFFF  # residuals modulo 2**16, as uint-valued int32
+    return _wavefront(d, predictor, half)
+
+
+def _wavefront(d: np.ndarray, predictor: int, half: int) -> np.ndarray:
+    """Predictors 6 and 7 (left, above, above-left dependencies): anti-diagonal by anti-diagonal.
+
+    Pixel (r, c) depends on (r, c-1) and (r-1, c) of anti-diagonal k-1 and (r-1, c-1) of k-2. The
+    pixels of anti-diagonal k = r + c sit at flat positions k + r*(W-1): one strided slice, and its
+    neighbours are the same slice shifted by -1 (left), -W (above), -W-1 (above-left).
+    """
+    h, w = d.shape
+    x = np.zeros(h * w, np.int32)
+    flat_d = d.reshape(-1)
+    tmp = np.empty(min(h, w), np.int32)
+    # row 0 (PVRG): first pixel predicted by half, then the predictor with Rb = Rc = half
+    x[0] = (half + flat_d[0]) & 0xFFFF
+    step = w - 1  # >= 1 whenever the slice branch runs (w == 1 has no interior pixels)
+    for k in range(1, h + w - 1):
+        r0 = max(0, k - w + 1)
+        r1 = min(h - 1, k)
+        lo = max(r0, 1)  # rows with a pixel on the left and one above
+        hi = min(r1, k - 1)
+        if hi >= lo:
+            n = hi - lo + 1
+            start = k + lo * step
+            stop = start + n * step
+            sl = slice(start, stop, step)
+            left = x[start - 1 : stop - 1 : step]
+            above = x[start - w : stop - w : step]
+            t = tmp[:n]
+            if predictor == 7:  # (Ra + Rb) >> 1
+                np.add(left, above, out=t)
+                t >>= 1
+            else:  # 6: Rb + ((Ra - Rc) >> 1)
+                np.subtract(left, x[start - w - 1 : stop - w - 1 : step], out=t)
+                t >>= 1
+                t += above
+            t += flat_d[sl]
+            t &= 0xFFFF
+            x[sl] = t
+        if r0 == 0 and k < w:  # row 0, column k: PVRG's imaginary row above
+            a = int(x[k - 1])
+            p = (a + half) >> 1 if predictor == 7 else half + ((a - half) >> 1)
+            x[k] = (p + int(flat_d[k])) & 0xFFFF
+        if r1 == k and k < h:  # column 0, row k: predicted by the pixel above (T.81 and PVRG)
+            x[k * w] = (int(x[(k - 1) * w]) + int(flat_d[k * w])) & 0xFFFF
+    return x.astype(np.uint16).reshape(h, w)
+
+
+def decode_standard(data: bytes, path) -> np.ndarray:
+    """A plain T.81 decode (imagecodecs' jpegsof3) in the SOF geometry; no PVRG correction."""
+    try:
+        import imagecodecs
+    except ImportError:  # pragma: no cover - imagecodecs is a declared dependency
+        raise ImageReadError(
+            path, "reading .LJPEG needs the imagecodecs package (pip install imagecodecs)"
+        ) from None
+    try:
+        out = imagecodecs.jpegsof3_decode(data)
+    except Exception as exc:  # Jpegsof3Error on corrupt streams
+        raise ImageReadError(path, f"cannot decode lossless JPEG data ({exc})") from None
+    return np.asarray(out)
+
+
+def _end_has_eoi(data: bytes) -> bool:
+    tail = data[-64:].rstrip(b"\x00 \r\n\t")
+    return tail.endswith(b"\xff\xd9")
+
+
+def decode_ljpeg(data: bytes, path="<bytes>") -> tuple[np.ndarray, dict]:
+    """(pixels uint16 in the SOF geometry, header info) of a PVRG lossless JPEG stream."""
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ImageReadError(path, f"corrupt gzip data ({exc})") from None
+        gz = True
+    else:
+        gz = False
+    info = parse_header(data, path)
+    info["gzipped"] = gz
+    if not _end_has_eoi(data):
+        raise ImageReadError(
+            path, "truncated lossless JPEG: the data does not end with an EOI marker (0xFFD9)"
+        )
+    if info["precision"] <= 8 and info["predictor"] not in STANDARD_AGREES:
+        # the decoder returns uint8 for P <= 8: the values a PVRG stream wraps to are lost, so
+        # the residuals cannot be recovered. DDSM files are 12- or 16-bit.
+        raise ImageReadError(
+            path,
+            f"{info['precision']}-bit lossless JPEG with predictor {info['predictor']}: only "
+            "9- to 16-bit PVRG files (DDSM's are 12 or 16) can be re-integrated exactly",
+        )
+    std = decode_standard(data, path)
+    h, w = info["height"], info["width"]
+    if std.shape != (h, w):
+        raise ImageReadError(path, f"decoded shape {std.shape} does not match the SOF {h} x {w}")
+    if std.dtype != np.uint16:
+        std = std.astype(np.uint16)
+    return pvrg_from_standard(std, info["predictor"], info["precision"]), info
+
+
+def _ics_geometry(p: Path) -> tuple[tuple[int, int], dict, dict]:
+    ics = ddsm.ics_path_for(p)
+    if ics is None:
+        raise ImageReadError(
+            p,
+            "no sibling .ics file (e.g. A-0002-1.ics for A_0002_1.LEFT_CC.LJPEG): it gives "
+            "the image's LINES x PIXELS_PER_LINE, which the LJPEG header does not reliably hold",
+        )
+    try:
+        info = ddsm.read_ics(ics)
+    except ManifestError as exc:
+        raise ImageReadError(p, f"unusable .ics: {exc}") from None
+    view = ddsm.view_of(p)
+    if view is None or view not in info["views"]:
+        raise ImageReadError(
+            p, f"{ics.name} has no line for view {view or '(none in the file name)'}"
+        )
+    fields = info["views"][view]
+    return (fields["lines"], fields["pixels_per_line"]), fields, info
+
+
+@typed_errors("LJPEG file")
+def read_ljpeg(
+    path,
+    *,
+    windowing: str = "none",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    shape: tuple[int, int] | None = None,
+) -> Image:
+    """Read one DDSM ``.LJPEG`` (or ``.LJPEG.gz``) exactly: ``uint16`` (LINES, PIXELS_PER_LINE).
+
+    ``shape`` (rows, cols) overrides the sibling ``.ics``. ``windowing``: ``none`` or
+    ``percentile``. Raises ImageReadError naming the file for anything wrong.
+    """
+    p = check_path(path)
+    check_windowing(windowing)
+    ics_info: dict = {}
+    view_fields: dict = {}
+    if shape is None:
+        shape, view_fields, ics_info = _ics_geometry(p)
+    else:
+        shape = (int(shape[0]), int(shape[1]))
+        if shape[0] <= 0 or shape[1] <= 0:
+            raise ConfigError(f"shape must be two positive integers, got {shape}")
+    rows, cols = shape
+    check_max_pixels(p, rows, cols, max_pixels)
+    data = p.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ImageReadError(p, f"corrupt gzip data ({exc})") from None
+        gz = True
+    else:
+        gz = False
+    header = parse_header(data, p)
+    h, w = header["height"], header["width"]
+    if h * w != rows * cols:
+        raise ImageReadError(
+            p,
+            f"the lossless JPEG holds {h} x {w} pixels but the .ics says LINES {rows} x "
+            f"PIXELS_PER_LINE {cols}",
+        )
+    check_max_pixels(p, h, w, max_pixels)
+    sof_pixels, header = decode_ljpeg(data, p)
+    pixels = sof_pixels.reshape(rows, cols)  # the flat stream in the .ics geometry: no transpose
+    precision = header["precision"]
+    ics_bits = view_fields.get("bits_per_pixel")
+    bits = precision
+    if ics_bits and ics_bits != precision:
+        top = int(pixels.max()) if pixels.size else 0
+        if 0 < ics_bits < precision and top < (1 << ics_bits):
+            bits = ics_bits
+        logger.warning(
+            "%s: the .ics says BITS_PER_PIXEL %d, the JPEG header precision %d; using %d bits",
+            p,
+            ics_bits,
+            precision,
+            bits,
+        )
+    meta = empty_meta("ljpeg", windowing)
+    view = ddsm.view_of(p)
+    side, _, view_name = (view or "").partition("_")
+    digitizer = ics_info.get("digitizer")
+    institution = ics_info.get("institution") or ddsm.institution_of(p.name)
+    try:
+        calibration = ddsm.calibration_for(digitizer, institution) if digitizer else None
+    except ConfigError:
+        calibration = None
+    meta.update(
+        decoder=DECODER,
+        photometric="MONOCHROME2",
+        bits_stored=bits,
+        laterality={"LEFT": "L", "RIGHT": "R"}.get(side),
+        view=view_name or None,
+        rows=rows,
+        cols=cols,
+        patient_id=ics_info.get("case") or ddsm.case_of(p.name),
+    )
+    meta.update(
+        lossy=False,
+        gzipped=gz,
+        predictor=header["predictor"],
+        precision=precision,
+        sof_shape=(h, w),
+        sof_swapped=(h, w) != (rows, cols),
+        first_row_rule="pvrg",
+        digitizer=digitizer,
+        institution=institution,
+        od_calibration=calibration,
+        resolution_um=view_fields.get("resolution"),
+        overlay=view_fields.get("overlay"),
+        ics_bits_per_pixel=ics_bits,
+    )
+    max_value = float((1 << bits) - 1)
+    pixels, max_value = apply_simple_windowing(p, pixels, max_value, meta, windowing, "LJPEG")
+    return Image(pixels=pixels, path=str(p), max_value=float(max_value), meta=meta)
+
+
+def is_ljpeg_name(path) -> bool:
+    name = Path(str(path)).name.lower()
+    return name.endswith(".ljpeg") or name.endswith(".ljpeg.gz")
+
+
+__all__ = [
+    "DECODER",
+    "decode_ljpeg",
+    "decode_standard",
+    "is_ljpeg_name",
+    "parse_header",
+    "pvrg_from_standard",
+    "read_ljpeg",
+]
