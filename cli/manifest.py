@@ -107,6 +107,197 @@ def cbis_ddsm(
         ctx.exit(1)
 
 
+max_rows_option = click.option(
+    "--max-rows", default=10, show_default=True, help="Unresolved rows printed."
+)
+fail_option = click.option(
+    "--fail-on-unresolved",
+    is_flag=True,
+    help="Exit with code 1 when any row could not be resolved to an image.",
+)
+birads_option = click.option(
+    "--birads-map",
+    default=None,
+    help="BI-RADS category -> label, e.g. '3=exclude,4=malignant' (changes the default "
+    "1=normal, 2-3=benign, 4-6=malignant; LABEL: normal|benign|malignant|exclude).",
+)
+
+
+def _run(ctx, build, output, as_json, max_rows, fail_on_unresolved, lines=None) -> None:
+    from featmammo.datasets.base import format_summary
+
+    df, summary = build()
+    text = format_summary(summary, output, max_rows, lines(summary) if lines else ())
+    _finish(df, summary, output, as_json, text)
+    if fail_on_unresolved and summary["unresolved"]:
+        ctx.exit(1)
+
+
+@command.command("mias")
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@output_option
+@click.option(
+    "--info",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Info.txt (default: found under ROOT).",
+)
+@fail_option
+@max_rows_option
+@json_option
+@click.pass_context
+def mias(ctx, root, output, info, fail_on_unresolved, max_rows, as_json) -> None:
+    """Manifest of mini-MIAS (mdbNNN.pgm + Info.txt).
+
+    Label: any SEVERITY M -> malignant, else B -> benign; NORM -> normal. The two films of a woman
+    (mdb001/mdb002, ...) share a patient_id.
+    """
+    from featmammo.datasets.mias import build_mias
+
+    _run(ctx, lambda: build_mias(root, info=info), output, as_json, max_rows, fail_on_unresolved)
+
+
+@command.command("inbreast")
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@output_option
+@click.option(
+    "--table",
+    type=click.Path(exists=True, dir_okay=False),
+    help="INbreast.xls/.csv (default: found under ROOT).",
+)
+@birads_option
+@fail_option
+@max_rows_option
+@json_option
+@click.pass_context
+def inbreast(ctx, root, output, table, birads_map, fail_on_unresolved, max_rows, as_json) -> None:
+    """Manifest of INbreast (AllDICOMs/ + INbreast.xls or its CSV export).
+
+    Labels are a BI-RADS proxy (recorded in label_rule): 1 -> normal, 2-3 -> benign,
+    4-6 -> malignant unless --birads-map says otherwise.
+    """
+    from featmammo.datasets.inbreast import build_inbreast
+
+    _run(
+        ctx,
+        lambda: build_inbreast(root, table=table, birads_map=birads_map),
+        output,
+        as_json,
+        max_rows,
+        fail_on_unresolved,
+    )
+
+
+@command.command("vindr")
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@output_option
+@click.option(
+    "--annotations",
+    type=click.Path(exists=True, dir_okay=False),
+    help="breast-level_annotations.csv (default: found under ROOT).",
+)
+@birads_option
+@fail_option
+@max_rows_option
+@json_option
+@click.pass_context
+def vindr(
+    ctx, root, output, annotations, birads_map, fail_on_unresolved, max_rows, as_json
+) -> None:
+    """Manifest of VinDr-Mammo (images/<study>/<image>.dicom + breast-level_annotations.csv).
+
+    Labels are a BI-RADS proxy: 1 -> normal, 2-3 -> benign, 4-5 -> malignant unless
+    --birads-map says otherwise. The official split is kept; patient_id = study_id.
+    """
+    from featmammo.datasets.vindr import build_vindr
+
+    _run(
+        ctx,
+        lambda: build_vindr(root, annotations=annotations, birads_map=birads_map),
+        output,
+        as_json,
+        max_rows,
+        fail_on_unresolved,
+    )
+
+
+@command.command("rsna")
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@output_option
+@click.option(
+    "--table",
+    type=click.Path(exists=True, dir_okay=False),
+    help="train.csv (default: found under ROOT).",
+)
+@fail_option
+@max_rows_option
+@json_option
+@click.pass_context
+def rsna(ctx, root, output, table, fail_on_unresolved, max_rows, as_json) -> None:
+    """Manifest of the RSNA screening challenge data (train_images/<patient>/<image>.dcm +
+    train.csv).
+
+    Label: cancer=1 -> malignant; biopsy=1 and cancer=0 -> benign; else normal. site_id and
+    machine_id are kept as columns.
+    """
+    from featmammo.datasets.rsna import build_rsna
+
+    _run(ctx, lambda: build_rsna(root, table=table), output, as_json, max_rows, fail_on_unresolved)
+
+
+@command.command("cmmd")
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@output_option
+@click.option(
+    "--table",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CMMD_clinicaldata_revision.xlsx or .csv (default: found under or beside ROOT).",
+)
+@fail_option
+@max_rows_option
+@json_option
+@click.pass_context
+def cmmd(ctx, root, output, table, fail_on_unresolved, max_rows, as_json) -> None:
+    """Manifest of CMMD (TCIA DICOM tree + the clinical table).
+
+    Label: the clinical classification (Benign/Malignant) of the image's breast; the side comes
+    from the DICOM header. Images of breasts without a clinical row are listed, not labelled.
+    """
+    from featmammo.datasets.cmmd import build_cmmd
+
+    _run(ctx, lambda: build_cmmd(root, table=table), output, as_json, max_rows, fail_on_unresolved)
+
+
+@command.command("merge")
+@click.argument("manifests", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@output_option
+@click.option(
+    "--prefix-ids",
+    is_flag=True,
+    help="Write every image_id as <source>/<image_id> (needed when ids clash).",
+)
+@click.option("--no-check-paths", is_flag=True, help="Do not check that the images exist.")
+@json_option
+@click.pass_context
+def merge(ctx, manifests, output, prefix_ids, no_check_paths, as_json) -> None:
+    """Merge manifests of several sets into one, keeping 'source' (e.g. DDSM normals + CBIS-DDSM
+    benign/malignant: the paper's three classes).
+
+    The audit warns when a label comes from one source only: a classifier can then learn the
+    source instead of the label.
+    """
+    from featmammo.datasets.merge import format_lines, merge_manifests
+
+    _run(
+        ctx,
+        lambda: merge_manifests(manifests, prefix_ids=prefix_ids, check_paths=not no_check_paths),
+        output,
+        as_json,
+        10,
+        False,
+        format_lines,
+    )
+
+
 @command.command("folder")
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
 @output_option

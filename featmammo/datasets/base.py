@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -43,6 +44,18 @@ def records(df: pd.DataFrame) -> list[dict]:
     ]
 
 
+def manifest_frame(rows: list[dict], extra: Iterable[str] = ()) -> pd.DataFrame:
+    """Manifest rows -> a DataFrame with the contract's columns first, then ``extra`` (in order,
+    ``label_rule`` among them), every cell a string (missing -> ``""``)."""
+    from featmammo.datasets.manifest import REQUIRED_COLUMNS
+
+    cols = REQUIRED_COLUMNS + [c for c in extra if c not in REQUIRED_COLUMNS]
+    df = pd.DataFrame(rows, columns=cols, dtype=object)
+    for c in cols:
+        df[c] = ["" if v is None or (isinstance(v, float) and v != v) else str(v) for v in df[c]]
+    return df
+
+
 def abs_root(root, what: str) -> Path:
     """``root`` absolute (manifest paths must not depend on the cwd), ``~`` expanded, ``..``
     removed lexically, symlinks kept. Raises ManifestError when it is not a folder."""
@@ -50,6 +63,183 @@ def abs_root(root, what: str) -> Path:
     if not path.is_dir():
         raise ManifestError(f"{path}: {what} root is not a folder")
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# Source tables (CSV, ;-CSV, xls, xlsx) with line numbers, and lenient column matching
+# --------------------------------------------------------------------------------------------
+class Table:
+    """A source table read as stripped strings: ``df``, ``lines`` (the file line of each row;
+    for spreadsheets the sheet row, header = 1) and ``path``; :meth:`where` names a row."""
+
+    def __init__(self, path: Path, df: pd.DataFrame, lines: list[int]):
+        self.path = path
+        self.df = df
+        self.lines = lines
+
+    def where(self, pos: int) -> str:
+        return f"{self.path}: line {self.lines[pos]}"
+
+    def column(self, *names: str, required: bool = True) -> str | None:
+        """The table's column matching one of ``names`` ignoring case, spaces, ``_`` and ``-``;
+        raises ManifestError naming the file and the columns it has when a required one is
+        missing."""
+        have = {_norm(c): c for c in self.df.columns}
+        for n in names:
+            if _norm(n) in have:
+                return have[_norm(n)]
+        if required:
+            raise ManifestError(
+                f"{self.path}: missing column {names[0]!r} (has {list(self.df.columns)})"
+            )
+        return None
+
+    def rows(self) -> list[dict]:
+        return records(self.df)
+
+
+def _norm(name: str) -> str:
+    return "".join(ch for ch in str(name).lower() if ch.isalnum())
+
+
+def read_table(path, what: str) -> Table:
+    """Read a source table: ``.csv`` (comma, or ``;``/tab when the header uses it), ``.xlsx``
+    (openpyxl) or ``.xls`` (xlrd), first sheet. Cells are stripped strings (no NA conversion;
+    ``12.0`` from a spreadsheet's number cell becomes ``12``). Raises ManifestError naming the file
+    when it is missing, unreadable, empty, or needs a reader that is not installed."""
+    from featmammo.datasets.manifest import read_csv_strings
+
+    p = Path(path)
+    if not p.is_file():
+        raise ManifestError(f"{p}: {what} not found")
+    ext = p.suffix.lower()
+    if ext in (".xls", ".xlsx"):
+        engine = "xlrd" if ext == ".xls" else "openpyxl"
+        try:
+            raw = pd.read_excel(p, sheet_name=0, dtype=object, header=None, engine=engine)
+        except ImportError as exc:
+            raise ManifestError(
+                f"{p}: reading {ext} needs the '{engine}' package (pip install {engine}), "
+                "or save the sheet as CSV and point at that"
+            ) from exc
+        except Exception as exc:  # noqa: BLE001 - any reader failure names the file
+            raise ManifestError(f"{p}: cannot read {what} ({type(exc).__name__}: {exc})") from exc
+        cells = [[_cell(v) for v in row] for row in raw.itertuples(index=False)]
+        keep = [i for i, row in enumerate(cells) if any(row)]
+        if not keep:
+            raise ManifestError(f"{p}: empty {what}")
+        head = keep[0]
+        header = cells[head]
+        named = [i for i, c in enumerate(header) if c]
+        rows = [[cells[i][j] for j in named] for i in keep[1:]]
+        df = pd.DataFrame(rows, columns=[header[j] for j in named], dtype=object)
+        return Table(p, df, [i + 1 for i in keep[1:]])
+    with open(p, encoding="utf-8-sig", errors="replace") as f:
+        first = next((line for line in f if line.strip()), "")
+    delimiter = ","
+    if "," not in first:
+        delimiter = next((d for d in (";", "\t") if d in first), ",")
+    df, lines = read_csv_strings(p, delimiter=delimiter)
+    return Table(p, df, lines)
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        if v != v:  # NaN
+            return ""
+        if v.is_integer():
+            return str(int(v))
+    return str(v).strip()
+
+
+def find_file(root: Path, names: Iterable[str], what: str, given=None) -> Path:
+    """``given`` when set (must exist), else the first file under ``root`` (any depth, sorted)
+    whose name is one of ``names`` ignoring case. Raises ManifestError naming what was looked
+    for and where."""
+    if given is not None:
+        p = Path(given)
+        if not p.is_file():
+            raise ManifestError(f"{p}: {what} not found")
+        return p
+    wanted = [n.lower() for n in names]
+    found: list[tuple[int, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
+        for name in filenames:
+            if name.lower() in wanted and not name.startswith("."):
+                found.append((wanted.index(name.lower()), Path(dirpath) / name))
+    if not found:
+        raise ManifestError(
+            f"{root}: {what} not found (looked for {', '.join(names)} at any depth under ROOT)"
+        )
+    found.sort(key=lambda t: (t[0], len(t[1].parts), str(t[1])))
+    if len(found) > 1:
+        log.info("%s: %d candidates for the %s, using %s", root, len(found), what, found[0][1])
+    return found[0][1]
+
+
+# --------------------------------------------------------------------------------------------
+# BI-RADS proxy labels (INbreast, VinDr-Mammo): assessment categories, not pathology
+# --------------------------------------------------------------------------------------------
+DEFAULT_BIRADS_MAP = {
+    "1": "normal",
+    "2": "benign",
+    "3": "benign",
+    "4": "malignant",
+    "5": "malignant",
+    "6": "malignant",
+}
+BIRADS_TARGETS = ("normal", "benign", "malignant", "exclude")
+
+
+def parse_birads_map(spec: str | dict | None) -> dict[str, str]:
+    """``"1=normal,2=benign,3=exclude,4=malignant,5=malignant"`` (or a dict) -> the category map,
+    starting from :data:`DEFAULT_BIRADS_MAP`. Keys are categories (``0``-``6``, ``4a``/``4b``/
+    ``4c``; a sub-category falls back to its digit), values a label or ``exclude``."""
+    from featmammo.errors import ConfigError
+
+    out = dict(DEFAULT_BIRADS_MAP)
+    if not spec:
+        return out
+    items = (
+        spec.items()
+        if isinstance(spec, dict)
+        else (
+            part.split("=", 1) if "=" in part else (part, "")
+            for part in (p.strip() for p in str(spec).split(","))
+            if part
+        )
+    )
+    for key, value in items:
+        k, v = str(key).strip().lower(), str(value).strip().lower()
+        if not re.fullmatch(r"[0-6][abc]?", k) or v not in BIRADS_TARGETS:
+            raise ConfigError(
+                f"--birads-map: bad entry {key!r}={value!r} (expected CATEGORY=LABEL with "
+                f"CATEGORY 0-6 or 4a/4b/4c and LABEL one of {', '.join(BIRADS_TARGETS)})"
+            )
+        out[k] = v
+    return out
+
+
+def birads_category(value) -> str | None:
+    """``"BI-RADS 4"``, ``"4a"``, ``"4.0"``, ``"Bi-Rads 5"`` -> ``"4"``/``"4a"``/``"5"``; None when
+    the value holds no category."""
+    text = str(value).strip().lower().replace("bi-rads", "").replace("birads", "").strip()
+    m = re.fullmatch(r"([0-6])(?:\.0)?\s*([abc])?", text)
+    return None if m is None else m.group(1) + (m.group(2) or "")
+
+
+def birads_label(category: str, mapping: dict[str, str]) -> str | None:
+    """The label (or ``exclude``) of a BI-RADS category; a sub-category falls back to its digit."""
+    return mapping.get(category, mapping.get(category[:1]))
+
+
+def birads_rule(mapping: dict[str, str]) -> str:
+    """``BI-RADS proxy (not pathology): 1=normal, 2=benign, ...`` for ``label_rule``."""
+    body = ", ".join(f"{k}={v}" for k, v in sorted(mapping.items()))
+    return f"BI-RADS proxy (assessment, not pathology): {body}"
 
 
 def side_files(output) -> tuple[Path, Path]:

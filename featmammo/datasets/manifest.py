@@ -94,8 +94,11 @@ def container_file(path) -> Path:
 # --------------------------------------------------------------------------------------------
 # CSV reading with exact line numbers
 # --------------------------------------------------------------------------------------------
-def read_csv_strings(path) -> tuple[pd.DataFrame, list[int]]:
+def read_csv_strings(path, *, delimiter: str = ",") -> tuple[pd.DataFrame, list[int]]:
     """Read a CSV as strings: no NA conversion, cells and header stripped, blank records skipped.
+
+    ``delimiter``: ``,`` (a one-column header holding ``;``/tab/``|`` is then refused with a
+    message saying so) or another single character for tables that use it (INbreast's ``;``).
 
     Returns the frame and, for each row, the CSV line number where its record starts (header = line
     1). Quoted cells may span lines (the CBIS-DDSM CSVs carry newlines inside path cells), so line
@@ -104,7 +107,7 @@ def read_csv_strings(path) -> tuple[pd.DataFrame, list[int]]:
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
+            reader = csv.reader(f, delimiter=delimiter)
             header: list[str] | None = None
             records: list[list[str]] = []
             lines: list[int] = []
@@ -151,7 +154,7 @@ def read_csv_strings(path) -> tuple[pd.DataFrame, list[int]]:
     dupes = sorted({c for c in header if header.count(c) > 1})
     if dupes:
         raise ManifestError(f"{path}: duplicate column names {dupes}")
-    if len(header) == 1:
+    if len(header) == 1 and delimiter == ",":
         sep = next((s for s in (";", "\t", "|") if s in header[0]), None)
         if sep is not None:
             raise ManifestError(

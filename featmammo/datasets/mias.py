@@ -1,0 +1,185 @@
+"""mini-MIAS manifests: ``mdb001.pgm`` ... ``mdb322.pgm`` + ``Info.txt``.
+
+Rules (documented choices):
+
+- ``Info.txt`` table lines read ``REFNUM BG CLASS [SEVERITY X Y RADIUS]`` (``mdb001 G CIRC B 535
+  425 197``, ``mdb003 D NORM``); any other line (title, notes) is ignored. A film with several
+  abnormalities has several lines. BG must be F, G or D; CLASS one of CALC, CIRC, SPIC, MISC,
+  ARCH, ASYM, NORM; SEVERITY B or M for every abnormal line. Anything else stops with the file and
+  line. Coordinates that are not numbers (some lines carry none) are left empty.
+- Image-level label: any SEVERITY M -> ``malignant``, else any B -> ``benign``; CLASS NORM ->
+  ``normal``.
+- Films come in consecutive pairs, the two breasts of one woman: ``patient_id`` =
+  ``mdb001-002`` for mdb001 and mdb002 (so a patient-grouped split keeps them together).
+- Laterality and view are not in ``Info.txt``: left empty. ``x``/``y`` are as written in
+  ``Info.txt`` (MIAS documents the origin at the image's bottom-left corner, not the top-left).
+- No official split (``split`` empty).
+- A film in the table without its PGM is an unresolved row (reason given); PGMs not in the table
+  are counted in the summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from featmammo.datasets.base import abs_root, find_file, manifest_frame, summarize
+from featmammo.errors import ManifestError
+
+log = logging.getLogger(__name__)
+
+SOURCE = "mias"
+BACKGROUNDS = {"F": "fatty", "G": "fatty-glandular", "D": "dense-glandular"}
+CLASSES = ("CALC", "CIRC", "SPIC", "MISC", "ARCH", "ASYM", "NORM")
+SEVERITIES = {"B": "benign", "M": "malignant"}
+LABEL_RULE = "image-level: any SEVERITY M -> malignant, else B -> benign; CLASS NORM -> normal"
+EXTRA_COLUMNS = [
+    "label_rule",
+    "background",
+    "abnormality_class",
+    "severity",
+    "x",
+    "y",
+    "radius",
+    "n_abnormalities",
+]
+_REF_RE = re.compile(r"^mdb(\d{3})$", re.IGNORECASE)
+
+
+def read_info(path) -> dict[str, dict]:
+    """Parse ``Info.txt`` -> ``{refnum: {"background", "lines": [{class, severity, x, y, radius,
+    line}]}}`` in file order. Raises ManifestError (file + line) on an unknown value."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="latin-1")
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read Info.txt ({exc})") from exc
+    films: dict[str, dict] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        tokens = line.split()
+        if not tokens or not _REF_RE.match(tokens[0]):
+            continue
+        where = f"{path}: line {lineno}"
+        ref = tokens[0].lower()
+        if len(tokens) < 3:
+            raise ManifestError(f"{where}: expected 'REFNUM BG CLASS ...', got {line.strip()!r}")
+        bg, cls = tokens[1].upper(), tokens[2].upper()
+        if bg not in BACKGROUNDS:
+            raise ManifestError(f"{where}: unknown background {tokens[1]!r} (expected F, G or D)")
+        if cls not in CLASSES:
+            raise ManifestError(
+                f"{where}: unknown class {tokens[2]!r} (expected one of {', '.join(CLASSES)})"
+            )
+        sev = tokens[3].upper() if len(tokens) > 3 else ""
+        if cls == "NORM":
+            if sev:
+                raise ManifestError(f"{where}: a NORM film with severity {tokens[3]!r}")
+        elif sev not in SEVERITIES:
+            what = f"unknown severity {tokens[3]!r}" if sev else "no severity"
+            raise ManifestError(f"{where}: {what} for class {cls} (expected B or M)")
+        nums = [t if t.replace(".", "", 1).isdigit() else "" for t in tokens[4:7]]
+        nums += [""] * (3 - len(nums))
+        film = films.setdefault(ref, {"background": bg, "lines": []})
+        if film["background"] != bg:
+            raise ManifestError(
+                f"{where}: background {bg} differs from {film['background']} on an earlier line"
+            )
+        film["lines"].append(
+            {"class": cls, "severity": sev, "x": nums[0], "y": nums[1], "radius": nums[2]}
+        )
+        film["lines"][-1]["line"] = lineno
+    if not films:
+        raise ManifestError(f"{path}: no table line ('mdbNNN BG CLASS ...') in the file")
+    return films
+
+
+def _label(lines: list[dict], where: str) -> str:
+    abnormal = [ln for ln in lines if ln["class"] != "NORM"]
+    if abnormal and len(abnormal) != len(lines):
+        raise ManifestError(f"{where}: the film is listed both as NORM and with an abnormality")
+    if not abnormal:
+        return "normal"
+    sev = {ln["severity"] for ln in abnormal}
+    return "malignant" if "M" in sev else "benign"
+
+
+def build_mias(root, *, info=None) -> tuple[pd.DataFrame, dict]:
+    """A manifest of a mini-MIAS folder: (DataFrame, summary). ``info``: the ``Info.txt``
+    (default: found under ``root`` by name, any case)."""
+    root = abs_root(root, "mini-MIAS")
+    info_path = find_file(root, ["Info.txt"], "mini-MIAS Info.txt", info)
+    films = read_info(info_path)
+    pgms: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            stem, ext = os.path.splitext(name)
+            if ext.lower() == ".pgm" and _REF_RE.match(stem) and not name.startswith("."):
+                pgms.setdefault(stem.lower(), Path(dirpath) / name)
+    rows, unresolved = [], []
+    for ref, film in films.items():
+        where = f"{info_path}: line {film['lines'][0]['line']}"
+        label = _label(film["lines"], where)
+        n = int(_REF_RE.match(ref).group(1))
+        first = n if n % 2 else n - 1
+        patient = f"mdb{first:03d}-{first + 1:03d}"
+        path = pgms.get(ref)
+        if path is None:
+            unresolved.append(
+                {"image_id": ref, "where": where, "reason": f"{ref}.pgm not found under ROOT"}
+            )
+            continue
+        abn = [ln for ln in film["lines"] if ln["class"] != "NORM"]
+        rows.append(
+            {
+                "image_id": ref,
+                "path": str(path),
+                "label": label,
+                "patient_id": patient,
+                "laterality": "",
+                "view": "",
+                "split": "",
+                "source": SOURCE,
+                "label_rule": LABEL_RULE,
+                "background": film["background"],
+                "abnormality_class": ";".join(ln["class"] for ln in abn) or "NORM",
+                "severity": ";".join(ln["severity"] for ln in abn),
+                "x": ";".join(ln["x"] for ln in abn),
+                "y": ";".join(ln["y"] for ln in abn),
+                "radius": ";".join(ln["radius"] for ln in abn),
+                "n_abnormalities": len(abn),
+            }
+        )
+    extra_files = sorted(set(pgms) - set(films))
+    df = manifest_frame(rows, EXTRA_COLUMNS)
+    if df.empty:
+        raise ManifestError(
+            f"{root}: none of the {len(films)} films in {info_path} has its PGM under ROOT "
+            f"(found {len(pgms)} mdbNNN.pgm files)"
+        )
+    summary = summarize(
+        df,
+        root=root,
+        source=SOURCE,
+        label_rule=LABEL_RULE,
+        unresolved=unresolved,
+        notes=[
+            "laterality/view are not recorded in Info.txt (left empty); x/y origin is the "
+            "bottom-left corner",
+            "consecutive films mdbNNN/mdbNNN+1 are one woman's two breasts (one patient_id)",
+        ]
+        + (
+            [f"{len(extra_files)} PGM file(s) not in Info.txt (not in the manifest)"]
+            if extra_files
+            else []
+        ),
+        info=str(info_path),
+        films_in_table=len(films),
+        pgm_files=len(pgms),
+        pgm_not_in_table=extra_files,
+    )
+    return df, summary
