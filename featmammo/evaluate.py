@@ -590,9 +590,12 @@ def paired_comparison(
     """Compare two prediction tables (predictions.csv rows) on the images they share.
 
     For each metric: the difference A - B, its percentile CI under a paired patient-level bootstrap
-    (both models are scored on the same resampled patients) and a two-sided bootstrap p-value
-    ``min(1, 2 (min(#[d* <= 0], #[d* >= 0]) + 1) / (B + 1))``; plus McNemar's test for
-    clustered pairs (:func:`mcnemar_clustered`, patients as clusters) on per-image correctness.
+    (both models are scored on the same resampled patients) and a two-sided p-value from the
+    bootstrap standard error (``erfc(|d| / (SE sqrt 2))``; the percentile p
+    ``min(1, 2 (min(#[d* <= 0], #[d* >= 0]) + 1) / (B + 1))`` is kept as ``p_percentile``: it
+    cannot go below 2 / (B + 1), which a Holm adjustment over many tests never passes); plus
+    McNemar's test for clustered pairs (:func:`mcnemar_clustered`, patients as clusters) on
+    per-image correctness.
     Below ``min_patients_per_class`` patients in some class of the shared images no CI or
     p-value is given (``ci_note`` says why).
     """
@@ -634,11 +637,19 @@ def paired_comparison(
         d = np.asarray(diffs[m], dtype=float)
         low, high, valid = _percentile_ci(d, level)
         finite = d[np.isfinite(d)]
-        if finite.size:  # (count + 1) / (B + 1): never 0 from a finite number of resamples
+        diff = float(point[0][m] - point[1][m])
+        p, p_pct, se = math.nan, math.nan, math.nan
+        if finite.size >= 2:
+            # percentile p: (count + 1) / (B + 1), never 0 -- but floored at 2 / (B + 1), which
+            # no multiplicity adjustment of a dozen tests survives; the reported p is therefore
+            # the Wald test on the bootstrap standard error (continuous, no floor)
             tail = min(np.sum(finite <= 0), np.sum(finite >= 0))
-            p = min(1.0, 2 * (tail + 1) / (finite.size + 1))
-        else:
-            p = math.nan
+            p_pct = min(1.0, 2 * (tail + 1) / (finite.size + 1))
+            se = float(np.std(finite, ddof=1))
+            if se > 0 and math.isfinite(diff):
+                p = math.erfc(abs(diff) / se / math.sqrt(2.0))
+            else:
+                p = 1.0 if diff == 0 else p_pct
         out[m] = {
             "a": float(point[0][m]),
             "b": float(point[1][m]),
@@ -646,6 +657,9 @@ def paired_comparison(
             "ci_low": low,
             "ci_high": high,
             "p_value": float(p),
+            "p_value_test": "two-sided Wald test, diff / bootstrap SE",
+            "p_percentile": float(p_pct),
+            "bootstrap_se": se,
             "n_valid": valid,
         }
     correct_a = merged["y_pred_a"].astype(str) == merged["y_true_a"].astype(str)

@@ -17,7 +17,10 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-DPI = 80
+DPI = 100
+#: curve figures (ROC, PR, calibration): square axes with the legend beside them
+CURVE_SIZE = (10.5, 6.4)  # inches at DPI: 1050 x 640 px (plus the footer)
+FOOTER_WIDTH = 170  # characters per footer line before wrapping
 
 
 def _figure(width: float, height: float):
@@ -30,12 +33,67 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path) -> Path:
+def footer_lines(footer: str | Sequence[str], width: int = FOOTER_WIDTH) -> list[str]:
+    """The footer as wrapped lines (a string or a list of paragraphs)."""
+    import textwrap
+
+    paragraphs = [footer] if isinstance(footer, str) else list(footer)
+    lines = []
+    for para in paragraphs:
+        if para:
+            lines += textwrap.wrap(str(para), width=width) or [""]
+    return lines
+
+
+def _save(fig, path, *, footer: str | Sequence[str] = "", right: float = 0.97, **adjust) -> Path:
+    """Write the figure; ``footer`` (caveats: weights, sources, warnings) is printed under it."""
     path = Path(path)
-    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.1, top=0.9, wspace=0.45, hspace=0.5)
+    lines = footer_lines(footer, width=int(FOOTER_WIDTH * fig.get_figwidth() / CURVE_SIZE[0]))
+    height_in = fig.get_figheight()
+    footer_frac = (len(lines) * 0.16 + 0.1) / height_in if lines else 0.0
+    params = {"left": 0.08, "bottom": 0.1, "top": 0.9, "wspace": 0.45, "hspace": 0.5, **adjust}
+    params["bottom"] = params["bottom"] + footer_frac
+    fig.subplots_adjust(right=right, **params)
+    if lines:
+        fig.text(
+            0.01, 0.01, "\n".join(lines), ha="left", va="bottom", fontsize=7.5, color="#444444"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
+
+
+def _curve_figure(footer) -> tuple:
+    """A figure with one square axes on the left, room for a legend on its right and the footer
+    (caveats) underneath; sizes in inches, so the plot never shrinks behind a long legend."""
+    width, height = CURVE_SIZE
+    lines = footer_lines(footer)
+    footer_in = len(lines) * 0.16 + 0.15 if lines else 0.1
+    fig = _figure(width, height + footer_in)
+    total = height + footer_in
+    left, bottom, side = 0.85, footer_in + 0.6, height - 0.6 - 0.5
+    ax = fig.add_axes([left / width, bottom / total, side / width, side / total])
+    if lines:
+        fig.text(0.01, 0.01, "\n".join(lines), ha="left", va="bottom", fontsize=7.5, color="#444")
+    return fig, ax
+
+
+def _save_curves(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def _legend_outside(ax, fig) -> None:
+    """Legend to the right of the axes, never over the curves."""
+    ax.legend(
+        fontsize=8.5,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0.0,
+        frameon=False,
+    )
 
 
 def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
@@ -44,12 +102,17 @@ def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
 
 
 def confusion_matrices(
-    panels: Sequence[tuple[str, np.ndarray]], classes: Sequence[str], path
+    panels: Sequence[tuple[str, np.ndarray]],
+    classes: Sequence[str],
+    path,
+    *,
+    title: str = "",
+    footer: str | Sequence[str] = "",
 ) -> Path:
     """One panel per (title, confusion matrix) with counts and row-normalised percentages."""
     rows, cols = _grid(len(panels))
-    fig = _figure(3.6 * cols, 3.3 * rows)
-    for i, (title, cm) in enumerate(panels):
+    fig = _figure(max(4.4 * cols, 8.0), 3.9 * rows + 0.9)
+    for i, (panel_title, cm) in enumerate(panels):
         ax = fig.add_subplot(rows, cols, i + 1)
         cm = np.asarray(cm, dtype=float)
         support = cm.sum(axis=1, keepdims=True)
@@ -70,8 +133,11 @@ def confusion_matrices(
         ax.set_yticks(range(len(classes)), classes, fontsize=7)
         ax.set_xlabel("predicted", fontsize=8)
         ax.set_ylabel("true", fontsize=8)
-        ax.set_title(title, fontsize=9)
-    return _save(fig, path)
+        ax.set_title(panel_title, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    top = 1 - 0.75 / fig.get_figheight()
+    return _save(fig, path, footer=footer, left=0.1, top=top, wspace=0.6, hspace=0.45)
 
 
 def curve_points(y_true, score) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -90,9 +156,8 @@ def curve_points(y_true, score) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     return fpr, tpr, precision, recall
 
 
-def _curve_panels(curves, path, kind: str, positive: str) -> Path:
-    fig = _figure(5.5, 4.5)
-    ax = fig.add_subplot(1, 1, 1)
+def _curve_panels(curves, path, kind: str, positive: str, title: str, footer) -> Path:
+    fig, ax = _curve_figure(footer)
     for label, y_true, score in curves:
         y = np.asarray(y_true, dtype=bool)
         if y.all() or not y.any():
@@ -100,35 +165,55 @@ def _curve_panels(curves, path, kind: str, positive: str) -> Path:
             continue
         fpr, tpr, precision, recall = curve_points(y, score)
         if kind == "roc":
-            ax.plot(fpr, tpr, lw=1.2, label=label)
+            ax.plot(fpr, tpr, lw=1.6, label=label)
         else:
-            ax.step(recall, precision, where="pre", lw=1.2, label=label)
+            ax.step(recall, precision, where="pre", lw=1.6, label=label)
     if kind == "roc":
         ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8, label="chance")
         ax.set_xlabel("1 - specificity (false-positive rate)")
         ax.set_ylabel("sensitivity (true-positive rate)")
-        ax.set_title(f"ROC, {positive} vs rest")
+        what = f"ROC, {positive} vs rest"
     else:
         if curves:
             prevalence = float(np.mean(np.asarray(curves[0][1], dtype=bool)))
-            ax.axhline(prevalence, color="grey", ls="--", lw=0.8, label="prevalence")
+            ax.axhline(
+                prevalence, color="grey", ls="--", lw=0.8, label=f"prevalence {prevalence:.2f}"
+            )
         ax.set_xlabel("recall (sensitivity)")
         ax.set_ylabel("precision")
-        ax.set_title(f"Precision-recall, {positive} vs rest")
+        what = f"Precision-recall, {positive} vs rest"
+    ax.set_title(f"{what}\n{title}" if title else what, fontsize=11, loc="left")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=7, loc="lower right" if kind == "roc" else "lower left")
-    return _save(fig, path)
+    _legend_outside(ax, fig)
+    return _save_curves(fig, path)
 
 
-def roc_curves(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], positive: str, path) -> Path:
-    """ROC curves, one per (label, y_is_positive, positive-class probability)."""
-    return _curve_panels(list(curves), path, "roc", positive)
+def roc_curves(
+    curves: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    positive: str,
+    path,
+    *,
+    title: str = "",
+    footer: str | Sequence[str] = "",
+) -> Path:
+    """ROC curves, one per (label, y_is_positive, positive-class probability).
+
+    ``title`` names the evaluation (e.g. "held-out test, 120 images of 40 patients"); ``footer``
+    carries the run's caveats."""
+    return _curve_panels(list(curves), path, "roc", positive, title, footer)
 
 
-def pr_curves(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], positive: str, path) -> Path:
+def pr_curves(
+    curves: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    positive: str,
+    path,
+    *,
+    title: str = "",
+    footer: str | Sequence[str] = "",
+) -> Path:
     """Precision-recall curves, one per (label, y_is_positive, positive-class probability)."""
-    return _curve_panels(list(curves), path, "pr", positive)
+    return _curve_panels(list(curves), path, "pr", positive, title, footer)
 
 
 def calibration_bins(y_true, score, n_bins: int = 10) -> pd.DataFrame:
@@ -150,23 +235,50 @@ def calibration_bins(y_true, score, n_bins: int = 10) -> pd.DataFrame:
     )
 
 
+def calibration_error(y_true, score, n_bins: int = 10) -> dict:
+    """Expected calibration error (equal-width bins, count-weighted |observed - predicted|) and
+    the Brier score (mean squared error of the positive-class probability)."""
+    y = np.asarray(y_true, dtype=float)
+    s = np.clip(np.asarray(score, dtype=float), 0, 1)
+    if len(y) == 0:
+        return {"ece": math.nan, "brier": math.nan}
+    bins = calibration_bins(y, s, n_bins)
+    ece = float((bins["count"] * (bins["observed"] - bins["mean_predicted"]).abs()).sum() / len(y))
+    return {"ece": ece, "brier": float(np.mean((s - y) ** 2))}
+
+
 def calibration(
-    curves: Sequence[tuple[str, np.ndarray, np.ndarray]], positive: str, path, n_bins: int = 10
+    curves: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    positive: str,
+    path,
+    n_bins: int = 10,
+    *,
+    title: str = "",
+    footer: str | Sequence[str] = "",
 ) -> Path:
-    """Reliability diagram (positive-class probability vs observed frequency), a line per model."""
-    fig = _figure(5.5, 4.5)
-    ax = fig.add_subplot(1, 1, 1)
+    """Reliability diagram (positive-class probability vs observed frequency), a line per model;
+    the legend gives each model's ECE and Brier score (calibration measures, not AUC)."""
+    fig, ax = _curve_figure(footer)
     ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8, label="perfect calibration")
     for label, y_true, score in curves:
         bins = calibration_bins(y_true, score, n_bins)
-        ax.plot(bins["mean_predicted"], bins["observed"], marker="o", ms=3, lw=1.0, label=label)
+        err = calibration_error(y_true, score, n_bins)
+        ax.plot(
+            bins["mean_predicted"],
+            bins["observed"],
+            marker="o",
+            ms=3.5,
+            lw=1.4,
+            label=f"{label} (ECE {err['ece']:.3f}, Brier {err['brier']:.3f})",
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel(f"predicted P({positive})")
     ax.set_ylabel(f"observed fraction {positive}")
-    ax.set_title(f"Calibration ({n_bins} bins)")
-    ax.legend(fontsize=7, loc="upper left")
-    return _save(fig, path)
+    what = f"Calibration, {positive} ({n_bins} equal-width bins)"
+    ax.set_title(f"{what}\n{title}" if title else what, fontsize=11, loc="left")
+    _legend_outside(ax, fig)
+    return _save_curves(fig, path)
 
 
 def thumbnail(pixels: np.ndarray, max_value: float, size: int = 256) -> np.ndarray:
@@ -177,7 +289,14 @@ def thumbnail(pixels: np.ndarray, max_value: float, size: int = 256) -> np.ndarr
     return np.clip(small / top, 0, 1)
 
 
-def image_grid(items: Sequence[dict], path, *, title: str = "", cols: int = 4) -> Path:
+def image_grid(
+    items: Sequence[dict],
+    path,
+    *,
+    title: str = "",
+    cols: int = 4,
+    footer: str | Sequence[str] = "",
+) -> Path:
     """Grid of images with captions. Each item: ``image`` (2-D array in [0,1] or None), ``caption``,
     ``correct`` (bool, colours the caption); a None image shows a 'not readable' note."""
     n = max(1, len(items))
@@ -198,4 +317,4 @@ def image_grid(items: Sequence[dict], path, *, title: str = "", cols: int = 4) -
         )
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return _save(fig, path, footer=footer, left=0.02, right=0.98, top=0.88)

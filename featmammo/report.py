@@ -19,12 +19,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import evaluate as ev
+from .atomic import atomic_write
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,9 @@ CONFIG = "config.json"
 LEADERBOARD = "leaderboard.csv"
 METRICS = "metrics.json"
 REPORT = "report.md"
+TUNING = (
+    "tuning.csv"  # optional: fit --tune grid (features, head, fold, params, inner_score, chosen)
+)
 IMAGES = "images.csv"  # optional: image_id -> path, written by fit for the test-image grid
 FIGURES = "figures"
 TOL = 1e-9
@@ -43,19 +48,26 @@ TOL = 1e-9
 # audit and consistency, recomputed from predictions
 
 
+def _training_mask(fold: pd.Series) -> pd.Series:
+    return fold.astype(str).map(ev.evaluation_of) != "test"
+
+
 def fold_audit(predictions: pd.DataFrame) -> list[dict]:
-    """Patients shared between CV folds and between the training part (CV rows) and the test rows.
+    """Patients shared between CV folds and between the training part and the test rows.
 
     Computed per features x head from the ``fold`` and ``patient_id`` columns of predictions.csv.
+    The training part is every row that is not ``test``: CV folds and HybridNet ``validation``
+    rows (the validation patients steered training through early stopping).
     """
     out = []
     for (features, head), g in predictions.groupby(["features", "head"], sort=False):
-        fold = g["fold"].astype(str)
-        cv = g[fold != ev.TEST_FOLD]
-        test = g[fold == ev.TEST_FOLD]
-        folds_per_patient = cv.groupby("patient_id")["fold"].nunique()
+        evaluation = g["fold"].astype(str).map(ev.evaluation_of)
+        cv = g[evaluation == "cv"]
+        train = g[evaluation != "test"]
+        test = g[evaluation == "test"]
+        folds_per_patient = train.groupby("patient_id")["fold"].nunique()
         across = sorted(folds_per_patient[folds_per_patient > 1].index.astype(str))
-        shared = sorted(set(cv["patient_id"]) & set(test["patient_id"]))
+        shared = sorted(set(train["patient_id"]) & set(test["patient_id"]))
         dup_images = int(g["image_id"].duplicated().sum())
         out.append(
             {
@@ -64,6 +76,10 @@ def fold_audit(predictions: pd.DataFrame) -> list[dict]:
                 "n_folds": int(cv["fold"].nunique()),
                 "cv_images": len(cv),
                 "cv_patients": int(cv["patient_id"].nunique()),
+                "validation_images": int((evaluation == "validation").sum()),
+                "validation_patients": int(
+                    g.loc[evaluation == "validation", "patient_id"].nunique()
+                ),
                 "test_images": len(test),
                 "test_patients": int(test["patient_id"].nunique()),
                 "patients_across_folds": len(across),
@@ -81,11 +97,123 @@ def _check(checks: list, name: str, ok: bool, detail: str = "") -> None:
     checks.append({"check": name, "ok": bool(ok), "detail": detail})
 
 
+def _num(x) -> float:
+    """A metrics.json value (None after a JSON round trip of NaN) as a float."""
+    return math.nan if x is None else float(x)
+
+
+def _same(a, b, tol: float = TOL) -> bool:
+    a, b = _num(a), _num(b)
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return abs(a - b) <= tol
+
+
+def _sklearn_figures(g: pd.DataFrame, classes, positive: str, threshold: float) -> dict:
+    """Every figure of one result recomputed with scikit-learn, straight from predictions rows.
+
+    Independent of featmammo.evaluate: no shared kernel, only the definitions (the decision rule
+    is y_pred; macro averages over the labels present in y_true or y_pred, scikit-learn's own
+    default).
+    """
+    from sklearn import metrics as skm
+
+    y = g["y_true"].astype(str).to_numpy()
+    yp = g["y_pred"].astype(str).to_numpy()
+    proba = g[[f"p_{c}" for c in classes]].to_numpy(float)
+    classes = list(classes)
+    out = {"n_images": len(g), "n_patients": int(g["patient_id"].nunique())}
+    out["confusion_matrix"] = skm.confusion_matrix(y, yp, labels=classes)
+    out["accuracy"] = skm.accuracy_score(y, yp)
+    with warnings.catch_warnings():  # "y_pred contains classes not in y_true": expected here
+        warnings.simplefilter("ignore")
+        out["balanced_accuracy"] = skm.balanced_accuracy_score(y, yp)
+    for avg in ("macro", "weighted"):
+        pr, rc, f1, _ = skm.precision_recall_fscore_support(y, yp, average=avg, zero_division=0)
+        out[f"{avg}_precision"], out[f"{avg}_recall"], out[f"{avg}_f1"] = pr, rc, f1
+    pr, rc, f1, sup = skm.precision_recall_fscore_support(y, yp, labels=classes, zero_division=0)
+    out["per_class"] = {
+        c: {"precision": pr[j], "recall": rc[j], "f1": f1[j], "support": int(sup[j])}
+        for j, c in enumerate(classes)
+    }
+    present = set(y)
+
+    def auc(truth, score):
+        return skm.roc_auc_score(truth, score) if 0 < truth.sum() < len(truth) else math.nan
+
+    if len(classes) == 2:
+        out["roc_auc_ovr"] = auc(y == classes[1], proba[:, 1])
+    else:
+        # scikit-learn's multi_class="ovr" macro average, class by class (its multiclass entry
+        # point refuses rows that do not sum to 1, which the check above reports instead)
+        aucs = [auc(y == c, proba[:, i]) for i, c in enumerate(classes)]
+        out["roc_auc_ovr"] = float(np.mean(aucs)) if present == set(classes) else math.nan
+    j = classes.index(positive)
+    pos = y == positive
+    out["roc_auc_pos_vs_rest"] = auc(pos, proba[:, j])
+    out["pr_auc_pos_vs_rest"] = (
+        skm.average_precision_score(pos, proba[:, j]) if pos.any() else math.nan
+    )
+    called = yp == positive  # the decision rule: argmax
+    thr = proba[:, j] >= threshold  # the extra operating point
+
+    def recall(truth, call):
+        return skm.recall_score(truth, call) if truth.any() else math.nan
+
+    out["sensitivity"] = recall(pos, called)
+    out["specificity"] = recall(~pos, ~called)
+    out["sensitivity_at_threshold"] = recall(pos, thr)
+    out["specificity_at_threshold"] = recall(~pos, ~thr)
+    return out
+
+
+#: (check name, metric key) pairs compared against scikit-learn for every result
+SKLEARN_CHECKS = (
+    ("accuracy", "accuracy", "accuracy_score"),
+    ("balanced_accuracy", "balanced accuracy", "balanced_accuracy_score"),
+    ("macro_precision", "macro precision", "precision_recall_fscore_support(average='macro')"),
+    ("macro_recall", "macro recall", "precision_recall_fscore_support(average='macro')"),
+    ("macro_f1", "macro F1", "f1 (average='macro')"),
+    ("weighted_f1", "weighted F1", "f1 (average='weighted')"),
+    ("roc_auc_ovr", "ROC-AUC one-vs-rest", "roc_auc_score(multi_class='ovr')"),
+    ("roc_auc_pos_vs_rest", "positive-vs-rest ROC-AUC", "roc_auc_score"),
+    ("pr_auc_pos_vs_rest", "PR-AUC", "average_precision_score"),
+    ("sensitivity", "sensitivity (argmax)", "recall_score(positive)"),
+    ("specificity", "specificity (argmax)", "recall_score(rest)"),
+    ("sensitivity_at_threshold", "sensitivity at the threshold", "recall_score(p >= t)"),
+    ("specificity_at_threshold", "specificity at the threshold", "recall_score(p < t)"),
+)
+
+
+def _rows_of(predictions: pd.DataFrame, r: dict) -> pd.DataFrame:
+    g = predictions[
+        (predictions["features"].astype(str) == str(r["features"]))
+        & (predictions["head"].astype(str) == str(r["head"]))
+    ]
+    return g[g["fold"].astype(str).map(ev.evaluation_of) == r["evaluation"]]
+
+
 def consistency_checks(
-    predictions: pd.DataFrame, metrics: dict, leaderboard_path: Path, classes
+    predictions: pd.DataFrame,
+    metrics: dict,
+    leaderboard_path: Path,
+    classes,
+    *,
+    config: dict | None = None,
+    tuning: pd.DataFrame | None = None,
 ) -> list[dict]:
-    """Internal-consistency checks of the computed report (each a dict: check, ok, detail)."""
+    """Checks that can fail: every figure recomputed a second way and compared.
+
+    Each result's numbers in ``metrics`` are recomputed with scikit-learn's metrics from the rows
+    of ``predictions`` (balanced_accuracy_score, roc_auc_score, precision/recall/F1,
+    confusion_matrix, average_precision_score); leaderboard.csv is re-read from disk and compared
+    with ``metrics``; the CI rule is re-applied from patient counts recounted here; the majority
+    baselines of test/validation rows are recomputed from ``config["train_class_counts"]``;
+    ``tuning`` (tuning.csv) must hold exactly one chosen row per features/head/fold. Returns a
+    list of dicts (check, ok, detail).
+    """
     checks: list[dict] = []
+    classes = [str(c) for c in classes]
     pcols = [f"p_{c}" for c in classes]
     proba = predictions[pcols].to_numpy(float)
     sums = proba.sum(axis=1)
@@ -93,79 +221,131 @@ def consistency_checks(
     _check(checks, "probabilities sum to 1 per image", bad == 0, f"{bad} row(s) off")
     argmax = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
     mismatch = int((argmax != predictions["y_pred"].astype(str).to_numpy()).sum())
-    _check(checks, "y_pred is the argmax of p_<class>", mismatch == 0, f"{mismatch} row(s) differ")
-    worst = {"f1": 0.0, "macro": 0.0, "weighted": 0.0, "acc": 0.0, "bal": 0.0, "support": 0}
+    _check(
+        checks,
+        "y_pred is the argmax of p_<class> (the decision rule)",
+        mismatch == 0,
+        f"{mismatch} row(s) differ",
+    )
+    positive = metrics.get("positive_class") or ev.positive_class(classes)
+    threshold = float(metrics.get("threshold", 0.5))
+    worst = {key: (0.0, "") for key, _, _ in SKLEARN_CHECKS}
+    worst.update({"per_class": (0.0, ""), "confusion": (0.0, ""), "counts": (0.0, "")})
+
+    def note(key, diff, where):
+        if not diff <= worst[key][0]:  # NaN vs number counts as infinitely wrong
+            worst[key] = (math.inf if math.isnan(diff) else diff, where)
+
+    def diff_of(a, b) -> float:
+        a, b = _num(a), _num(b)
+        if math.isnan(a) and math.isnan(b):
+            return 0.0
+        return abs(a - b) if not (math.isnan(a) or math.isnan(b)) else math.nan
+
     for r in metrics["results"]:
+        where = f"{r['features']}/{r['head']}/{r['evaluation']}"
+        g = _rows_of(predictions, r)
+        sk = _sklearn_figures(g, classes, positive, threshold)
         m = r["metrics"]
-        pc = m["per_class"]
-        cm = np.asarray(m["confusion_matrix"], dtype=float)
-        support = np.array([pc[c]["support"] for c in classes], dtype=float)
+        for key, _, _ in SKLEARN_CHECKS:
+            note(key, diff_of(m.get(key), sk[key]), where)
         for c in classes:
-            p, rec, f1 = pc[c]["precision"], pc[c]["recall"], pc[c]["f1"]
-            expect = 2 * p * rec / (p + rec) if p + rec > 0 else 0.0
-            worst["f1"] = max(worst["f1"], abs(f1 - expect))
-        seen = (support > 0) | (cm.sum(axis=0) > 0)
-        for avg in ("precision", "recall", "f1"):
-            vals = np.array([pc[c][avg] for c in classes])
-            worst["macro"] = max(worst["macro"], abs(m[f"macro_{avg}"] - vals[seen].mean()))
-            weighted = (vals * support).sum() / support.sum() if support.sum() else math.nan
-            worst["weighted"] = max(worst["weighted"], abs(m[f"weighted_{avg}"] - weighted))
-        worst["acc"] = max(worst["acc"], abs(m["accuracy"] - np.trace(cm) / cm.sum()))
-        recalls = np.array([pc[c]["recall"] for c in classes])[support > 0]
-        worst["bal"] = max(worst["bal"], abs(m["balanced_accuracy"] - recalls.mean()))
-        worst["support"] = max(worst["support"], abs(int(support.sum()) - m["n_images"]))
-    _check(
-        checks, "F1 = 2PR/(P+R) for every class", worst["f1"] < TOL, f"max |diff| {worst['f1']:.2e}"
-    )
-    _check(
-        checks,
-        "macro averages = unweighted mean over the classes in y_true or y_pred",
-        worst["macro"] < TOL,
-        f"max |diff| {worst['macro']:.2e}",
-    )
-    _check(
-        checks,
-        "weighted averages = support-weighted mean of the per-class values",
-        worst["weighted"] < TOL,
-        f"max |diff| {worst['weighted']:.2e}",
-    )
-    _check(
-        checks,
-        "accuracy = trace(confusion) / n",
-        worst["acc"] < TOL,
-        f"max |diff| {worst['acc']:.2e}",
-    )
-    _check(
-        checks,
-        "balanced accuracy = mean recall over present classes",
-        worst["bal"] < TOL,
-        f"max |diff| {worst['bal']:.2e}",
-    )
-    _check(
-        checks, "supports sum to n_images", worst["support"] == 0, f"max diff {worst['support']}"
-    )
+            for k in ("precision", "recall", "f1"):
+                note("per_class", diff_of(m["per_class"][c][k], sk["per_class"][c][k]), where)
+            note("per_class", diff_of(m["per_class"][c]["support"], sk["per_class"][c]["support"]),
+                 where)  # fmt: skip
+        cm = np.asarray(m["confusion_matrix"], dtype=float)
+        note(
+            "confusion",
+            float(np.abs(cm - sk["confusion_matrix"]).max())
+            if cm.shape == sk["confusion_matrix"].shape
+            else math.inf,
+            where,
+        )
+        note("counts", diff_of(r["n_images"], sk["n_images"]), where)
+        note("counts", diff_of(r["n_patients"], sk["n_patients"]), where)
+    for key, label, fn in SKLEARN_CHECKS:
+        d, where = worst[key]
+        _check(
+            checks,
+            f"{label} = sklearn.metrics.{fn} on predictions.csv",
+            d <= TOL,
+            f"max |diff| {d:.2e}" + (f" ({where})" if d > TOL else ""),
+        )
+    for key, label in (
+        ("per_class", "per-class precision/recall/F1/support = precision_recall_fscore_support"),
+        ("confusion", "confusion matrix = sklearn.metrics.confusion_matrix (y_pred)"),
+        ("counts", "images and patients per result = counted in predictions.csv"),
+    ):
+        d, where = worst[key]
+        _check(checks, label, d <= TOL, f"max |diff| {d:.2e}" + (f" ({where})" if d > TOL else ""))
+    # majority baselines of test/validation rows from the recorded training class counts
+    counts = (config or {}).get("train_class_counts")
+    if counts:
+        best = max(counts.values())
+        majority = next(c for c in classes if counts.get(c, 0) == best)
+        worst_bl = 0.0
+        for r in metrics["results"]:
+            if r["evaluation"] == "cv" and r.get("per_fold") and len(r["per_fold"]) >= 2:
+                continue  # K-fold CV: each fold's own training part
+            g = _rows_of(predictions, r)
+            want = float((g["y_true"].astype(str) == majority).mean()) if len(g) else math.nan
+            d = diff_of(r.get("majority_baseline"), want)
+            worst_bl = math.inf if math.isnan(d) else max(worst_bl, d)
+        _check(
+            checks,
+            f"majority baselines (test/validation) = share of '{majority}', the majority of "
+            "train_class_counts",
+            worst_bl <= TOL,
+            f"max |diff| {worst_bl:.2e}",
+        )
     # leaderboard.csv, re-read from disk, equals metrics.json's values
-    lb = pd.read_csv(leaderboard_path, keep_default_na=True)
+    lb = pd.read_csv(leaderboard_path, keep_default_na=True, dtype={"features": str, "head": str})
     worst_lb = 0.0
+    min_patients = int(metrics.get("min_patients_per_class", ev.MIN_PATIENTS_PER_CLASS))
+    printed_small = []
     for r in metrics["results"]:
         row = lb[
-            (lb["features"].astype(str) == r["features"])
-            & (lb["head"].astype(str) == r["head"])
+            (lb["features"].astype(str) == str(r["features"]))
+            & (lb["head"].astype(str) == str(r["head"]))
             & (lb["evaluation"] == r["evaluation"])
         ]
         if len(row) != 1:
             worst_lb = math.inf
             continue
-        for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr"):
-            a, b = float(row[key].iloc[0]), float(r["metrics"][key])
-            if not (math.isnan(a) and math.isnan(b)):
-                worst_lb = max(worst_lb, abs(a - b))
+        for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr", "sensitivity"):
+            if key in row.columns:
+                d = diff_of(row[key].iloc[0], r["metrics"][key])
+                worst_lb = math.inf if math.isnan(d) else max(worst_lb, d)
+        g = _rows_of(predictions, r)
+        per_class = g.drop_duplicates(["y_true", "patient_id"])["y_true"].astype(str)
+        smallest = min(int((per_class == c).sum()) for c in classes)
+        ci_cols = [c for c in row.columns if c.endswith("_ci_low") or c.endswith("_ci_high")]
+        if smallest < min_patients and row[ci_cols].notna().to_numpy().any():
+            printed_small.append(f"{r['features']}/{r['head']}/{r['evaluation']}")
     _check(
         checks,
         "leaderboard.csv (re-read) = metrics.json",
         worst_lb < 1e-12,
         f"max |diff| {worst_lb:.2e}",
     )
+    _check(
+        checks,
+        f"no CI in leaderboard.csv where a class has < {min_patients} patients (recounted)",
+        not printed_small,
+        ", ".join(printed_small[:6]) or "none printed",
+    )
+    if tuning is not None:
+        chosen = tuning[tuning["chosen"].astype(str).str.lower().isin(("true", "1"))]
+        per = chosen.groupby(["features", "head", "fold"]).size()
+        keys = tuning.groupby(["features", "head", "fold"]).size()
+        bad = [f"{k[0]}/{k[1]}/{k[2]}" for k in keys.index if per.get(k, 0) != 1]
+        _check(
+            checks,
+            "tuning.csv: exactly one chosen row per features/head/fold",
+            not bad,
+            ", ".join(bad[:6]) or f"{len(keys)} group(s)",
+        )
     # CIs are ordered; a percentile bootstrap CI may legitimately exclude its point estimate
     # (skewed resampling distributions, few patients), so that is reported, not failed
     unordered, outside = 0, []
@@ -200,6 +380,179 @@ def consistency_checks(
     return checks
 
 
+def read_tuning(run_dir) -> pd.DataFrame | None:
+    """``RUN_DIR/tuning.csv`` (fit with ``--tune grid``) or None when absent."""
+    path = Path(run_dir) / TUNING
+    if not path.exists():
+        return None
+    df = pd.read_csv(
+        path, dtype={"features": str, "head": str, "fold": str, "params": str},
+        keep_default_na=False,
+    )  # fmt: skip
+    missing = [c for c in ("features", "head", "fold", "params", "inner_score", "chosen")
+               if c not in df.columns]  # fmt: skip
+    if missing:
+        raise ConfigError(f"{path}: lacks columns {missing}")
+    return df
+
+
+def verify(run_dir) -> list[dict]:
+    """Re-read predictions.csv, metrics.json, leaderboard.csv (and config.json, tuning.csv) from
+    RUN_DIR and run :func:`consistency_checks` on them: a number edited in metrics.json or
+    leaderboard.csv, or a wrong kernel in featmammo.evaluate, shows up as a failed check."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    metrics_path = run_dir / METRICS
+    if not metrics_path.exists():
+        raise ConfigError(f"{metrics_path}: missing; run write_report first")
+    metrics = json.loads(metrics_path.read_text())
+    predictions = ev.read_predictions(run_dir / PREDICTIONS)
+    return consistency_checks(
+        predictions,
+        metrics,
+        run_dir / LEADERBOARD,
+        metrics["classes"],
+        config=config,
+        tuning=read_tuning(run_dir),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# caveats: what must travel with every saved result
+
+
+EVAL_LABEL = {
+    "cv": "pooled out-of-fold CV",
+    "test": "held-out test",
+    "validation": "HybridNet validation (chose the stopping epoch: optimistic)",
+}
+
+
+def caveat_lines(config: dict) -> list[str]:
+    """The run's caveats (``config["caveats"]``: weights per backbone, data sources, warnings) as
+    markdown lines; a run that records none says so."""
+    cav = config.get("caveats")
+    if not cav:
+        return [
+            "config.json records no caveats (backbone weights, data sources, warnings): the run "
+            "predates them or its writer did not record them; check the store's provenance "
+            "(`featmammo info STORE`) before sharing these numbers"
+        ]
+    lines = []
+    weights = cav.get("weights") or {}
+    if weights:
+        lines.append("Backbone weights: " + "; ".join(f"{b}: {w}" for b, w in weights.items()))
+        random = [b for b, w in weights.items() if str(w).lower().startswith("random")]
+        if random:
+            lines.append(
+                f"**Random weights** for {', '.join(random)}: these features come from untrained "
+                "networks; the numbers below say nothing about pretrained (ImageNet) features. "
+                "Get real weights with `featmammo weights fetch NAME`."
+            )
+    else:
+        lines.append("Backbone weights: not recorded")
+    sources = cav.get("sources") or {}
+    if sources:
+        lines.append(
+            "Data sources: "
+            + ", ".join(f"{s or '(no source)'} ({n} images)" for s, n in sources.items())
+        )
+    else:
+        lines.append("Data sources: not recorded")
+    lines += [f"Warning: {w}" for w in cav.get("warnings") or []]
+    return lines
+
+
+def footer_text(config: dict, extra: list[str] | None = None) -> list[str]:
+    """Short caveat paragraphs printed under every figure."""
+    cav = config.get("caveats") or {}
+    out = []
+    weights = cav.get("weights") or {}
+    out.append(
+        "weights: " + "; ".join(f"{b} {w}" for b, w in weights.items())
+        if weights
+        else "weights: not recorded in config.json"
+    )
+    sources = cav.get("sources") or {}
+    out.append(
+        "sources: " + ", ".join(f"{s or '(none)'} {n}" for s, n in sources.items())
+        if sources
+        else "sources: not recorded"
+    )
+    out += [f"warning: {w}" for w in cav.get("warnings") or []]
+    out += list(extra or [])
+    return out
+
+
+def source_statement(config: dict) -> tuple[str, bool]:
+    """What the run's split audit says about labels confounded with data sources.
+
+    Returns (sentence, is_warning). ``split_audit.source_confounding == {}`` means checked, none.
+    """
+    audit = config.get("split_audit")
+    if not isinstance(audit, dict):
+        return "Source confounding: not checked (config.json has no split_audit).", True
+    if "source_confounding" not in audit:
+        return "Source confounding: not checked (the split audit has no source check).", True
+    found = audit.get("source_confounding") or {}
+    sources = ((config.get("caveats") or {}).get("sources")) or {}
+    if not found:
+        if len(sources) == 1:
+            only = next(iter(sources))
+            return (
+                f"Source confounding: checked: every image comes from one source ({only!r}), so "
+                "labels cannot be told apart by source; nor do the results say anything beyond "
+                "that source.",
+                False,
+            )
+        return (
+            "Source confounding: checked: no label comes from a source that no other label "
+            "shares" + (f" (sources: {', '.join(map(str, sources))})." if sources else "."),
+            False,
+        )
+    parts = [f"every {label!r} image comes from {src!r}" for label, src in found.items()]
+    return (
+        "Source confounding: checked: **" + "; ".join(parts) + "** and no other label does: a "
+        "classifier can learn the acquisition pipeline instead of the pathology, so these "
+        "numbers overstate what it learned about lesions.",
+        True,
+    )
+
+
+def report_warnings(config, metrics, audit, checks) -> list[str]:
+    """Warnings derived from the results themselves (metrics.json ``warnings``)."""
+    out = []
+    small = [r for r in metrics["results"] if r.get("ci_note")]
+    if small:
+        examples = ", ".join(
+            f"{r['features']}/{r['head']}/{r['evaluation']} {r['ci_note']}" for r in small[:3]
+        )
+        out.append(
+            f"small samples: {len(small)} of {len(metrics['results'])} result(s) have fewer than "
+            f"{metrics['min_patients_per_class']} patients in some class, so no confidence "
+            f"interval is given for them (e.g. {examples}); their point estimates are fragile"
+        )
+    if metrics.get("optimistic_features"):
+        out.append(
+            f"optimistic: features {', '.join(metrics['optimistic_features'])} were evaluated on "
+            "images their embeddings were trained on"
+            + (f" ({config['optimistic_reason']})" if config.get("optimistic_reason") else "")
+            + "; their rows are marked optimistic"
+        )
+    if any(r["evaluation"] == "validation" for r in metrics["results"]):
+        out.append(
+            "HybridNet validation rows chose the stopping epoch (early stopping): they are "
+            "optimistic, shown apart, not ranked and not compared; only test rows estimate "
+            "performance"
+        )
+    if any(not a["ok"] for a in audit):
+        out.append("leakage audit failed: patients shared between folds or train and test")
+    failed = [c["check"] for c in checks if not c["ok"]]
+    if failed:
+        out.append(f"consistency checks failed: {'; '.join(failed)}")
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # markdown
 
@@ -210,13 +563,22 @@ def _f(x, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
+def _signed(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "NaN"
+    return f"{x:+.{digits}f}"
+
+
 def _pct(x) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "NaN"
     return f"{100 * x:.1f}"
 
 
-def _ci(r: dict, key: str, pct: bool = False) -> str:
+def _ci(r: dict, key: str, pct: bool = False, *, why: bool = False) -> str:
+    """' [low, high]', or where the CI rule withholds it ' (CI n/a)' / ' (CI n/a (why))'."""
+    if r.get("ci_note"):
+        return f" (CI {r['ci_note']})" if why else " (CI n/a)"
     ci = r["ci"].get(key)
     if not ci:
         return ""
@@ -231,9 +593,15 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 
 def _majority_text(r: dict) -> str:
-    if r["evaluation"] == "cv":
+    if r.get("majority_class") is None:
+        return r.get("majority_source", "training counts unknown")
+    if r["evaluation"] == "cv" and r.get("per_fold") and len(r["per_fold"]) >= 2:
         return f"each fold predicts its training part's majority: {r['majority_class']}"
-    return f"always '{r['majority_class']}', the training part's majority"
+    return f"always '{r['majority_class']}', from {r.get('majority_source', 'the training part')}"
+
+
+def _name(r: dict) -> str:
+    return f"{r['features']} / {r['head']}" + (" (optimistic)" if r.get("optimistic") else "")
 
 
 def _paper_table(r: dict, classes) -> list[str]:
@@ -267,21 +635,28 @@ def _paper_table(r: dict, classes) -> list[str]:
     )
     lines = _table(["class", "precision %", "recall %", "F1 %", "support"], rows)
     lines.append("")
+    pos = m["positive_class"]
     lines.append(
         f"Beside it: majority-class baseline {_pct(r['majority_baseline'])}% "
         f"({_majority_text(r)}), balanced accuracy {_pct(m['balanced_accuracy'])}%"
-        f"{_ci(r, 'balanced_accuracy', True)}, accuracy {_pct(m['accuracy'])}%"
+        f"{_ci(r, 'balanced_accuracy', True, why=True)}, accuracy {_pct(m['accuracy'])}%"
         f"{_ci(r, 'accuracy', True)}, macro F1 {_pct(m['macro_f1'])}%{_ci(r, 'macro_f1', True)}; "
         f"ROC-AUC one-vs-rest {_f(m['roc_auc_ovr'])}"
-        f"{_ci(r, 'roc_auc_ovr')}, {m['positive_class']}-vs-rest ROC-AUC "
+        f"{_ci(r, 'roc_auc_ovr')}, {pos}-vs-rest ROC-AUC "
         f"{_f(m['roc_auc_pos_vs_rest'])}{_ci(r, 'roc_auc_pos_vs_rest')}, PR-AUC "
         f"{_f(m['pr_auc_pos_vs_rest'])}{_ci(r, 'pr_auc_pos_vs_rest')}; sensitivity "
         f"{_f(m['sensitivity'])}{_ci(r, 'sensitivity')} / specificity {_f(m['specificity'])}"
-        f"{_ci(r, 'specificity')} at P({m['positive_class']}) >= {m['threshold']}. "
+        f"{_ci(r, 'specificity')} (argmax rule, as the confusion matrix below). "
         f"{r['n_images']} images of {r['n_patients']} patients."
     )
+    if not math.isclose(float(m["threshold"]), 0.5):
+        lines.append(
+            f"Second operating point, P({pos}) >= {m['threshold']} (used nowhere else): "
+            f"sensitivity {_f(m.get('sensitivity_at_threshold'))} / specificity "
+            f"{_f(m.get('specificity_at_threshold'))}."
+        )
     cm = m["confusion_matrix"]
-    lines += ["", "Confusion matrix (rows true, columns predicted):", ""]
+    lines += ["", "Confusion matrix (rows true, columns predicted = argmax):", ""]
     lines += _table(["true \\ predicted", *classes], [[c, *cm[i]] for i, c in enumerate(classes)])
     if r.get("per_fold"):
         lines += ["", "Per fold:", ""]
@@ -305,27 +680,209 @@ def _paper_table(r: dict, classes) -> list[str]:
     return lines
 
 
-def _markdown(config, metrics, audit, checks, figures, data_summary) -> str:
+def _diff_cell(c: dict, key: str) -> str:
+    d = c.get(key)
+    if not d:
+        return ""
+    if c.get("ci_note"):
+        return f"{_signed(d['diff'])} (CI {c['ci_note']})"
+    return f"{_signed(d['diff'])} [{_signed(d['ci_low'])}, {_signed(d['ci_high'])}]"
+
+
+def _p_cell(d: dict | None) -> str:
+    if not d or d.get("p_value") is None or math.isnan(_num(d.get("p_value"))):
+        return "n/a"
+    return f"{_p(d.get('p_holm'))} (raw {_p(d['p_value'])})"
+
+
+def _p(x) -> str:
+    x = _num(x)
+    return "NaN" if math.isnan(x) else "<0.001" if x < 0.001 else f"{x:.3f}"
+
+
+def _answer(metrics: dict, compare_to: str) -> list[str]:
+    """'Hybrid vs each backbone', per head: paired patient-clustered bootstrap differences."""
+    L = [f"## The answer: {compare_to} vs each backbone", ""]
+    comps = metrics["comparisons"]
+    if not comps:
+        have = sorted({r["features"] for r in metrics["results"]})
+        L.append(
+            f"Nothing to compare: this run has no '{compare_to}' features set evaluated beside "
+            f"another one on the same images (features: {', '.join(map(str, have))})."
+        )
+        return L + [""]
+    L.append(
+        f"Difference {compare_to} minus the other features set, same head, same images: the "
+        f"paired, patient-clustered bootstrap ({metrics['n_boot']} resamples of patients; both "
+        f"models scored on each resample) gives the {int(100 * metrics['ci_level'])}% CI. "
+        "p-values are **Holm-adjusted** across every test of one evaluation (all comparisons x "
+        "heads x {balanced accuracy, ROC-AUC, McNemar}); the raw value is in brackets. McNemar "
+        "is the clustered test (Durkalski 2003: patients are the clusters). A positive "
+        f"difference favours {compare_to}."
+    )
+    for evaluation in ("test", "cv"):
+        sel = [c for c in comps if c["evaluation"] == evaluation]
+        if not sel:
+            continue
+        L += ["", f"### {EVAL_LABEL[evaluation]}", ""]
+        rows = []
+        for c in sorted(sel, key=lambda c: (str(c["head"]), str(c["b"]))):
+            rows.append(
+                [
+                    c["head"],
+                    f"{c['a']} vs {c['b']}" + (" (optimistic)" if c.get("optimistic") else ""),
+                    f"{c['n_images']} ({c['n_patients']})",
+                    _diff_cell(c, "balanced_accuracy"),
+                    _p_cell(c.get("balanced_accuracy")),
+                    _diff_cell(c, "roc_auc_ovr"),
+                    _p_cell(c.get("roc_auc_ovr")),
+                    _p_cell(c.get("mcnemar")),
+                ]
+            )
+        L += _table(
+            [
+                "head",
+                "comparison",
+                "images (patients)",
+                "Δ balanced accuracy [CI]",
+                "p Holm",
+                "Δ ROC-AUC ovr [CI]",
+                "p Holm",
+                "clustered McNemar p Holm",
+            ],
+            rows,
+        )
+        L.append("")
+        for key, label in (("balanced_accuracy", "Balanced accuracy"), ("roc_auc_ovr", "ROC-AUC")):
+            better, worse, unclear = _verdict(sel, key)
+            L.append(
+                f"- {label}, {EVAL_LABEL[evaluation]}: {compare_to} better in {better}, worse in "
+                f"{worse}, no difference shown in {unclear} of {len(sel)} comparison(s) "
+                "(Holm-adjusted p < 0.05; 'no difference shown' is not 'equal')."
+            )
+    return L + [""]
+
+
+def _verdict(comparisons: list[dict], key: str, alpha: float = 0.05) -> tuple[int, int, int]:
+    """(better, worse, no difference shown) at Holm-adjusted p < ``alpha``."""
+    better = worse = unclear = 0
+    for c in comparisons:
+        d = c.get(key) or {}
+        p = _num(d.get("p_holm"))
+        if not math.isnan(p) and p < alpha and d["diff"] != 0:
+            better += d["diff"] > 0
+            worse += d["diff"] < 0
+        else:
+            unclear += 1
+    return better, worse, unclear
+
+
+def _params_text(params: str) -> str:
+    try:
+        d = json.loads(params)
+    except (TypeError, ValueError):
+        return str(params)
+    if not isinstance(d, dict):
+        return str(d)
+    return ", ".join(f"{k}={v}" for k, v in sorted(d.items())) or "(defaults)"
+
+
+def _tuning_section(config: dict, tuning: pd.DataFrame | None) -> list[str]:
+    if tuning is None:
+        if config.get("tune") == "grid":
+            return ["## Tuning", "", f"config.json says tune=grid but {TUNING} is missing.", ""]
+        if config.get("tune"):
+            return ["## Tuning", "", f"tune={config['tune']}: fixed head defaults, no tuning.", ""]
+        return []
+    chosen = tuning[tuning["chosen"].astype(str).str.lower().isin(("true", "1"))]
+    L = ["## Tuning (chosen hyperparameters, from tuning.csv)", ""]
+    L.append(
+        f"Nested patient-grouped CV: every head tuned inside each outer fold by an inner CV "
+        f"(inner folds: {config.get('inner_cv', '?')}, metric: "
+        f"{config.get('tune_metric', 'balanced_accuracy')}); fold `test` = the final refit on the "
+        f"whole training part. {len(tuning)} grid points evaluated; all are in `{TUNING}`."
+    )
+    L.append("")
+
+    def fold_key(v):
+        return (1, 0) if str(v) == "test" else (0, int(v) if str(v).isdigit() else 0)
+
+    rows = []
+    for (features, head), g in chosen.groupby(["features", "head"], sort=False):
+        g = g.sort_values("fold", key=lambda s: s.map(fold_key))
+        cells = [
+            f"{fold}: {_params_text(params)} ({_f(_num(score))})"
+            for fold, params, score in zip(g["fold"], g["params"], g["inner_score"], strict=True)
+        ]
+        rows.append([features, head, "; ".join(cells)])
+    L += _table(["features", "head", "fold: chosen params (inner score)"], rows)
+    return L + [""]
+
+
+def _leaderboard_rows(results: list[dict], positive: str) -> list[list]:
+    return [
+        [
+            r["features"],
+            r["head"],
+            r["evaluation"],
+            "" if r.get("rank") is None else r["rank"],
+            r["n_images"],
+            r["n_patients"],
+            _f(r["majority_baseline"]),
+            _f(r["metrics"]["accuracy"]) + _ci(r, "accuracy"),
+            _f(r["metrics"]["balanced_accuracy"]) + _ci(r, "balanced_accuracy"),
+            _f(r["metrics"]["macro_f1"]) + _ci(r, "macro_f1"),
+            _f(r["metrics"]["roc_auc_ovr"]) + _ci(r, "roc_auc_ovr"),
+            _f(r["metrics"]["roc_auc_pos_vs_rest"]) + _ci(r, "roc_auc_pos_vs_rest"),
+            "**yes**" if r.get("optimistic") else "",
+            r.get("ci_note") or "",
+        ]
+        for r in results
+    ]
+
+
+def _markdown(config, metrics, audit, checks, figures, data_summary, tuning=None) -> str:
     classes = metrics["classes"]
+    compare_to = metrics.get("compare_to", "hybrid")
     L = ["# featmammo run report", ""]
+    L.append(
+        "**Read this first** (also in metrics.json `caveats`/`warnings` and under every figure):"
+    )
+    L.append("")
+    L += [f"- {line}" for line in caveat_lines(config)]
+    L.append(f"- {source_statement(config)[0]}")
+    L += [f"- Warning: {w}" for w in metrics.get("warnings") or []]
+    if config.get("notes"):
+        L.append(f"- The run recorded {len(config['notes'])} note(s): see Notes at the end.")
+    L.append("")
     L.append(
         "Every number below is recomputed from `predictions.csv` by "
         "`featmammo.report.write_report`; "
         "CIs are patient-clustered percentile bootstrap intervals "
         f"({metrics['n_boot']} resamples of patients, seed {metrics['seed']}, "
-        f"{int(100 * metrics['ci_level'])}%)."
+        f"{int(100 * metrics['ci_level'])}%), given only where every class has at least "
+        f"{metrics['min_patients_per_class']} patients (fewer clusters make an interval that "
+        "looks precise and is not). Decision rule: "
+        f"{metrics['decision_rule']}."
     )
-    L += ["", "## Setup", ""]
+    L.append("")
+    L += _answer(metrics, compare_to)
+    L += ["## Setup", ""]
     for st in config.get("stores") or []:
         L.append(f"- store: `{st.get('path')}` (fingerprint {st.get('fingerprint')})")
-    for key in ("features", "heads", "classes", "cv", "test_split", "seed", "threshold"):
+    for key in (
+        "command", "features", "heads", "classes", "cv", "test_split", "tune", "tune_metric",
+        "inner_cv", "seed", "threshold",
+    ):  # fmt: skip
         if key in config:
             value = config[key]
             value = ", ".join(map(str, value)) if isinstance(value, list) else value
             L.append(f"- {key}: {value}")
     if config.get("dropped_rows"):
         L.append(f"- rows dropped by the class scheme: {config['dropped_rows']}")
-    L += ["", "## Data", ""]
+    L.append("")
+    L += _tuning_section(config, tuning)
+    L += ["## Data", ""]
     if config.get("n_images_in_stores") is not None:
         n_store = config["n_images_in_stores"]
         n_excl = len(
@@ -350,7 +907,12 @@ def _markdown(config, metrics, audit, checks, figures, data_summary) -> str:
             for d in data_summary
         ],
     )
-    L += ["", "## Leakage audit", ""]
+    if config.get("train_class_counts"):
+        counts = ", ".join(f"{c} {n}" for c, n in config["train_class_counts"].items())
+        L += ["", f"Training class counts (the majority baselines' source): {counts}."]
+    L += ["", "## Leakage and source audit", ""]
+    L.append(source_statement(config)[0])
+    L.append("")
     L.append("Recomputed from the `fold` and `patient_id` columns of predictions.csv:")
     L.append("")
     L += _table(
@@ -359,6 +921,7 @@ def _markdown(config, metrics, audit, checks, figures, data_summary) -> str:
             "head",
             "folds",
             "CV patients",
+            "validation patients",
             "test patients",
             "patients in >1 fold",
             "patients in train and test",
@@ -370,6 +933,7 @@ def _markdown(config, metrics, audit, checks, figures, data_summary) -> str:
                 a["head"],
                 a["n_folds"],
                 a["cv_patients"],
+                a["validation_patients"],
                 a["test_patients"],
                 a["patients_across_folds"],
                 a["patients_train_and_test"],
@@ -384,77 +948,46 @@ def _markdown(config, metrics, audit, checks, figures, data_summary) -> str:
         L.append("```json")
         L.append(json.dumps(split_audit, indent=1, default=str)[:4000])
         L.append("```")
+    header = [
+        "features",
+        "head",
+        "eval",
+        "rank",
+        "images",
+        "patients",
+        "majority baseline",
+        "accuracy",
+        "balanced accuracy",
+        "macro F1",
+        "ROC-AUC ovr",
+        f"AUC {metrics['positive_class']}-vs-rest",
+        "optimistic",
+        "CI",
+    ]
+    honest = [r for r in metrics["results"] if r["evaluation"] in ev.HONEST_EVALUATIONS]
+    validation = [r for r in metrics["results"] if r["evaluation"] == "validation"]
     L += ["", "## Leaderboard", ""]
-    L += _table(
-        [
-            "features",
-            "head",
-            "eval",
-            "images",
-            "patients",
-            "majority baseline",
-            "accuracy",
-            "balanced accuracy",
-            "macro F1",
-            "ROC-AUC ovr",
-            f"AUC {metrics['positive_class']}-vs-rest",
-        ],
-        [
-            [
-                r["features"],
-                r["head"],
-                r["evaluation"],
-                r["n_images"],
-                r["n_patients"],
-                _f(r["majority_baseline"]),
-                _f(r["metrics"]["accuracy"]) + _ci(r, "accuracy"),
-                _f(r["metrics"]["balanced_accuracy"]) + _ci(r, "balanced_accuracy"),
-                _f(r["metrics"]["macro_f1"]) + _ci(r, "macro_f1"),
-                _f(r["metrics"]["roc_auc_ovr"]) + _ci(r, "roc_auc_ovr"),
-                _f(r["metrics"]["roc_auc_pos_vs_rest"]) + _ci(r, "roc_auc_pos_vs_rest"),
-            ]
-            for r in metrics["results"]
-        ],
+    L.append(
+        "Ranked by balanced accuracy within each evaluation (held-out test first). Rows marked "
+        "(optimistic) were evaluated on images their embeddings trained on."
     )
-    if metrics["comparisons"]:
-        L += ["", "## Paired comparisons (same images, same patients resampled)", ""]
-        rows = []
-        for c in metrics["comparisons"]:
-            row = [f"{c['a']} - {c['b']}", c["head"], c["evaluation"], c["n_images"]]
-            for key in ev.PAIRED_METRICS:
-                d = c.get(key)
-                row.append(
-                    f"{_f(d['diff'])} [{_f(d['ci_low'])}, {_f(d['ci_high'])}] p={_f(d['p_value'])}"
-                    if d
-                    else ""
-                )
-            mc = c.get("mcnemar", {})
-            row.append(f"b={mc.get('b')} c={mc.get('c')} p={_f(mc.get('p_value'))}")
-            rows.append(row)
-        L += _table(
-            [
-                "difference",
-                "head",
-                "eval",
-                "images",
-                "balanced accuracy diff [CI] p",
-                "ROC-AUC ovr diff [CI] p",
-                "McNemar exact",
-            ],
-            rows,
+    L.append("")
+    L += _table(header, _leaderboard_rows(honest, metrics["positive_class"]))
+    if validation:
+        L += ["", "## HybridNet validation rows (not an estimate)", ""]
+        L.append(
+            "These images chose the stopping epoch (early stopping), so their numbers are "
+            "optimistic: they are not ranked, enter no comparison, and are not pooled "
+            "out-of-fold CV. Their majority baseline comes from the training class counts."
         )
         L.append("")
-        L.append(
-            "p-values are not corrected for multiple comparisons; b = images only the first is "
-            "right "
-            "on, c = images only the second is right on."
-        )
+        L += _table(header, _leaderboard_rows(validation, metrics["positive_class"]))
     L += ["", "## Per-model tables (the paper's layout, with what it leaves out beside it)", ""]
     for r in metrics["results"]:
-        L += [f"### {r['features']} / {r['head']} / {r['evaluation']}", ""]
+        L += [f"### {_name(r)} / {EVAL_LABEL[r['evaluation']]}", ""]
         L += _paper_table(r, classes)
         L.append("")
-    L += ["## Internal consistency", ""]
+    L += ["## Internal consistency (each figure recomputed a second way)", ""]
     L += _table(
         ["check", "result", "detail"],
         [
@@ -470,7 +1003,7 @@ def _markdown(config, metrics, audit, checks, figures, data_summary) -> str:
         L += ["", "## Figures", ""]
         for name, path in figures.items():
             L.append(f"![{name}]({path})")
-    notes = config.get("notes") or []
+    notes = metrics.get("notes") or []
     if notes:
         L += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(L) + "\n"
@@ -480,7 +1013,9 @@ def _markdown(config, metrics, audit, checks, figures, data_summary) -> str:
 # figures
 
 
-def _figures(run_dir: Path, predictions, metrics, classes, max_images: int) -> tuple[dict, list]:
+def _figures(
+    run_dir: Path, predictions, metrics, classes, max_images: int, footer: list[str]
+) -> tuple[dict, list]:
     from . import plots
 
     fig_dir = run_dir / FIGURES
@@ -488,65 +1023,92 @@ def _figures(run_dir: Path, predictions, metrics, classes, max_images: int) -> t
     figures, notes = {}, []
     positive = metrics["positive_class"]
     pcol = f"p_{positive}"
-    for evaluation in ("cv", "test"):
+    evaluation_col = predictions["fold"].astype(str).map(ev.evaluation_of)
+    for evaluation in ("cv", "test", "validation"):
         results = [r for r in metrics["results"] if r["evaluation"] == evaluation]
         if not results:
             continue
-        label = "pooled out-of-fold CV" if evaluation == "cv" else "held-out test"
-        panels = [
-            (f"{r['features']} / {r['head']} ({label})", r["metrics"]["confusion_matrix"])
-            for r in results
-        ]
+        label = EVAL_LABEL[evaluation]
+        rows = predictions[evaluation_col == evaluation]
+        n_img, n_pat = rows["image_id"].nunique(), rows["patient_id"].nunique()
+        title = f"{label}, {n_img} images of {n_pat} patients"
+        panels = [(_name(r), r["metrics"]["confusion_matrix"]) for r in results]
         figures[f"confusion matrices, {label}"] = plots.confusion_matrices(
-            panels, classes, fig_dir / f"confusion_{evaluation}.png"
+            panels,
+            classes,
+            fig_dir / f"confusion_{evaluation}.png",
+            title=f"Confusion matrices (argmax), {title}",
+            footer=footer,
         )
-        curves = []
+        curves, pr_curves = [], []
         for r in results:
-            g = predictions[
-                (predictions["features"] == r["features"]) & (predictions["head"] == r["head"])
-            ]
-            fold = g["fold"].astype(str)
-            g = g[fold == ev.TEST_FOLD] if evaluation == "test" else g[fold != ev.TEST_FOLD]
+            g = _rows_of(predictions, r)
             y = g["y_true"].astype(str).to_numpy() == positive
             auc = r["metrics"]["roc_auc_pos_vs_rest"]
-            curves.append((f"{r['features']} / {r['head']} (AUC {_f(auc)})", y, g[pcol].to_numpy()))
+            ap = r["metrics"]["pr_auc_pos_vs_rest"]
+            curves.append((f"{_name(r)} (AUC {_f(auc)})", y, g[pcol].to_numpy()))
+            pr_curves.append((f"{_name(r)} (AP {_f(ap)})", y, g[pcol].to_numpy()))
         figures[f"ROC, {label}"] = plots.roc_curves(
-            curves, positive, fig_dir / f"roc_{evaluation}.png"
+            curves, positive, fig_dir / f"roc_{evaluation}.png", title=title, footer=footer
         )
         figures[f"precision-recall, {label}"] = plots.pr_curves(
-            curves, positive, fig_dir / f"pr_{evaluation}.png"
+            pr_curves, positive, fig_dir / f"pr_{evaluation}.png", title=title, footer=footer
         )
         figures[f"calibration, {label}"] = plots.calibration(
-            curves, positive, fig_dir / f"calibration_{evaluation}.png"
+            [(_name(r), y, s) for r, (_, y, s) in zip(results, curves, strict=True)],
+            positive,
+            fig_dir / f"calibration_{evaluation}.png",
+            title=title,
+            footer=footer,
         )
-    grid, grid_notes = _test_grid(run_dir, predictions, metrics, classes, max_images)
+    grid, grid_notes, grid_name = _test_grid(
+        run_dir, predictions, metrics, classes, max_images, footer
+    )
     notes += grid_notes
     if grid is not None:
-        figures["test images (best model by balanced accuracy)"] = grid
+        figures[grid_name] = grid
     return {k: str(Path(v).relative_to(run_dir)) for k, v in figures.items()}, notes
 
 
-def _test_grid(run_dir: Path, predictions, metrics, classes, max_images: int):
-    if max_images <= 0:
-        return None, []
-    images_csv = run_dir / IMAGES
+def grid_model(metrics: dict) -> tuple[dict | None, str]:
+    """The model whose test images the grid shows: best CV balanced accuracy (never chosen by
+    its test score); a run without CV rows qualifies only with a single model."""
     tests = [r for r in metrics["results"] if r["evaluation"] == "test"]
     if not tests:
-        return None, ["no held-out test predictions: no test-image grid"]
+        return None, "no held-out test predictions: no test-image grid"
+    with_test = {(r["features"], r["head"]) for r in tests}
+    cv = [
+        r
+        for r in metrics["results"]
+        if r["evaluation"] == "cv" and (r["features"], r["head"]) in with_test
+    ]
+    if cv:
+        best = max(cv, key=lambda r: np.nan_to_num(_num(r["metrics"]["balanced_accuracy"]), nan=-1))
+        chosen = next(
+            r for r in tests if (r["features"], r["head"]) == (best["features"], best["head"])
+        )
+        return chosen, "best CV balanced accuracy"
+    if len(tests) == 1:
+        return tests[0], "the run's only model"
+    return None, "no CV rows to choose a model by (never by test score): no test-image grid"
+
+
+def _test_grid(run_dir: Path, predictions, metrics, classes, max_images: int, footer):
+    if max_images <= 0:
+        return None, [], ""
+    best, why = grid_model(metrics)
+    if best is None:
+        return None, [why], ""
+    images_csv = run_dir / IMAGES
     if not images_csv.exists():
-        return None, [f"{IMAGES} not found: no test-image grid"]
+        return None, [f"{IMAGES} not found: no test-image grid"], ""
     from . import plots
 
     paths = pd.read_csv(images_csv, dtype=str, keep_default_na=False)
     path_of = {i: p for i, p in zip(paths["image_id"], paths["path"], strict=False) if p}
     if not path_of:
-        return None, [f"{IMAGES} records no image paths (e.g. hashed ids): no test-image grid"]
-    best = max(tests, key=lambda r: np.nan_to_num(r["metrics"]["balanced_accuracy"], nan=-1))
-    g = predictions[
-        (predictions["features"] == best["features"])
-        & (predictions["head"] == best["head"])
-        & (predictions["fold"].astype(str) == ev.TEST_FOLD)
-    ]
+        return None, [f"{IMAGES} records no image paths (e.g. hashed ids): no test-image grid"], ""
+    g = _rows_of(predictions, best)
     # a seeded pick that shows every true class, right and wrong predictions
     rng = np.random.default_rng(metrics["seed"])
     order = rng.permutation(len(g))
@@ -582,9 +1144,10 @@ def _test_grid(run_dir: Path, predictions, metrics, classes, max_images: int):
     path = plots.image_grid(
         items,
         run_dir / FIGURES / "test_images.png",
-        title=f"held-out test, {best['features']} / {best['head']}",
+        title=f"held-out test, {_name(best)} (chosen by {why})",
+        footer=footer,
     )
-    return path, notes
+    return path, notes, f"test images ({_name(best)}, chosen by {why})"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -594,9 +1157,13 @@ def _test_grid(run_dir: Path, predictions, metrics, classes, max_images: int):
 def _data_summary(predictions: pd.DataFrame, classes) -> list[dict]:
     """Images/patients/classes per part, counted on unique image ids over all models."""
     out = []
-    fold = predictions["fold"].astype(str)
-    for part, mask in (("training (CV)", fold != ev.TEST_FOLD), ("test", fold == ev.TEST_FOLD)):
-        rows = predictions[mask].drop_duplicates("image_id")
+    evaluation = predictions["fold"].astype(str).map(ev.evaluation_of)
+    for part, name in (
+        ("training (CV)", "cv"),
+        ("validation (early stopping)", "validation"),
+        ("test", "test"),
+    ):
+        rows = predictions[evaluation == name].drop_duplicates("image_id")
         if not len(rows):
             continue
         counts = rows["y_true"].value_counts()
@@ -630,7 +1197,14 @@ def read_config(run_dir) -> dict:
     path = Path(run_dir) / CONFIG
     if not path.exists():
         raise ConfigError(f"{path}: missing (it records the classes of the run)")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def write_report(
@@ -641,11 +1215,17 @@ def write_report(
     threshold: float | None = None,
     figures: bool = True,
     max_images: int = 16,
+    min_patients_per_class: int = ev.MIN_PATIENTS_PER_CLASS,
+    compare_to: str = "hybrid",
 ) -> Path:
     """Recompute leaderboard.csv, metrics.json, report.md and figures from predictions.csv.
 
-    ``config.json`` supplies the classes and the defaults of ``n_boot``, ``seed`` and ``threshold``
-    (the arguments override them). Returns the path of report.md.
+    ``config.json`` supplies the classes, the defaults of ``n_boot``, ``seed`` and ``threshold``
+    (the arguments override them), ``train_class_counts`` (majority baselines),
+    ``optimistic_features``, ``caveats``, ``split_audit`` and ``notes``; ``tuning.csv`` (when
+    present) the chosen hyperparameters. config.json is read, never rewritten. After writing,
+    :func:`verify` re-reads the files and recomputes every figure with scikit-learn. Returns the
+    path of report.md.
     """
     run_dir = Path(run_dir)
     config = read_config(run_dir)
@@ -661,6 +1241,7 @@ def write_report(
     predictions = ev.read_predictions(pred_path)
     if predictions.empty:
         raise ConfigError(f"{pred_path}: no rows")
+    tuning = read_tuning(run_dir)
     leaderboard, metrics = ev.evaluate_predictions(
         predictions,
         classes,
@@ -668,9 +1249,28 @@ def write_report(
         seed=seed,
         threshold=threshold,
         train_counts=config.get("train_class_counts"),
+        compare_to=compare_to,
+        optimistic_features=config.get("optimistic_features") or (),
+        min_patients_per_class=min_patients_per_class,
     )
+    metrics["compare_to"] = compare_to
+    ranks = {
+        (str(f), str(h), e): rk
+        for f, h, e, rk in zip(
+            leaderboard["features"], leaderboard["head"], leaderboard["evaluation"],
+            leaderboard["rank"], strict=True,
+        )
+    }  # fmt: skip
+    for r in metrics["results"]:
+        rk = ranks.get((str(r["features"]), str(r["head"]), r["evaluation"]))
+        r["rank"] = None if rk is None or pd.isna(rk) else int(rk)
+    metrics["caveats"] = config.get("caveats")
+    metrics["source_confounding"] = source_statement(config)[0]
+    metrics["train_class_counts"] = config.get("train_class_counts")
     lb_path = run_dir / LEADERBOARD
-    leaderboard.to_csv(lb_path, index=False)
+    atomic_write(lb_path, lambda f: leaderboard.to_csv(f, index=False))
+    metrics_path = run_dir / METRICS
+    _write_text(metrics_path, json.dumps(_jsonable(metrics), indent=1, allow_nan=False))
     audit = fold_audit(predictions)
     for a in audit:
         if not a["ok"]:
@@ -681,22 +1281,33 @@ def write_report(
                 a["patients_across_folds"],
                 a["patients_train_and_test"],
             )
-    checks = consistency_checks(predictions, metrics, lb_path, classes)
+    checks = verify(run_dir)  # the files as written, re-read and recomputed with scikit-learn
     for c in checks:
         if not c["ok"]:
             log.warning("consistency check failed: %s (%s)", c["check"], c["detail"])
+    metrics["warnings"] = report_warnings(config, metrics, audit, checks)
+    for w in metrics["warnings"]:
+        log.warning("%s: %s", run_dir.name, w)
+    src, src_warn = source_statement(config)
+    footer = footer_text(
+        config,
+        [f"warning: {w}" for w in metrics["warnings"]]
+        + ([src.replace("**", "")] if src_warn else []),
+    )
     fig_paths, fig_notes = (
-        _figures(run_dir, predictions, metrics, classes, max_images) if figures else ({}, [])
+        _figures(run_dir, predictions, metrics, classes, max_images, footer)
+        if figures
+        else ({}, [])
     )
     metrics["audit"] = audit
     metrics["consistency"] = checks
     metrics["data"] = _data_summary(predictions, classes)
     metrics["figures"] = fig_paths
-    metrics["notes"] = fig_notes
-    (run_dir / METRICS).write_text(json.dumps(_jsonable(metrics), indent=1, allow_nan=False))
-    cfg = dict(config, notes=[*(config.get("notes") or []), *fig_notes])
-    text = _markdown(cfg, metrics, audit, checks, fig_paths, metrics["data"])
+    # the run's own notes (e.g. train's caveat) survive: config.json is never rewritten here
+    metrics["notes"] = [*(config.get("notes") or []), *fig_notes]
+    _write_text(metrics_path, json.dumps(_jsonable(metrics), indent=1, allow_nan=False))
+    text = _markdown(config, metrics, audit, checks, fig_paths, metrics["data"], tuning)
     out = run_dir / REPORT
-    out.write_text(text)
+    _write_text(out, text)
     log.info("report written: %s", out)
     return out
