@@ -6,8 +6,10 @@
 2. Learning curve on a synthetic phantom set (featmammo.datasets.synthetic, controlled difficulty):
    the hybrid (feature-map fusion) and each single trunk (ResNet50 alone, AlexNet alone) trained the
    same way (``featmammo.nn.train``, random init: no ImageNet weights here), per-epoch validation
-   curves, and test balanced accuracy / accuracy with bootstrap 95 % CIs over test images, plus the
-   paired hybrid-minus-single differences (same resamples). Whatever the outcome, it is reported.
+   curves, and test balanced accuracy / accuracy / ROC-AUC with 95 % CIs from featmammo.evaluate's
+   patient-clustered bootstrap (patients resampled, so both views of a patient move together), plus
+   the paired hybrid-minus-single differences (same resampled patients, Holm-adjusted p-values).
+   Whatever the outcome, it is reported.
 
 Writes ``benchmarks/results/train_hybrid.json`` and ``.md``. Run:
 ``python benchmarks/train_hybrid.py`` (defaults sized for a few minutes on 2 CPU cores; raise
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import resource
 import sys
@@ -170,49 +173,78 @@ def write_phantom_set(root: Path, n: int, size: tuple[int, int], difficulty: flo
     return root / "manifest.csv"
 
 
-def balanced_accuracy(y, p, k):
-    rec = [np.mean(p[y == c] == c) for c in range(k) if np.any(y == c)]
-    return float(np.mean(rec))
+def test_statistics(preds: dict[str, pd.DataFrame], classes, n_boot: int, seed: int) -> dict:
+    """Each model's test metrics with patient-clustered bootstrap CIs, and the paired
+    hybrid-minus-single differences, all through featmammo.evaluate (the library's bootstrap:
+    patients, not images, are resampled, so the two views of one patient move together).
 
+    Differences: :func:`featmammo.evaluate.paired_comparison` (both models scored on the same
+    resampled patients), bootstrap p-values Holm-adjusted over the comparisons x metrics.
+    """
+    from featmammo.evaluate import (
+        bootstrap_metrics,
+        ci_note,
+        compute_metrics,
+        holm_adjust,
+        paired_comparison,
+        patients_per_class,
+    )
 
-def bootstrap(preds: dict[str, pd.DataFrame], classes, n_boot: int, seed: int) -> dict:
-    """Image-level bootstrap CIs of each model's test metrics and of hybrid-minus-single gaps."""
-    k = len(classes)
-    idx = {c: i for i, c in enumerate(classes)}
     names = list(preds)
     ref = preds[names[0]].sort_values("image_id").reset_index(drop=True)
-    y = ref["y_true"].map(idx).to_numpy()
-    p = {}
-    for name, df in preds.items():
-        df = df.sort_values("image_id").reset_index(drop=True)
-        assert (df["image_id"] == ref["image_id"]).all()
-        p[name] = df["y_pred"].map(idx).to_numpy()
-    rng = np.random.default_rng(seed)
-    draws = [rng.integers(0, len(y), len(y)) for _ in range(n_boot)]
+    pcols = [f"p_{c}" for c in classes]
+    per_class = patients_per_class(ref["y_true"], ref["patient_id"], classes)
+    note = ci_note(per_class)  # too few patients in some class: no CI (featmammo.evaluate's rule)
     out = {}
     for name in names:
-        ba = [balanced_accuracy(y[d], p[name][d], k) for d in draws]
-        acc = [float(np.mean(y[d] == p[name][d])) for d in draws]
-        out[name] = {
-            "balanced_accuracy": balanced_accuracy(y, p[name], k),
-            "balanced_accuracy_ci": [float(np.percentile(ba, 2.5)), float(np.percentile(ba, 97.5))],
-            "accuracy": float(np.mean(y == p[name])),
-            "accuracy_ci": [float(np.percentile(acc, 2.5)), float(np.percentile(acc, 97.5))],
+        df = preds[name].sort_values("image_id").reset_index(drop=True)
+        if not (df["image_id"] == ref["image_id"]).all():
+            raise RuntimeError(f"{name}: test images differ from {names[0]}'s")
+        proba = df[pcols].to_numpy(float)
+        m = compute_metrics(df["y_true"], df["y_pred"], proba, classes)
+        ci = bootstrap_metrics(
+            df["y_true"],
+            df["y_pred"],
+            proba,
+            classes,
+            df["patient_id"],
+            n_boot=0 if note else n_boot,
+            seed=seed,
+            metrics=("balanced_accuracy", "accuracy", "roc_auc_ovr"),
+        )
+        out[name] = {key: m[key] for key in ("balanced_accuracy", "accuracy", "roc_auc_ovr")} | {
+            f"{key}_ci": [ci[key]["low"], ci[key]["high"]] for key in ci
         }
     hyb = names[0]
+    keys = []
     for name in names[1:]:
-        diff = [
-            balanced_accuracy(y[d], p[hyb][d], k) - balanced_accuracy(y[d], p[name][d], k)
-            for d in draws
-        ]
-        out[f"{hyb} minus {name}"] = {
-            "balanced_accuracy_difference": out[hyb]["balanced_accuracy"]
-            - out[name]["balanced_accuracy"],
-            "ci": [float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))],
+        cmp = paired_comparison(preds[hyb], preds[name], classes, n_boot=n_boot, seed=seed)
+        key = f"{hyb} minus {name}"
+        out[key] = {
+            metric: {
+                "difference": cmp[metric]["diff"],
+                "ci": [cmp[metric]["ci_low"], cmp[metric]["ci_high"]],
+                "p_value": cmp[metric]["p_value"],
+            }
+            for metric in ("balanced_accuracy", "roc_auc_ovr")
         }
-    out["n_test_images"] = int(len(y))
-    out["chance_balanced_accuracy"] = 1.0 / k
+        out[key]["ci_note"] = cmp.get("ci_note", "")
+        keys.append(key)
+    pairs = [(k, m) for k in keys for m in ("balanced_accuracy", "roc_auc_ovr")]
+    adjusted = holm_adjust([out[k][m]["p_value"] for k, m in pairs])
+    for (k, m), p in zip(pairs, adjusted, strict=True):
+        out[k][m]["p_holm"] = p
+    out["n_test_images"] = int(len(ref))
+    out["n_test_patients"] = int(ref["patient_id"].nunique())
+    out["patients_per_class"] = per_class
+    out["ci_note"] = note
+    out["chance_balanced_accuracy"] = 1.0 / len(classes)
     out["n_boot"] = n_boot
+    out["bootstrap"] = (
+        "featmammo.evaluate patient-clustered percentile bootstrap (patients resampled with "
+        "replacement); paired differences on the same resampled patients; p-values Holm-adjusted "
+        "over the comparisons x {balanced accuracy, ROC-AUC}"
+    )
     return out
 
 
@@ -288,8 +320,19 @@ def learning_curves(args, device: torch.device) -> dict:
         },
         "curves": curves,
         "train_seconds": timing,
-        "test": bootstrap(preds, classes, args.n_boot, args.seed),
+        "test": test_statistics(preds, classes, args.n_boot, args.seed),
     }
+
+
+def _ci(ci, fmt: str = ".3f") -> str:
+    low, high = ci
+    if low != low or high != high:  # NaN: no CI (too few patients)
+        return "[n/a]"
+    return f"[{low:{fmt}}, {high:{fmt}}]"
+
+
+def _load(values) -> str:
+    return "/".join(f"{v:.1f}" for v in values) if values else "?"
 
 
 def markdown(result: dict) -> str:
@@ -297,7 +340,9 @@ def markdown(result: dict) -> str:
     lines = [
         "# HybridNet training benchmark",
         "",
-        f"Machine: {result['machine']}",
+        f"Machine: {result['machine']}; load average (1, 5, 15 min) "
+        f"{_load(result.get('loadavg_start'))} at the start, {_load(result.get('loadavg_end'))} "
+        "at the end (other jobs share this machine)",
         "",
         f"## Throughput ({tp['image_size']}x{tp['image_size']}, batch {tp['batch_size']}, "
         f"{tp['iterations']} iterations, {tp['device']}, random weights)",
@@ -325,20 +370,24 @@ def markdown(result: dict) -> str:
             "trained in parallel (train times "
             "include that sharing).",
             "",
-            f"Test set: {test['n_test_images']} images; chance balanced accuracy "
-            f"{test['chance_balanced_accuracy']:.3f}; 95 % CIs from {test['n_boot']} bootstrap "
-            "resamples of the test images.",
+            f"Test set: {test['n_test_images']} images of {test['n_test_patients']} patients "
+            f"(per class: {test['patients_per_class']}); chance balanced accuracy "
+            f"{test['chance_balanced_accuracy']:.3f}; 95 % CIs from {test['n_boot']} resamples of "
+            f"the {test['bootstrap']}."
+            + (f" No CIs: {test['ci_note']}." if test["ci_note"] else ""),
             "",
-            "| model | test balanced accuracy [95 % CI] | test accuracy [95 % CI] | train time |",
-            "|---|---|---|---|",
+            "| model | test balanced accuracy [95 % CI] | test accuracy [95 % CI] | "
+            "test ROC-AUC [95 % CI] | train time |",
+            "|---|---|---|---|---|",
         ]
         for name in VARIANTS:
             r = test[name]
+            cells = [
+                f"{r[key]:.3f} {_ci(r[key + '_ci'])}"
+                for key in ("balanced_accuracy", "accuracy", "roc_auc_ovr")
+            ]
             lines.append(
-                f"| {name} | {r['balanced_accuracy']:.3f} [{r['balanced_accuracy_ci'][0]:.3f}, "
-                f"{r['balanced_accuracy_ci'][1]:.3f}] | {r['accuracy']:.3f} "
-                f"[{r['accuracy_ci'][0]:.3f}, {r['accuracy_ci'][1]:.3f}] | "
-                f"{lc['train_seconds'][name]:.0f} s |"
+                f"| {name} | " + " | ".join(cells) + f" | {lc['train_seconds'][name]:.0f} s |"
             )
         hyb = test[next(iter(VARIANTS))]
         chance = test["chance_balanced_accuracy"]
@@ -354,13 +403,23 @@ def markdown(result: dict) -> str:
         lines += ["", *SETTINGS_NOTE]
         if result.get("notes"):  # added by hand to the JSON, e.g. earlier runs, wall time
             lines += ["", "Notes:", "", *(f"- {n}" for n in result["notes"])]
-        lines += ["", "| paired difference | balanced accuracy gap [95 % CI] |", "|---|---|"]
+        lines += [
+            "",
+            "Paired differences on the same test patients (patient-clustered bootstrap; p-values "
+            "Holm-adjusted over the comparisons x metrics):",
+            "",
+            "| paired difference | balanced accuracy [95 % CI], p (Holm) | "
+            "ROC-AUC [95 % CI], p (Holm) |",
+            "|---|---|---|",
+        ]
         for key, r in test.items():
             if " minus " in key:
-                lines.append(
-                    f"| {key} | {r['balanced_accuracy_difference']:+.3f} "
-                    f"[{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}] |"
-                )
+                cells = [
+                    f"{r[m]['difference']:+.3f} {_ci(r[m]['ci'], '+.3f')}, "
+                    + ("p n/a" if r[m]["p_holm"] != r[m]["p_holm"] else f"p {r[m]['p_holm']:.3f}")
+                    for m in ("balanced_accuracy", "roc_auc_ovr")
+                ]
+                lines.append(f"| {key} | " + " | ".join(cells) + " |")
         lines += ["", "Validation balanced accuracy per epoch:", ""]
         header = "| epoch | " + " | ".join(VARIANTS) + " |"
         lines += [header, "|---" * (len(VARIANTS) + 1) + "|"]
@@ -410,6 +469,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-curve", action="store_true")
     ap.add_argument("--out", default=str(RESULTS / "train_hybrid"))
+    ap.add_argument("--note", action="append", default=[], help="a note kept in the results")
     ap.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the .json")
     args = ap.parse_args(argv)
     if args.markdown_only:
@@ -433,6 +493,8 @@ def main(argv=None) -> int:
     )
     result = {
         "machine": machine,
+        "loadavg_start": list(os.getloadavg()),
+        "notes": list(args.note),
         "torch": torch.__version__,
         "python": sys.version.split()[0],
         "args": vars(args),
@@ -440,7 +502,10 @@ def main(argv=None) -> int:
     }
     log.info("throughput: %s", result["throughput"])
     if not args.skip_curve:
+        t0 = time.perf_counter()
         result["learning_curve"] = learning_curves(args, device)
+        result["learning_curve_seconds"] = time.perf_counter() - t0
+    result["loadavg_end"] = list(os.getloadavg())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=float))
