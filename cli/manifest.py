@@ -267,6 +267,108 @@ def cmmd(ctx, root, output, table, fail_on_unresolved, max_rows, as_json) -> Non
     _run(ctx, lambda: build_cmmd(root, table=table), output, as_json, max_rows, fail_on_unresolved)
 
 
+@command.command("ddsm")
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@output_option
+@click.option(
+    "--unverified-views",
+    type=click.Choice(["exclude", "normal"]),
+    default="exclude",
+    show_default=True,
+    help="Views without an overlay in abnormal cases: left out (listed), or labelled normal.",
+)
+@click.option(
+    "--unproven",
+    type=click.Choice(["exclude", "benign", "malignant"]),
+    default="exclude",
+    show_default=True,
+    help="Overlays whose pathology is UNPROVEN: left out (listed), or counted as benign/malignant.",
+)
+@click.option(
+    "--mask-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where the overlay outlines are written as ROI mask PNGs (default: <output stem>.masks/ "
+    "beside the manifest).",
+)
+@click.option("--no-masks", is_flag=True, help="Write no ROI masks (roi_mask_path stays empty).")
+@fail_option
+@max_rows_option
+@json_option
+@click.pass_context
+def ddsm(
+    ctx,
+    root,
+    output,
+    unverified_views,
+    unproven,
+    mask_dir,
+    no_masks,
+    fail_on_unresolved,
+    max_rows,
+    as_json,
+) -> None:
+    """Manifest of the original DDSM tree (cases/<type>/<volume>/caseNNNN, .ics + .LJPEG +
+    .OVERLAY, plain or gzipped).
+
+    Labels: normals volumes -> normal; overlays: any MALIGNANT -> malignant, BENIGN and
+    BENIGN_WITHOUT_CALLBACK -> benign, UNPROVEN by --unproven; views without an overlay in abnormal
+    cases by --unverified-views. Overlay outlines become ROI masks for --roi crop|patch.
+    """
+    from featmammo.datasets.ddsm import build_ddsm, default_mask_dir
+
+    if no_masks:
+        masks = None
+    else:
+        masks = mask_dir if mask_dir is not None else default_mask_dir(output)
+
+    def lines(summary: dict) -> list[str]:
+        out = [
+            "cases      "
+            + ", ".join(f"{k} {v}" for k, v in summary["case_types"].items())
+            + f"; {summary['missing_ljpeg']} LJPEG missing; {len(summary['gzipped'])} gzipped"
+        ]
+        if summary["excluded"]:
+            out.append(f"excluded   {len(summary['excluded'])} view(s) (unverified/unproven)")
+        if summary["mask_dir"]:
+            out.append(
+                f"masks      {summary['mask_dir']}: {summary['masks_written']} written, "
+                f"{summary['masks_reused']} reused, {len(summary['mask_errors'])} errors"
+            )
+        return out
+
+    _run(
+        ctx,
+        lambda: build_ddsm(
+            root, unverified_views=unverified_views, unproven=unproven, mask_dir=masks
+        ),
+        output,
+        as_json,
+        max_rows,
+        fail_on_unresolved,
+        lines,
+    )
+
+
+@command.command("ddsm-patches")
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@output_option
+@fail_option
+@max_rows_option
+@json_option
+@click.pass_context
+def ddsm_patches(ctx, root, output, fail_on_unresolved, max_rows, as_json) -> None:
+    """Manifest of the Kaggle DDSM patch set (training10_*.tfrecords + cv10/test10 .npy pairs),
+    one row per patch; a row's path is FILE#INDEX.
+
+    Codes 0-4 -> normal / benign / malignant (abnormality_type calc/mass); splits training10 ->
+    train, cv10 -> val, test10 -> test. The set records no patient: patient_id = the patch.
+    """
+    from featmammo.datasets.ddsm_patches import build_ddsm_patches
+
+    _run(ctx, lambda: build_ddsm_patches(root), output, as_json, max_rows, fail_on_unresolved)
+
+
 @command.command("merge")
 @click.argument("manifests", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @output_option

@@ -388,3 +388,10 @@ def test_cli_set_commands_write_three_files(tmp_path):
     assert res.exit_code == 0, res.output
     assert "source     rsna:" in res.output
     assert set(read_manifest(tmp_path / "m.csv")["source"]) == {"rsna", "cmmd"}
+
+
+def test_every_public_builder_name_resolves():
+    import featmammo.datasets as datasets
+
+    for name in datasets.__all__:
+        assert callable(getattr(datasets, name)) or name in ("LABELS", "REQUIRED_COLUMNS"), name

@@ -1,0 +1,429 @@
+"""Original DDSM (USF) manifests: ``cases/<type>/<volume>/caseNNNN/`` with ``A-0002-1.ics``,
+``A_0002_1.LEFT_CC.LJPEG`` and ``A_0002_1.LEFT_CC.OVERLAY`` (any of them possibly gzipped).
+
+Rules (documented choices):
+
+- A case folder is any folder holding an ``.ics`` or an ``.LJPEG``; its type is the first folder
+  of its path named ``normals``, ``benigns``, ``cancers`` or ``benign_without_callbacks`` (any
+  case), its volume the folder below that. Views come from the ``.ics`` view lines
+  (:func:`featmammo.io.ddsm.read_ics`); each view is one row whose image is
+  ``<case>.<VIEW>.LJPEG`` (or ``.LJPEG.gz``, read in memory by :mod:`featmammo.io.ljpeg`).
+- Labels (``label_rule`` says which applied): views of ``normals`` volumes -> ``normal``. Views
+  with an overlay -> from its pathologies: any MALIGNANT -> ``malignant``; BENIGN and
+  BENIGN_WITHOUT_CALLBACK -> ``benign`` (as in CBIS-DDSM); UNPROVEN -> ``unproven``
+  (``exclude`` by default, or ``benign``/``malignant``). Views without an overlay in an abnormal
+  case are unverified: left out and listed by default (``unverified_views="exclude"``) or
+  ``normal`` on request. An unknown PATHOLOGY stops with the overlay's file and line.
+- ``patient_id`` = the case (``A-0002-1``); ``image_id`` = ``A_0002_1.LEFT_CC``; laterality and
+  view from the view name; no official split (``split`` empty). Columns: ``case_type``,
+  ``volume``, ``institution`` (A-D), ``digitizer``, ``density``, ``age``, ``lesion_type``,
+  ``abnormality_type``, ``assessment``, ``subtlety``, ``pathology`` (``;``-joined per
+  abnormality), ``lines``/``pixels_per_line``/``bits_per_pixel``/``resolution`` (from the .ics),
+  ``ics_path``, ``overlay_path``.
+- ROI masks: with ``mask_dir``, every overlay's BOUNDARY outlines are filled into full-size PNG
+  masks ``<mask_dir>/<image_id>.<k>.png`` (one per abnormality, 0/255); ``roi_mask_path`` is the
+  abnormality that decides the label (first malignant, else first), ``roi_mask_paths`` all of
+  them, ``;``-joined: usable by ``--roi crop|patch``. A mask newer than its overlay is reused.
+- Never a crash on a missing or broken file: a view whose LJPEG is missing, a case whose .ics is
+  missing or unreadable, an LJPEG whose view is not in the .ics, an overlay the .ics announces
+  but that is not there, and a malformed chain code are listed (unresolved rows or ``mask_errors``)
+  with the reason. Gzipped files are counted in the summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from featmammo.datasets.base import abs_root, manifest_frame, summarize
+from featmammo.datasets.ddsm_overlay import outline_mask, read_overlay, write_mask
+from featmammo.errors import ConfigError, ManifestError
+
+log = logging.getLogger(__name__)
+
+SOURCE = "ddsm"
+CASE_TYPES = {
+    "normals": "normals",
+    "benigns": "benigns",
+    "cancers": "cancers",
+    "benign_without_callbacks": "benign_without_callbacks",
+}
+UNVERIFIED_POLICIES = ("exclude", "normal")
+UNPROVEN_POLICIES = ("exclude", "benign", "malignant")
+EXTRA_COLUMNS = [
+    "label_rule",
+    "case_type",
+    "volume",
+    "institution",
+    "digitizer",
+    "density",
+    "age",
+    "lesion_type",
+    "abnormality_type",
+    "assessment",
+    "subtlety",
+    "pathology",
+    "n_abnormalities",
+    "lines",
+    "pixels_per_line",
+    "bits_per_pixel",
+    "resolution",
+    "roi_mask_path",
+    "roi_mask_paths",
+    "overlay_path",
+    "ics_path",
+]
+_FILE_RE = re.compile(
+    r"^(?P<case>[A-Da-d]_\d{4}_\d+)\.(?P<view>(?:LEFT|RIGHT)_[A-Z]+)\.(?P<kind>LJPEG|OVERLAY)"
+    r"(?P<gz>\.GZ)?$",
+    re.IGNORECASE,
+)
+_ICS_RE = re.compile(r"^[A-Da-d][-_]\d{4}[-_]\d+\.ics(\.gz)?$", re.IGNORECASE)
+
+
+def label_rule(unverified_views: str, unproven: str) -> str:
+    return (
+        "normals volume -> normal; overlay: any MALIGNANT -> malignant, BENIGN/"
+        f"BENIGN_WITHOUT_CALLBACK -> benign, UNPROVEN -> {unproven}; abnormal-case view "
+        f"without overlay -> {unverified_views}"
+    )
+
+
+def _case_type(rel_parts: tuple[str, ...]) -> tuple[str, str]:
+    for k, part in enumerate(rel_parts):
+        t = CASE_TYPES.get(part.lower())
+        if t is not None:
+            volume = rel_parts[k + 1] if k + 1 < len(rel_parts) else ""
+            return t, volume
+    return "", ""
+
+
+def _scan(root: Path) -> dict[Path, dict]:
+    """Case folders -> {"ics": [paths], "ljpeg": {VIEW: path}, "overlay": {VIEW: path}, "case"}."""
+    cases: dict[Path, dict] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            d = Path(dirpath)
+            if _ICS_RE.match(name):
+                cases.setdefault(d, {"ics": [], "ljpeg": {}, "overlay": {}})["ics"].append(d / name)
+                continue
+            m = _FILE_RE.match(name)
+            if m:
+                c = cases.setdefault(d, {"ics": [], "ljpeg": {}, "overlay": {}})
+                kind = m.group("kind").lower()
+                view = m.group("view").upper()
+                prev = c[kind].get(view)
+                if prev is None or (prev.name.lower().endswith(".gz") and not m.group("gz")):
+                    c[kind][view] = d / name  # plain preferred over gzipped
+    return cases
+
+
+def _view_label(
+    case_type: str,
+    abnormalities: list[dict] | None,
+    unverified_views: str,
+    unproven: str,
+) -> tuple[str, str]:
+    """(label or ``exclude``, why)."""
+    if case_type == "normals":
+        return "normal", "normals volume"
+    if abnormalities is None:
+        return unverified_views, "abnormal case, view without overlay (unverified)"
+    mapped = set()
+    for a in abnormalities:
+        p = a["pathology"]
+        if p == "MALIGNANT":
+            mapped.add("malignant")
+        elif p in ("BENIGN", "BENIGN_WITHOUT_CALLBACK"):
+            mapped.add("benign")
+        elif unproven != "exclude":
+            mapped.add(unproven)
+    if "malignant" in mapped:
+        return "malignant", "overlay"
+    if "benign" in mapped:
+        return "benign", "overlay"
+    return "exclude", "overlay with UNPROVEN pathology only (--unproven exclude)"
+
+
+def build_ddsm(
+    root,
+    *,
+    unverified_views: str = "exclude",
+    unproven: str = "exclude",
+    mask_dir=None,
+) -> tuple[pd.DataFrame, dict]:
+    """A manifest of an original DDSM tree: (DataFrame, summary). See the module docstring.
+
+    ``mask_dir``: where ROI mask PNGs are written (None: no masks, ``roi_mask_path`` empty).
+    """
+    from featmammo.io.ddsm import read_ics
+
+    if unverified_views not in UNVERIFIED_POLICIES:
+        raise ConfigError(f"unverified_views={unverified_views!r}: expected {UNVERIFIED_POLICIES}")
+    if unproven not in UNPROVEN_POLICIES:
+        raise ConfigError(f"unproven={unproven!r}: expected one of {UNPROVEN_POLICIES}")
+    root = abs_root(root, "DDSM")
+    rule = label_rule(unverified_views, unproven)
+    mask_dir = Path(os.path.abspath(os.fspath(mask_dir))) if mask_dir is not None else None
+    cases = _scan(root)
+    if not cases:
+        raise ManifestError(
+            f"{root}: no DDSM case found (no .ics or .LJPEG file; expected "
+            "cases/<normals|benigns|cancers|benign_without_callbacks>/<volume>/caseNNNN/)"
+        )
+    rows, unresolved, excluded, mask_errors = [], [], [], []
+    counts: Counter = Counter()
+    gzipped: list[str] = []
+    for folder in sorted(cases):
+        c = cases[folder]
+        rel = folder.relative_to(root).parts
+        case_type, volume = _case_type(rel)
+        where = str(folder)
+        for p in [*c["ics"], *c["ljpeg"].values(), *c["overlay"].values()]:
+            if p.name.lower().endswith(".gz"):
+                gzipped.append(str(p))
+        if not case_type:
+            unresolved.append(
+                {
+                    "image_id": "",
+                    "where": where,
+                    "reason": "case folder not under normals/benigns/cancers/"
+                    "benign_without_callbacks: type unknown",
+                }
+            )
+            continue
+        counts[f"cases_{case_type}"] += 1
+        if not c["ics"]:
+            for _view, p in sorted(c["ljpeg"].items()):
+                unresolved.append(
+                    {
+                        "image_id": _image_id(p),
+                        "where": where,
+                        "reason": "no .ics in the case folder",
+                    }
+                )
+            continue
+        ics_path = sorted(c["ics"], key=lambda q: (q.name.lower().endswith(".gz"), q.name))[0]
+        try:
+            ics = read_ics(ics_path)
+        except ManifestError as exc:
+            for _view, p in sorted(c["ljpeg"].items()):
+                unresolved.append(
+                    {"image_id": _image_id(p), "where": str(ics_path), "reason": str(exc)}
+                )
+            if not c["ljpeg"]:
+                unresolved.append({"image_id": "", "where": str(ics_path), "reason": str(exc)})
+            continue
+        case = ics.get("case") or folder.name
+        stem = case.replace("-", "_")
+        for view in sorted(set(c["ljpeg"]) - set(ics["views"])):
+            unresolved.append(
+                {
+                    "image_id": f"{stem}.{view}",
+                    "where": str(c["ljpeg"][view]),
+                    "reason": f"view {view} is not in {ics_path.name}",
+                }
+            )
+        for view, vinfo in sorted(ics["views"].items()):
+            image_id = f"{stem}.{view}"
+            ljpeg = c["ljpeg"].get(view)
+            overlay = c["overlay"].get(view)
+            if ljpeg is None:
+                counts["missing_ljpeg"] += 1
+                unresolved.append(
+                    {
+                        "image_id": image_id,
+                        "where": str(ics_path),
+                        "reason": f"LJPEG missing: {image_id}.LJPEG not in the case folder",
+                    }
+                )
+                continue
+            if vinfo.get("overlay") and overlay is None:
+                unresolved.append(
+                    {
+                        "image_id": image_id,
+                        "where": str(ics_path),
+                        "reason": f".ics says OVERLAY but {image_id}.OVERLAY is missing",
+                    }
+                )
+                continue
+            if overlay is not None and not vinfo.get("overlay"):
+                counts["overlay_not_in_ics"] += 1
+            abns = read_overlay(overlay) if overlay is not None else None
+            if case_type == "normals" and abns:
+                counts["normals_with_overlay"] += 1
+            label, why = _view_label(case_type, abns, unverified_views, unproven)
+            if label == "exclude":
+                counts["excluded_" + ("unverified" if abns is None else "unproven")] += 1
+                excluded.append({"image_id": image_id, "where": str(ljpeg), "reason": why})
+                continue
+            side, _, vname = view.partition("_")
+            abns = abns or []
+            masks = _masks(image_id, abns, overlay, vinfo, mask_dir, counts, mask_errors)
+            primary = next((k for k, a in enumerate(abns) if a["pathology"] == "MALIGNANT"), 0)
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "path": str(ljpeg),
+                    "label": label,
+                    "patient_id": case,
+                    "laterality": side[0],
+                    "view": vname,
+                    "split": "",
+                    "source": SOURCE,
+                    "label_rule": rule,
+                    "case_type": case_type,
+                    "volume": volume,
+                    "institution": ics.get("institution") or "",
+                    "digitizer": ics.get("digitizer") or "",
+                    "density": _str(ics.get("density")),
+                    "age": _str(ics.get("patient_age")),
+                    "lesion_type": ";".join(" / ".join(a["lesion_types"]) for a in abns),
+                    "abnormality_type": ";".join(
+                        t
+                        for t in ("mass", "calcification")
+                        if any(t in a["abnormality_type"].split(";") for a in abns)
+                    ),
+                    "assessment": ";".join(a["assessment"] for a in abns),
+                    "subtlety": ";".join(a["subtlety"] for a in abns),
+                    "pathology": ";".join(a["pathology"] for a in abns),
+                    "n_abnormalities": len(abns),
+                    "lines": _str(vinfo.get("lines")),
+                    "pixels_per_line": _str(vinfo.get("pixels_per_line")),
+                    "bits_per_pixel": _str(vinfo.get("bits_per_pixel")),
+                    "resolution": _str(vinfo.get("resolution")),
+                    "roi_mask_path": masks[primary] if masks else "",
+                    "roi_mask_paths": ";".join(masks),
+                    "overlay_path": str(overlay) if overlay is not None else "",
+                    "ics_path": str(ics_path),
+                }
+            )
+    df = manifest_frame(rows, EXTRA_COLUMNS)
+    if df.empty:
+        raise ManifestError(
+            f"{root}: no DDSM view could be used ({len(cases)} case folders, "
+            f"{len(unresolved)} unresolved, {len(excluded)} excluded); e.g. "
+            + (unresolved[0]["reason"] if unresolved else excluded[0]["reason"] if excluded else "")
+        )
+    notes = []
+    if gzipped:
+        notes.append(f"{len(gzipped)} gzipped file(s) (read in memory; listed in 'gzipped')")
+    if counts["excluded_unverified"]:
+        notes.append(
+            f"{counts['excluded_unverified']} view(s) without an overlay in abnormal cases left "
+            "out (unverified; --unverified-views normal keeps them as normal)"
+        )
+    if counts["excluded_unproven"]:
+        notes.append(f"{counts['excluded_unproven']} view(s) with UNPROVEN pathology only left out")
+    if mask_dir is None:
+        notes.append("no ROI masks written (give a mask folder for --roi crop|patch)")
+    if mask_errors:
+        notes.append(f"{len(mask_errors)} outline(s) could not be made into masks (mask_errors)")
+    summary = summarize(
+        df,
+        root=root,
+        source=SOURCE,
+        label_rule=rule,
+        unresolved=unresolved,
+        notes=notes,
+        reason_kind=_reason_kind,
+        unverified_views=unverified_views,
+        unproven=unproven,
+        case_folders=len(cases),
+        case_types={k[6:]: v for k, v in sorted(counts.items()) if k.startswith("cases_")},
+        missing_ljpeg=counts["missing_ljpeg"],
+        excluded=excluded,
+        gzipped=gzipped,
+        mask_dir=str(mask_dir) if mask_dir else "",
+        masks_written=counts["masks_written"],
+        masks_reused=counts["masks_reused"],
+        mask_errors=mask_errors,
+        overlay_not_in_ics=counts["overlay_not_in_ics"],
+        normals_with_overlay=counts["normals_with_overlay"],
+    )
+    return df, summary
+
+
+def _str(v) -> str:
+    return "" if v is None else str(v)
+
+
+def _image_id(ljpeg: Path) -> str:
+    m = _FILE_RE.match(ljpeg.name)
+    return f"{m.group('case').upper()}.{m.group('view').upper()}" if m else ljpeg.name
+
+
+def _masks(
+    image_id: str,
+    abns: list[dict],
+    overlay: Path | None,
+    vinfo: dict,
+    mask_dir: Path | None,
+    counts: Counter,
+    errors: list[dict],
+) -> list[str]:
+    """One mask PNG per abnormality (paths; ``""`` where an abnormality has no BOUNDARY)."""
+    if mask_dir is None or overlay is None or not abns:
+        return []
+    shape = (int(vinfo["lines"]), int(vinfo["pixels_per_line"]))
+    out = []
+    for k, a in enumerate(abns, start=1):
+        if not any(o["kind"] == "BOUNDARY" for o in a["outlines"]):
+            errors.append(
+                {"image_id": image_id, "abnormality": a["index"], "reason": "no BOUNDARY"}
+            )
+            out.append("")
+            continue
+        path = mask_dir / f"{image_id}.{k}.png"
+        try:
+            if path.is_file() and path.stat().st_mtime >= overlay.stat().st_mtime:
+                counts["masks_reused"] += 1
+            else:
+                mask = outline_mask(a["outlines"], shape)
+                if not mask.any():
+                    errors.append(
+                        {
+                            "image_id": image_id,
+                            "abnormality": a["index"],
+                            "reason": f"outline lies outside the {shape[0]}x{shape[1]} image",
+                        }
+                    )
+                    out.append("")
+                    continue
+                write_mask(mask, path)
+                counts["masks_written"] += 1
+        except OSError as exc:
+            raise ManifestError(f"{path}: cannot write ROI mask ({exc})") from exc
+        out.append(str(path))
+    return out
+
+
+def _reason_kind(reason: str) -> str:
+    if reason.startswith("LJPEG missing"):
+        return "LJPEG missing"
+    if ".ics says OVERLAY" in reason:
+        return "overlay missing"
+    if "no .ics" in reason:
+        return "no .ics"
+    if "is not in" in reason:
+        return "view not in the .ics"
+    if "type unknown" in reason:
+        return "case type unknown"
+    return "unreadable .ics"
+
+
+def default_mask_dir(output) -> Path:
+    """``<output stem>.masks/`` beside the manifest (so mask paths are written relative)."""
+    out = Path(output)
+    return out.with_name(out.stem + ".masks")
+
+
+__all__ = ["build_ddsm", "default_mask_dir", "label_rule"]

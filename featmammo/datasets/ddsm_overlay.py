@@ -1,0 +1,164 @@
+"""Original DDSM ``.OVERLAY`` files: abnormalities (lesion type, assessment, subtlety, pathology)
+and their chain-coded outlines, and the outlines filled into ROI mask images.
+
+Format (DATASETS.md): ``TOTAL_ABNORMALITIES n``; per abnormality ``ABNORMALITY i``,
+``LESION_TYPE MASS SHAPE ... MARGINS ...`` or ``LESION_TYPE CALCIFICATION TYPE ... DISTRIBUTION
+...`` (one or more lines), ``ASSESSMENT``, ``SUBTLETY``, ``PATHOLOGY``, ``TOTAL_OUTLINES k``, then
+``BOUNDARY`` (and ``CORE``) each followed by a chain code ``x y d d d ... #`` (x = column, y = row;
+directions 0 up, 1 up-right, 2 right, 3 down-right, 4 down, 5 down-left, 6 left, 7 up-left; the
+code may wrap over several lines and ends at ``#``). Plain or gzipped. Parsing is lenient (blank
+lines, unknown keys ignored); an unknown PATHOLOGY or a malformed chain code raises
+:class:`~featmammo.errors.ManifestError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from featmammo.errors import ManifestError
+
+log = logging.getLogger(__name__)
+
+PATHOLOGIES = ("MALIGNANT", "BENIGN", "BENIGN_WITHOUT_CALLBACK", "UNPROVEN")
+# chain-code direction -> (dx, dy), x = column (right +), y = row (down +)
+DIRECTIONS = {
+    0: (0, -1),
+    1: (1, -1),
+    2: (1, 0),
+    3: (1, 1),
+    4: (0, 1),
+    5: (-1, 1),
+    6: (-1, 0),
+    7: (-1, -1),
+}
+
+
+def _text(path: Path) -> str:
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise ManifestError(f"{path}: corrupt gzip data ({exc})") from None
+    return raw.decode("latin-1")
+
+
+def read_overlay(path) -> list[dict]:
+    """Parse an ``.OVERLAY`` -> one dict per abnormality: ``index``, ``line`` (where it starts),
+    ``lesion_types`` (list of the LESION_TYPE texts), ``abnormality_type`` (``mass``,
+    ``calcification`` or both, ``;``-joined), ``assessment``, ``subtlety``, ``pathology``,
+    ``outlines`` (list of ``{"kind": "BOUNDARY"|"CORE", "line", "points": (N, 2) int array of
+    (x, y)}``)."""
+    p = Path(os.fspath(path))
+    try:
+        text = _text(p)
+    except OSError as exc:
+        raise ManifestError(f"{p}: cannot read overlay ({exc})") from exc
+    lines = text.splitlines()
+    out: list[dict] = []
+    cur: dict | None = None
+    i = 0
+    while i < len(lines):
+        tokens = lines[i].split()
+        lineno = i + 1
+        i += 1
+        if not tokens:
+            continue
+        key = tokens[0].upper()
+        if key == "ABNORMALITY":
+            cur = {
+                "index": tokens[1] if len(tokens) > 1 else str(len(out) + 1),
+                "line": lineno,
+                "lesion_types": [],
+                "assessment": "",
+                "subtlety": "",
+                "pathology": "",
+                "outlines": [],
+            }
+            out.append(cur)
+            continue
+        if cur is None:
+            continue  # TOTAL_ABNORMALITIES and anything before the first abnormality
+        if key == "LESION_TYPE":
+            cur["lesion_types"].append(" ".join(tokens[1:]).upper())
+        elif key in ("ASSESSMENT", "SUBTLETY"):
+            cur[key.lower()] = tokens[1] if len(tokens) > 1 else ""
+        elif key == "PATHOLOGY":
+            value = tokens[1].upper() if len(tokens) > 1 else ""
+            if value not in PATHOLOGIES:
+                raise ManifestError(
+                    f"{p}: line {lineno}: unknown PATHOLOGY {value or '(empty)'!r} "
+                    f"(expected one of {', '.join(PATHOLOGIES)})"
+                )
+            cur["pathology"] = value
+        elif key in ("BOUNDARY", "CORE"):
+            chain: list[str] = tokens[1:]
+            start = lineno
+            while "#" not in chain and i < len(lines):
+                chain += lines[i].split()
+                i += 1
+            cur["outlines"].append(
+                {"kind": key, "line": start, "points": _chain_points(chain, p, start)}
+            )
+    for a in out:
+        if not a["pathology"]:
+            raise ManifestError(f"{p}: line {a['line']}: abnormality {a['index']} has no PATHOLOGY")
+        kinds = []
+        for lt in a["lesion_types"]:
+            word = lt.split()[0] if lt.split() else ""
+            kind = {"MASS": "mass", "CALCIFICATION": "calcification"}.get(word, word.lower())
+            if kind and kind not in kinds:
+                kinds.append(kind)
+        a["abnormality_type"] = ";".join(kinds)
+    return out
+
+
+def _chain_points(tokens: list[str], path: Path, lineno: int) -> np.ndarray:
+    if "#" in tokens:
+        tokens = tokens[: tokens.index("#")]
+    try:
+        x, y, *moves = (int(t) for t in tokens)
+    except ValueError:
+        raise ManifestError(
+            f"{path}: line {lineno}: malformed chain code (expected 'x y d d ... #')"
+        ) from None
+    bad = [d for d in moves if d not in DIRECTIONS]
+    if bad:
+        raise ManifestError(f"{path}: line {lineno}: chain-code direction {bad[0]} is not 0-7")
+    steps = np.array([DIRECTIONS[d] for d in moves], dtype=np.int64).reshape(-1, 2)
+    pts = np.vstack([[x, y], np.array([x, y]) + np.cumsum(steps, axis=0)])
+    return pts.astype(np.int64)
+
+
+def outline_mask(outlines: list[dict], shape: tuple[int, int], kinds=("BOUNDARY",)) -> np.ndarray:
+    """The filled outlines (``kinds``) as a uint8 mask of ``shape`` = (LINES, PIXELS_PER_LINE):
+    255 inside or on an outline, 0 elsewhere (outlines are clipped to the image)."""
+    from PIL import Image as PILImage
+    from PIL import ImageDraw
+
+    h, w = shape
+    img = PILImage.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(img)
+    for o in outlines:
+        if o["kind"] not in kinds:
+            continue
+        pts = [(int(px), int(py)) for px, py in o["points"]]
+        if len(pts) >= 3:
+            draw.polygon(pts, fill=255, outline=255)
+        else:
+            draw.point(pts, fill=255)
+    return np.asarray(img)
+
+
+def write_mask(mask: np.ndarray, path: Path) -> None:
+    """Write a mask PNG atomically (8-bit, 0/255)."""
+    from PIL import Image as PILImage
+
+    from featmammo.atomic import atomic_write
+
+    atomic_write(path, lambda f: PILImage.fromarray(mask).save(f, format="PNG"))

@@ -1,0 +1,244 @@
+"""Original DDSM manifests on a tiny tree written here (cases/<type>/<volume>/caseNNNN with .ics,
+.LJPEG, .OVERLAY, some gzipped, one LJPEG missing): labels and their options, columns, overlay
+outlines as ROI masks usable by roi=crop, and broken files listed, never a crash."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from featmammo.datasets.ddsm import build_ddsm
+from featmammo.datasets.ddsm_overlay import outline_mask, read_overlay
+from featmammo.datasets.manifest import read_manifest
+from featmammo.errors import ManifestError
+
+pytest.importorskip("featmammo.io.ddsm")
+
+SQUARE = "10 10 2 2 2 2 4 4 4 4 6 6 6 6 0 0 0 0 #"  # x 10..14, y 10..14: 25 pixels
+
+
+def _ics(case: str, views: dict[str, bool], digitizer="LUMISYS LASER") -> str:
+    lines = [
+        "",
+        "ics_version 1.0",
+        f"filename {case}",
+        "DATE_OF_STUDY 2 7 95",
+        "PATIENT_AGE 62  ",
+        "DENSITY 3",
+        "DATE_DIGITIZED 7 22 1997",
+        f"DIGITIZER {digitizer}",
+        "SELECTED",
+    ]
+    for view, overlay in views.items():
+        lines.append(
+            f"{view} LINES 40 PIXELS_PER_LINE 30 BITS_PER_PIXEL 12 RESOLUTION 50.0 "
+            + ("OVERLAY" if overlay else "NON_OVERLAY")
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _overlay(*abnormalities: tuple[str, str]) -> str:
+    out = [f"TOTAL_ABNORMALITIES {len(abnormalities)}"]
+    for i, (lesion, pathology) in enumerate(abnormalities, start=1):
+        out += [
+            f"ABNORMALITY {i}",
+            f"LESION_TYPE {lesion}",
+            "ASSESSMENT 4",
+            f"SUBTLETY {i + 2}",
+            f"PATHOLOGY {pathology}",
+            "TOTAL_OUTLINES 1",
+            "BOUNDARY",
+            # the chain code may wrap over two lines
+            SQUARE[:14] if i == 1 else SQUARE,
+        ]
+        if i == 1:
+            out.append(SQUARE[14:])
+    return "\n".join(out) + "\n"
+
+
+def _put(path, text_or_bytes, gz=False):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = text_or_bytes.encode() if isinstance(text_or_bytes, str) else text_or_bytes
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        data = gzip.compress(data)
+    path.write_bytes(data)
+    return path
+
+
+LJPEG = b"\xff\xd8not decoded by the manifest builder\xff\xd9"
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "DDSM"
+    cases = root / "cases"
+    n = cases / "normals" / "normal_01" / "case0002"
+    _put(
+        n / "A-0002-1.ics",
+        _ics(
+            "A-0002-1",
+            dict.fromkeys(("LEFT_CC", "LEFT_MLO", "RIGHT_CC", "RIGHT_MLO"), False),
+            "DBA 21",
+        ),
+    )
+    for v in ("LEFT_CC", "LEFT_MLO", "RIGHT_CC"):  # RIGHT_MLO missing
+        _put(n / f"A_0002_1.{v}.LJPEG", LJPEG)
+    c = cases / "cancers" / "cancer_05" / "case1465"
+    _put(
+        c / "C-1465-1.ics",
+        _ics("C-1465-1", {"LEFT_CC": True, "LEFT_MLO": True, "RIGHT_CC": False}),
+        gz=True,
+    )
+    _put(c / "C_1465_1.LEFT_CC.LJPEG", LJPEG)
+    _put(c / "C_1465_1.LEFT_MLO.LJPEG", LJPEG)
+    _put(c / "C_1465_1.RIGHT_CC.LJPEG", LJPEG, gz=True)
+    _put(
+        c / "C_1465_1.LEFT_CC.OVERLAY",
+        _overlay(
+            ("CALCIFICATION TYPE PLEOMORPHIC DISTRIBUTION CLUSTERED", "BENIGN"),
+            ("MASS SHAPE IRREGULAR MARGINS SPICULATED", "MALIGNANT"),
+        ),
+    )
+    _put(
+        c / "C_1465_1.LEFT_MLO.OVERLAY",
+        _overlay(("MASS SHAPE OVAL MARGINS CIRCUMSCRIBED", "UNPROVEN")),
+    )
+    b = cases / "benign_without_callbacks" / "bwc_01" / "case3000"
+    _put(b / "D-3000-1.ics", _ics("D-3000-1", {"RIGHT_MLO": True}, "HOWTEK 43.5"))
+    _put(b / "D_3000_1.RIGHT_MLO.LJPEG", LJPEG)
+    _put(
+        b / "D_3000_1.RIGHT_MLO.OVERLAY",
+        _overlay(("MASS SHAPE ROUND MARGINS OBSCURED", "BENIGN_WITHOUT_CALLBACK")),
+        gz=True,
+    )
+    # a case folder without its .ics
+    _put(cases / "benigns" / "benign_01" / "case0100" / "B_0100_1.LEFT_CC.LJPEG", LJPEG)
+    return root
+
+
+def test_labels_columns_and_listed_problems(tree, tmp_path):
+    df, summary = build_ddsm(tree, mask_dir=tmp_path / "masks")
+    by = df.set_index("image_id")
+    assert set(by.index) == {
+        "A_0002_1.LEFT_CC",
+        "A_0002_1.LEFT_MLO",
+        "A_0002_1.RIGHT_CC",
+        "C_1465_1.LEFT_CC",
+        "D_3000_1.RIGHT_MLO",
+    }
+    a = by.loc["A_0002_1.LEFT_CC"]
+    assert (a["label"], a["patient_id"], a["laterality"], a["view"]) == (
+        "normal",
+        "A-0002-1",
+        "L",
+        "CC",
+    )
+    assert (a["institution"], a["digitizer"], a["density"], a["age"]) == ("A", "DBA 21", "3", "62")
+    assert a["case_type"] == "normals" and a["volume"] == "normal_01" and a["lines"] == "40"
+    m = by.loc["C_1465_1.LEFT_CC"]
+    assert m["label"] == "malignant" and m["pathology"] == "BENIGN;MALIGNANT"
+    assert m["abnormality_type"] == "mass;calcification" and m["subtlety"] == "3;4"
+    assert m["lesion_type"].startswith("CALCIFICATION TYPE PLEOMORPHIC")
+    assert by.loc["D_3000_1.RIGHT_MLO", "label"] == "benign"  # BENIGN_WITHOUT_CALLBACK
+    assert set(df["split"]) == {""} and set(df["source"]) == {"ddsm"}
+    # unverified (no overlay in a cancer case) and UNPROVEN views: left out, listed
+    excluded = {e["image_id"]: e["reason"] for e in summary["excluded"]}
+    assert set(excluded) == {"C_1465_1.RIGHT_CC", "C_1465_1.LEFT_MLO"}
+    # missing LJPEG and a case folder without .ics: unresolved with reasons
+    assert summary["missing_ljpeg"] == 1
+    assert summary["unresolved_reasons"] == {"LJPEG missing": 1, "no .ics": 1}
+    ids = {u["image_id"] for u in summary["unresolved_rows"]}
+    assert ids == {"A_0002_1.RIGHT_MLO", "B_0100_1.LEFT_CC"}
+    assert len(summary["gzipped"]) == 3
+    assert summary["case_types"] == {
+        "benign_without_callbacks": 1,
+        "benigns": 1,
+        "cancers": 1,
+        "normals": 1,
+    }
+
+
+def test_options_unverified_and_unproven(tree):
+    df, summary = build_ddsm(tree, unverified_views="normal", unproven="malignant")
+    by = df.set_index("image_id")
+    assert by.loc["C_1465_1.RIGHT_CC", "label"] == "normal"
+    assert by.loc["C_1465_1.RIGHT_CC", "path"].endswith(".LJPEG.gz")  # gzipped: a row
+    assert by.loc["C_1465_1.LEFT_MLO", "label"] == "malignant"
+    assert "UNPROVEN -> malignant" in by.loc["C_1465_1.LEFT_MLO", "label_rule"]
+    assert summary["excluded"] == [] and by.loc["C_1465_1.LEFT_CC", "roi_mask_path"] == ""
+
+
+def test_overlay_masks_usable_for_roi_crop(tree, tmp_path):
+    from featmammo.io import read_image
+    from featmammo.preprocess import PreprocessConfig, prepare
+
+    df, summary = build_ddsm(tree, mask_dir=tmp_path / "masks")
+    row = df.set_index("image_id").loc["C_1465_1.LEFT_CC"]
+    paths = row["roi_mask_paths"].split(";")
+    assert len(paths) == 2 and row["roi_mask_path"] == paths[1]  # the malignant lesion decides
+    mask = read_image(row["roi_mask_path"]).pixels
+    assert mask.shape == (40, 30)  # LINES x PIXELS_PER_LINE
+    ys, xs = np.nonzero(mask)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (10, 14, 10, 14) and len(ys) == 25
+    assert summary["masks_written"] == 3
+    image = np.zeros((40, 30), np.uint16)
+    image[10:15, 10:15] = 4000  # the lesion the overlay outlines
+    cfg = PreprocessConfig(roi="crop", image_size=16, crop="none", canonical_side=False)
+    region = prepare(image, cfg, laterality="L", roi_mask=mask > 0).pixels
+    assert region.shape == (16, 16) and region.min() == region.max() == 4000
+    _, again = build_ddsm(tree, mask_dir=tmp_path / "masks")
+    assert again["masks_reused"] == 3 and again["masks_written"] == 0
+
+
+def test_overlay_parser_and_bad_overlays(tmp_path):
+    p = _put(tmp_path / "x.OVERLAY", _overlay(("MASS SHAPE ROUND", "MALIGNANT")))
+    (a,) = read_overlay(p)
+    assert a["abnormality_type"] == "mass" and a["outlines"][0]["points"].shape == (17, 2)
+    assert outline_mask(a["outlines"], (20, 20)).sum() == 25 * 255
+    bad = _put(tmp_path / "bad.OVERLAY", _overlay(("MASS", "MAYBE")))
+    with pytest.raises(ManifestError, match=r"bad.OVERLAY: line 6: unknown PATHOLOGY 'MAYBE'"):
+        read_overlay(bad)
+    chain = _put(
+        tmp_path / "chain.OVERLAY", _overlay(("MASS", "BENIGN")).replace("6 6 6 6", "6 9 6 6")
+    )
+    with pytest.raises(ManifestError, match="chain-code direction 9 is not 0-7"):
+        read_overlay(chain)
+
+
+def test_unknown_pathology_stops_the_build(tree):
+    ov = next(tree.rglob("C_1465_1.LEFT_CC.OVERLAY"))
+    ov.write_text(ov.read_text().replace("PATHOLOGY BENIGN\n", "PATHOLOGY MAYBE\n"))
+    with pytest.raises(ManifestError, match=r"LEFT_CC.OVERLAY: line \d+: unknown PATHOLOGY"):
+        build_ddsm(tree)
+
+
+def test_unreadable_ics_listed_and_empty_tree(tree, tmp_path):
+    ics = next(tree.rglob("A-0002-1.ics"))
+    ics.write_text("ics_version 1.0\nfilename A-0002-1\n")  # no view lines
+    df, summary = build_ddsm(tree)
+    assert summary["unresolved_reasons"]["unreadable .ics"] == 3
+    assert not df["patient_id"].eq("A-0002-1").any()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ManifestError, match="no DDSM case found"):
+        build_ddsm(tmp_path / "empty")
+
+
+def test_cli_ddsm_writes_masks_beside_the_manifest(tree, tmp_path):
+    from featmammo.cli.manifest import command
+
+    out = tmp_path / "out" / "ddsm.csv"
+    res = CliRunner().invoke(command, ["ddsm", str(tree), "-o", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["masks_written"] == 3 and summary["unresolved"] == 2
+    raw = out.read_text()
+    assert "ddsm.masks/C_1465_1.LEFT_CC.2.png" in raw  # relative: inside the manifest folder
+    df = read_manifest(out)
+    assert (tmp_path / "out" / "ddsm.masks" / "C_1465_1.LEFT_CC.2.png").is_file()
+    assert df.set_index("image_id").loc["C_1465_1.LEFT_CC", "roi_mask_path"].startswith("/")
+    assert (tmp_path / "out" / "ddsm.unresolved.csv").is_file()
