@@ -242,3 +242,44 @@ def test_cli_ddsm_writes_masks_beside_the_manifest(tree, tmp_path):
     assert (tmp_path / "out" / "ddsm.masks" / "C_1465_1.LEFT_CC.2.png").is_file()
     assert df.set_index("image_id").loc["C_1465_1.LEFT_CC", "roi_mask_path"].startswith("/")
     assert (tmp_path / "out" / "ddsm.unresolved.csv").is_file()
+
+
+def test_cli_ddsm_patches_and_merge_with_ddsm(tree, tmp_path):
+    """`manifest ddsm-patches` (helper H's builder) through the CLI: FILE#INDEX paths written
+    relative to the manifest and checked through FILE; merged with the DDSM volumes manifest."""
+    from featmammo.cli.manifest import command
+    from featmammo.io import tfrecord as tfr
+
+    recs = [
+        tfr.serialize_example(
+            {"label": [c], "label_normal": [int(c > 0)], "image": [bytes(12 * 12)]}
+        )
+        for c in (0, 2, 3)
+    ]
+    patches = tmp_path / "out" / "kaggle" / "training10_0.tfrecords"
+    patches.parent.mkdir(parents=True)
+    tfr.write_records(patches, recs)
+    runner = CliRunner()
+    out = tmp_path / "out" / "patches.csv"
+    res = runner.invoke(command, ["ddsm-patches", str(patches.parent), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "kaggle/training10_0.tfrecords#2" in out.read_text()
+    df = read_manifest(out)  # FILE of FILE#INDEX checked
+    assert list(df["label"]) == ["normal", "benign", "malignant"]
+    assert set(df["split"]) == {"train"}
+    res = runner.invoke(command, ["ddsm", str(tree), "-o", str(tmp_path / "out" / "ddsm.csv")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(
+        command,
+        [
+            "merge",
+            str(tmp_path / "out" / "ddsm.csv"),
+            str(out),
+            "-o",
+            str(tmp_path / "out" / "both.csv"),
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["sources"] == {"ddsm": 5, "ddsm-patches": 3}
