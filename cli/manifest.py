@@ -1,9 +1,12 @@
 """``featmammo manifest``: build a manifest CSV (one row per image) from a dataset on disk.
 
-Subcommands: ``cbis-ddsm ROOT`` (a CBIS-DDSM download in any layout + the official CSVs) and
-``folder ROOT`` (class-per-folder trees). Each writes the manifest, prints a summary and the
-leakage audit; ``cbis-ddsm`` also writes ``<output stem>.summary.json`` (rules applied, counts,
-unresolved rows) and, when some rows could not be resolved, ``<output stem>.unresolved.csv``.
+Subcommands, one per set: ``cbis-ddsm``, ``ddsm`` (original DDSM volumes), ``ddsm-patches``
+(Kaggle patch set), ``mias``, ``inbreast``, ``vindr``, ``rsna``, ``cmmd``; ``folder``
+(class-per-folder trees) and ``merge`` (several manifests into one, keeping ``source``). Each
+calls its library builder (``featmammo.datasets.<set>``), then ``featmammo.datasets.base.save``
+writes the manifest, ``<output stem>.summary.json`` (rules applied, counts, unresolved rows, the
+leakage audit) and, when some rows could not be resolved, ``<output stem>.unresolved.csv``; the
+command prints the summary and the audit.
 """
 
 from __future__ import annotations
@@ -418,30 +421,10 @@ def folder(root, output, patient_pattern, source, as_json) -> None:
     Labels: normal, benign, malignant (case-insensitive).
     Images: .dcm .png .jpg .jpeg .pgm .tif .tiff.
     """
-    from featmammo.datasets.folders import build_folder
-    from featmammo.datasets.manifest import write_manifest
-    from featmammo.splits import audit
+    from featmammo.datasets.base import format_summary
+    from featmammo.datasets.folders import build_folder, folder_summary
 
     df = build_folder(root, patient_pattern=patient_pattern, source=source)
-    write_manifest(df, output)
-    report = audit(df)
-    summary = {
-        "manifest": output,
-        "root": root,
-        "images": int(len(df)),
-        "patients": int(df["patient_id"].nunique()),
-        "patient_id": "pattern" if patient_pattern else "image_id (no pattern given)",
-        "labels": {k: int(v) for k, v in df["label"].value_counts().sort_index().items()},
-        "splits": {k: int(v) for k, v in df["split"].value_counts().sort_index().items()},
-        "audit": report.to_dict(),
-    }
-    if as_json:
-        echo_json(summary)
-        return
-    click.echo(f"manifest   {output}")
-    click.echo(
-        f"images     {summary['images']}; patients {summary['patients']} "
-        f"(patient_id from {summary['patient_id']})"
-    )
-    click.echo("labels     " + ", ".join(f"{k} {v}" for k, v in summary["labels"].items()))
-    click.echo(report.format())
+    summary = folder_summary(df, root, patient_pattern=patient_pattern, source=source)
+    text = format_summary(summary, output, lines=[f"patient_id from {summary['patient_id']}"])
+    _finish(df, summary, output, as_json, text)

@@ -244,3 +244,24 @@ def build_folder(
         df["label"].value_counts().to_dict(),
     )
     return df
+
+
+def folder_summary(
+    df: pd.DataFrame, root, *, patient_pattern: str | None = None, source: str = "folder"
+) -> dict:
+    """The summary of a :func:`build_folder` manifest (as the set builders return it, see
+    :func:`featmammo.datasets.base.summarize`): counts, where ``patient_id`` came from, the audit.
+    A folder tree has no table, so nothing is unresolved."""
+    from featmammo.datasets.base import summarize
+
+    return summarize(
+        df,
+        root=Path(os.path.abspath(os.path.expanduser(os.fspath(root)))),
+        source=source,
+        label_rule="the label folder's name",
+        unresolved=[],
+        notes=[]
+        if patient_pattern
+        else ["no --patient-pattern: patient_id = image_id (no patient grouping)"],
+        patient_id="pattern" if patient_pattern else "image_id (no pattern given)",
+    )
