@@ -295,6 +295,12 @@ def cmmd(ctx, root, output, table, fail_on_unresolved, max_rows, as_json) -> Non
     "beside the manifest).",
 )
 @click.option("--no-masks", is_flag=True, help="Write no ROI masks (roi_mask_path stays empty).")
+@click.option(
+    "--case-types",
+    default=None,
+    help="Only these volumes, comma-separated: normals, benigns, cancers, "
+    "benign_without_callbacks (e.g. 'normals' for the paper's normal class). Default: all.",
+)
 @fail_option
 @max_rows_option
 @json_option
@@ -307,6 +313,7 @@ def ddsm(
     unproven,
     mask_dir,
     no_masks,
+    case_types,
     fail_on_unresolved,
     max_rows,
     as_json,
@@ -343,7 +350,13 @@ def ddsm(
     _run(
         ctx,
         lambda: build_ddsm(
-            root, unverified_views=unverified_views, unproven=unproven, mask_dir=masks
+            root,
+            unverified_views=unverified_views,
+            unproven=unproven,
+            mask_dir=masks,
+            case_types=[t.strip() for t in case_types.split(",") if t.strip()]
+            if case_types
+            else None,
         ),
         output,
         as_json,

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from featmammo.datasets.ddsm import build_ddsm
 from featmammo.datasets.ddsm_overlay import outline_mask, read_overlay
 from featmammo.datasets.manifest import read_manifest
-from featmammo.errors import ManifestError
+from featmammo.errors import ConfigError, ManifestError
 
 pytest.importorskip("featmammo.io.ddsm")
 
@@ -171,6 +171,15 @@ def test_options_unverified_and_unproven(tree):
     assert by.loc["C_1465_1.LEFT_MLO", "label"] == "malignant"
     assert "UNPROVEN -> malignant" in by.loc["C_1465_1.LEFT_MLO", "label_rule"]
     assert summary["excluded"] == [] and by.loc["C_1465_1.LEFT_CC", "roi_mask_path"] == ""
+
+
+def test_case_types_option_keeps_only_those_volumes(tree):
+    df, summary = build_ddsm(tree, case_types=["normals"])
+    assert set(df["label"]) == {"normal"} and len(df) == 3
+    assert summary["cases_skipped"] == 3 and summary["case_types"] == {"normals": 1}
+    assert summary["unresolved_reasons"] == {"LJPEG missing": 1}
+    with pytest.raises(ConfigError, match="case_types"):
+        build_ddsm(tree, case_types=["normal"])
 
 
 def test_overlay_masks_usable_for_roi_crop(tree, tmp_path):

@@ -159,10 +159,13 @@ def build_ddsm(
     unverified_views: str = "exclude",
     unproven: str = "exclude",
     mask_dir=None,
+    case_types=None,
 ) -> tuple[pd.DataFrame, dict]:
     """A manifest of an original DDSM tree: (DataFrame, summary). See the module docstring.
 
     ``mask_dir``: where ROI mask PNGs are written (None: no masks, ``roi_mask_path`` empty).
+    ``case_types``: only these volumes (e.g. ``["normals"]`` for the paper's normal class); the
+    cases of other types are counted in ``cases_skipped``, not listed as unresolved.
     """
     from featmammo.io.ddsm import read_ics
 
@@ -170,6 +173,13 @@ def build_ddsm(
         raise ConfigError(f"unverified_views={unverified_views!r}: expected {UNVERIFIED_POLICIES}")
     if unproven not in UNPROVEN_POLICIES:
         raise ConfigError(f"unproven={unproven!r}: expected one of {UNPROVEN_POLICIES}")
+    if case_types is not None:
+        case_types = [case_types] if isinstance(case_types, str) else list(case_types)
+        unknown = [t for t in case_types if t not in CASE_TYPES]
+        if unknown or not case_types:
+            raise ConfigError(
+                f"case_types {unknown or case_types!r}: expected some of {', '.join(CASE_TYPES)}"
+            )
     root = abs_root(root, "DDSM")
     rule = label_rule(unverified_views, unproven)
     mask_dir = Path(os.path.abspath(os.fspath(mask_dir))) if mask_dir is not None else None
@@ -187,9 +197,6 @@ def build_ddsm(
         rel = folder.relative_to(root).parts
         case_type, volume = _case_type(rel)
         where = str(folder)
-        for p in [*c["ics"], *c["ljpeg"].values(), *c["overlay"].values()]:
-            if p.name.lower().endswith(".gz"):
-                gzipped.append(str(p))
         if not case_type:
             unresolved.append(
                 {
@@ -200,7 +207,13 @@ def build_ddsm(
                 }
             )
             continue
+        if case_types is not None and case_type not in case_types:
+            counts["cases_skipped"] += 1
+            continue
         counts[f"cases_{case_type}"] += 1
+        for p in [*c["ics"], *c["ljpeg"].values(), *c["overlay"].values()]:
+            if p.name.lower().endswith(".gz"):
+                gzipped.append(str(p))
         if not c["ics"]:
             for _view, p in sorted(c["ljpeg"].items()):
                 unresolved.append(
@@ -338,7 +351,13 @@ def build_ddsm(
         unverified_views=unverified_views,
         unproven=unproven,
         case_folders=len(cases),
-        case_types={k[6:]: v for k, v in sorted(counts.items()) if k.startswith("cases_")},
+        case_types={
+            k[6:]: v
+            for k, v in sorted(counts.items())
+            if k.startswith("cases_") and k != "cases_skipped"
+        },
+        cases_skipped=counts["cases_skipped"],
+        only_case_types=case_types or [],
         missing_ljpeg=counts["missing_ljpeg"],
         excluded=excluded,
         gzipped=gzipped,
