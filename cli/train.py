@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from .options import device_option, echo_json, json_option, seed_option, weights_option
+from .options import (
+    device_option,
+    echo_json,
+    json_option,
+    no_cache_option,
+    seed_option,
+    weights_option,
+)
 
 
 @click.command("train")
@@ -67,8 +74,11 @@ from .options import device_option, echo_json, json_option, seed_option, weights
 )
 @click.option("--no-augment", is_flag=True, help="Train without on-the-fly augmentation.")
 @click.option("--workers", type=int, default=0, show_default=True, help="Image decoding threads.")
+@no_cache_option
 @json_option
-def command(manifest, run_dir, classes, trunks, resume, no_augment, as_json, **options) -> None:
+def command(
+    manifest, run_dir, classes, trunks, resume, no_augment, no_cache, as_json, **options
+) -> None:
     """Train HybridNet on MANIFEST into RUN_DIR (checkpoint, history, curves, predictions, metrics).
 
     Under torchrun the same command trains with DistributedDataParallel.
@@ -79,6 +89,7 @@ def command(manifest, run_dir, classes, trunks, resume, no_augment, as_json, **o
         classes=classes,
         trunks=tuple(t.strip() for t in trunks.split(",") if t.strip()),
         augment=not no_augment,
+        prepared_cache=not no_cache,
         **options,
     )
     result = train(manifest, run_dir, cfg, resume=resume)

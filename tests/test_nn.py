@@ -50,6 +50,18 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _prepared_cache_in_tmp(tmp_path_factory):
+    # training reads pixels through featmammo.prepared's default cache: keep it out of the repo
+    before = os.environ.get("FEATMAMMO_CACHE")
+    os.environ["FEATMAMMO_CACHE"] = str(tmp_path_factory.mktemp("fmcache"))
+    yield
+    if before is None:
+        os.environ.pop("FEATMAMMO_CACHE", None)
+    else:
+        os.environ["FEATMAMMO_CACHE"] = before
+
+
 @pytest.fixture(scope="module")
 def tiny_manifest(tmp_path_factory) -> Path:
     """16 phantom PNGs (8 patients x 2 views, benign/malignant); 2 patients are split=test."""
@@ -282,6 +294,31 @@ def test_validation_split_is_splits_grouped_holdout(tiny_manifest, tmp_path, mon
     opts = {**FAST, "epochs": 1, "trunks": ("alexnet",), "seed": 3}
     train(tiny_manifest, tmp_path / "r", evaluate=False, **opts)
     assert calls == [(12, FAST["val_fraction"], 3)]  # the 12 non-test images, once
+
+
+def test_train_reads_the_prepared_image_cache(tiny_manifest, tmp_path, monkeypatch):
+    import featmammo.prepared as prepared
+
+    monkeypatch.setenv("FEATMAMMO_CACHE", str(tmp_path / "fmcache"))
+    opts = {**FAST, "epochs": 1, "trunks": ("alexnet",), "image_size": 48}  # a fresh pixel size
+    train(tiny_manifest, tmp_path / "first", evaluate=False, **opts)
+    assert prepared.PreparedCache.default().info()["entries"] == 16  # every image stored once
+    first = np.load(next((tmp_path / "first" / "cache").glob("images-*[!k].npy")))
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded an image the prepared-image cache holds")
+
+    monkeypatch.setattr(prepared, "load_prepared", no_decoding)
+    train(tiny_manifest, tmp_path / "second", evaluate=False, **opts)  # hits only
+    second = np.load(next((tmp_path / "second" / "cache").glob("images-*[!k].npy")))
+    np.testing.assert_array_equal(first, second)
+    with pytest.raises(AssertionError, match="no decoding|decoded"):
+        prepared.prepare_image(tiny_manifest.parent / "synth_00000.png", cache=None)
+    # --no-cache: decoded afresh (load_and_preprocess), the cache is neither read nor needed
+    third = train(tiny_manifest, tmp_path / "third", evaluate=False, prepared_cache=False, **opts)
+    assert third.epochs_run == 1
+    cfg = json.loads((tmp_path / "third" / "config.json").read_text())
+    assert cfg["train"]["prepared_cache"] is False
 
 
 def test_amp_on_cpu_is_refused(tiny_manifest, tmp_path):

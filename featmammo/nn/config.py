@@ -39,7 +39,7 @@ HISTORY_COLUMNS = [
     "time",
 ]
 #: config keys that may differ between an interrupted run and its resumption
-RESUME_FREE = {"device", "workers", "eval_batch_size", "amp"}
+RESUME_FREE = {"device", "workers", "eval_batch_size", "amp", "prepared_cache"}
 
 
 @dataclass
@@ -71,6 +71,7 @@ class TrainConfig:
     refine_channels: tuple[int, int] = (512, 256)
     eval_batch_size: int = 32
     workers: int = 0  # threads decoding images for the cache
+    prepared_cache: bool = True  # read/write featmammo.prepared's cache (False: --no-cache)
     preprocess: dict = field(
         default_factory=dict
     )  # PreprocessConfig fields (image_size from above)

@@ -60,8 +60,9 @@ def _cache_key(df: pd.DataFrame, pre) -> str:
     return fingerprint({"rows": rows, "preprocess": pre.to_dict()})
 
 
-def _decode_one(row: dict, pre) -> np.ndarray:
-    from featmammo.preprocess import load_and_preprocess
+def _decode_one(row: dict, pre, cache=None) -> np.ndarray:
+    """One row's (3, S, S) float32 through the prepared-image cache (``cache=False``: none)."""
+    from featmammo.prepared import prepare_image
 
     lat = row.get("laterality")
     lat = lat if isinstance(lat, str) and lat in ("L", "R") else None
@@ -69,13 +70,18 @@ def _decode_one(row: dict, pre) -> np.ndarray:
     mask = row.get("roi_mask_path")
     if isinstance(mask, str) and mask and getattr(pre, "roi", "full") != "full":
         kwargs["roi_mask_path"] = mask
-    return np.asarray(load_and_preprocess(row["path"], pre, **kwargs), dtype=np.float32)
+    return np.asarray(prepare_image(row["path"], pre, cache=cache, **kwargs), dtype=np.float32)
 
 
 def build_image_cache(
-    df: pd.DataFrame, pre, cache_dir: Path, *, workers: int = 0
+    df: pd.DataFrame, pre, cache_dir: Path, *, workers: int = 0, prepared_cache=None
 ) -> tuple[Path, np.ndarray]:
     """Decode + preprocess every manifest row once into ``cache_dir/images-<key>.npy``.
+
+    Pixels come through :func:`featmammo.prepared.prepare_image` (bit-identical to
+    ``load_and_preprocess``): an image decoded by an earlier ``extract``/``train``/``predict`` with
+    the same preprocessing is read from the prepared-image cache. ``prepared_cache``: None = the
+    default cache, False = none (``--no-cache``), or a :class:`~featmammo.prepared.PreparedCache`.
 
     Returns ``(path, ok)`` where ``ok`` marks rows that decoded (failures are logged and recorded in
     ``cache_dir/failures-<key>.csv``). An existing complete cache with the same key is reused.
@@ -99,7 +105,7 @@ def build_image_cache(
 
     def work(i):
         try:
-            return i, _decode_one(rows[i], pre), None
+            return i, _decode_one(rows[i], pre, prepared_cache), None
         except ImageReadError as exc:
             return i, None, str(exc)
 

@@ -170,7 +170,13 @@ def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx: DistContext, *, resum
     cache_dir = run_dir / "cache"
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        images_path, ok = build_image_cache(df, pre, cache_dir, workers=cfg.workers)
+        images_path, ok = build_image_cache(
+            df,
+            pre,
+            cache_dir,
+            workers=cfg.workers,
+            prepared_cache=None if cfg.prepared_cache else False,
+        )
         pd.DataFrame(
             {
                 "image_id": df["image_id"],
