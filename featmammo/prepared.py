@@ -154,7 +154,8 @@ def _utc(ts: float | None) -> str | None:
 def _compact(pixels: np.ndarray) -> np.ndarray:
     """The smallest of uint8/uint16/float32 that holds ``pixels`` (float32) exactly."""
     lo, hi = float(pixels.min()), float(pixels.max())
-    if lo >= 0 and hi <= 65535 and np.array_equal(np.floor(pixels), pixels):
+    exact_int = lo >= 0 and hi <= 65535 and np.array_equal(np.floor(pixels), pixels)
+    if exact_int and not np.signbit(pixels).any():  # -0.0 would come back as +0.0
         return pixels.astype(np.uint8 if hi <= 255 else np.uint16)
     return np.ascontiguousarray(pixels, dtype=np.float32)
 

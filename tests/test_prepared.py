@@ -169,6 +169,23 @@ def test_compact_dtype_for_nearest_on_integers(files, cache):
     assert dtypes["uint16"] < dtypes["float32"]
 
 
+def test_compact_keeps_every_bit():
+    from featmammo.prepared import _compact
+
+    cases = {
+        "uint8": np.array([[0, 255], [3, 7]], np.float32),
+        "uint16": np.array([[0, 256], [65535, 7]], np.float32),
+        "float32": np.array([[0.5, 1]], np.float32),
+    }
+    cases["float32 (negative zero)"] = np.array([[-0.0, 1.0]], np.float32)
+    cases["float32 (negative)"] = np.array([[-1.0, 1.0]], np.float32)
+    cases["float32 (too large)"] = np.array([[65536.0, 1.0]], np.float32)
+    for name, x in cases.items():
+        c = _compact(x)
+        assert c.dtype.name == name.split()[0], name
+        assert c.astype(np.float32).tobytes() == x.tobytes(), name
+
+
 # --------------------------------------------------------------------------- keys and staleness
 
 
@@ -462,7 +479,10 @@ def test_ljpeg_optical_density_through_the_cache(tmp_path):
     finally:
         sys.path.pop(0)
     paths = write_case(
-        tmp_path / "case", "B-3024-1", {"LEFT_CC": (phantom(90, 60, 12, seed=3), 7, 12, True)}
+        tmp_path / "case",
+        "A-1001-1",
+        {"LEFT_CC": (phantom(90, 60, 12, seed=3), 7, 12, True)},
+        digitizer="DBA 21",
     )
     lj = paths["LEFT_CC"]
     try:
@@ -480,13 +500,13 @@ def test_ljpeg_optical_density_through_the_cache(tmp_path):
     prepare_image(lj, raw, cache=cache)
     assert cache.stats["misses"] == 2  # calibration is part of the prepared fingerprint
     # the .ics decides the digitiser: editing it is a new key (here another scanner)
-    ics = tmp_path / "case" / "B-3024-1.ics"
-    ics.write_text(ics.read_text().replace("LUMISYS LASER", "DBA 21"))
+    ics = tmp_path / "case" / "A-1001-1.ics"
+    ics.write_text(ics.read_text().replace("DBA 21", "HOWTEK 1"))
     st = ics.stat()
     os.utime(ics, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    dba = prepare_image(lj, od, cache=cache)
-    assert cache.stats["misses"] == 3 and not np.allclose(dba, ref)
-    assert _same_bits(dba, load_and_preprocess(lj, od))
+    howtek = prepare_image(lj, od, cache=cache)
+    assert cache.stats["misses"] == 3 and not np.allclose(howtek, ref)
+    assert _same_bits(howtek, load_and_preprocess(lj, od))
 
 
 # --------------------------------------------------------------------------- CLI
