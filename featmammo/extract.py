@@ -323,9 +323,11 @@ def _prepare(item, config, laterality, mask, cache) -> np.ndarray:
 
 
 def _load_prepared(path, config, laterality, mask, cache) -> np.ndarray:
-    from .preprocess import load_and_preprocess
+    """Decoded, cropped, sided and resized once per image and config (``featmammo.prepared``),
+    normalised here; bit-identical to ``load_and_preprocess``. ``cache=False``: no cache."""
+    from .prepared import prepare_image
 
-    return load_and_preprocess(path, config, laterality=laterality, roi_mask_path=mask)
+    return prepare_image(path, config, laterality=laterality, roi_mask_path=mask, cache=cache)
 
 
 class _Images(torch.utils.data.Dataset):
@@ -535,7 +537,6 @@ def extract(
     precision: str = "auto",
     compression: str = "gzip",
     consolidate_every: int | None = None,
-    consolidate_seconds: float | None = None,
     progress: Callable[[int, int], None] | None = None,
     threads: int | None = None,
     prefetch: bool = True,
@@ -554,9 +555,9 @@ def extract(
     read-ahead thread reads batch k+1 while batch k runs (``prefetch``).
     ``threads``: intra-op threads for the forward passes (default: ``default_threads``).
     ``cache``: the prepared-image cache (None: the default one; False: none, ``--no-cache``).
-    ``consolidate_every`` / ``consolidate_seconds``: merge the shards into the main file after
-    that many batches / seconds (None: the writer's own schedule, whose total bytes written stay
-    within a small constant of the store's size).
+    Batches are written by ``featmammo.store.BackgroundWriter`` off the forward loop; its merge
+    schedule keeps the bytes written within a small constant of the store's size.
+    ``consolidate_every=1`` merges after every batch instead (fault-injection tests).
     ``progress(n, total)`` is called after each batch: n images of this process's total settled.
     Under ``torchrun`` (WORLD_SIZE > 1) the batches are split across ranks into one store.
     Raises :class:`AllImagesFailed` (after recording the failures) when every image failed.
@@ -653,7 +654,6 @@ def extract(
                 config=config, dev=dev, prec=prec, batch_size=batch_size, workers=n_workers,
                 max_failures=max_failures, rank=rank, world=world, progress=progress,
                 prefetch=prefetch, cache=cache, consolidate_every=consolidate_every,
-                consolidate_seconds=consolidate_seconds,
             )  # fmt: skip
             summary = loop.run()
             if dist is not None:
@@ -727,39 +727,16 @@ def _merge_summaries(parts: list[ExtractSummary]) -> ExtractSummary:
     return out
 
 
-class _SyncWriter:
-    """Shards written in the loop's thread, merged every ``every`` batches / ``seconds`` (rank 0).
-
-    The interface of ``featmammo.store.writer.BackgroundWriter`` (submit / close)."""
-
-    def __init__(self, store_path, *, consolidate: bool, every: int | None, seconds: float | None):
-        self.path, self.consolidate = store_path, consolidate
-        self.every, self.seconds = every or 50, seconds or 300.0
-        self.last, self.since = time.monotonic(), 0
-
-    def submit(self, ids, blocks, identities) -> None:
-        fstore.write_shard(self.path, ids, blocks, identities)
-
-    def batch_done(self) -> None:
-        self.since += 1
-        if self.consolidate and (
-            self.since >= self.every or time.monotonic() - self.last > self.seconds
-        ):
-            fstore.consolidate(self.path)
-            self.last, self.since = time.monotonic(), 0
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _open_writer(store_path, rank: int, every, seconds):
-    return _SyncWriter(store_path, consolidate=rank == 0, every=every, seconds=seconds)
+def _open_writer(store_path, rank: int, every: int | None):
+    """The store's background writer; rank 0 merges shards into the main file (geometric
+    schedule, or after every batch with ``every=1``: the fault-injection tests' setting)."""
+    if every is None:
+        return fstore.BackgroundWriter(store_path, consolidate=rank == 0)
+    if every != 1:
+        raise ConfigError(
+            f"consolidate_every must be None (the writer's schedule) or 1, not {every!r}"
+        )
+    return fstore.BackgroundWriter(store_path, consolidate=rank == 0, growth=0, merge_until=None)
 
 
 @dataclass
@@ -783,7 +760,6 @@ class _Loop:
     prefetch: bool
     cache: object
     consolidate_every: int | None
-    consolidate_seconds: float | None
 
     def run(self) -> ExtractSummary:
         st = fstore.open(self.store_path)
@@ -828,9 +804,7 @@ class _Loop:
             todo = [nm for j, nm in enumerate(names) if batch is not None and need[ok_idx, j].any()]
             return _forward_all(self.models, todo, batch, self.dev, self.prec)
 
-        writer = _open_writer(self.store_path, self.rank, self.consolidate_every,
-                              self.consolidate_seconds)  # fmt: skip
-        with writer:
+        with _open_writer(self.store_path, self.rank, self.consolidate_every) as writer:
             for (ok_idx, _batch, failed), outputs in _pipelined(batches, launch):
                 self._finish(writer, ok_idx, failed, outputs.result())
                 if self.max_failures is not None and len(self.failed_images) > self.max_failures:
@@ -899,8 +873,6 @@ class _Loop:
             log.info("%d/%d images (%.2f images/s)", self.n_seen, self.total_mine, rate)
             self.last_log = time.monotonic()
         fstore.fault_point("batch")
-        if hasattr(writer, "batch_done"):
-            writer.batch_done()
 
 
 # --------------------------------------------------------------------------------- embed

@@ -27,6 +27,16 @@ from featmammo.hashing import keyed_hash  # noqa: E402
 from featmammo.preprocess import PreprocessConfig  # noqa: E402
 
 CFG = PreprocessConfig(image_size=64)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _own_prepared_cache(tmp_path_factory):
+    """The default prepared-image cache in a folder of this module's own (not ./cache)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEATMAMMO_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 FAST = {"weights": "random", "preprocess": CFG, "threads": 1, "device": "cpu"}
 
 

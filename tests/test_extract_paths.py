@@ -26,6 +26,14 @@ from featmammo.preprocess import PreprocessConfig  # noqa: E402
 CFG = PreprocessConfig(image_size=32)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _own_prepared_cache(tmp_path_factory):
+    """The default prepared-image cache in a folder of this module's own (not ./cache)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEATMAMMO_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 def _phantom(rng, side: int = 48) -> np.ndarray:
     yy, xx = np.mgrid[:side, :side]
     cy, cx = side / 2 + rng.integers(-4, 5), side / 3 + rng.integers(-3, 4)
@@ -359,3 +367,44 @@ def test_progress_bar_and_log_lines_do_not_merge():
     text = out.getvalue()
     assert text == "\r[bar 2]\nWARNING one image failed\n\r[bar 2]\nINFO extract done\nINFO after\n"
     assert not handler.filters  # the filter is gone after the run
+
+
+# ----------------------------------------------------------------------------- prepared cache
+def test_a_rerun_reads_prepared_pixels_and_no_cache_bypasses_them(tmp_path, monkeypatch):
+    from featmammo.prepared import PreparedCache
+
+    manifest = _manifest(tmp_path, 5)
+    cache = PreparedCache(tmp_path / "prep", max_bytes=10**8)
+    import featmammo.io as fio
+
+    opened = []
+    real = fio.read_image
+    monkeypatch.setattr(fio, "read_image", lambda p, *a, **k: opened.append(p) or real(p, *a, **k))
+    run = {"backbones": [Probe("p")], "preprocess": CFG, "cache": cache, **FAST}
+    fx.extract(manifest, tmp_path / "a.h5", **run)
+    assert len(opened) == 5 and cache.info()["entries"] == 5
+    opened.clear()
+    fx.extract(manifest, tmp_path / "b.h5", **run)
+    assert opened == []  # every image came from the cache
+    a, b = store.open(tmp_path / "a.h5"), store.open(tmp_path / "b.h5")
+    assert np.array_equal(a.array("p"), b.array("p"))
+
+    def no_reading(*a, **k):
+        raise TypeError("read_image called")  # a bug-like error: it would stop the run
+
+    with monkeypatch.context() as mp:
+        mp.setattr(fio, "read_image", no_reading)
+        fx.extract(manifest, tmp_path / "w.h5", **{**run, "workers": 2})  # workers: cache too
+    assert np.array_equal(store.open(tmp_path / "w.h5").array("p"), a.array("p"))
+    none = PreparedCache(tmp_path / "unused", max_bytes=10**8)
+    monkeypatch.setenv("FEATMAMMO_CACHE", str(tmp_path / "unused-default"))
+    fx.extract(manifest, tmp_path / "c.h5", **{**run, "cache": False})
+    assert len(opened) == 5 and not (tmp_path / "unused-default").exists()
+    assert none.info()["entries"] == 0
+    assert np.array_equal(store.open(tmp_path / "c.h5").array("p"), a.array("p"))
+    r = CliRunner().invoke(
+        _cli(), ["extract", str(manifest), "-o", str(tmp_path / "d.h5"), "-b", "resnet18",
+                 "--weights", "random", "--image-size", "32", "--device", "cpu", "--no-cache"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "unused-default").exists()
