@@ -49,23 +49,23 @@ Crash safety and cost
 The main file is only ever replaced whole and atomically: a new version is written to
 ``STORE.h5.tmp`` in the same folder, fsynced and ``os.replace``-d over ``STORE.h5`` (then the folder
 is fsynced). An extraction hands each finished batch to a background writer
-(``featmammo.store.writer.BackgroundWriter``) that writes it as a shard
-(``STORE.h5.parts/*.npz``: temporary name, fsync, rename) and merges shards into the main file
-(``consolidate``) on a geometric schedule: only once the pending shards hold as many bytes as the
-main file, and not after half of the run's expected bytes; the run ends with one final merge. Every
-merge copies the main file, so the copies form a geometric series: the bytes an extraction writes
-stay within about 3x the final store size however large it grows (merging every N batches made them
-grow with its square). A merged shard is deleted only after the new main file is in place, and
-merging is idempotent. A ``kill -9`` at any moment therefore leaves a readable main file plus
-durable shards, which the next run merges before it starts; shards whose backbone identity does not
-match the store are ignored (logged), never merged. Readers see a consistent store at all times: the
-main file as of the last merge (rows still in shards read as pending; ``Store.pending_shards()``
-counts the shards). A writer holds ``STORE.h5.lock`` (``flock``; the file stays, the lock dies with
-the process) so two extractions never write one store.
+(``featmammo.store.writer.BackgroundWriter``) that writes it as a shard (``STORE.h5.parts/*.npz``:
+temporary name, fsync, rename) and merges shards into the main file (``consolidate``) on a geometric
+schedule: only once the pending shards hold as many bytes as the main file, and not past a quarter
+of the run's expected bytes; the run ends with one final merge. Every merge copies the main file, so
+the copies form a geometric series: the bytes an extraction writes stay within about 3x the final
+store size however large it grows (merging every N batches made them grow with its square). A merged
+shard is deleted only after the new main file is in place, and merging is idempotent. A ``kill -9``
+at any moment therefore leaves a readable main file plus durable shards, which the next run merges
+before it starts; shards whose backbone identity does not match the store are ignored (logged),
+never merged. Readers see a consistent store at all times: the main file as of the last merge (rows
+still in shards read as pending; ``Store.pending_shards()`` counts the shards). A writer holds
+``STORE.h5.lock`` (``flock``; the file stays, the lock dies with the process) so two extractions
+never write one store.
 
 Modules: ``schema`` (format constants, names, identities, HDF5 building blocks), ``reader``
 (``Store``, ``open``), ``create`` (``write``, ``prepare``), ``shards`` (``write_shard``,
-``consolidate``, ``cleanup_parts``), ``writer`` (``BackgroundWriter``), ``commit`` (atomic
+``consolidate``, ``cleanup_parts``), ``writer`` (``BackgroundWriter``), ``mainfile`` (atomic
 replacement of the main file), ``locking`` (``lock``), ``faults`` (the test-only SIGKILL seam).
 
 Identifiers
@@ -79,7 +79,6 @@ different key. No DICOM header field enters a store: metadata comes from the man
 
 from __future__ import annotations
 
-from .commit import commit, copy_and_modify, tmp_path
 from .create import prepare, write
 from .faults import fault_point
 from .locking import lock
@@ -126,9 +125,7 @@ __all__ = [
     "backbone_identity",
     "backbone_key",
     "cleanup_parts",
-    "commit",
     "consolidate",
-    "copy_and_modify",
     "fault_point",
     "list_shards",
     "lock",
@@ -139,7 +136,6 @@ __all__ = [
     "prepare",
     "shard_bytes",
     "storable_rows",
-    "tmp_path",
     "utcnow",
     "write",
     "write_shard",

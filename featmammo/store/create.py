@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import StoreError
-from .commit import commit, copy_and_modify, tmp_path
+from .mainfile import commit, copy_and_modify, tmp_path
 from .reader import Store
 from .schema import (
     DONE,

@@ -15,8 +15,8 @@ import numpy as np
 
 from ..atomic import atomic_write
 from ..errors import StoreError
-from .commit import copy_and_modify
 from .faults import fault_point
+from .mainfile import copy_and_modify
 from .schema import IDENTITY_KEYS, _json_attr, _write_rows, parts_dir, utcnow
 
 log = logging.getLogger("featmammo.store")
@@ -91,6 +91,39 @@ def _read_shard(p: Path) -> dict | None:
         return None
 
 
+# rows gathered from consecutive shards before they are written: whole chunks are then compressed
+# and written once (batch-sized writes into 64-row chunks wrote each chunk twice or more)
+MERGE_BUFFER_BYTES = 256 << 20
+
+
+class _MergeBuffer:
+    """Shard rows per backbone, written sorted in contiguous runs; a later shard wins a row."""
+
+    def __init__(self, groups, limit: int = MERGE_BUFFER_BYTES):
+        self.groups, self.limit = groups, limit
+        self.parts: dict[str, list] = {}
+        self.nbytes = 0
+
+    def add(self, name, rows, emb, status, reason) -> None:
+        self.parts.setdefault(name, []).append((rows, emb, status, reason))
+        self.nbytes += emb.nbytes
+        if self.nbytes >= self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        for name, parts in self.parts.items():
+            rows = np.concatenate([p[0] for p in parts])
+            emb = np.concatenate([p[1] for p in parts])
+            status = np.concatenate([p[2] for p in parts])
+            reason = np.concatenate([np.asarray(p[3], dtype=object) for p in parts])
+            # the last occurrence of each row wins (shards are in write order); sorted by row
+            _, last = np.unique(rows[::-1], return_index=True)
+            take = rows.size - 1 - last
+            _write_rows(self.groups[name], rows[take], emb[take], status[take], reason[take])
+        self.parts.clear()
+        self.nbytes = 0
+
+
 def consolidate(
     path,
     *,
@@ -122,6 +155,7 @@ def consolidate(
         ids = f["ids"].asstr()[()]
         index = {i: k for k, i in enumerate(ids)}
         groups = {str(f["backbones"][k].attrs["name"]): f["backbones"][k] for k in f["backbones"]}
+        buffer = _MergeBuffer(groups)
         for p in shard_paths:
             shard = _read_shard(p)
             merged.append(p)
@@ -141,10 +175,11 @@ def consolidate(
                 if g is None or str(g.attrs["identity"]) != str(ident):
                     log.warning("shard %s: backbone %r does not match the store; skipped", p, name)
                     continue
-                _write_rows(
-                    g, rows, shard[f"emb{j}"][keep], shard[f"status{j}"][keep],
+                buffer.add(
+                    str(name), rows, shard[f"emb{j}"][keep], shard[f"status{j}"][keep],
                     shard[f"reason{j}"][keep],
                 )  # fmt: skip
+        buffer.flush()
         if store_provenance_update:
             sp = json.loads(f.attrs["provenance"])
             for k, v in store_provenance_update.items():

@@ -7,13 +7,16 @@ into it on a geometric schedule:
 * a merge happens only once the pending shards hold at least ``growth`` times the main file's
   bytes, so the main file (at least) doubles between merges and the copies every merge makes form
   a geometric series: they add up to about the final size, not to its square;
-* no scheduled merge once ``merge_until`` (half) of the bytes this run is expected to write (the
-  store's rows not done yet, times their width) would be merged: the caller's final
-  ``consolidate`` would copy everything merged by then once more, so late merges cost the most;
+* no scheduled merge once more than ``merge_until`` (a quarter) of the bytes this run is expected
+  to write (the store's rows not done yet, times their width) would be merged: every merged byte is
+  copied once more by each later merge, the final one included, so late merges cost the most and
+  buy the least (readers see the store grow through its first quarter, then whole at the end);
 * the caller's final ``featmammo.store.consolidate`` (with the run's provenance) merges the rest.
 
-Total bytes written: the shards (1x), the rows merged into the main file (1x), the copies (at most
-about 1x): about 3x the final store size at worst, however large it grows. Readers see a
+Total bytes written: the main file as ``prepare`` wrote it, the shards (about 1x: raw, so more
+where the store's compression shrinks embeddings), the rows merged into the main file (1x) and the
+copies (a geometric series bounded by about half the final size): 2.5-2.7x the final store size
+measured at 10k and 100k rows (``benchmarks/store_write.py``), however large it grows. Readers see a
 consistent store all along (the main file, replaced atomically; rows still in shards read as
 pending). Crash safety is the shards' and ``consolidate``'s (see ``featmammo.store``).
 """
@@ -58,7 +61,7 @@ class BackgroundWriter:
         consolidate: bool = True,
         max_pending: int = 4,
         growth: float = 1.0,
-        merge_until: float | None = 0.5,
+        merge_until: float | None = 0.25,
     ):
         self.path = Path(store_path)
         if max_pending < 1:
@@ -207,7 +210,7 @@ class BackgroundWriter:
         if pending == 0 or pending < self.growth * self.path.stat().st_size:
             return False
         if self.merge_until is not None:
-            # late merges are the expensive ones: leave the second half to the final merge
+            # late merges are the expensive ones: leave the rest to the final merge
             return self.bytes_merged + pending <= self.merge_until * self.expected_bytes
         return True
 
