@@ -21,7 +21,7 @@ Rules (documented choices):
   abnormality), ``lines``/``pixels_per_line``/``bits_per_pixel``/``resolution`` (from the .ics),
   ``ics_path``, ``overlay_path``.
 - ROI masks: with ``mask_dir``, every overlay's BOUNDARY outlines are filled into full-size PNG
-  masks ``<mask_dir>/<image_id>.<k>.png`` (one per abnormality, 0/255); ``roi_mask_path`` is the
+  masks ``<mask_dir>/<image_id>.<k>.png`` (one per abnormality, 1-bit); ``roi_mask_path`` is the
   abnormality that decides the label (first malignant, else first), ``roi_mask_paths`` all of
   them, ``;``-joined: usable by ``--roi crop|patch``. A mask newer than its overlay is reused.
 - Never a crash on a missing or broken file: a view whose LJPEG is missing, a case whose .ics is
