@@ -24,6 +24,7 @@ COMMANDS = {
     "demo": "demo",
     "train": "train",
     "explain": "explain",
+    "cache": "cache",
 }
 
 
