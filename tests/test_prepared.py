@@ -431,10 +431,14 @@ while True:
 """
 
 
-def test_concurrent_processes_and_kill_9(tmp_path, rng):
+def _worker_setup(tmp_path, rng):
     imgs = [str(_png(tmp_path / f"i{k}.png", _phantom(rng))) for k in range(4)]
-    root = tmp_path / "c"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return imgs, tmp_path / "c", env
+
+
+def test_concurrent_processes(tmp_path, rng):
+    imgs, root, env = _worker_setup(tmp_path, rng)
     # two processes filling the same entries at once
     procs = [
         subprocess.Popen([sys.executable, "-c", _WORKER, str(root), "once", *imgs], env=env)
@@ -446,6 +450,11 @@ def test_concurrent_processes_and_kill_9(tmp_path, rng):
     for p in imgs:
         assert _same_bits(prepare_image(p, cfg, cache=cache), load_and_preprocess(p, cfg))
     assert cache.stats["hits"] == 4 and cache.stats["rebuilt"] == 0
+
+
+@pytest.mark.slow
+def test_kill_9_leaves_whole_entries_or_none(tmp_path, rng):
+    imgs, root, env = _worker_setup(tmp_path, rng)
     # a writer killed at random points: every entry left behind is whole or absent
     hits = 0
     for delay in (0.3, 0.55, 0.8):
