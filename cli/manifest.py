@@ -126,6 +126,23 @@ birads_option = click.option(
 )
 
 
+def _set_options(f):
+    """ROOT, -o, --fail-on-unresolved, --max-rows, --json and the click context: what every
+    per-set command takes."""
+    f = click.pass_context(f)
+    for deco in reversed(
+        (
+            click.argument("root", type=click.Path(exists=True, file_okay=False)),
+            output_option,
+            fail_option,
+            max_rows_option,
+            json_option,
+        )
+    ):
+        f = deco(f)
+    return f
+
+
 def _run(ctx, build, output, as_json, max_rows, fail_on_unresolved, lines=None) -> None:
     from featmammo.datasets.base import format_summary
 
@@ -137,17 +154,12 @@ def _run(ctx, build, output, as_json, max_rows, fail_on_unresolved, lines=None) 
 
 
 @command.command("mias")
-@click.argument("root", type=click.Path(exists=True, file_okay=False))
-@output_option
+@_set_options
 @click.option(
     "--info",
     type=click.Path(exists=True, dir_okay=False),
     help="Info.txt (default: found under ROOT).",
 )
-@fail_option
-@max_rows_option
-@json_option
-@click.pass_context
 def mias(ctx, root, output, info, fail_on_unresolved, max_rows, as_json) -> None:
     """Manifest of mini-MIAS (mdbNNN.pgm + Info.txt).
 
@@ -160,18 +172,13 @@ def mias(ctx, root, output, info, fail_on_unresolved, max_rows, as_json) -> None
 
 
 @command.command("inbreast")
-@click.argument("root", type=click.Path(exists=True, file_okay=False))
-@output_option
+@_set_options
 @click.option(
     "--table",
     type=click.Path(exists=True, dir_okay=False),
     help="INbreast.xls/.csv (default: found under ROOT).",
 )
 @birads_option
-@fail_option
-@max_rows_option
-@json_option
-@click.pass_context
 def inbreast(ctx, root, output, table, birads_map, fail_on_unresolved, max_rows, as_json) -> None:
     """Manifest of INbreast (AllDICOMs/ + INbreast.xls or its CSV export).
 
@@ -191,18 +198,13 @@ def inbreast(ctx, root, output, table, birads_map, fail_on_unresolved, max_rows,
 
 
 @command.command("vindr")
-@click.argument("root", type=click.Path(exists=True, file_okay=False))
-@output_option
+@_set_options
 @click.option(
     "--annotations",
     type=click.Path(exists=True, dir_okay=False),
     help="breast-level_annotations.csv (default: found under ROOT).",
 )
 @birads_option
-@fail_option
-@max_rows_option
-@json_option
-@click.pass_context
 def vindr(
     ctx, root, output, annotations, birads_map, fail_on_unresolved, max_rows, as_json
 ) -> None:
@@ -224,17 +226,12 @@ def vindr(
 
 
 @command.command("rsna")
-@click.argument("root", type=click.Path(exists=True, file_okay=False))
-@output_option
+@_set_options
 @click.option(
     "--table",
     type=click.Path(exists=True, dir_okay=False),
     help="train.csv (default: found under ROOT).",
 )
-@fail_option
-@max_rows_option
-@json_option
-@click.pass_context
 def rsna(ctx, root, output, table, fail_on_unresolved, max_rows, as_json) -> None:
     """Manifest of the RSNA screening challenge data (train_images/<patient>/<image>.dcm +
     train.csv).
@@ -248,17 +245,12 @@ def rsna(ctx, root, output, table, fail_on_unresolved, max_rows, as_json) -> Non
 
 
 @command.command("cmmd")
-@click.argument("root", type=click.Path(exists=True, file_okay=False))
-@output_option
+@_set_options
 @click.option(
     "--table",
     type=click.Path(exists=True, dir_okay=False),
     help="CMMD_clinicaldata_revision.xlsx or .csv (default: found under or beside ROOT).",
 )
-@fail_option
-@max_rows_option
-@json_option
-@click.pass_context
 def cmmd(ctx, root, output, table, fail_on_unresolved, max_rows, as_json) -> None:
     """Manifest of CMMD (TCIA DICOM tree + the clinical table).
 
@@ -271,8 +263,7 @@ def cmmd(ctx, root, output, table, fail_on_unresolved, max_rows, as_json) -> Non
 
 
 @command.command("ddsm")
-@click.argument("root", type=click.Path(exists=True, file_okay=False))
-@output_option
+@_set_options
 @click.option(
     "--unverified-views",
     type=click.Choice(["exclude", "normal"]),
@@ -301,10 +292,6 @@ def cmmd(ctx, root, output, table, fail_on_unresolved, max_rows, as_json) -> Non
     help="Only these volumes, comma-separated: normals, benigns, cancers, "
     "benign_without_callbacks (e.g. 'normals' for the paper's normal class). Default: all.",
 )
-@fail_option
-@max_rows_option
-@json_option
-@click.pass_context
 def ddsm(
     ctx,
     root,
@@ -367,12 +354,7 @@ def ddsm(
 
 
 @command.command("ddsm-patches")
-@click.argument("root", type=click.Path(exists=True, file_okay=False))
-@output_option
-@fail_option
-@max_rows_option
-@json_option
-@click.pass_context
+@_set_options
 def ddsm_patches(ctx, root, output, fail_on_unresolved, max_rows, as_json) -> None:
     """Manifest of the Kaggle DDSM patch set (training10_*.tfrecords + cv10/test10 .npy pairs),
     one row per patch; a row's path is FILE#INDEX.

@@ -154,6 +154,21 @@ def _cell(v) -> str:
     return str(v).strip()
 
 
+def walk_files(root: Path, suffixes: tuple[str, ...] | None = None):
+    """Yield every file under ``root`` (sorted, depth-first), skipping hidden files/folders
+    (``.DS_Store``, ``._x.dcm``) and archiver/NAS junk folders (``__MACOSX``, ``@eaDir``...);
+    ``suffixes``: only names ending in one of them, ignoring case."""
+    from featmammo.datasets.folders import JUNK_FILES, JUNK_FOLDERS
+
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in JUNK_FOLDERS)
+        for name in sorted(filenames):
+            if name.startswith(".") or name in JUNK_FILES:
+                continue
+            if suffixes is None or name.lower().endswith(suffixes):
+                yield Path(dirpath) / name
+
+
 def find_file(root: Path, names: Iterable[str], what: str, given=None) -> Path:
     """``given`` when set (must exist), else the first file under ``root`` (any depth, sorted)
     whose name is one of ``names`` ignoring case. Raises ManifestError naming what was looked
@@ -165,11 +180,9 @@ def find_file(root: Path, names: Iterable[str], what: str, given=None) -> Path:
         return p
     wanted = [n.lower() for n in names]
     found: list[tuple[int, Path]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
-        for name in filenames:
-            if name.lower() in wanted and not name.startswith("."):
-                found.append((wanted.index(name.lower()), Path(dirpath) / name))
+    for path in walk_files(root):
+        if path.name.lower() in wanted:
+            found.append((wanted.index(path.name.lower()), path))
     if not found:
         raise ManifestError(
             f"{root}: {what} not found (looked for {', '.join(names)} at any depth under ROOT)"

@@ -20,13 +20,19 @@ Rules (documented choices):
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import pandas as pd
 
-from featmammo.datasets.base import abs_root, find_file, manifest_frame, read_table, summarize
+from featmammo.datasets.base import (
+    abs_root,
+    find_file,
+    manifest_frame,
+    read_table,
+    summarize,
+    walk_files,
+)
 from featmammo.errors import ManifestError
 
 log = logging.getLogger(__name__)
@@ -122,12 +128,7 @@ def build_cmmd(root, *, table=None) -> tuple[pd.DataFrame, dict]:
         raise ManifestError(f"{t.path}: no clinical row with an ID1")
     ids = {pid for pid, _ in breasts}
 
-    dicoms: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
-        for name in sorted(filenames):
-            if name.lower().endswith(".dcm") and not name.startswith("."):
-                dicoms.append(Path(dirpath) / name)
+    dicoms = list(walk_files(root, (".dcm",)))
     rows, unresolved = [], []
     seen_breasts: set[tuple[str, str]] = set()
     for path in dicoms:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from featmammo.datasets.base import abs_root, manifest_frame, summarize
+from featmammo.datasets.base import abs_root, manifest_frame, summarize, walk_files
 from featmammo.datasets.ddsm_overlay import outline_mask, read_overlay, write_mask
 from featmammo.errors import ConfigError, ManifestError
 
@@ -106,23 +106,19 @@ def _case_type(rel_parts: tuple[str, ...]) -> tuple[str, str]:
 def _scan(root: Path) -> dict[Path, dict]:
     """Case folders -> {"ics": [paths], "ljpeg": {VIEW: path}, "overlay": {VIEW: path}, "case"}."""
     cases: dict[Path, dict] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            d = Path(dirpath)
-            if _ICS_RE.match(name):
-                cases.setdefault(d, {"ics": [], "ljpeg": {}, "overlay": {}})["ics"].append(d / name)
-                continue
-            m = _FILE_RE.match(name)
-            if m:
-                c = cases.setdefault(d, {"ics": [], "ljpeg": {}, "overlay": {}})
-                kind = m.group("kind").lower()
-                view = m.group("view").upper()
-                prev = c[kind].get(view)
-                if prev is None or (prev.name.lower().endswith(".gz") and not m.group("gz")):
-                    c[kind][view] = d / name  # plain preferred over gzipped
+    for path in walk_files(root):
+        d, name = path.parent, path.name
+        if _ICS_RE.match(name):
+            cases.setdefault(d, {"ics": [], "ljpeg": {}, "overlay": {}})["ics"].append(path)
+            continue
+        m = _FILE_RE.match(name)
+        if m:
+            c = cases.setdefault(d, {"ics": [], "ljpeg": {}, "overlay": {}})
+            kind = m.group("kind").lower()
+            view = m.group("view").upper()
+            prev = c[kind].get(view)
+            if prev is None or (prev.name.lower().endswith(".gz") and not m.group("gz")):
+                c[kind][view] = path  # plain preferred over gzipped
     return cases
 
 

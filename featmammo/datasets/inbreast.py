@@ -22,7 +22,6 @@ Rules (documented choices):
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from featmammo.datasets.base import (
     parse_birads_map,
     read_table,
     summarize,
+    walk_files,
 )
 from featmammo.errors import ManifestError
 
@@ -81,18 +81,12 @@ def build_inbreast(root, *, table=None, birads_map=None) -> tuple[pd.DataFrame, 
 
     dicoms: dict[str, Path] = {}
     xmls: dict[str, Path] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            low = name.lower()
-            if low.endswith(".dcm"):
-                m = _DCM_RE.match(name)
-                key = m.group("id") if m else name.split("_", 1)[0]
-                dicoms.setdefault(key, Path(dirpath) / name)
-            elif low.endswith(".xml"):
-                xmls.setdefault(Path(name).stem, Path(dirpath) / name)
+    for path in walk_files(root, (".dcm", ".xml")):
+        if path.name.lower().endswith(".dcm"):
+            m = _DCM_RE.match(path.name)
+            dicoms.setdefault(m.group("id") if m else path.name.split("_", 1)[0], path)
+        else:
+            xmls.setdefault(path.stem, path)
 
     rows, unresolved, excluded = [], [], []
     for pos, rec in enumerate(t.rows()):

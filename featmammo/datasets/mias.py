@@ -21,13 +21,12 @@ Rules (documented choices):
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 
 import pandas as pd
 
-from featmammo.datasets.base import abs_root, find_file, manifest_frame, summarize
+from featmammo.datasets.base import abs_root, find_file, manifest_frame, summarize, walk_files
 from featmammo.errors import ManifestError
 
 log = logging.getLogger(__name__)
@@ -114,12 +113,9 @@ def build_mias(root, *, info=None) -> tuple[pd.DataFrame, dict]:
     info_path = find_file(root, ["Info.txt"], "mini-MIAS Info.txt", info)
     films = read_info(info_path)
     pgms: dict[str, Path] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            stem, ext = os.path.splitext(name)
-            if ext.lower() == ".pgm" and _REF_RE.match(stem) and not name.startswith("."):
-                pgms.setdefault(stem.lower(), Path(dirpath) / name)
+    for path in walk_files(root, (".pgm",)):
+        if _REF_RE.match(path.stem):
+            pgms.setdefault(path.stem.lower(), path)
     rows, unresolved = [], []
     for ref, film in films.items():
         where = f"{info_path}: line {film['lines'][0]['line']}"

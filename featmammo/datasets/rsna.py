@@ -19,13 +19,19 @@ Rules (documented choices):
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
-from featmammo.datasets.base import abs_root, find_file, manifest_frame, read_table, summarize
+from featmammo.datasets.base import (
+    abs_root,
+    find_file,
+    manifest_frame,
+    read_table,
+    summarize,
+    walk_files,
+)
 from featmammo.errors import ManifestError
 
 log = logging.getLogger(__name__)
@@ -63,12 +69,8 @@ def build_rsna(root, *, table=None) -> tuple[pd.DataFrame, dict]:
     c_lat, c_view, c_cancer = t.column("laterality"), t.column("view"), t.column("cancer")
     cols = {c: t.column(c, required=False) for c in EXTRA_COLUMNS[1:]}
     files: dict[tuple[str, str], Path] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            stem, ext = os.path.splitext(name)
-            if ext.lower() in _EXTS and not name.startswith("."):
-                files.setdefault((Path(dirpath).name, stem), Path(dirpath) / name)
+    for path in walk_files(root, _EXTS):
+        files.setdefault((path.parent.name, path.stem), path)
     rows, unresolved = [], []
     views: Counter = Counter()
     for pos, rec in enumerate(t.rows()):

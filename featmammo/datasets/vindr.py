@@ -22,7 +22,6 @@ Rules (documented choices):
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from featmammo.datasets.base import (
     parse_birads_map,
     read_table,
     summarize,
+    walk_files,
 )
 from featmammo.errors import ManifestError
 
@@ -99,12 +99,8 @@ def build_vindr(root, *, annotations=None, birads_map=None) -> tuple[pd.DataFram
     findings = _findings(findings_csv)
 
     by_id: dict[str, Path] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            stem, ext = os.path.splitext(name)
-            if ext.lower() in (".dicom", ".dcm") and not name.startswith("."):
-                by_id.setdefault(stem, Path(dirpath) / name)
+    for path in walk_files(root, (".dicom", ".dcm")):
+        by_id.setdefault(path.stem, path)
 
     rows, unresolved, excluded = [], [], []
     for pos, rec in enumerate(t.rows()):
