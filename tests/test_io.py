@@ -14,6 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image as PILImage
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_voi, apply_windowing, get_decoder, get_encoder
@@ -42,6 +43,7 @@ from featmammo.io import (
     read_dicom_header,
     read_image,
 )
+from featmammo.io import decoders as dec_mod
 from featmammo.io.dicom import read_dicom
 
 # --------------------------------------------------------------------------- helpers
@@ -786,3 +788,117 @@ def test_real_dicom_headers(real_dicoms):
         assert meta["transfer_syntax"] == RLELossless and meta["bits_stored"] == 16
         assert 4000 <= meta["rows"] <= 5400 and 2000 <= meta["cols"] <= 3300
         assert meta["patient_id"].startswith("Mass-Test_P_")
+
+
+# --------------------------------------------------------------------------- decoders: imagecodecs
+# fallback when the chosen plugin fails; optional GPU (nvImageCodec) JPEG 2000 decoding
+
+
+def _testdata(name):
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        pytest.skip(f"pydicom test file {name} not available")
+    return path
+
+
+def test_jpeg_extended_12bit_that_pylibjpeg_refuses_decodes_with_imagecodecs(caplog):
+    """pydicom's JPEG-lossy.dcm (12-bit JPEG Extended, Se = 0 in its scan header)."""
+    with caplog.at_level(logging.WARNING):
+        img = read_image(_testdata("JPEG-lossy.dcm"))
+    assert img.pixels.dtype == np.uint16 and img.pixels.shape == (1024, 256)
+    assert img.pixels[420, 140] == 244 and img.pixels[230, 120] == 95  # pydicom's reference values
+    assert img.meta["decoder"] == "imagecodecs-jpeg8"
+    assert img.meta["decoding_plugin"] == "imagecodecs"
+    assert img.meta["decoder_fallback"].startswith("pylibjpeg-libjpeg failed: ")
+    assert "scan stop must be 63" in img.meta["decoder_fallback"]
+    assert "decoded with imagecodecs-jpeg8 instead" in caplog.text
+    # the same picture as pylibjpeg's decode of the corrected file (lossy IDCTs differ by <= 1)
+    fixed = read_image(_testdata("JPGExtended.dcm"))
+    assert fixed.meta["decoder"] == "pylibjpeg-libjpeg" and "decoder_fallback" not in fixed.meta
+    assert np.abs(img.pixels.astype(int) - fixed.pixels.astype(int)).max() <= 1
+
+
+def test_no_fallback_when_a_plugin_is_forced_and_both_failures_are_named():
+    with pytest.raises(ImageReadError, match=r"(?s)plugin pylibjpeg.*scan stop must be 63"):
+        read_dicom(_testdata("JPEG-lossy.dcm"), decoding_plugin="pylibjpeg")
+    with pytest.raises(
+        ImageReadError,
+        match=r"(?s)plugin pylibjpeg failed .*imagecodecs-jpeg2k fallback failed too",
+    ):
+        read_image(_testdata("JPEG2000-embedded-sequence-delimiter.dcm"))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "693_J2KI.dcm",
+        "J2K_pixelrep_mismatch.dcm",
+        "JPEG2000.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "JPEGLSNearLossless_16.dcm",
+    ],
+)
+def test_outside_decoders_give_pydicoms_array(name):
+    """The dtype / sign handling shared by the imagecodecs and GPU paths matches pydicom."""
+    from pydicom.pixels import pixel_array
+
+    ds = pydicom.dcmread(_testdata(name))
+    reference = pixel_array(ds)
+    arr, _ = dec_mod.decode_frame_imagecodecs(ds, str(ds.file_meta.TransferSyntaxUID))
+    assert arr.dtype == reference.dtype
+    np.testing.assert_array_equal(arr, reference)
+
+
+def test_as_pydicom_dtype_sign_extends_from_bits_stored():
+    ds = Dataset()
+    ds.BitsAllocated, ds.BitsStored, ds.PixelRepresentation = 16, 12, 1
+    raw = np.array([0x0FFF, 0x0800, 0x07FF, 0], np.uint16)
+    np.testing.assert_array_equal(dec_mod.as_pydicom_dtype(raw, ds), [-1, -2048, 2047, 0])
+    ds.PixelRepresentation = 0
+    assert dec_mod.as_pydicom_dtype(raw.astype(np.uint8), ds).dtype == np.uint16
+
+
+def test_decoder_option_cpu_default_auto_and_explicit_gpu(tmp_path):
+    path, arr = _compressed(tmp_path, JPEG2000Lossless, "j2k")
+    with pytest.raises(ConfigError, match="decoder must be one of"):
+        read_image(path, decoder="gpu")
+    img = read_image(path)
+    assert img.meta["decoder_requested"] == "cpu" and img.meta["decoder"] == "pylibjpeg-openjpeg"
+    if dec_mod.nvimagecodec_status()[0]:
+        pytest.skip("nvImageCodec and CUDA are available: see the gpu-marked test")
+    auto = read_image(path, decoder="auto")  # no GPU decoder here: the CPU path, recorded
+    assert auto.meta["decoder"] == "pylibjpeg-openjpeg" and auto.meta["decoder_requested"] == "auto"
+    np.testing.assert_array_equal(auto.pixels, arr)
+    with pytest.raises(ConfigError, match="decoder='nvimagecodec' but it cannot run"):
+        read_image(path, decoder="nvimagecodec")
+    # other syntaxes never go to the GPU decoder, whatever is asked
+    rle, _ = _compressed(tmp_path, RLELossless, "rle")
+    assert read_image(rle, decoder="nvimagecodec").meta["decoder"] == "pylibjpeg-rle"
+    assert dec_mod.resolve_decoder("nvimagecodec", str(RLELossless)) == "cpu"
+
+
+@pytest.mark.gpu
+def test_nvimagecodec_pixels_equal_cpu_decoder(tmp_path):
+    """GPU JPEG 2000 decoding (nvImageCodec) gives the CPU decoder's pixels exactly."""
+    ok, reason = dec_mod.nvimagecodec_status()
+    if not ok:
+        pytest.skip(reason)
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:3000, :2400]
+    big = ((x * 7 + y * 3) % 4096 + rng.integers(0, 16, x.shape)).clip(0, 4095).astype(np.uint16)
+    files = [_compressed(tmp_path, JPEG2000Lossless, "big", arr=big)[0]]
+    signed = grey12(seed=3).astype(np.int16) - 2048
+    files.append(_compressed(tmp_path, JPEG2000Lossless, "signed", arr=signed)[0])
+    for name in ("MR_small_jp2klossless.dcm", "J2K_pixelrep_mismatch.dcm", "693_J2KI.dcm"):
+        path = get_testdata_file(name, download=False)
+        if path is not None:
+            files.append(path)
+    for path in files:
+        cpu = read_image(path)
+        gpu = read_image(path, decoder="nvimagecodec")
+        assert gpu.meta["decoder"] == "nvimagecodec-nvjpeg2k", path
+        assert gpu.meta["decoding_plugin"] == "nvimagecodec"
+        assert gpu.pixels.dtype == cpu.pixels.dtype and gpu.max_value == cpu.max_value
+        np.testing.assert_array_equal(gpu.pixels, cpu.pixels, err_msg=str(path))
+        assert read_image(path, decoder="auto").meta["decoder"] == "nvimagecodec-nvjpeg2k"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from featmammo.errors import ImageReadError
 
+from .decoders import DECODERS, check_decoder, nvimagecodec_status, resolve_decoder
 from .dicom import read_dicom, read_dicom_header
 from .images import (
     DEFAULT_MAX_PIXELS,
@@ -52,13 +53,20 @@ def _sniff(path: Path) -> str | None:
 
 @typed_errors("image file")
 def read_image(
-    path, *, windowing: str = "none", max_pixels: int | None = DEFAULT_MAX_PIXELS
+    path,
+    *,
+    windowing: str = "none",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    decoder: str = "cpu",
 ) -> Image:
     """Read one greyscale image; raises ImageReadError (ConfigError for a bad ``windowing``).
 
-    ``max_pixels`` (None = no limit) is checked from the header before decoding.
+    ``max_pixels`` (None = no limit) is checked from the header before decoding. ``decoder``
+    (``cpu`` default, ``auto``, ``nvimagecodec``) chooses GPU decoding for JPEG 2000 DICOMs
+    (:func:`featmammo.io.decoders.resolve_decoder`); other files always decode on the CPU.
     """
     check_windowing(windowing)
+    check_decoder(decoder)
     record = split_record_path(path)
     if record is not None:
         return read_record_image(record[0], record[1], windowing=windowing, max_pixels=max_pixels)
@@ -75,7 +83,7 @@ def read_image(
     else:
         kind = _sniff(p)
     if kind == "dicom":
-        return read_dicom(p, windowing=windowing, max_pixels=max_pixels)
+        return read_dicom(p, windowing=windowing, max_pixels=max_pixels, decoder=decoder)
     if kind == "pillow":
         return read_pillow(p, windowing=windowing, max_pixels=max_pixels)
     if kind == "pnm":
@@ -84,6 +92,7 @@ def read_image(
 
 
 __all__ = [
+    "DECODERS",
     "DEFAULT_MAX_PIXELS",
     "META_KEYS",
     "WINDOWINGS",
@@ -92,7 +101,9 @@ __all__ = [
     "read_dicom_header",
     "read_image",
     "read_ljpeg",
+    "nvimagecodec_status",
     "read_record_image",
     "record_path",
+    "resolve_decoder",
     "split_record_path",
 ]

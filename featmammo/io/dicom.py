@@ -8,8 +8,14 @@ This module owns how a DICOM file becomes an :class:`~featmammo.io.images.Image`
   (``pylibjpeg`` > ``pyjpegls`` > ``gdcm`` > ``pillow`` > ``pydicom``; for RLE pylibjpeg-rle is
   ~5x faster than pydicom's own decoder) and recorded in ``meta["decoder"]`` (library, e.g.
   ``pylibjpeg-rle``) and ``meta["decoding_plugin"]`` (the pydicom plugin name, e.g.
-  ``pylibjpeg``). If that plugin fails the read fails: no silent second decoder, so the same
-  file always gives the same pixels.
+  ``pylibjpeg``). If that plugin fails on a file, imagecodecs (libjpeg-turbo / CharLS /
+  OpenJPEG) decodes it instead -- pydicom's own ``JPEG-lossy.dcm``, a 12-bit JPEG Extended file
+  pylibjpeg refuses, is one -- and ``meta["decoder_fallback"]`` says which plugin failed and why
+  (a warning is logged). Never a second decoder for a file the first one decoded, and no
+  fallback when a plugin is forced (``decoding_plugin``), so a file always gives the same pixels.
+* **GPU decoding** (optional, :mod:`featmammo.io.decoders`): ``decoder="nvimagecodec"`` (or
+  ``"auto"`` with nvImageCodec and CUDA present) decodes JPEG 2000 / HTJ2K on the GPU;
+  ``meta["decoder"]`` records it. The default ``decoder="cpu"`` leaves the path above unchanged.
 * **Header checks before decoding:** pixel data present, one frame (multi-frame files are
   rejected with a clear error, never silently reduced to their first frame), ``Rows*Columns``
   against ``max_pixels``, a decoder plugin installed for the transfer syntax.
@@ -48,6 +54,13 @@ from pydicom.uid import (
 
 from featmammo.errors import ConfigError, ImageReadError
 
+from .decoders import (
+    check_decoder,
+    decode_frame_imagecodecs,
+    decode_frame_nvimagecodec,
+    imagecodecs_label,
+    resolve_decoder,
+)
 from .images import (
     DEFAULT_MAX_PIXELS,
     Image,
@@ -452,6 +465,59 @@ def _why_no_pixel_data(p: Path, ds) -> str:
     )
 
 
+def _decode_cpu(p: Path, ds, tsyntax: str, decoding_plugin: str | None, meta: dict):
+    """(array, outside_pydicom): the pydicom plugin's decode, or imagecodecs when the
+    automatically chosen plugin fails (recorded in ``meta["decoder_fallback"]``)."""
+    if decoding_plugin is None:
+        plugin = choose_decoder(p, tsyntax)
+    else:
+        plugin = decoding_plugin
+        try:
+            plugins = available_decoders(tsyntax)
+        except NotImplementedError:
+            plugins = ()
+        if plugin not in plugins:
+            raise ConfigError(
+                f"decoding plugin {plugin!r} is not available for {UID(tsyntax).name}; "
+                f"available: {', '.join(repr(x) for x in plugins) or 'none'}"
+            )
+    try:
+        arr = pixel_array(ds, decoding_plugin=plugin)
+    except Exception as exc:  # truncated data, codec errors, inconsistent tags
+        first = f"{type(exc).__name__}: {exc}"
+        fallback = imagecodecs_label(tsyntax) if decoding_plugin is None and plugin else None
+        if fallback is None:
+            raise ImageReadError(
+                p,
+                f"cannot decode pixel data ({UID(tsyntax).name}, plugin "
+                f"{plugin or 'native'}): {first}",
+            ) from None
+        try:
+            arr, label = decode_frame_imagecodecs(ds, tsyntax)
+        except Exception as exc2:  # noqa: BLE001 - both decoders failed: say so
+            raise ImageReadError(
+                p,
+                f"cannot decode pixel data ({UID(tsyntax).name}): plugin {plugin} failed "
+                f"({first}); the {fallback} fallback failed too "
+                f"({type(exc2).__name__}: {exc2})",
+            ) from None
+        reason = first.splitlines()[-1].strip() if first.strip() else first
+        logger.warning(
+            "%s: the %s plugin cannot decode it (%s); decoded with %s instead",
+            p,
+            plugin,
+            reason,
+            label,
+        )
+        meta["decoder"] = label
+        meta["decoding_plugin"] = "imagecodecs"
+        meta["decoder_fallback"] = f"{_decoder_library(tsyntax, plugin)} failed: {reason}"
+        return arr, True
+    meta["decoder"] = _decoder_library(tsyntax, plugin)
+    meta["decoding_plugin"] = plugin or "native"
+    return arr, False
+
+
 @typed_errors("DICOM file")
 def read_dicom(
     path,
@@ -459,14 +525,18 @@ def read_dicom(
     windowing: str = "none",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     decoding_plugin: str | None = None,
+    decoder: str = "cpu",
 ) -> Image:
     """Read one single-frame greyscale DICOM image (see the module docstring for the policy).
 
     ``decoding_plugin`` overrides the automatic choice (a pydicom plugin name such as
-    ``"pydicom"`` or ``"pylibjpeg"``); used by benchmarks and tests. Raises ImageReadError.
+    ``"pydicom"`` or ``"pylibjpeg"``; no imagecodecs fallback then); used by benchmarks and
+    tests. ``decoder``: ``cpu`` (default), ``auto`` or ``nvimagecodec`` (GPU decoding of JPEG
+    2000 / HTJ2K, see :mod:`featmammo.io.decoders`). Raises ImageReadError.
     """
     p = check_path(path)
     check_windowing(windowing)
+    check_decoder(decoder)
     ds = _dcmread(p, defer_size=_DEFER_SIZE)
     meta = _header_meta(ds, windowing)
     if "PixelData" not in ds:
@@ -493,30 +563,22 @@ def read_dicom(
     if not 0 < bits_stored <= bits_allocated:
         raise ImageReadError(p, f"BitsStored={bits_stored} with BitsAllocated={bits_allocated}")
     meta["bits_stored"] = bits_stored
-    if decoding_plugin is None:
-        plugin = choose_decoder(p, tsyntax)
-    else:
-        plugin = decoding_plugin
+    engine = "cpu" if decoding_plugin is not None else resolve_decoder(decoder, tsyntax)
+    meta["decoder_requested"] = decoder
+    outside_pydicom = engine == "nvimagecodec"
+    if engine == "nvimagecodec":
         try:
-            plugins = available_decoders(tsyntax)
-        except NotImplementedError:
-            plugins = ()
-        if plugin not in plugins:
-            raise ConfigError(
-                f"decoding plugin {plugin!r} is not available for {UID(tsyntax).name}; "
-                f"available: {', '.join(repr(x) for x in plugins) or 'none'}"
-            )
-    try:
-        arr = pixel_array(ds, decoding_plugin=plugin)
-    except Exception as exc:  # truncated data, codec errors, inconsistent tags
-        raise ImageReadError(
-            p,
-            f"cannot decode pixel data ({UID(tsyntax).name}, plugin "
-            f"{plugin or 'native'}): {type(exc).__name__}: {exc}",
-        ) from None
+            arr, meta["decoder"] = decode_frame_nvimagecodec(ds)
+        except Exception as exc:  # no silent switch to the CPU decoder
+            raise ImageReadError(
+                p,
+                f"cannot decode pixel data on the GPU ({UID(tsyntax).name}, nvImageCodec): "
+                f"{type(exc).__name__}: {exc}",
+            ) from None
+        meta["decoding_plugin"] = "nvimagecodec"
+    else:
+        arr, outside_pydicom = _decode_cpu(p, ds, tsyntax, decoding_plugin, meta)
     del ds.PixelData  # drop the encoded bytes now; the decoded array is all we keep
-    meta["decoder"] = _decoder_library(tsyntax, plugin)
-    meta["decoding_plugin"] = plugin or "native"
     if arr.ndim == 3:
         arr = grey_from_channels(p, arr, f"DICOM ({meta['photometric']})")
         meta["photometric"] = "MONOCHROME2"
@@ -527,12 +589,14 @@ def read_dicom(
         arr.dtype.kind == "u"
         and bits_stored < arr.dtype.itemsize * 8
         and (
-            tsyntax in JPEG2000TransferSyntaxes
+            outside_pydicom
+            or tsyntax in JPEG2000TransferSyntaxes
             or tsyntax in JPEGLSTransferSyntaxes
             or tsyntax in _HTJ2K
         )
     ):
-        # pydicom masks unused high bits itself for native/RLE/JPEG; J2K and JPEG-LS are checked.
+        # pydicom masks unused high bits itself for native/RLE/JPEG; J2K and JPEG-LS (and any
+        # array from a decoder outside pydicom) are checked.
         mask = arr.dtype.type(2**bits_stored - 1)
         if arr.max() > mask:
             logger.warning("%s: pixel values above BitsStored=%d masked", p, bits_stored)
