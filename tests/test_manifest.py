@@ -254,3 +254,19 @@ def test_cli_folder(tmp_path):
     df = read_manifest(out)
     assert sorted(df["patient_id"]) == ["P1", "P2"]
     assert "Leakage audit" in res.output
+
+
+def test_labels_sits_below_the_datasets_layer():
+    """featmammo.labels (class schemes) imports nothing from featmammo.datasets; the manifest
+    takes LABELS and the label spellings from it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, featmammo.labels as L\n"
+        "assert not [m for m in sys.modules if m.startswith('featmammo.datasets')], 'datasets'\n"
+        "from featmammo.datasets.manifest import LABELS, normalize_label\n"
+        "assert LABELS is L.LABELS and normalize_label is L.normalize_label\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
