@@ -395,3 +395,18 @@ def test_every_public_builder_name_resolves():
 
     for name in datasets.__all__:
         assert callable(getattr(datasets, name)) or name in ("LABELS", "REQUIRED_COLUMNS"), name
+
+
+def test_missing_and_malformed_tables_name_file_and_line(tmp_path):
+    root = _rsna(tmp_path / "rsna", RSNA_CSV + "2,10006,1,L,CC,61,0,0,0,,0,,29,False,EXTRA\n")
+    with pytest.raises(ManifestError, match=r"train.csv: line 6: 15 fields, header has 14"):
+        build_rsna(root)
+    (root / "train.csv").unlink()
+    with pytest.raises(ManifestError, match="RSNA train.csv not found"):
+        build_rsna(root)
+    with pytest.raises(ManifestError, match="nope.csv: VinDr annotations not found"):
+        build_vindr(_vindr(tmp_path / "v"), annotations=tmp_path / "nope.csv")
+    bad = tmp_path / "bad.xlsx"
+    bad.write_bytes(b"not a spreadsheet")
+    with pytest.raises(ManifestError, match=r"bad.xlsx: (cannot read CMMD|reading .xlsx needs)"):
+        build_cmmd(_cmmd(tmp_path / "c"), table=bad)
