@@ -280,6 +280,34 @@ def test_trained_ids_missing_and_checkpoint_of(trained_run, tmp_path):
         checkpoint_of(moved)
 
 
+def test_checkpoint_of_an_extracted_hybrid_block(trained_run, tiny_manifest, tmp_path):
+    """The contract with extraction (INTERFACES I1): a store's hybrid: block leads back to the
+    checkpoint and the ids it trained on."""
+    import featmammo.store as fstore
+    from featmammo.extract import extract
+    from featmammo.nn.checkpoint import checkpoint_of, trained_image_ids
+    from featmammo.preprocess import PreprocessConfig
+
+    run, _ = trained_run
+    ckpt = (run / "checkpoint.pt").resolve()
+    store = tmp_path / "s.h5"
+    extract(
+        tiny_manifest,
+        store,
+        backbones=[f"hybrid:{ckpt}"],
+        preprocess=PreprocessConfig(image_size=SIZE),
+        device="cpu",
+    )
+    s = fstore.open(store)
+    (name,) = s.backbones
+    assert checkpoint_of(s.backbone_provenance(name)) == ckpt
+    split = pd.read_csv(run / "split.csv")
+    ids = trained_image_ids(checkpoint_of(s.backbone_provenance(name)))
+    assert set(ids["train"]) | set(ids["validation"]) == set(
+        split.loc[split.role != "test", "image_id"]
+    )
+
+
 def test_validation_split_is_splits_grouped_holdout(tiny_manifest, tmp_path, monkeypatch):
     import featmammo.splits as splits
 
