@@ -20,6 +20,11 @@ _KEYS = {
     "device": "device",
     "block_scaling": "block_scaling",
     "figures": "figures",
+    "tune": "tune",
+    "tune_metric": "tune_metric",
+    "inner_cv": "inner_cv",
+    "tune_grid": "tune_grid",
+    "allow_trained_embeddings": "allow_trained_embeddings",
 }
 _TOML_ONLY = ("head_params",)
 
@@ -113,12 +118,47 @@ def _resolve(ctx: click.Context, values: dict, config_path) -> dict:
     "--block-scaling/--no-block-scaling",
     default=True,
     show_default=True,
-    help="Give every backbone block of a hybrid equal total variance before the head.",
+    help="One scaling rule for every features set (a backbone is a one-block set): standardise, "
+    "then give each of the B blocks a total variance of 1/B. --no-block-scaling: standardise only.",
 )
 @click.option(
     "--figures/--no-figures", default=True, show_default=True,
     help="Draw the figures (confusion matrices, ROC/PR, calibration, test images).",
 )  # fmt: skip
+@click.option(
+    "--tune",
+    type=click.Choice(["grid", "none"]),
+    default="grid",
+    show_default=True,
+    help="grid: tune every head inside each outer fold by a patient-grouped inner CV on a small "
+    "documented grid (the same grid and inner splits for every features set; every point in "
+    "tuning.csv); none: fixed defaults.",
+)
+@click.option(
+    "--tune-metric",
+    type=click.Choice(["balanced_accuracy", "roc_auc", "macro_f1", "accuracy", "neg_log_loss"]),
+    default="balanced_accuracy",
+    show_default=True,
+    help="What the inner CV maximises.",
+)
+@click.option(
+    "--inner-cv", default=3, show_default=True, type=click.IntRange(min=2),
+    help="Inner patient-grouped folds for --tune grid.",
+)  # fmt: skip
+@click.option(
+    "--tune-grid",
+    default="default",
+    show_default=True,
+    help="default | small (two points per head, for demos); a TOML --config may give "
+    "[tune_grid.<head>] tables instead.",
+)
+@click.option(
+    "--allow-trained-embeddings",
+    is_flag=True,
+    default=False,
+    help="Evaluate hybrid: embeddings on images their checkpoint trained or validated on "
+    "(refused otherwise); the rows are marked optimistic.",
+)
 @device_option
 @click.option(
     "--config",
@@ -132,11 +172,13 @@ def _resolve(ctx: click.Context, values: dict, config_path) -> dict:
 @click.pass_context
 def command(
     ctx, stores, output, features, heads, classes, cv, test_split, test_size, seed, n_boot,
-    threshold, block_scaling, figures, device, config_path, as_json,
+    threshold, block_scaling, figures, tune, tune_metric, inner_cv, tune_grid,
+    allow_trained_embeddings, device, config_path, as_json,
 ) -> None:  # fmt: skip
     """Fit heads on the embeddings of STORE(s) and write a run folder -o RUN_DIR.
 
-    Patient-grouped stratified CV on the training part, then the held-out test; predictions.csv,
+    Patient-grouped stratified CV on the training part (heads tuned by a nested, patient-grouped
+    inner CV unless --tune none), then the held-out test; predictions.csv, tuning.csv,
     leaderboard.csv, metrics.json, report.md, figures/, models/ and config.json. Every reported
     number is recomputed from predictions.csv.
     """
@@ -146,7 +188,9 @@ def command(
         "features": list(features) or None, "heads": list(heads) or None, "classes": classes,
         "cv": cv, "test_split": test_split, "test_size": test_size, "seed": seed,
         "n_boot": n_boot, "threshold": threshold, "device": device,
-        "block_scaling": block_scaling, "figures": figures,
+        "block_scaling": block_scaling, "figures": figures, "tune": tune,
+        "tune_metric": tune_metric, "inner_cv": inner_cv, "tune_grid": tune_grid,
+        "allow_trained_embeddings": allow_trained_embeddings,
     }  # fmt: skip
     kwargs = _resolve(ctx, values, config_path)
     result = fit(list(stores), output, **kwargs)

@@ -10,10 +10,17 @@ hybrid, ``a+b``) and every head it
 3. splits once, for all models: held-out test (``official`` = the manifest's ``split == "test"``
    rows, ``grouped`` = a patient-grouped hold-out, ``none``) and patient-grouped stratified K folds
    on the training part (:mod:`featmammo.splits`); both are audited for shared patients;
-4. collects out-of-fold predictions, refits on the whole training part, predicts the test part and
-   saves the model (:func:`featmammo.heads.save`) with a sidecar holding everything ``predict``
-   needs;
-5. writes predictions.csv, images.csv, config.json and calls :func:`featmammo.report.write_report`,
+4. tunes every head by an inner patient-grouped CV inside each outer fold (``tune="grid"``,
+   :mod:`featmammo.tuning`; the same grid and inner splits for every features set; every grid
+   point lands in ``tuning.csv``), collects out-of-fold predictions, tunes and refits on the whole
+   training part, predicts the test part and saves the model (:func:`featmammo.heads.save`) with a
+   sidecar holding everything ``predict`` needs;
+Before any fit it refuses embeddings of a ``hybrid:`` checkpoint evaluated on the images that
+checkpoint trained or validated on (``allow_trained_embeddings=True`` runs anyway and lists the
+features sets in ``config.json["optimistic_features"]``).
+
+5. writes predictions.csv, tuning.csv, images.csv, config.json (with ``caveats`` from
+   :func:`caveats_from_stores`) and calls :func:`featmammo.report.write_report`,
    which computes every reported number from predictions.csv.
 """
 
@@ -292,12 +299,14 @@ def _audits(ids, groups, fold, meta) -> dict:
             "fold": np.where(fold == "test", "", fold),
         }
     )
-    for col in ("label", "path", "laterality", "view"):
+    for col in ("label", "path", "laterality", "view", "source"):
         if col in meta.columns:
             df[col] = meta[col].astype(str).to_numpy()
     report = splits.audit(df, split_col="split", group_col="patient_id")
     d = report.to_dict() if hasattr(report, "to_dict") else dict(report)
     d["ok"] = bool(getattr(report, "ok", d.get("ok", True)))
+    if "source" not in meta.columns:  # not checked: None, never {} (which means "checked, clean")
+        d["source_confounding"] = None
     return d
 
 
@@ -323,14 +332,21 @@ def _proba(model, X, classes) -> np.ndarray:
     return out
 
 
-def _make_head(name, seed, blocks, head_params, block_scaling, device):
+def _base_params(name, head_params, device) -> dict:
+    """The fixed parameters of head ``name``: the user's ``head_params`` plus the device."""
     from . import heads
 
     params = dict(head_params.get(name, {}))
     if heads.canonical_name(name) in ("xgboost", "refine-mlp"):
         params.setdefault("device", device)
-    use_blocks = blocks if (block_scaling and blocks is not None and len(blocks) > 1) else None
-    return heads.make(name, seed=seed, blocks=use_blocks, **params)
+    return params
+
+
+def _make_head(name, seed, blocks, params, block_scaling):
+    """The one scaling rule: every features set (one block or several) through BlockScaler."""
+    from . import heads
+
+    return heads.make(name, seed=seed, blocks=blocks, balance=block_scaling, **params)
 
 
 def fit(
@@ -350,21 +366,43 @@ def fit(
     block_scaling: bool = True,
     device: str = "auto",
     figures: bool = True,
+    tune: str = "grid",
+    tune_metric: str = "balanced_accuracy",
+    inner_cv: int = 3,
+    tune_grid="default",
+    allow_trained_embeddings: bool = False,
 ) -> FitResult:
     """Fit every features x head with patient-grouped CV and a held-out test; write the run folder.
 
     ``stores``: store paths or opened stores. ``features``: backbone names, ``hybrid`` or ``a+b``
     (default: each backbone + hybrid). ``heads``: head names (default: logreg, knn). ``classes``: a
     scheme for :func:`featmammo.labels.parse_classes` (default: the labels present, ordered
-    normal, benign, malignant). ``head_params``: head name -> parameters for ``heads.make``.
+    normal, benign, malignant). ``head_params``: head name -> parameters for ``heads.make``
+    (fixed: a parameter given here is not tuned). ``tune``: ``grid`` (nested patient-grouped CV
+    with ``inner_cv`` folds on the grids of :mod:`featmammo.tuning`; ``tune_grid``: ``default``,
+    ``small`` or a table head -> {param: [values]}; selection by ``tune_metric``) or ``none``
+    (fixed defaults). ``allow_trained_embeddings``: evaluate embeddings of a ``hybrid:``
+    checkpoint on images it trained on (marked optimistic) instead of refusing.
     """
     from . import heads as heads_mod
+    from . import tuning
     from .fusion import fuse
+    from .heads import fit_head
     from .labels import parse_classes
     from .report import write_report
 
     if test_split not in TEST_SPLITS:
         raise ConfigError(f"--test-split {test_split!r}: choose one of {TEST_SPLITS}")
+    if tune not in tuning.TUNE_MODES:
+        raise ConfigError(f"--tune {tune!r}: choose one of {', '.join(tuning.TUNE_MODES)}")
+    if tune_metric not in tuning.METRICS:
+        raise ConfigError(
+            f"--tune-metric {tune_metric!r}: choose one of {', '.join(tuning.METRICS)}"
+        )
+    inner_cv = int(inner_cv)
+    if tune == "grid" and inner_cv < 2:
+        raise ConfigError(f"--inner-cv {inner_cv}: use at least 2 folds (or --tune none)")
+    grids = tuning.resolve_grids(tune_grid) if tune == "grid" else {}
     run_dir = Path(run_dir)
     store_list = [FiniteStoreView(s) for s in _open_stores(stores)]
     backbones = []
@@ -443,6 +481,22 @@ def fit(
         )
     is_test = fold == "test"
     train_counts = pd.Series(labels[~is_test]).value_counts().to_dict()
+    optimistic = _trained_embeddings(
+        store_list, fused, ids, allow=allow_trained_embeddings
+    )  # ConfigError unless allowed
+    if optimistic["features"]:
+        notes.append(optimistic["reason"])
+    if "xgboost" in head_names:
+        log.info("xgboost head: device=%s", heads_mod.xgboost_device(device))
+
+    # outer folds, then the final model on the whole training part ("test" in tuning.csv)
+    outer = sorted({v for v in fold if v not in ("test", "")}, key=int)
+    runs = [*outer, "test"]
+    inner_splits = {}
+    if tune == "grid":
+        for r in runs:
+            train = ~is_test if r == "test" else (~is_test & (fold != r))
+            inner_splits[r] = _inner_splits(labels[train], groups[train], inner_cv, seed, r)
 
     final_dir = run_dir
     run_dir = _staging_dir(final_dir)  # the run is written here, then moved in as a whole
@@ -451,45 +505,55 @@ def fit(
         stores_info = [
             {"path": str(s.path), "fingerprint": store_fingerprint(s)} for s in store_list
         ]
-        rows, models = [], {}
+        rows, models, tuning_rows = [], {}, []
         for f in features:
             fz = fused[f]
             pos = pd.Series(np.arange(len(fz.ids)), index=np.asarray(fz.ids).astype(str))
             X = fz.X[pos.loc[ids].to_numpy()]
+            proba = {h: np.full((len(ids), len(classes)), np.nan) for h in head_names}
+            for r in runs:
+                train = ~is_test if r == "test" else (~is_test & (fold != r))
+                target = is_test if r == "test" else (fold == r)
+                what = "final fit on the training part" if r == "test" else f"CV fold {r}"
+                inner = None
+                if tune == "grid":
+                    inner = tuning.InnerCV(
+                        X[train], labels[train], groups[train], inner_splits[r],
+                        blocks=fz.blocks, balance=block_scaling,
+                    )  # fmt: skip
+                for h in head_names:
+                    log.info("fitting %s / %s, %s", f, h, what)
+                    base = _base_params(h, head_params, device)
+                    chosen = {}
+                    if inner is not None:
+                        with _step(f, h, f"tuning for {what}", int(train.sum())):
+                            chosen, grid_rows = tuning.tune(
+                                inner, h, grids.get(h, {}), classes=classes, base=base,
+                                metric=tune_metric, seed=seed,
+                            )  # fmt: skip
+                        tuning_rows += [
+                            {"features": f, "head": h, "fold": r, **g} for g in grid_rows
+                        ]
+                    model = _make_head(h, seed, fz.blocks, {**base, **chosen}, block_scaling)
+                    with _step(f, h, what, int(train.sum())):
+                        fit_head(model, X[train], labels[train], groups[train])
+                    if target.any():
+                        with _step(f, h, f"prediction of {what}", int(train.sum())):
+                            proba[h][target] = _proba(model, X[target], classes)
+                    if r != "test":
+                        continue
+                    path = heads_mod.save(
+                        model,
+                        run_dir / MODELS / model_filename(f, h),
+                        _sidecar(
+                            f, h, fz, classes, stores_info, seed, head_params, block_scaling,
+                            train_counts, tuned=chosen, tune=tune,
+                        ),
+                    )  # fmt: skip
+                    models[f"{f}__{h}"] = path
             for h in head_names:
-                log.info("fitting %s / %s", f, h)
-                proba = np.full((len(ids), len(classes)), np.nan)
-                for k in sorted({v for v in fold if v not in ("test", "")}, key=int):
-                    val = fold == k
-                    train = ~is_test & ~val
-                    model = _make_head(h, seed, fz.blocks, head_params, block_scaling, device)
-                    with _step(f, h, f"CV fold {k}", int(train.sum())):
-                        model.fit(X[train], labels[train])
-                        proba[val] = _proba(model, X[val], classes)
-                model = _make_head(h, seed, fz.blocks, head_params, block_scaling, device)
-                with _step(f, h, "final fit on the training part", int((~is_test).sum())):
-                    model.fit(X[~is_test], labels[~is_test])
-                if is_test.any():
-                    with _step(f, h, "prediction of the test part", int((~is_test).sum())):
-                        proba[is_test] = _proba(model, X[is_test], classes)
-                path = heads_mod.save(
-                    model,
-                    run_dir / MODELS / model_filename(f, h),
-                    _sidecar(
-                        f,
-                        h,
-                        fz,
-                        classes,
-                        stores_info,
-                        seed,
-                        head_params,
-                        block_scaling,
-                        train_counts,
-                    ),
-                )
-                models[f"{f}__{h}"] = path
-                done = ~np.isnan(proba).any(axis=1)
-                y_pred = np.asarray(classes, dtype=object)[np.nan_to_num(proba).argmax(axis=1)]
+                done = ~np.isnan(proba[h]).any(axis=1)
+                y_pred = np.asarray(classes, dtype=object)[np.nan_to_num(proba[h]).argmax(axis=1)]
                 part = pd.DataFrame(
                     {
                         "image_id": ids,
@@ -499,10 +563,14 @@ def fit(
                         "head": h,
                         "y_true": labels,
                         "y_pred": y_pred,
-                        **{f"p_{c}": proba[:, j] for j, c in enumerate(classes)},
+                        **{f"p_{c}": proba[h][:, j] for j, c in enumerate(classes)},
                     }
                 )
                 rows.append(part[done])
+        if tune == "grid":
+            pd.DataFrame(tuning_rows, columns=list(tuning.TUNING_COLUMNS)).to_csv(
+                run_dir / "tuning.csv", index=False
+            )
         predictions = pd.concat(rows, ignore_index=True)
         predictions.to_csv(run_dir / "predictions.csv", index=False)
         paths = meta["path"].astype(str) if "path" in meta.columns else pd.Series([""] * len(ids))
@@ -531,6 +599,16 @@ def fit(
             "excluded_rows": excluded,
             "n_images_in_stores": int(len(set().union(*(map(str, s.ids) for s in store_list)))),
             "train_class_counts": {str(k): int(v) for k, v in train_counts.items()},
+            "tune": tune,
+            "tune_metric": tune_metric if tune == "grid" else None,
+            "inner_cv": inner_cv if tune == "grid" else None,
+            "tune_grid": grids if tune == "grid" else None,
+            "scaling": "BlockScaler: standardise, then each of B blocks / sqrt(B x width)"
+            if block_scaling
+            else "BlockScaler(balance=False): standardise only",
+            "optimistic_features": optimistic["features"],
+            "optimistic_reason": optimistic["reason"],
+            "caveats": caveats_from_stores(store_list, meta),
             "split_audit": audit,
             "notes": notes,
         }
@@ -550,8 +628,8 @@ def fit(
 
 
 #: what a fit writes into RUN_DIR (replaced as a whole by the next fit into the same folder)
-RUN_OUTPUTS = ("predictions.csv", "images.csv", "config.json", "leaderboard.csv", "metrics.json",
-               "report.md", "figures", MODELS)  # fmt: skip
+RUN_OUTPUTS = ("predictions.csv", "tuning.csv", "images.csv", "config.json", "leaderboard.csv",
+               "metrics.json", "report.md", "figures", MODELS)  # fmt: skip
 
 
 def _staging_dir(final_dir: Path) -> Path:
@@ -580,12 +658,17 @@ def _install_run(staging: Path, final_dir: Path) -> None:
     staging.rmdir()
 
 
-def _sidecar(features, head, fused, classes, stores_info, seed, head_params, block_scaling, counts):
+def _sidecar(
+    features, head, fused, classes, stores_info, seed, head_params, block_scaling, counts,
+    *, tuned=None, tune="none",
+):  # fmt: skip
     provenance = {k: v for k, v in fused.provenance.items() if k != "_stores"}
     return {
         "kind": "featmammo.fit",
         "head": head,
-        "head_params": head_params.get(head, {}),
+        "head_params": {**head_params.get(head, {}), **(tuned or {})},
+        "tuned_params": dict(tuned or {}),
+        "tune": tune,
         "features": features,
         "backbones": list(fused.blocks),
         "blocks": {k: [s.start, s.stop] for k, s in fused.blocks.items()},
@@ -598,3 +681,135 @@ def _sidecar(features, head, fused, classes, stores_info, seed, head_params, blo
         "block_scaling": block_scaling,
         "train_class_counts": {str(k): int(v) for k, v in counts.items()},
     }
+
+
+def _inner_splits(labels, groups, inner_cv: int, seed: int, run) -> list:
+    """The inner patient-grouped folds of one training part (the same for every features set)."""
+    from . import splits
+
+    n_pat = len(set(groups))
+    where = "the training part" if run == "test" else f"CV fold {run}'s training side"
+    if n_pat < inner_cv:
+        raise ConfigError(
+            f"--tune grid: {where} has {n_pat} patient(s), fewer than --inner-cv {inner_cv}; "
+            "use a smaller --inner-cv, fewer outer folds (--cv) or --tune none"
+        )
+    folds = splits.grouped_kfold(labels, groups, inner_cv, seed)
+    for i, (tr, _) in enumerate(folds, start=1):
+        if len(set(labels[tr])) < 2:
+            raise ConfigError(
+                f"--tune grid: inner fold {i} of {where} trains on a single class; "
+                "use a smaller --inner-cv or --tune none"
+            )
+    return folds
+
+
+def _hybrid_blocks(store_list, used) -> dict:
+    """backbone name -> checkpoint path for the ``hybrid:`` blocks among ``used``."""
+    out = {}
+    for name in used:
+        for s in store_list:
+            if name not in s.backbones:
+                continue
+            prov = s.backbone_provenance(name) or {}
+            spec = prov.get("spec") or {}
+            if not (str(name).startswith("hybrid:") or spec.get("arch") == "hybridnet"):
+                break
+            from .nn.checkpoint import checkpoint_of  # torch-free JSON reading, only when needed
+
+            path = checkpoint_of(prov)
+            if path is not None:
+                out[name] = path
+            break
+    return out
+
+
+def _trained_embeddings(store_list, fused, ids, *, allow: bool) -> dict:
+    """Refuse (ConfigError) features sets whose ``hybrid:`` embeddings were trained on images this
+    run evaluates; with ``allow`` return them as ``{"features": [...], "reason": str}``."""
+    used = list(dict.fromkeys(b for fz in fused.values() for b in fz.blocks))
+    ckpts = _hybrid_blocks(store_list, used)
+    if not ckpts:
+        return {"features": [], "reason": None}
+    from .nn.checkpoint import trained_image_ids
+
+    run_ids = set(map(str, ids))
+    overlap = {}
+    for name, path in ckpts.items():
+        seen = trained_image_ids(path)
+        n_train = len(run_ids & set(seen["train"]))
+        n_val = len(run_ids & set(seen["validation"]))
+        if n_train or n_val:
+            overlap[name] = (path, n_train, n_val)
+    if not overlap:
+        return {"features": [], "reason": None}
+    said = "; ".join(
+        f"{name}: checkpoint {path} trained on {a} and validated on {b} of the {len(run_ids)} "
+        "images this run evaluates"
+        for name, (path, a, b) in overlap.items()
+    )
+    if not allow:
+        raise ConfigError(
+            f"trained embeddings: {said}. Its embeddings of those images are fitted to their "
+            "labels, so cross-validating on them is optimistic; fit on images the checkpoint never "
+            "saw (e.g. its test split) or pass --allow-trained-embeddings to run anyway (the rows "
+            "are marked optimistic)"
+        )
+    feats = [f for f, fz in fused.items() if set(fz.blocks) & set(overlap)]
+    reason = (
+        f"optimistic: {said}; features {', '.join(feats)} are evaluated on images their "
+        "embeddings were trained on (--allow-trained-embeddings)"
+    )
+    log.warning("%s", reason)
+    return {"features": feats, "reason": reason}
+
+
+def _weights_caveat(name: str, prov: dict) -> str:
+    spec = prov.get("spec") or {}
+    weights = str(spec.get("weights") or prov.get("weights") or "unknown")
+    sha = str(prov.get("weights_sha256") or spec.get("weights_sha256") or "")[:12]
+    if str(name).startswith("hybrid:") or spec.get("arch") == "hybridnet":
+        return f"hybrid checkpoint {weights} (sha256 {sha or 'unknown'})"
+    if weights == "random":
+        seed = spec.get("seed", prov.get("seed"))
+        return f"random (seed {seed if seed is not None else 'unknown'})"
+    if weights.startswith("imagenet"):
+        which = weights.split(":", 1)[1] if ":" in weights else "default"
+        return f"imagenet (torchvision {which}, sha256 {sha or 'unknown'})"
+    return f"file {weights} (sha256 {sha or 'unknown'})"
+
+
+def caveats_from_stores(stores, meta: pd.DataFrame) -> dict:
+    """``{"weights": {backbone: str}, "sources": {source: n_images}, "warnings": [str]}`` for
+    ``config.json["caveats"]`` (INTERFACES I2): how every backbone's weights were obtained, where
+    the run's images come from, and warnings a reader of the results must see (random weights,
+    a label that comes from one source only, no source column)."""
+    weights, warnings = {}, []
+    for s in stores:
+        for name in s.backbones:
+            if name in weights:
+                continue
+            weights[name] = _weights_caveat(name, dict(s.backbone_provenance(name) or {}))
+    random = [n for n, w in weights.items() if w.startswith("random")]
+    if random:
+        warnings.append(
+            f"backbone(s) {', '.join(random)} ran with random weights: the embeddings carry no "
+            "learnt image features and the results say nothing about real backbones "
+            "(`featmammo weights fetch NAME` gets torchvision's ImageNet weights)"
+        )
+    sources = {}
+    if "source" in meta.columns:
+        col = meta["source"].fillna("").astype(str).replace("", "(none)")
+        sources = {str(k): int(v) for k, v in col.value_counts().items()}
+        if "label" in meta.columns and len(sources) > 1:
+            by_label = meta.assign(_s=col).groupby("label")["_s"].unique()
+            for label, srcs in by_label.items():
+                others = col[meta["label"] != label]
+                if len(srcs) == 1 and not (others == srcs[0]).any():
+                    warnings.append(
+                        f"every {label!r} image comes from source {srcs[0]!r} and no other label "
+                        "does: a head can learn the acquisition instead of the pathology"
+                    )
+    else:
+        warnings.append("the store has no 'source' column: source confounding was not checked")
+    return {"weights": weights, "sources": sources, "warnings": warnings}

@@ -101,7 +101,7 @@ def _rf(*, seed: int = 0, **params):
 def _knn(*, seed: int = 0, **params):
     from sklearn.neighbors import KNeighborsClassifier
 
-    log.info("knn head: no class-imbalance handling is available for k-NN")
+    log.debug("knn head: no class-imbalance handling is available for k-NN")
     clf = KNeighborsClassifier(n_neighbors=10, weights="uniform")
     return set_routed_params(clf, params)
 
