@@ -14,12 +14,16 @@ them). Each case runs in a fresh subprocess, so the counters hold that case only
 
 Embeddings are ReLU'd Gaussians (about half exact zeros, as penultimate ReLU features are: gzip
 shrinks them, raw shards do not) and dense Gaussians (barely compressible), float32, ``gzip``
-compression (the store's default). Dims are small (default 128) so that 100k rows
-fit this machine in minutes: the ratio is a ratio of bytes, set by the row count and the schedule,
-not by the width (checked by ``--dim``).
+compression (the store's default). Dims are small by default (128) so that 100k rows fit this
+busy machine in minutes. The width does move the ratio a little: every row also carries ~350 bytes
+of variable-length ids and metadata, written once by ``prepare``, a large share of a 128-d store
+and a negligible one of a 2048-d store; and at small widths the prepared file alone is past the
+writer's quarter cap, so only the final merge happens. ``--dims 1024`` exercises the scheduled
+merges.
 
     python benchmarks/store_write.py                  # 10k and 100k rows, new vs old
     python benchmarks/store_write.py --rows 2000 8000 --no-old
+    python benchmarks/store_write.py --dims 1024 --rows 10000 30000   # -> store_write-dim1024.*
 
 ``write_amplification(n_rows, ...)`` is the function other benchmarks call
 (``benchmarks/extract_throughput.py``). Writes ``benchmarks/results/store_write.{json,md}``.
@@ -190,16 +194,19 @@ def write_amplification(
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
-    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--dims", type=int, nargs="+", default=[128])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--kinds", nargs="+", default=["relu", "dense"], choices=["relu", "dense"])
     ap.add_argument("--no-old", action="store_true", help="skip the pre-writer store")
-    ap.add_argument("--out", default=str(HERE / "results" / "store_write"))
+    ap.add_argument("--out", help="path stem (default results/store_write[-dimD])")
     a = ap.parse_args(argv)
     modes = ["new"] if a.no_old else ["new", "old"]
+    if a.out is None:
+        suffix = "" if a.dims == [128] else "-dim" + "-".join(map(str, a.dims))
+        a.out = str(HERE / "results" / f"store_write{suffix}")
     results = []
-    for kind, n, mode in itertools.product(a.kinds, a.rows, modes):
-        r = write_amplification(n, dim=a.dim, batch=a.batch, mode=mode, kind=kind)
+    for dim, kind, n, mode in itertools.product(a.dims, a.kinds, a.rows, modes):
+        r = write_amplification(n, dim=dim, batch=a.batch, mode=mode, kind=kind)
         r["loadavg"] = [round(v, 2) for v in os.getloadavg()]
         print(json.dumps(r), flush=True)
         results.append(r)
@@ -218,16 +225,17 @@ def main(argv=None) -> dict:
         "",
         f"`{out['command']}` at {out['time']}; simulated embeddings (relu: ReLU'd Gaussians, "
         "half zeros, compressible like real features; dense: Gaussians), "
-        f"dim {a.dim}, batch {a.batch}, float32, gzip. Ratio = bytes written / final store size "
+        f"batch {a.batch}, float32, gzip. Ratio = bytes written / final store size "
         "(`wchar`: write syscalls; `block`: bytes that reached the disk, where counted).",
         "",
-        "| embeddings | writer | rows | final MB | written MB (wchar) | wchar ratio | block ratio "
-        "| merges | s | load |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| dim | embeddings | writer | rows | final MB | written MB (wchar) | wchar ratio "
+        "| block ratio | merges | s | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['embeddings']} | {r['mode']} | {r['rows']:,} | {r['final_bytes'] / 1e6:.1f} | "
+            f"| {r['dim']} | {r['embeddings']} | {r['mode']} | {r['rows']:,} | "
+            f"{r['final_bytes'] / 1e6:.1f} | "
             f"{r['wchar'] / 1e6:.1f} | {r['wchar_ratio']:.2f} | {r['block_ratio'] or '-'} | "
             f"{r['merges']} | {r['seconds']} | {r['loadavg'][0]} |"
         )

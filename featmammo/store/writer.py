@@ -42,6 +42,7 @@ from .shards import write_shard
 log = logging.getLogger("featmammo.store")
 
 _STOP = object()
+SCAN_INTERVAL_S = 0.5  # how often the shard folder is listed to decide on a merge
 
 
 class BackgroundWriter:
@@ -82,6 +83,9 @@ class BackgroundWriter:
         self.bytes_shards = 0  # bytes of the shards this writer wrote
         self.bytes_merged = 0  # bytes of shards merged by scheduled merges
         self._sizes: dict[str, int] = {}
+        self._last_scan = -float("inf")
+        self._own_since_scan = 0  # bytes of this writer's shards since the folder was listed
+        self._pending_at_scan = 0
         self._queue: queue.Queue = queue.Queue(maxsize=int(max_pending))
         self._error: BaseException | None = None
         self._closed = False
@@ -173,7 +177,9 @@ class BackgroundWriter:
             try:
                 p = write_shard(self.path, ids, blocks, identities, dtypes=self._dtypes)
                 self.n_batches += 1
-                self.bytes_shards += p.stat().st_size
+                size = p.stat().st_size
+                self.bytes_shards += size
+                self._own_since_scan += size
                 if self.consolidate and self._merge_due():
                     self._start_merge()
             except BaseException as exc:  # surfaced by the next submit or close
@@ -185,6 +191,9 @@ class BackgroundWriter:
         d = parts_dir(self.path)
         found, total = [], 0
         sizes = {}
+        if not d.is_dir():
+            self._sizes = sizes
+            return found, total
         with os.scandir(d) as it:
             for entry in it:
                 if entry.name.startswith(".") or not entry.name.endswith(".npz"):
@@ -206,8 +215,21 @@ class BackgroundWriter:
             return False
         if self._error is not None:
             return False
+        if self.merge_until is not None and (
+            self.bytes_merged >= self.merge_until * self.expected_bytes
+        ):
+            return False  # past the scheduled part: only the final merge remains
+        threshold = self.growth * self.path.stat().st_size
+        # listing thousands of shards after every batch would cost O(n^2): list the folder when
+        # this writer's own shards alone could have reached the threshold, else twice a second
+        # (for the shards of other ranks)
+        own = self._own_since_scan + self._pending_at_scan >= threshold
+        if not own and time.monotonic() - self._last_scan < SCAN_INTERVAL_S:
+            return False
+        self._last_scan, self._own_since_scan = time.monotonic(), 0
         _, pending = self._pending()
-        if pending == 0 or pending < self.growth * self.path.stat().st_size:
+        self._pending_at_scan = pending
+        if pending == 0 or pending < threshold:
             return False
         if self.merge_until is not None:
             # late merges are the expensive ones: leave the rest to the final merge
