@@ -554,3 +554,54 @@ def test_empty_laterality_cell_falls_back_to_the_header(tmp_path):
         np.testing.assert_array_equal(load_and_preprocess(p, cfg, laterality=cell), header)
     flipped = load_and_preprocess(p, cfg, laterality="R")
     np.testing.assert_array_equal(flipped, header[:, :, ::-1])
+
+
+def test_damaged_ljpeg_tfrecord_and_npy_only_raise_image_read_error(tmp_path):
+    """The DDSM formats get the same treatment: truncated, bit-flipped and spliced copies of an
+    LJPEG (with its .ics), a TFRecord and a .npy either read (finite preprocessing) or raise one
+    ImageReadError naming what was asked for (the file, or FILE#INDEX for a record)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from ljpeg_vectors import encode, phantom
+
+    from featmammo.io import tfrecord
+
+    rng = np.random.default_rng(1)
+    img = phantom(24, 16, 12)
+    ics = "filename A-0001-1\nDIGITIZER DBA 21\n"
+    ics += "LEFT_CC LINES 24 PIXELS_PER_LINE 16 BITS_PER_PIXEL 12\n"
+    (tmp_path / "A-0001-1.ics").write_text(ics)
+    patch = rng.integers(0, 255, (12, 12), dtype=np.uint8)
+    example = tfrecord.serialize_example({"label": [2], "image": [patch.tobytes()]})
+    npy = io.BytesIO()
+    np.save(npy, patch[None, ..., None])
+    sources = {
+        "LEFT_CC.LJPEG": (encode(img, 7, 12), ""),
+        "tfrecords": (tfrecord.frame_record(example) * 2, "#1"),
+        "npy": (npy.getvalue(), "#0"),
+    }
+    n_failed = 0
+    for ext, (data, suffix) in sources.items():
+        for trial in range(18):
+            d = bytearray(data)
+            if trial % 3 == 0:
+                d = d[: rng.integers(1, len(d))]
+            elif trial % 3 == 1:
+                for _ in range(rng.integers(1, 20)):
+                    d[rng.integers(0, len(d))] = rng.integers(0, 256)
+            else:
+                i = rng.integers(0, len(d))
+                d[i:i] = rng.bytes(int(rng.integers(1, 50)))
+            name = f"A_0001_1.{ext}" if ext.endswith("LJPEG") else f"f{trial}.{ext}"
+            p = tmp_path / name
+            p.write_bytes(bytes(d))
+            spec = f"{p}{suffix}"
+            try:
+                x = load_and_preprocess(spec, PreprocessConfig(image_size=8))
+            except ImageReadError as exc:
+                assert exc.path == spec and exc.reason, (exc.path, spec)
+                n_failed += 1
+            else:
+                assert np.isfinite(x).all()
+    assert n_failed > 25  # the damage is real

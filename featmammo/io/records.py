@@ -167,17 +167,23 @@ def read_record_image(
 ) -> Image:
     """The image of record ``index`` of a TFRecord or ``.npy`` file (see the module docstring).
 
-    ``Image.path`` is ``FILE#INDEX``; ``meta`` adds ``record_file``, ``record_index``.
+    ``Image.path`` is ``FILE#INDEX``; ``meta`` adds ``record_file``, ``record_index``. Every
+    failure is an ImageReadError whose ``path`` is ``FILE#INDEX``.
     """
     file = Path(os.fspath(file))
     index = int(index)
     spec = record_path(file, index)
     meta = empty_meta("record", windowing)
-    if is_npy(file):
-        arr, max_value, bits = _read_npy_image(file, index, spec, meta, max_pixels)
-    else:
-        check_path(file)
-        arr, max_value, bits = _read_tfrecord_image(file, index, spec, meta, max_pixels)
+    try:
+        if is_npy(file):
+            arr, max_value, bits = _read_npy_image(file, index, spec, meta, max_pixels)
+        else:
+            check_path(file)
+            arr, max_value, bits = _read_tfrecord_image(file, index, spec, meta, max_pixels)
+    except ImageReadError as exc:  # the error names what was asked for: FILE#INDEX
+        if exc.path == spec:
+            raise
+        raise ImageReadError(spec, exc.reason) from None
     if arr.ndim == 3:
         arr = np.ascontiguousarray(grey_from_channels(spec, arr, "record image"))
     meta.update(
