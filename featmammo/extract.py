@@ -831,17 +831,18 @@ class _Loop:
             emb = np.full((sel.size, dim), np.nan, dtype=np.float32)
             status = np.full(sel.size, fstore.DONE, dtype=np.int8)
             why = np.full(sel.size, "", dtype=object)
-            for k, i in enumerate(sel):
-                if i in reasons:
-                    status[k], why[k] = fstore.FAILED, reasons[i]
-                    continue
-                e = outputs[name][pos[i]]
-                if not fstore.storable_rows(e[None, :], self.dtypes[name])[0]:
-                    # NaN/inf, or a value the store's float16 would turn into inf
-                    why[k] = f"{name}: {fstore.nonfinite_reason(e, self.dtypes[name])}"
+            read = np.array([i not in reasons for i in sel], dtype=bool)
+            if read.any():
+                x = outputs[name][[pos[i] for i in sel[read]]]
+                emb[read] = x
+                # NaN/inf, or a value the store's float16 would turn into inf (whole batch at once)
+                bad = ~fstore.storable_rows(x, self.dtypes[name])
+                for k in np.flatnonzero(read)[bad]:
+                    why[k] = f"{name}: {fstore.nonfinite_reason(emb[k], self.dtypes[name])}"
                     status[k] = fstore.FAILED
-                    continue
-                emb[k] = e
+                    emb[k] = np.nan
+            for k in np.flatnonzero(~read):
+                status[k], why[k] = fstore.FAILED, reasons[int(sel[k])]
             for k, i in enumerate(sel):
                 if status[k] == fstore.FAILED:
                     self.failed_images.add(int(i))

@@ -408,3 +408,31 @@ def test_a_rerun_reads_prepared_pixels_and_no_cache_bypasses_them(tmp_path, monk
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert not (tmp_path / "unused-default").exists()
+
+
+class NanProbe(Probe):
+    """Row 1 of every batch is NaN, row 2 overflows float16."""
+
+    def forward(self, x):
+        y = super().forward(x).clone()
+        if len(y) > 1:
+            y[1, 0] = float("nan")
+        if len(y) > 2:
+            y[2, 1] = 1e6
+        return y
+
+
+def test_non_finite_outputs_are_failures_with_their_reason(tmp_path):
+    manifest = _manifest(tmp_path, 6, bad=1)
+    s = fx.extract(manifest, tmp_path / "s.h5", backbones=[NanProbe("n")], preprocess=CFG,
+                   batch_size=4, dtype="float16", **FAST)  # fmt: skip
+    st = store.open(tmp_path / "s.h5")
+    fails = st.failures.set_index("image_id")["reason"]
+    assert set(fails.index) == {"im01", "im02", "im05", "im06"}, fails
+    assert fails["im06"] and "n:" not in fails["im06"]  # the unreadable file: the reader's reason
+    assert fails["im01"].startswith("n: ") and fails["im02"].startswith("n: ")
+    assert fails["im01"] != fails["im02"]  # NaN vs float16 overflow
+    done = st.done("n")
+    assert list(np.flatnonzero(done)) == [0, 3, 4]
+    assert np.isfinite(st.array("n")[done]).all() and np.isnan(st.array("n")[~done]).all()
+    assert (s.n_done, s.n_failed) == (3, 4)
