@@ -326,3 +326,23 @@ def test_calibration_error_and_footer_wrapping():
     assert err["brier"] == pytest.approx((0.01 + 0.04 + 0.04 + 0.01) / 4)
     lines = plots.footer_lines(["x" * 50, "word " * 60], width=100)
     assert lines[0] == "x" * 50 and len(lines) == 1 + 3 and all(len(ln) <= 100 for ln in lines)
+
+
+def test_report_command_verify_exits_non_zero_on_a_corrupted_file(tmp_path):
+    from click.testing import CliRunner
+
+    from featmammo.cli.main import cli
+
+    run, _, _ = _run(tmp_path)
+    r = CliRunner().invoke(cli, ["report", str(run), "--no-figures", "--min-patients", "5"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "metrics.json").read_text())["min_patients_per_class"] == 5
+    r = CliRunner().invoke(cli, ["report", str(run), "--verify"])
+    assert r.exit_code == 0, r.output
+    assert "ok    balanced accuracy = sklearn.metrics.balanced_accuracy_score" in r.output
+    lb = pd.read_csv(run / "leaderboard.csv")
+    lb.loc[0, "balanced_accuracy"] += 0.05
+    lb.to_csv(run / "leaderboard.csv", index=False)
+    r = CliRunner().invoke(cli, ["report", str(run), "--verify"])
+    assert r.exit_code == 1
+    assert "FAIL  leaderboard.csv (re-read) = metrics.json" in r.output
