@@ -436,3 +436,23 @@ def test_non_finite_outputs_are_failures_with_their_reason(tmp_path):
     assert list(np.flatnonzero(done)) == [0, 3, 4]
     assert np.isfinite(st.array("n")[done]).all() and np.isnan(st.array("n")[~done]).all()
     assert (s.n_done, s.n_failed) == (3, 4)
+
+
+@pytest.mark.gpu
+def test_gpu_pipelined_batches_match_the_cpu(tmp_path):
+    """On CUDA batch k+1 is launched before batch k is read back (pinned memory, one copy each
+    way, workers auto): every row must still land on its own image."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    manifest = _manifest(tmp_path, 11)
+    paths = [tmp_path / p for p in pd.read_csv(manifest)["path"]]
+    run = {"backbones": [Probe("a"), Probe("b", dim=5)], "preprocess": CFG, "batch_size": 3,
+           "lateralities": ["L"] * 11, "precision": "float32"}  # fmt: skip
+    cpu = fx.embed(paths, device="cpu", workers=0, **run)
+    gpu = fx.embed(paths, device="cuda", workers="auto", **run)
+    for name in ("a", "b"):
+        np.testing.assert_allclose(gpu[name], cpu[name], rtol=1e-5, atol=1e-6)
+    s = fx.extract(manifest, tmp_path / "g.h5", backbones=[Probe("a")], preprocess=CFG,
+                   batch_size=3, weights="random", device="cuda", precision="float32")  # fmt: skip
+    assert s.workers >= 2 and s.n_done == 11
+    np.testing.assert_allclose(store.open(tmp_path / "g.h5").array("a"), cpu["a"], rtol=1e-5)
