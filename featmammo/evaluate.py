@@ -6,14 +6,19 @@ p_<class>...``) so that every figure can be recomputed from stored predictions:
 
 - :func:`compute_metrics` -- the paper's table (per-class precision/recall/F1/support, macro and
   weighted averages, accuracy) plus balanced accuracy, ROC-AUC (one-vs-rest and positive-vs-rest),
-  PR-AUC and sensitivity/specificity at a threshold. Degenerate inputs give NaN with a note, never
-  an exception.
+  PR-AUC and sensitivity/specificity under the one decision rule (argmax = ``y_pred``; a threshold
+  only adds a separately named second operating point). Degenerate inputs give NaN with a note,
+  never an exception.
 - :func:`bootstrap_metrics` -- percentile CIs by resampling *patients* (cluster bootstrap): all
   images of a drawn patient enter the resample together, so correlated views do not shrink the
   intervals.
-- :func:`paired_comparison` / :func:`mcnemar_exact` -- model A vs model B on the same images.
+- :func:`paired_comparison` / :func:`mcnemar_clustered` / :func:`holm_adjust` -- model A vs model
+  B on the same images (paired patient bootstrap; McNemar with patients as clusters), adjusted for
+  multiplicity.
 - :func:`evaluate_predictions` -- all of the above for every features x head x evaluation in a
-  table.
+  table. Evaluations: ``cv`` (numbered folds), ``test``, ``validation`` (HybridNet early-stopping
+  rows: optimistic, never ranked or compared). No CI below :data:`MIN_PATIENTS_PER_CLASS`
+  patients in some class (:func:`ci_note` says why).
 
 The metric kernels are written with numpy (weighted confusion matrices, Mann-Whitney AUC, step-wise
 average precision) so that a 1000-resample bootstrap costs well under a second; tests check them
@@ -442,13 +447,22 @@ def bootstrap_metrics(
     threshold: float = 0.5,
     positive: str | None = None,
     metrics: Sequence[str] = CI_METRICS,
+    min_patients_per_class: int | None = None,
 ) -> dict:
     """Percentile CIs of ``metrics`` under a patient-clustered bootstrap (``groups`` = patient ids).
 
     Returns ``{metric: {"low", "high", "n_valid"}}``; resamples where a metric is undefined (e.g. a
-    class missing from the resample) are dropped and counted out of ``n_valid``.
+    class missing from the resample) are dropped and counted out of ``n_valid``. With
+    ``min_patients_per_class`` (e.g. :data:`MIN_PATIENTS_PER_CLASS`), a sample with fewer patients
+    in some class gets NaN bounds and ``"note"`` (e.g. ``n/a (3 patients in class benign < 10)``).
     """
     prep = _Prepared(y_true, y_pred, proba, classes, threshold, positive)
+    if min_patients_per_class is not None:
+        note = ci_note(patients_per_class(y_true, groups, prep.classes), min_patients_per_class)
+        if note:
+            return {
+                m: {"low": math.nan, "high": math.nan, "n_valid": 0, "note": note} for m in metrics
+            }
     if n_boot <= 0 or len(prep.yt) == 0:
         return {m: {"low": math.nan, "high": math.nan, "n_valid": 0} for m in metrics}
     rng = np.random.default_rng(seed)

@@ -6,12 +6,16 @@ and what the fit recorded about its inputs). Every number in the report is there
 from the stored predictions; editing predictions.csv and re-running :func:`write_report` changes the
 report.
 
-The report shows the paper's table layout (per-class precision / recall / F1 / support, accuracy,
-macro and weighted averages) with, beside it, what that layout hides: the majority-class baseline,
-balanced accuracy, patient counts, patient-clustered bootstrap CIs, a leakage audit recomputed from
-the fold column, and an internal-consistency section (F1 = 2PR/(P+R) per class, averages equal to
-the mean of their parts, supports summing to n, leaderboard.csv equal to metrics.json after a round
-trip).
+The report opens with the run's caveats (``config["caveats"]``: weights per backbone, data sources,
+warnings; the source-confounding audit; small-sample and optimistic-row warnings) and with the
+answer to the project's question: the hybrid against each other features set, per head, as paired
+patient-clustered bootstrap differences with Holm-adjusted p-values. Then the paper's table layout
+(per-class precision / recall / F1 / support, accuracy, macro and weighted averages) with, beside
+it, what that layout hides: the majority-class baseline, balanced accuracy, patient counts,
+patient-clustered bootstrap CIs (withheld below a minimum of patients per class), the chosen
+hyperparameters (``tuning.csv``), a leakage audit recomputed from the fold column, and consistency
+checks that recompute every figure a second way with scikit-learn from predictions.csv and compare
+it with metrics.json and leaderboard.csv as re-read from disk (:func:`verify`).
 """
 
 from __future__ import annotations

@@ -365,3 +365,16 @@ def test_optimistic_features_and_holm_adjusted_comparisons(rng):
     ]
     np.testing.assert_allclose(holm, ev.holm_adjust(raw))
     assert all(h >= r for h, r in zip(holm, raw, strict=True))
+
+
+def test_bootstrap_metrics_withholds_cis_below_the_patient_minimum(rng):
+    """The public bootstrap (for benchmarks/train_hybrid.py) applies the same rule on request."""
+    y, p, yp = _predictions(rng, n=40)
+    names = np.asarray(CLASSES, dtype=object)
+    groups = (np.arange(40) // 4).astype(str)  # 10 patients: fewer than 10 in every class
+    out = ev.bootstrap_metrics(
+        names[y], names[yp], p, CLASSES, groups, n_boot=50, min_patients_per_class=10
+    )
+    assert math.isnan(out["accuracy"]["low"]) and out["accuracy"]["note"].startswith("n/a (")
+    out = ev.bootstrap_metrics(names[y], names[yp], p, CLASSES, groups, n_boot=50)
+    assert out["accuracy"]["low"] <= out["accuracy"]["high"] and "note" not in out["accuracy"]
