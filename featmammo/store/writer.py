@@ -43,6 +43,7 @@ log = logging.getLogger("featmammo.store")
 
 _STOP = object()
 SCAN_INTERVAL_S = 0.5  # how often the shard folder is listed to decide on a merge
+GROUP_MAX_ROWS = 4096  # at most this many rows (waiting batches) in one shard
 
 
 class BackgroundWriter:
@@ -78,7 +79,8 @@ class BackgroundWriter:
         self.consolidate = bool(consolidate)
         self.growth = float(growth)
         self.merge_until = merge_until
-        self.n_batches = 0  # shards written
+        self.n_batches = 0  # batches written
+        self.n_shards = 0  # shards written (waiting batches share one)
         self.n_merges = 0  # scheduled merges done
         self.bytes_shards = 0  # bytes of the shards this writer wrote
         self.bytes_merged = 0  # bytes of shards merged by scheduled merges
@@ -167,16 +169,33 @@ class BackgroundWriter:
             raise self._error
 
     def _loop(self) -> None:
+        carry = None  # a batch taken from the queue that did not fit the previous shard
         while True:
-            item = self._queue.get()
+            item = carry if carry is not None else self._queue.get()
+            carry = None
             if item is _STOP:
                 return
             if self._error is not None:
                 continue  # keep draining so a blocked submit/close never hangs
-            ids, blocks, identities = item
+            # group commit: batches already waiting (same backbones) go into one shard, so one
+            # fsync pair serves them all when the loop outpaces the disk
+            group = [item]
+            rows = len(item[0])
+            while rows < GROUP_MAX_ROWS:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP or nxt[2] != item[2]:
+                    carry = nxt
+                    break
+                group.append(nxt)
+                rows += len(nxt[0])
             try:
+                ids, blocks, identities = _concat(group)
                 p = write_shard(self.path, ids, blocks, identities, dtypes=self._dtypes)
-                self.n_batches += 1
+                self.n_batches += len(group)
+                self.n_shards += 1
                 size = p.stat().st_size
                 self.bytes_shards += size
                 self._own_since_scan += size
@@ -255,3 +274,19 @@ class BackgroundWriter:
 
         self._merge = threading.Thread(target=run, name="featmammo-store-merge", daemon=True)
         self._merge.start()
+
+
+def _concat(group: list) -> tuple[list[str], dict, dict]:
+    """One shard's ids and blocks from batches with the same backbones (in submit order)."""
+    if len(group) == 1:
+        return group[0]
+    ids = [i for g in group for i in g[0]]
+    blocks = {}
+    for name in group[0][1]:
+        parts = [g[1][name] for g in group]
+        blocks[name] = (
+            np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]),
+            [r for p in parts for r in p[2]],
+        )
+    return ids, blocks, group[0][2]
