@@ -13,6 +13,16 @@ synthetic "hybrid" embeddings (resnet50 2048-d + alexnet 4096-d) of growing size
     python benchmarks/compare_heads.py cache/stores/cbis.h5 --features resnet50,alexnet,hybrid
     python benchmarks/compare_heads.py --make-store /tmp/synthetic.h5   # only write the store
 
+    python benchmarks/compare_heads.py --nested        # tuned vs untuned, cost of nested CV
+
+``--nested`` runs ``featmammo.fit`` twice on the same store (default: the synthetic 1,000 x 6,144
+store; resnet50, alexnet, hybrid x logreg, svm-linear, svm-rbf, rf, knn, xgboost; 5 outer and
+3 inner patient-grouped folds, no test split), once with ``--tune grid`` and once with
+``--tune none``: wall time of each (and per head, from the fit log), the CV balanced accuracy of
+every features x head, the head ranking per features set, whether "hybrid beats backbone" agrees
+between the two, and the chosen parameters. Results: ``benchmarks/results/compare_heads-nested
+.json`` and ``.md`` (``--nested-grid small`` for the demo's grid).
+
 Results: ``benchmarks/results/compare_heads[-quick].json`` and ``.md``. svm-rbf (kernel SVM plus
 3 calibration fits; time grows quadratically or worse with n) is skipped above ``--svm-rbf-max``
 images, with the reason in the results; a fit running past ``--time-cap`` seconds (+60 s for
@@ -249,6 +259,196 @@ def _bench_params(head: str, quick: bool) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ main
+# ----------------------------------------------------------------------- tuned vs untuned (nested)
+class _FitClock(logging.Handler):
+    """Attributes wall time to features/head from featmammo.fit's "fitting F / H, ..." lines."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.per_head: dict = {}
+        self._last = None
+
+    def emit(self, record):
+        msg = record.getMessage()
+        now = time.perf_counter()
+        self.close_current(now)
+        if msg.startswith("fitting "):
+            feat, head = msg[len("fitting ") :].split(",")[0].split(" / ")
+            self._last = (feat, head, now)
+
+    def close_current(self, now=None):
+        if self._last is not None:
+            feat, head, t0 = self._last
+            key = f"{feat} / {head}"
+            self.per_head[key] = self.per_head.get(key, 0.0) + (now or time.perf_counter()) - t0
+            self._last = None
+
+
+def _ranking(lb, features):
+    cv = lb[lb["evaluation"] == "cv"]
+    out = {}
+    for f in features:
+        sub = cv[cv["features"] == f].sort_values("balanced_accuracy", ascending=False)
+        out[f] = sub["head"].tolist()
+    return out
+
+
+def run_nested(args, argv) -> int:
+    import pandas as pd
+
+    from featmammo.fit import fit
+
+    tmp = Path(tempfile.mkdtemp(prefix="featmammo-nested-"))
+    n = args.grid_n or 1000
+    if args.store:
+        store_path, synthetic = Path(args.store), False
+    else:
+        store_path, synthetic = tmp / "synthetic.h5", True
+        make_synthetic_store(store_path, n=n, seed=args.seed)
+    features = (
+        [f.strip() for f in args.features.split(",")]
+        if args.features
+        else ["resnet50", "alexnet", "hybrid"]
+    )
+    head_names = [h.strip() for h in args.nested_heads.split(",") if h.strip()]
+    results = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(
+            [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },  # fmt: skip
+        "store": {"path": "(synthetic, temporary)" if synthetic else str(store_path), "n": n},
+        "settings": {
+            "features": features,
+            "heads": head_names,
+            "outer": args.outer,
+            "inner": args.inner,
+            "grid": args.nested_grid,
+            "seed": args.seed,
+        },  # fmt: skip
+        "runs": {},
+    }
+    fit_log = logging.getLogger("featmammo.fit")
+    boards = {}
+    for mode in ("grid", "none"):
+        clock = _FitClock()
+        fit_log.addHandler(clock)
+        load0 = os.getloadavg()
+        t0 = time.perf_counter()
+        try:
+            res = fit(
+                [store_path], tmp / f"run-{mode}", features=features, heads=head_names,
+                cv=args.outer, test_split="none", seed=args.seed, n_boot=0, figures=False,
+                tune=mode, inner_cv=args.inner, tune_grid=args.nested_grid, device="cpu",
+            )  # fmt: skip
+        finally:
+            clock.close_current()
+            fit_log.removeHandler(clock)
+        wall = time.perf_counter() - t0
+        lb = res.leaderboard
+        boards[mode] = lb
+        run = {
+            "wall_s": round(wall, 1),
+            "loadavg_before": [round(v, 2) for v in load0],
+            "loadavg_after": [round(v, 2) for v in os.getloadavg()],
+            "per_head_s": {k: round(v, 1) for k, v in sorted(clock.per_head.items())},
+            "ranking": _ranking(lb, features),
+            "balanced_accuracy": {
+                f"{r.features} / {r.head}": round(float(r.balanced_accuracy), 4)
+                for r in lb[lb["evaluation"] == "cv"].itertuples()
+            },
+        }
+        if mode == "grid":
+            tun = pd.read_csv(tmp / f"run-{mode}" / "tuning.csv", dtype={"fold": str})
+            chosen = tun[tun["chosen"]]
+            run["chosen"] = {
+                f"{f} / {h}": g["params"].value_counts().to_dict()
+                for (f, h), g in chosen.groupby(["features", "head"])
+            }
+            run["grid_points"] = int(len(tun))
+        results["runs"][mode] = run
+        log.info("nested %s: %.1f s", mode, wall)
+    flips = []
+    cv = {m: b[b["evaluation"] == "cv"].set_index(["features", "head"]) for m, b in boards.items()}
+    if "hybrid" in features:
+        for h in head_names:
+            for b in [f for f in features if f != "hybrid"]:
+                wins = {
+                    m: bool(
+                        cv[m].loc[("hybrid", h), "balanced_accuracy"]
+                        > cv[m].loc[(b, h), "balanced_accuracy"]
+                    )
+                    for m in cv
+                }
+                flips.append({"head": h, "backbone": b, "hybrid_wins_tuned": wins["grid"],
+                              "hybrid_wins_untuned": wins["none"]})  # fmt: skip
+    results["hybrid_vs_backbone"] = flips
+    results["cost_ratio"] = round(
+        results["runs"]["grid"]["wall_s"] / results["runs"]["none"]["wall_s"], 2
+    )
+    shutil.rmtree(tmp, ignore_errors=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "compare_heads-nested" + (
+        "" if args.nested_grid == "default" else f"-{args.nested_grid}"
+    )
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (out / f"{stem}.md").write_text(nested_markdown(results))
+    log.info("wrote %s and %s", out / f"{stem}.json", out / f"{stem}.md")
+    return 0
+
+
+def nested_markdown(r: dict) -> str:
+    s = r["settings"]
+    g, n = r["runs"]["grid"], r["runs"]["none"]
+    L = [
+        "# Tuned vs untuned heads, cost of nested CV (`benchmarks/compare_heads.py --nested`)",
+        "",
+        f"- created {r['created']}; command `{r['command']}`",
+        f"- machine: {r['machine']['platform']}, {r['machine']['cpus']} CPUs; load average "
+        f"before/after the tuned run {g['loadavg_before']} / {g['loadavg_after']}",
+        f"- store: {r['store']['path']} ({r['store']['n']} images); features "
+        f"{', '.join(s['features'])}; heads {', '.join(s['heads'])}",
+        f"- {s['outer']} outer x {s['inner']} inner patient-grouped folds, grid `{s['grid']}` "
+        f"({g.get('grid_points', 0)} grid-point rows in tuning.csv), no test split",
+        "",
+        "| run | wall s |",
+        "|---|---:|",
+        f"| --tune grid | {g['wall_s']} |",
+        f"| --tune none | {n['wall_s']} |",
+        f"| ratio | {r['cost_ratio']} |",
+        "",
+        "## CV balanced accuracy (tuned / untuned) and time per features x head",
+        "",
+        "| features / head | tuned | untuned | tuned s | untuned s | chosen (folds) |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for key in g["balanced_accuracy"]:
+        chosen = "; ".join(f"{p} x{c}" for p, c in g.get("chosen", {}).get(key, {}).items())
+        L.append(
+            f"| {key} | {g['balanced_accuracy'][key]:.3f} | {n['balanced_accuracy'][key]:.3f} "
+            f"| {g['per_head_s'].get(key, float('nan')):.1f} "
+            f"| {n['per_head_s'].get(key, float('nan')):.1f} | {chosen} |"
+        )
+    L += ["", "## Head ranking per features set (best first)", "",
+          "| features | tuned | untuned |", "|---|---|---|"]  # fmt: skip
+    for f in s["features"]:
+        L.append(f"| {f} | {', '.join(g['ranking'][f])} | {', '.join(n['ranking'][f])} |")
+    if r["hybrid_vs_backbone"]:
+        L += ["", "## Does the hybrid beat the backbone (CV balanced accuracy)?", "",
+              "| head | vs | tuned | untuned |", "|---|---|---|---|"]  # fmt: skip
+        for x in r["hybrid_vs_backbone"]:
+            L.append(
+                f"| {x['head']} | {x['backbone']} | {'yes' if x['hybrid_wins_tuned'] else 'no'} "
+                f"| {'yes' if x['hybrid_wins_untuned'] else 'no'} |"
+            )
+    return "\n".join(L) + "\n"
+
+
 def main(argv=None) -> int:
     from featmammo import heads
 
@@ -268,8 +468,15 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--make-store", metavar="PATH", help="only write a synthetic store and exit")
+    ap.add_argument("--nested", action="store_true", help="tuned vs untuned nested CV (see above)")
+    ap.add_argument("--nested-heads", default="logreg,svm-linear,svm-rbf,rf,knn,xgboost")
+    ap.add_argument("--nested-grid", default="default", help="default | small")
+    ap.add_argument("--outer", type=int, default=5)
+    ap.add_argument("--inner", type=int, default=3)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.nested:
+        return run_nested(args, argv)
 
     grid_n = args.grid_n or (300 if args.quick else 1000)
     if args.make_store:
