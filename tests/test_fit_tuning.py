@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from test_fit_cli import CLASSES, _cli, _prov, _write_store
+from test_fit_cli import _cli, _prov, _write_store
 
 from featmammo import store
 from featmammo.fit import caveats_from_stores
@@ -170,5 +170,14 @@ def test_fit_accepts_embeddings_of_images_the_checkpoint_never_saw(tmp_path):
     assert config["optimistic_features"] == []
 
 
-def test_class_names_are_the_fixture_classes():
-    assert CLASSES == ["normal", "benign", "malignant"]
+def test_xgboost_device_is_logged_once_per_run(tmp_path, caplog):
+    import logging
+
+    from featmammo.fit import fit
+
+    st = _write_store(tmp_path / "store.h5")
+    with caplog.at_level(logging.DEBUG):
+        fit([st], tmp_path / "run", heads=["xgboost"], cv=2, tune="none", n_boot=0,
+            figures=False, device="cpu", head_params={"xgboost": {"n_estimators": 10}})  # fmt: skip
+    said = [r for r in caplog.records if "xgboost head: device" in r.getMessage()]
+    assert len([r for r in said if r.levelno >= logging.INFO]) == 1  # 3 features x 3 fits
