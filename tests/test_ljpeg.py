@@ -128,6 +128,15 @@ def test_ljpeg_vectors_decode_exactly(tmp_path, precision, predictor, swap):
     assert (m["laterality"], m["view"], m["patient_id"]) == ("L", "MLO", "B-3024-1")
     assert m["digitizer"] == "LUMISYS LASER" and m["institution"] == "B"
     assert m["od_calibration"] == "LUMISYS_WFU" and m["lossy"] is False
+    # the splice needs the file's table to code T.81's row 0 (else the exact re-integration)
+    assert m["pvrg_method"] in (
+        ("standard",) if predictor in (1, 4, 5) else ("splice", "reintegrate")
+    )
+    # the slower re-integration gives the same pixels
+    data = paths["LEFT_MLO"].read_bytes()
+    out, info = lj.decode_ljpeg(data, method="reintegrate")
+    np.testing.assert_array_equal(out.reshape(img.shape), img)
+    assert info["pvrg_method"] == ("standard" if predictor in (1, 4, 5) else "reintegrate")
 
 
 def test_random_noise_wraps_modulo_2_16_and_category_16():
@@ -139,6 +148,7 @@ def test_random_noise_wraps_modulo_2_16_and_category_16():
         out, info = lj.decode_ljpeg(encode(img, predictor, 16))
         np.testing.assert_array_equal(out, img)
         assert info["predictor"] == predictor
+        assert info["pvrg_method"] == ("standard" if predictor in (1, 4, 5) else "splice")
     assert (residuals(img, 1, 16) == 32768).any() and (np.abs(d) > 30000).any()
 
 
@@ -235,8 +245,61 @@ def test_ljpeg_geometry_mismatch_and_header_limits(tmp_path):
     ics.write_text(ics.read_text().replace("LEFT_CC", "RIGHT_CC"))
     with pytest.raises(ImageReadError, match="no line for view LEFT_CC"):
         read_image(p)
-    p8, img8 = _case(tmp_path / "eight", img=phantom(24, 16, 8), predictor=7, precision=8)
-    with pytest.raises(ImageReadError, match="8-bit lossless JPEG with predictor 7"):
-        read_image(p8)
     p1, img1 = _case(tmp_path / "one", img=phantom(24, 16, 8), predictor=1, precision=8)
     np.testing.assert_array_equal(read_image(p1).pixels, img1)
+
+
+def _row0_needs_a_missing_category(precision):
+    """Row 0 alternates half -/+ half/2, every later row repeats it: with predictor 2, PVRG's
+    residuals are +-half/2 (row 0) and 0, while T.81's row 0 needs +-half: a category the
+    file's Huffman table does not have."""
+    half = 1 << (precision - 1)
+    row = np.where(np.arange(16) % 2, half + half // 2, half - half // 2).astype(np.uint16)
+    return np.tile(row, (6, 1))
+
+
+def test_table_without_the_needed_category_falls_back_to_reintegration():
+    img = _row0_needs_a_missing_category(12)
+    out, info = lj.decode_ljpeg(encode(img, 2, 12))
+    assert info["pvrg_method"] == "reintegrate"
+    np.testing.assert_array_equal(out, img)
+    with pytest.raises(ImageReadError, match="cannot code the re-predicted first row"):
+        lj.decode_ljpeg(encode(img, 2, 12), method="splice")
+    # 8-bit: the splice works when the table allows it; re-integration cannot (uint8 decode)
+    img8 = phantom(24, 16, 8)
+    out8, info8 = lj.decode_ljpeg(encode(img8, 7, 8))
+    assert info8["pvrg_method"] == "splice"
+    np.testing.assert_array_equal(out8, img8)
+    with pytest.raises(ImageReadError, match="8-bit lossless JPEG with predictor 2 whose Huffman"):
+        lj.decode_ljpeg(encode(_row0_needs_a_missing_category(8), 2, 8))
+
+
+def test_a_failed_splice_check_is_logged_and_reintegrated(monkeypatch, caplog):
+    img = phantom(20, 30, 12, seed=4)
+    data = encode(img, 7, 12)
+    real = lj.spliced_stream
+
+    def wrong_row(data, info):
+        stream, row0 = real(data, info)
+        return stream, [(v + 1) & 0xFFFF for v in row0]
+
+    monkeypatch.setattr(lj, "spliced_stream", wrong_row)
+    with caplog.at_level("WARNING"):
+        out, info = lj.decode_ljpeg(data, "vector")
+    np.testing.assert_array_equal(out, img)
+    assert info["pvrg_method"] == "reintegrate (splice check failed)"
+    assert "re-integrating instead" in caplog.text
+
+
+def test_splice_bit_alignments_and_tiny_shapes():
+    """Every bit alignment of the spliced first row (many widths), 1-row and 1-column images."""
+    rng = np.random.default_rng(7)
+    methods = []
+    for w in range(1, 14):
+        for h in (1, 2, 5):
+            img = rng.integers(0, 4096, size=(h, w)).astype(np.uint16)
+            for predictor in (2, 3, 6, 7):
+                out, info = lj.decode_ljpeg(encode(img, predictor, 12))
+                np.testing.assert_array_equal(out, img, err_msg=f"{h}x{w} p{predictor}")
+                methods.append(info["pvrg_method"])
+    assert methods.count("splice") > 50  # tiny tables often lack a category: then re-integration

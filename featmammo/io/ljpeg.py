@@ -12,11 +12,18 @@ How a file becomes an :class:`~featmammo.io.images.Image` (exact stored values, 
 3. PVRG predicts the **first row** differently from T.81 (DATASETS.md): after the first pixel it
    applies the scan's predictor with an imaginary row above filled with 2**(P-1), where T.81 uses
    the left neighbour. Predictors 1, 4 and 5 give the same prediction either way, so the standard
-   decode is already exact. For 2, 3, 6 and 7 the coded residuals are recovered exactly from the
-   standard decode (re-applying the standard predictor, modulo 2**16) and re-integrated with PVRG's
-   rule. For the linear predictors 2 and 3 that is row 0's difference carried down the columns
-   (2) or the diagonals (3); 6 and 7 are re-integrated over anti-diagonals, which are strided
-   slices of the flat image. Values wrap modulo 2**16 like the codec's.
+   decode is already exact. For 2, 3, 6 and 7 (``meta["pvrg_method"]``):
+
+   * ``splice`` (default): only row 0's codes differ in meaning, so they are decoded here (a few
+     thousand symbols), PVRG's row 0 is rebuilt, re-coded with T.81's left-neighbour prediction in
+     the file's own Huffman table and spliced before the untouched codes of rows 1..H-1 (a bit
+     shift of the rest of the stream). One standard decode of that stream is PVRG's image; its
+     first row is checked against the rebuilt one.
+   * ``reintegrate`` (when the table has no code for a category the new row-0 residuals need, or
+     the check fails, logged): the coded residuals are recovered from a standard decode
+     (re-applying the standard predictor, modulo 2**16) and re-integrated with PVRG's rule: row
+     0's difference carried down the columns (2) or diagonals (3); anti-diagonal by anti-diagonal
+     (strided slices of the flat image) for 6 and 7. Values wrap modulo 2**16 like the codec's.
 4. The pixel stream is row-major in the SOF's own geometry; the image is that flat stream
    reshaped to (LINES, PIXELS_PER_LINE) of the sibling ``.ics`` (many SOFs have width and height
    swapped). Never transposed. ``meta["sof_swapped"]`` records it.
@@ -24,8 +31,8 @@ How a file becomes an :class:`~featmammo.io.images.Image` (exact stored values, 
 ``read_ljpeg`` needs the ``.ics`` (``A_0002_1.LEFT_CC.LJPEG`` -> ``A-0002-1.ics`` in the same
 folder) for the geometry, unless ``shape`` is given. A file whose data does not end in an EOI
 marker is refused as truncated (jpegsof3 refuses such a stream too; the check gives the clearer
-message). P <= 8 with predictors 2, 3, 6, 7 is refused (the standard decode comes back as uint8,
-losing the wrapped values the residuals are recovered from; DDSM files are 12- or 16-bit).
+message). P <= 8 with predictors 2, 3, 6, 7 needs the splice (a standard decode comes back as
+uint8, losing the wrapped values re-integration needs); DDSM files are 12- or 16-bit.
 Optical density is never applied here (see :func:`featmammo.io.ddsm.optical_density`).
 """
 
@@ -78,11 +85,13 @@ def parse_header(data: bytes, path) -> dict:
     """SOF3/SOS parameters of a lossless JPEG stream; ImageReadError for anything unsupported.
 
     Returns ``precision``, ``height``, ``width`` (SOF geometry), ``predictor``,
-    ``point_transform``, ``scan_offset`` (first byte of entropy-coded data).
+    ``point_transform``, ``scan_offset`` (first byte of entropy-coded data) and
+    ``huffman_table`` (``(BITS, HUFFVAL)`` of the scan's table, None when absent).
     """
     if data[:2] != b"\xff\xd8":
         raise ImageReadError(path, "not a JPEG stream (no SOI marker 0xFFD8 at the start)")
     info: dict = {"restart_interval": 0}
+    tables: dict[int, tuple[list[int], bytes]] = {}
     i, n = 2, len(data)
     while True:
         while i < n and data[i] != 0xFF:  # tolerate stray bytes between segments
@@ -124,6 +133,17 @@ def parse_header(data: bytes, path) -> dict:
             if h == 0 or w == 0:
                 raise ImageReadError(path, f"invalid lossless JPEG size {h} x {w}")
             info.update(precision=p, height=h, width=w)
+        elif marker == 0xC4:
+            j = 0
+            while j + 17 <= len(seg):
+                tc_th = seg[j]
+                counts = list(seg[j + 1 : j + 17])
+                values = bytes(seg[j + 17 : j + 17 + sum(counts)])
+                if len(values) < sum(counts):
+                    raise ImageReadError(path, "corrupt Huffman table (DHT) segment")
+                if tc_th >> 4 == 0:  # DC/lossless tables only
+                    tables[tc_th & 0x0F] = (counts, values)
+                j += 17 + sum(counts)
         elif marker == 0xDD and len(seg) >= 2:
             info["restart_interval"] = struct.unpack(">H", seg[:2])[0]
         elif marker == 0xDA:
@@ -141,6 +161,7 @@ def parse_header(data: bytes, path) -> dict:
                     path, "lossless JPEG with restart markers (DRI) is not a DDSM file"
                 )
             info.update(predictor=predictor, point_transform=pt, scan_offset=i + length)
+            info["huffman_table"] = tables.get(seg[2] >> 4)
             return info
         i += length
 
@@ -244,6 +265,180 @@ def _wavefront(d: np.ndarray, predictor: int, half: int) -> np.ndarray:
     return x.reshape(h, w)
 
 
+# --------------------------------------------------------------------------- row-0 splice
+# The fast way to PVRG's image: PVRG and T.81 differ only in how row 0 is predicted, and the
+# coded residuals of every later row are the same. So row 0's codes are decoded here (a few
+# thousand symbols), PVRG's row 0 is rebuilt from them, re-coded with T.81's left-neighbour
+# prediction in the file's own Huffman table, and spliced in front of the untouched codes of
+# rows 1..H-1 (a bit shift of the rest of the stream). One standard decode of that stream *is*
+# PVRG's image. When the table lacks a category the new row-0 residuals need, the re-integration
+# above (exact too, slower) is used instead; ``meta["pvrg_method"]`` says which ran.
+
+
+def _huffman_codes(table) -> tuple[dict[int, tuple[int, int]], np.ndarray, np.ndarray]:
+    """({symbol: (code, length)}, 16-bit prefix -> length, 16-bit prefix -> symbol)."""
+    counts, values = table
+    codes: dict[int, tuple[int, int]] = {}
+    lut_len = np.zeros(1 << 16, np.int8)
+    lut_sym = np.zeros(1 << 16, np.int16)
+    code = 0
+    k = 0
+    for length in range(1, 17):
+        for _ in range(counts[length - 1]):
+            sym = values[k]
+            k += 1
+            if code >= 1 << length:
+                raise ValueError("invalid Huffman table (more codes than bits allow)")
+            codes.setdefault(sym, (code, length))
+            lo = code << (16 - length)
+            hi = (code + 1) << (16 - length)
+            lut_len[lo:hi] = length
+            lut_sym[lo:hi] = sym
+            code += 1
+        code <<= 1
+    return codes, lut_len, lut_sym
+
+
+def _entropy_end(data: bytes, start: int) -> int:
+    """Index of the first marker (0xFF not followed by 0x00 or RSTn) after ``start``."""
+    a = np.frombuffer(data, np.uint8, offset=start)
+    ff = np.flatnonzero(a[:-1] == 0xFF)
+    nxt = a[ff + 1]
+    real = ff[(nxt != 0x00) & ((nxt < 0xD0) | (nxt > 0xD7)) & (nxt != 0xFF)]
+    if real.size == 0:
+        return len(data)
+    end = int(real[0])
+    while end > 0 and a[end - 1] == 0xFF:  # fill bytes before the marker
+        end -= 1
+    return start + end
+
+
+def _unstuff(seg: bytes) -> np.ndarray:
+    """Entropy-coded bytes without the 0x00 stuffed after every 0xFF (markers already cut)."""
+    return np.frombuffer(seg.replace(b"\xff\x00", b"\xff"), np.uint8)
+
+
+def _stuff(u: np.ndarray) -> bytes:
+    return u.tobytes().replace(b"\xff", b"\xff\x00")
+
+
+def _decode_row0(u: np.ndarray, n: int, lut_len, lut_sym) -> tuple[list[int], int]:
+    """The first ``n`` residuals of the unstuffed stream ``u`` and the bit position after them."""
+    head = bytes(u[: min(u.size, n * 4 + 8)]) + b"\xff" * 8  # <= 32 bits per sample
+    pos = 0
+    out = []
+    lens, syms = lut_len, lut_sym
+    for _ in range(n):
+        byte = pos >> 3
+        peek = int.from_bytes(head[byte : byte + 5], "big") << (pos & 7)
+        top = (peek >> 24) & 0xFFFF
+        length = int(lens[top])
+        if length == 0:
+            raise ValueError("invalid Huffman code in the first row")
+        ssss = int(syms[top])
+        pos += length
+        if ssss == 0:
+            out.append(0)
+        elif ssss == 16:
+            out.append(32768)
+        elif ssss > 16:
+            raise ValueError(f"invalid difference category {ssss}")
+        else:
+            byte = pos >> 3
+            peek = int.from_bytes(head[byte : byte + 5], "big") << (pos & 7)
+            v = (peek >> (40 - ssss)) & ((1 << ssss) - 1)
+            pos += ssss
+            out.append(v if v >= 1 << (ssss - 1) else v - (1 << ssss) + 1)
+        if pos > (len(head) - 8) * 8:
+            raise ValueError("the stream ends inside the first row")
+    return out, pos
+
+
+def _pvrg_row0(diffs: list[int], predictor: int, half: int) -> list[int]:
+    """PVRG's row 0 from its coded residuals (imaginary row above = ``half``)."""
+    row = []
+    prev = None
+    for d in diffs:
+        if prev is None:
+            p = half
+        elif predictor in (1, 4, 5):
+            p = prev
+        elif predictor in (2, 3):
+            p = half
+        elif predictor == 6:
+            p = half + ((prev - half) >> 1)
+        else:  # 7
+            p = (prev + half) >> 1
+        prev = (p + d) & 0xFFFF
+        row.append(prev)
+    return row
+
+
+def _encode_bits(diffs: list[int], codes) -> str | None:
+    """'0'/'1' text of ``diffs`` in the table's codes; None when a category has no code."""
+    parts = []
+    for d in diffs:
+        d = ((d + 32767) & 0xFFFF) - 32767  # to -32767..32768
+        ssss = 16 if d == 32768 else abs(d).bit_length()
+        if ssss not in codes:
+            return None
+        code, length = codes[ssss]
+        parts.append(format(code, f"0{length}b"))
+        if 0 < ssss < 16:
+            extra = d if d > 0 else d - 1
+            parts.append(format(extra & ((1 << ssss) - 1), f"0{ssss}b"))
+    return "".join(parts)
+
+
+def spliced_stream(data: bytes, info: dict) -> tuple[bytes, list[int]] | None:
+    """A standard T.81 stream whose plain decode is PVRG's image, and PVRG's row 0 (to check);
+    None when the file's Huffman table cannot code the new row-0 residuals."""
+    table = info.get("huffman_table")
+    if table is None:
+        return None
+    codes, lut_len, lut_sym = _huffman_codes(table)
+    start = info["scan_offset"]
+    end = _entropy_end(data, start)
+    u = _unstuff(data[start:end])
+    w = info["width"]
+    half = 1 << (info["precision"] - 1)
+    diffs, bitpos = _decode_row0(u, w, lut_len, lut_sym)
+    row0 = _pvrg_row0(diffs, info["predictor"], half)
+    new = [row0[0] - half] + [row0[c] - row0[c - 1] for c in range(1, w)]
+    bits = _encode_bits(new, codes)
+    if bits is None:
+        return None
+    j, r = bitpos >> 3, bitpos & 7
+    if j < u.size:  # the rest of the byte the first row ends in
+        bits += format(int(u[j]), "08b")[r:]
+        rest = u[j + 1 :]
+    else:
+        rest = u[:0]
+    k = len(bits) % 8
+    head_bytes = (
+        int(bits[: len(bits) - k], 2).to_bytes((len(bits) - k) // 8, "big")
+        if (len(bits) >= 8)
+        else b""
+    )
+    tail = bits[len(bits) - k :]
+    if k == 0:
+        body = rest
+    else:  # shift the rest of the stream right by k bits behind the k leftover bits
+        a = rest.astype(np.uint16)
+        pad = 0xFF >> k  # ones after the original padding
+        shifted = np.empty(a.size + 1, np.uint16)
+        shifted[0] = (int(tail, 2) << (8 - k)) | (int(a[0]) >> k if a.size else pad)
+        if a.size:
+            shifted[1:-1] = ((a[:-1] << (8 - k)) | (a[1:] >> k)) & 0xFF
+            shifted[-1] = ((int(a[-1]) << (8 - k)) | pad) & 0xFF
+        else:
+            shifted = shifted[:1]
+        body = shifted.astype(np.uint8)
+    entropy = np.concatenate([np.frombuffer(head_bytes, np.uint8), body])
+    out = data[:start] + _stuff(entropy) + b"\xff\xd9"
+    return out, row0
+
+
 def decode_standard(data: bytes, path) -> np.ndarray:
     """A plain T.81 decode (imagecodecs' jpegsof3) in the SOF geometry; no PVRG correction."""
     try:
@@ -264,8 +459,12 @@ def _end_has_eoi(data: bytes) -> bool:
     return tail.endswith(b"\xff\xd9")
 
 
-def decode_ljpeg(data: bytes, path="<bytes>") -> tuple[np.ndarray, dict]:
-    """(pixels uint16 in the SOF geometry, header info) of a PVRG lossless JPEG stream."""
+def decode_ljpeg(data: bytes, path="<bytes>", *, method: str = "auto") -> tuple[np.ndarray, dict]:
+    """(pixels uint16 in the SOF geometry, header info) of a PVRG lossless JPEG stream.
+
+    ``method``: ``auto`` (the row-0 splice, else re-integration), ``splice`` or ``reintegrate``
+    (both exact; for tests and benchmarks). ``info["pvrg_method"]`` says which ran.
+    """
     if data[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(data)
@@ -280,21 +479,58 @@ def decode_ljpeg(data: bytes, path="<bytes>") -> tuple[np.ndarray, dict]:
         raise ImageReadError(
             path, "truncated lossless JPEG: the data does not end with an EOI marker (0xFFD9)"
         )
-    if info["precision"] <= 8 and info["predictor"] not in STANDARD_AGREES:
+    h, w = info["height"], info["width"]
+    predictor = info["predictor"]
+    row0 = None
+    info["pvrg_method"] = "standard" if predictor in STANDARD_AGREES else None
+    if method not in ("auto", "splice", "reintegrate"):
+        raise ConfigError(f"method must be auto, splice or reintegrate; got {method!r}")
+    original = data
+    if predictor not in STANDARD_AGREES and method != "reintegrate":
+        try:
+            spliced = spliced_stream(data, info)
+        except ValueError as exc:
+            raise ImageReadError(
+                path, f"corrupt lossless JPEG data in the first row ({exc})"
+            ) from None
+        if spliced is not None:
+            data, row0 = spliced
+            info["pvrg_method"] = "splice"
+        elif method == "splice":
+            raise ImageReadError(path, "the Huffman table cannot code the re-predicted first row")
+    if info["pvrg_method"] is None and info["precision"] <= 8:
         # the decoder returns uint8 for P <= 8: the values a PVRG stream wraps to are lost, so
-        # the residuals cannot be recovered. DDSM files are 12- or 16-bit.
+        # the residuals cannot be recovered from a standard decode.
         raise ImageReadError(
             path,
-            f"{info['precision']}-bit lossless JPEG with predictor {info['predictor']}: only "
-            "9- to 16-bit PVRG files (DDSM's are 12 or 16) can be re-integrated exactly",
+            f"{info['precision']}-bit lossless JPEG with predictor {predictor} whose Huffman "
+            "table cannot code the re-predicted first row: not supported (DDSM files are 12- "
+            "or 16-bit)",
         )
     std = decode_standard(data, path)
-    h, w = info["height"], info["width"]
     if std.shape != (h, w):
         raise ImageReadError(path, f"decoded shape {std.shape} does not match the SOF {h} x {w}")
     if std.dtype != np.uint16:
         std = std.astype(np.uint16)
-    return pvrg_from_standard(std, info["predictor"], info["precision"]), info
+    if info["pvrg_method"] == "splice":
+        if np.array_equal(std[0], np.asarray(row0, np.uint16)):
+            return std, info
+        # Never silently wrong: the spliced stream did not decode to the row it was built from.
+        # Re-integration from the original stream is exact too; it is used and the reason logged.
+        logger.warning(
+            "%s: the re-coded first row did not decode as built; re-integrating instead", path
+        )
+        if method == "splice":
+            raise ImageReadError(path, "the re-coded first row did not decode as built")
+        std = decode_standard(original, path)
+        if std.shape != (h, w):
+            raise ImageReadError(path, f"decoded shape {std.shape} does not match the SOF")
+        std = std.astype(np.uint16, copy=False)
+        info["pvrg_method"] = "reintegrate (splice check failed)"
+        return pvrg_from_standard(std, predictor, info["precision"]), info
+    if info["pvrg_method"] is None:
+        info["pvrg_method"] = "reintegrate"
+    return pvrg_from_standard(std, predictor, info["precision"]), info
 
 
 def _ics_geometry(p: Path) -> tuple[tuple[int, int], dict, dict]:
@@ -404,6 +640,7 @@ def read_ljpeg(
         sof_shape=(h, w),
         sof_swapped=(h, w) != (rows, cols),
         first_row_rule="pvrg",
+        pvrg_method=header["pvrg_method"],
         digitizer=digitizer,
         institution=institution,
         od_calibration=calibration,
