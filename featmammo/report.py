@@ -447,7 +447,8 @@ def caveat_lines(config: dict) -> list[str]:
     if weights:
         lines.append("Backbone weights: " + "; ".join(f"{b}: {w}" for b, w in weights.items()))
         random = [b for b, w in weights.items() if str(w).lower().startswith("random")]
-        if random:
+        said = any("random weights" in str(w).lower() for w in cav.get("warnings") or [])
+        if random and not said:
             lines.append(
                 f"**Random weights** for {', '.join(random)}: these features come from untrained "
                 "networks; the numbers below say nothing about pretrained (ImageNet) features. "
@@ -555,6 +556,36 @@ def report_warnings(config, metrics, audit, checks) -> list[str]:
     if failed:
         out.append(f"consistency checks failed: {'; '.join(failed)}")
     return out
+
+
+def footer_warnings(config: dict, metrics: dict) -> list[str]:
+    """Short forms of the report's own warnings for the figure footers (the report has the rest)."""
+    out = []
+    small = [r for r in metrics["results"] if r.get("ci_note")]
+    if small:
+        out.append(
+            f"small samples: no CI for {len(small)} of {len(metrics['results'])} results (fewer "
+            f"than {metrics['min_patients_per_class']} patients in some class; see report.md)"
+        )
+    if metrics.get("optimistic_features"):
+        out.append(
+            f"optimistic: {', '.join(metrics['optimistic_features'])} evaluated on images its "
+            "embeddings trained on"
+        )
+    if any(r["evaluation"] == "validation" for r in metrics["results"]):
+        out.append("validation rows chose the stopping epoch: optimistic")
+    found = ((config.get("split_audit") or {}).get("source_confounding")) or {}
+    said = " ".join(str(w) for w in (config.get("caveats") or {}).get("warnings") or [])
+    for label, src in found.items():
+        if not (str(label) in said and str(src) in said):
+            out.append(f"source confounding: every {label!r} image comes from {src!r} alone")
+    text, warn = source_statement(config)
+    if warn and not found:
+        out.append(text)
+    failed = [c["check"] for c in metrics.get("consistency") or [] if not c["ok"]]
+    if failed:
+        out.append(f"{len(failed)} consistency check(s) FAILED: see report.md")
+    return [f"warning: {w}" for w in out]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -689,7 +720,7 @@ def _diff_cell(c: dict, key: str) -> str:
     if not d:
         return ""
     if c.get("ci_note"):
-        return f"{_signed(d['diff'])} (CI {c['ci_note']})"
+        return f"{_signed(d['diff'])} (CI n/a)"
     return f"{_signed(d['diff'])} [{_signed(d['ci_low'])}, {_signed(d['ci_high'])}]"
 
 
@@ -757,28 +788,40 @@ def _answer(metrics: dict, compare_to: str) -> list[str]:
             rows,
         )
         L.append("")
+        withheld = sorted(
+            {c["ci_note"].removeprefix("n/a (").removesuffix(")") for c in sel if c.get("ci_note")}
+        )
+        if withheld:
+            L.append(
+                f"- CI and p n/a: {'; '.join(withheld)} on the shared images, so no interval or "
+                "test is given."
+            )
         for key, label in (("balanced_accuracy", "Balanced accuracy"), ("roc_auc_ovr", "ROC-AUC")):
-            better, worse, unclear = _verdict(sel, key)
+            better, worse, unclear, untested = _verdict(sel, key)
             L.append(
                 f"- {label}, {EVAL_LABEL[evaluation]}: {compare_to} better in {better}, worse in "
-                f"{worse}, no difference shown in {unclear} of {len(sel)} comparison(s) "
-                "(Holm-adjusted p < 0.05; 'no difference shown' is not 'equal')."
+                f"{worse}, no difference shown in {unclear}"
+                + (f", not tested (too few patients) in {untested}" if untested else "")
+                + f" of {len(sel)} comparison(s) (Holm-adjusted p < 0.05; 'no difference shown' "
+                "is not 'equal')."
             )
     return L + [""]
 
 
-def _verdict(comparisons: list[dict], key: str, alpha: float = 0.05) -> tuple[int, int, int]:
-    """(better, worse, no difference shown) at Holm-adjusted p < ``alpha``."""
-    better = worse = unclear = 0
+def _verdict(comparisons: list[dict], key: str, alpha: float = 0.05) -> tuple[int, ...]:
+    """(better, worse, no difference shown, not tested) at Holm-adjusted p < ``alpha``."""
+    better = worse = unclear = untested = 0
     for c in comparisons:
         d = c.get(key) or {}
         p = _num(d.get("p_holm"))
-        if not math.isnan(p) and p < alpha and d["diff"] != 0:
+        if c.get("ci_note") or math.isnan(p):
+            untested += 1
+        elif p < alpha and d["diff"] != 0:
             better += d["diff"] > 0
             worse += d["diff"] < 0
         else:
             unclear += 1
-    return better, worse, unclear
+    return better, worse, unclear, untested
 
 
 def _params_text(params: str) -> str:
@@ -919,13 +962,14 @@ def _markdown(config, metrics, audit, checks, figures, data_summary, tuning=None
     L.append("")
     L.append("Recomputed from the `fold` and `patient_id` columns of predictions.csv:")
     L.append("")
+    with_val = any(a["validation_patients"] for a in audit)
     L += _table(
         [
             "features",
             "head",
             "folds",
             "CV patients",
-            "validation patients",
+            *(["validation patients"] if with_val else []),
             "test patients",
             "patients in >1 fold",
             "patients in train and test",
@@ -937,7 +981,7 @@ def _markdown(config, metrics, audit, checks, figures, data_summary, tuning=None
                 a["head"],
                 a["n_folds"],
                 a["cv_patients"],
-                a["validation_patients"],
+                *([a["validation_patients"]] if with_val else []),
                 a["test_patients"],
                 a["patients_across_folds"],
                 a["patients_train_and_test"],
@@ -1292,12 +1336,8 @@ def write_report(
     metrics["warnings"] = report_warnings(config, metrics, audit, checks)
     for w in metrics["warnings"]:
         log.warning("%s: %s", run_dir.name, w)
-    src, src_warn = source_statement(config)
-    footer = footer_text(
-        config,
-        [f"warning: {w}" for w in metrics["warnings"]]
-        + ([src.replace("**", "")] if src_warn else []),
-    )
+    metrics["consistency"] = checks
+    footer = footer_text(config, footer_warnings(config, metrics))
     fig_paths, fig_notes = (
         _figures(run_dir, predictions, metrics, classes, max_images, footer)
         if figures
