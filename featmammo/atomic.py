@@ -35,8 +35,13 @@ def fsync_dir(folder) -> None:
         os.close(fd)
 
 
-def atomic_write(path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write(f)`` on a temporary file in ``path``'s folder, fsync it, then ``os.replace``."""
+def atomic_write(path, write: Callable[[BinaryIO], object], *, durable: bool = True) -> None:
+    """Call ``write(f)`` on a temporary file in ``path``'s folder, fsync it, then ``os.replace``.
+
+    ``durable=False`` skips both fsyncs: still atomic against a killed process (a reader sees the
+    old file or the new one), but a power cut may leave a torn file. Only for files that carry
+    their own checksum and are rebuilt when it fails (the prepared-image cache).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -46,9 +51,11 @@ def atomic_write(path, write: Callable[[BinaryIO], object]) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        fsync_dir(path.parent)  # the rename itself is durable only once the folder is synced
+        if durable:
+            fsync_dir(path.parent)  # the rename itself is durable only once the folder is synced
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,19 @@ def cbis_csv_dir() -> Path:
     if not (folder / "mass_case_description_test_set.csv").exists():
         pytest.fail(f"{folder}: the official CBIS-DDSM CSVs are missing from the checkout")
     return folder
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_featmammo_cache(tmp_path_factory):
+    """No test writes into the checkout's cache/ (prepared images, indexes): FEATMAMMO_CACHE points
+    to a session folder unless a test sets its own."""
+    old = os.environ.get("FEATMAMMO_CACHE")
+    os.environ["FEATMAMMO_CACHE"] = str(tmp_path_factory.mktemp("featmammo-cache"))
+    yield
+    if old is None:
+        os.environ.pop("FEATMAMMO_CACHE", None)
+    else:
+        os.environ["FEATMAMMO_CACHE"] = old
 
 
 @pytest.fixture(autouse=True)

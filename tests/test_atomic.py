@@ -42,3 +42,14 @@ def test_atomic_write_permissions_follow_umask(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == 0o640
+
+
+def test_atomic_write_durable_flag_controls_fsync(tmp_path, monkeypatch):
+    calls = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd) or real(fd))
+    atomic_write(tmp_path / "d", lambda f: f.write(b"x"))
+    assert len(calls) == 2  # the file, then the folder holding the rename
+    calls.clear()
+    atomic_write(tmp_path / "n", lambda f: f.write(b"y"), durable=False)
+    assert calls == [] and (tmp_path / "n").read_bytes() == b"y"
