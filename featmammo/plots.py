@@ -85,9 +85,21 @@ def _save_curves(fig, path) -> Path:
     return path
 
 
+LEGEND_CHARS = 46  # the legend column beside the axes holds about this many characters
+
+
+def _wrap(label: str) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(str(label), LEGEND_CHARS, subsequent_indent="  ")) or label
+
+
 def _legend_outside(ax, fig) -> None:
-    """Legend to the right of the axes, never over the curves."""
+    """Legend to the right of the axes, never over the curves; long labels wrap."""
+    handles, labels = ax.get_legend_handles_labels()
     ax.legend(
+        handles,
+        [_wrap(lb) for lb in labels],
         fontsize=8.5,
         loc="upper left",
         bbox_to_anchor=(1.02, 1.0),
