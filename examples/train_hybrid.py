@@ -6,7 +6,10 @@ Steps (each one a plain library call; the same as the CLI commands in the commen
 2. embeddings of frozen ResNet50 + AlexNet  (featmammo extract ... -b resnet50 -b alexnet)
 3. classical heads on those embeddings       (featmammo fit ...)
 4. HybridNet trained end to end              (featmammo train MANIFEST -o RUN_DIR ...)
-5. one leaderboard with every model, from the two predictions.csv files (same format).
+5. one leaderboard with every model, from the two predictions.csv files (same format), each run
+   evaluated with its own training class counts (config.json ``train_class_counts``), so every
+   majority baseline comes from that run's training part. HybridNet's ``validation`` rows chose its
+   stopping epoch: they are left out of the table (only ``test`` rows are shown).
 
 Random weights everywhere (no ImageNet download here): the numbers show the workflow, not the
 method's accuracy. Run: ``python examples/train_hybrid.py --out /tmp/fm-example`` (a few minutes on
@@ -16,6 +19,7 @@ method's accuracy. Run: ``python examples/train_hybrid.py --out /tmp/fm-example`
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -74,14 +78,18 @@ def main(argv=None) -> None:
         resume=resume,
     )
 
-    both = pd.concat(
-        [
-            read_predictions(out / "fit" / "predictions.csv"),
-            read_predictions(run / "predictions.csv"),
-        ],
-        ignore_index=True,
-    )
-    leaderboard, _ = evaluate_predictions(both, classes, n_boot=500, seed=args.seed)
+    tables = []
+    for folder in (out / "fit", run):
+        counts = json.loads((folder / "config.json").read_text())["train_class_counts"]
+        table, _ = evaluate_predictions(
+            read_predictions(folder / "predictions.csv"),
+            classes,
+            n_boot=500,
+            seed=args.seed,
+            train_counts=counts,
+        )
+        tables.append(table)
+    leaderboard = pd.concat(tables, ignore_index=True)
     cols = [
         "features",
         "head",
