@@ -32,7 +32,9 @@ projected on their own row space (an L2-penalised linear model's weights lie in 
 solution and its predictions are the same; a 6,144-d problem on ~500 rows becomes ~500-d);
 svm-rbf and k-NN use one squared-distance matrix per inner fold (precomputed kernels / distances)
 for every C, gamma and k; logreg is warm-started along its C path. XGBoost's number of rounds and
-the MLPs' epochs come from early stopping on held-out patients inside each fit.
+the MLPs' epochs come from early stopping on held-out patients inside each fit. One approximation:
+the rf grid is scored with 100 trees per forest (``RF_TUNING_TREES``; the number of trees hardly
+changes which max_features / min_samples_leaf wins), and the chosen point is refit with 300.
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ TUNE_MODES = ("grid", "none")
 METRICS = ("balanced_accuracy", "roc_auc", "macro_f1", "accuracy", "neg_log_loss")
 DEFAULT_METRIC = "balanced_accuracy"
 INNER_CV = 3
+#: trees per forest while scoring the rf grid (the chosen point is refit with the default 300)
+RF_TUNING_TREES = 100
 TUNING_COLUMNS = ("features", "head", "fold", "params", "inner_score", "chosen")
 
 
@@ -280,7 +284,10 @@ def _fit_points(head, points, base, fd: _FoldData, classes, seed):
             out.append(proba_in(clf, np.exp(-float(gamma) * D_va), classes))
         return out
     for p in points:
-        clf = _clf(head, {**base, **p}, seed)
+        params = {**base, **p}
+        if head == "rf" and "n_estimators" not in params:
+            params["n_estimators"] = RF_TUNING_TREES  # the refit uses the head's 300 trees
+        clf = _clf(head, params, seed)
         fit_head(clf, fd.S_tr, fd.y_tr, fd.g_tr)
         out.append(proba_in(clf, fd.S_va, classes))
     return out
