@@ -23,7 +23,7 @@ merges.
 
     python benchmarks/store_write.py                  # 10k and 100k rows, new vs old
     python benchmarks/store_write.py --rows 2000 8000 --no-old
-    python benchmarks/store_write.py --dims 1024 --rows 10000 30000   # -> store_write-dim1024.*
+    python benchmarks/store_write.py --dims 1024 --rows 10000 30000 100000 --old-rows-max 30000
 
 ``write_amplification(n_rows, ...)`` is the function other benchmarks call
 (``benchmarks/extract_throughput.py``). Writes ``benchmarks/results/store_write.{json,md}``.
@@ -198,6 +198,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--kinds", nargs="+", default=["relu", "dense"], choices=["relu", "dense"])
     ap.add_argument("--no-old", action="store_true", help="skip the pre-writer store")
+    ap.add_argument(
+        "--old-rows-max", type=int, help="run the pre-writer store up to this many rows"
+    )
     ap.add_argument("--out", help="path stem (default results/store_write[-dimD])")
     a = ap.parse_args(argv)
     modes = ["new"] if a.no_old else ["new", "old"]
@@ -206,6 +209,8 @@ def main(argv=None) -> dict:
         a.out = str(HERE / "results" / f"store_write{suffix}")
     results = []
     for dim, kind, n, mode in itertools.product(a.dims, a.kinds, a.rows, modes):
+        if mode == "old" and a.old_rows_max is not None and n > a.old_rows_max:
+            continue  # its bytes grow with the square of the rows
         r = write_amplification(n, dim=dim, batch=a.batch, mode=mode, kind=kind)
         r["loadavg"] = [round(v, 2) for v in os.getloadavg()]
         print(json.dumps(r), flush=True)
