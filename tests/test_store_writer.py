@@ -80,6 +80,42 @@ def test_writer_stores_every_batch_in_any_order(tmp_path, dtype):
     _check_complete(path, np.float16 if dtype == "float16" else np.float32)
 
 
+def test_readers_see_a_consistent_store_during_merges(tmp_path):
+    """A reader opening the store while merges run sees whole rows, never a half-merged file."""
+    import threading
+
+    path = tmp_path / "r.h5"
+    ids, e = _prepare(path)
+    x = _embeddings()
+    seen, stop, errors = [], threading.Event(), []
+
+    def read():
+        while not stop.is_set():
+            try:
+                st = store.open(path)
+                done = st.done("toy")
+                np.testing.assert_array_equal(st.array("toy")[done], x[done])
+                seen.append(int(done.sum()))
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        with BackgroundWriter(path, growth=0, merge_until=None) as w:
+            for a in range(0, N, 2):
+                rows = [r for r in (a, a + 1) if r != 5]
+                block = (x[rows], [1] * len(rows), [""] * len(rows))
+                w.submit([ids[r] for r in rows], {"toy": block}, {"toy": e.identity})
+                time.sleep(0.01)
+        store.consolidate(path)
+    finally:
+        stop.set()
+        reader.join()
+    assert not errors, errors[0]
+    assert w.n_merges >= 2 and len(seen) > 1 and seen == sorted(seen)  # rows only ever appear
+
+
 def test_shards_hold_the_store_dtype(tmp_path):
     path = tmp_path / "h.h5"
     ids, e = _prepare(path, dtype="float16")
