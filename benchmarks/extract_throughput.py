@@ -84,16 +84,30 @@ def dicom_paths() -> list[Path]:
 
 
 def dicom_manifest(folder: Path, copies: int = 1, name: str = "dicoms.csv") -> Path | None:
-    """The real DICOMs, each listed ``copies`` times under distinct ids (more batches to
-    overlap; every copy is decoded again, the cache being keyed by file and config)."""
+    """The real DICOMs, ``copies`` times under distinct ids and distinct file names (hard links,
+    else copies: the prepared-image cache is keyed by the file, so every row is a first decode)."""
+    import shutil
+
     paths = dicom_paths()
     if not paths:
         return None
-    rows = [
-        {"image_id": f"d{k}_{i}", "path": str(p), "label": "benign", "patient_id": f"D{i // 4}",
-         "laterality": "", "view": "", "split": "test", "source": "cbis-ddsm"}
-        for k in range(copies) for i, p in enumerate(paths)
-    ]  # fmt: skip
+    rows = []
+    for k in range(copies):
+        for i, p in enumerate(paths):
+            q = p
+            if copies > 1:
+                q = folder / "dicoms" / f"c{k}" / f"{i}.dcm"
+                q.parent.mkdir(parents=True, exist_ok=True)
+                if not q.exists():
+                    try:
+                        os.link(p, q)
+                    except OSError:
+                        shutil.copyfile(p, q)
+            rows.append(
+                {"image_id": f"d{k}_{i}", "path": str(q), "label": "benign",
+                 "patient_id": f"D{i // 4}", "laterality": "", "view": "", "split": "test",
+                 "source": "cbis-ddsm"}
+            )  # fmt: skip
     manifest = folder / name
     pd.DataFrame(rows).to_csv(manifest, index=False)
     return manifest
@@ -387,8 +401,21 @@ def main(argv=None) -> dict:
         action="store_true",
         help="run the GPU section's code on the CPU in float32 (a smoke test of the script)",
     )
+    ap.add_argument(
+        "--omp-wait-policy",
+        default="PASSIVE",
+        choices=["PASSIVE", "ACTIVE", "unset"],
+        help="OMP_WAIT_POLICY for this run (unless already set). PASSIVE by default: on a shared "
+        "machine OpenMP's spin-waiting burns the cores another job holds, and how much it spins "
+        "depends on how many threads the process has (a read-ahead thread changes it), which "
+        "would make the raw forward and extract incomparable",
+    )
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
+    if "torch" in sys.modules:
+        print("note: torch already imported; --omp-wait-policy has no effect", file=sys.stderr)
+    elif args.omp_wait_policy != "unset":
+        os.environ.setdefault("OMP_WAIT_POLICY", args.omp_wait_policy)
     only = set(args.only.split(","))
     n_png = 16 if args.quick else 64
     copies = 1 if args.quick else 4
@@ -409,6 +436,7 @@ def main(argv=None) -> dict:
             "cpu_cores": available_cores(), "threads": threads, "platform": platform.platform(),
             "torch": torch.__version__, "load_avg_start": os.getloadavg(),
             "cuda": torch.cuda.is_available(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
         },
         "config": {"quick": args.quick, "batch_size": args.batch_size, "image_size": 224,
                    "weights": "random", "png_side": 1024, "n_png": n_png,
@@ -421,6 +449,8 @@ def main(argv=None) -> dict:
         tmp = Path(tmp)
         t = time.perf_counter()
         models = {n: backbones.make(n, weights="random") for n in ("resnet50", "alexnet")}
+        for m in models.values():  # as extract runs them (eval, channels_last): a fair (a)
+            backbones.prepare_for_inference(m, device="cpu")
         res["model_build_s"] = time.perf_counter() - t
         res["matmul_gflops"], res["matmul_gflop_per_cpu_s"] = matmul_gflops()
 
@@ -505,7 +535,8 @@ def markdown(r: dict) -> str:
         f"`{r.get('command', '')}`: {m['cpu_cores']} cores, {m['threads']} intra-op threads, "
         f"torch {m['torch']}; load average {m['load_avg_start'][0]:.1f} at start, "
         f"{m['load_avg_end'][0]:.1f} at end (a shared machine: other jobs ran; the CPU-time "
-        "rows move less with them than the wall-time ones).",
+        "rows move less with them than the wall-time ones); OMP_WAIT_POLICY "
+        f"{m.get('omp_wait_policy', 'unset')}.",
         f"Random weights, 224 px, batch {r['config']['batch_size']}. Model build "
         f"{r['model_build_s']:.1f} s (once, excluded below). Best of "
         f"{r['config']['repeat_best_of']} per measure.",
