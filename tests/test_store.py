@@ -248,14 +248,14 @@ def _shards_then_merge(path, ident) -> None:
     store.consolidate(path)
 
 
-def _in_child(fn, *args, env: dict) -> int:
+def _in_child(fn, *args, env: dict, **kw) -> int:
     """Run fn in a forked child (cheap: no re-import) and return its wait status signal/exit."""
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         code = 1
         try:
             os.environ.update(env)
-            fn(*args)
+            fn(*args, **kw)
             code = 0
         finally:
             os._exit(code)

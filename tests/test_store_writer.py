@@ -6,7 +6,6 @@ Also the store package's conveniences: ``with featmammo.store.open(p) as s:`` an
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_store import _in_child  # the forked-child runner of the store's fault tests
 
 from featmammo import store
 from featmammo.errors import StoreError
@@ -189,20 +189,6 @@ def test_background_errors_surface(tmp_path):
 
 
 # ------------------------------------------------------------------------------- fault injection
-def _in_child(fn, *args, env: dict, **kw) -> int:
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        code = 1
-        try:
-            os.environ.update(env)
-            fn(*args, **kw)
-            code = 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-
-
 @pytest.mark.parametrize(
     "point",
     # points every run passes: >= 2 shards (at most 1 + max_pending batches share one), a

@@ -38,6 +38,15 @@ from .schema import (
 log = logging.getLogger("featmammo.store")
 
 
+def _unique_ids(path: Path, ids, where: str) -> np.ndarray:
+    """``ids`` as strings; a StoreError naming the first repeated id otherwise."""
+    ids = np.asarray([str(i) for i in ids], dtype=object)
+    if len(set(ids)) != len(ids):
+        dup = pd.Series(ids).loc[pd.Series(ids).duplicated()].iloc[0]
+        raise StoreError(f"{path}: duplicate image id {dup!r}{where}")
+    return ids
+
+
 def write(
     path,
     ids,
@@ -58,10 +67,7 @@ def write(
     an ``image_id`` column).
     """
     path = Path(path)
-    ids = np.asarray([str(i) for i in ids], dtype=object)
-    if len(set(ids)) != len(ids):
-        dup = pd.Series(ids).loc[pd.Series(ids).duplicated()].iloc[0]
-        raise StoreError(f"{path}: duplicate image id {dup!r}")
+    ids = _unique_ids(path, ids, "")
     meta = _normalise_meta(ids, meta)
     entries = []
     for name, x in arrays.items():
@@ -136,10 +142,7 @@ def prepare(
     - keyed-hash ids must use the same key (``id_hashing.key_check``) as the store.
     """
     path = Path(path)
-    ids = np.asarray([str(i) for i in ids], dtype=object)
-    if len(set(ids)) != len(ids):
-        dup = pd.Series(ids).loc[pd.Series(ids).duplicated()].iloc[0]
-        raise StoreError(f"{path}: duplicate image id {dup!r} in the manifest")
+    ids = _unique_ids(path, ids, " in the manifest")
     meta = _normalise_meta(ids, meta)
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
