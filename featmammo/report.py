@@ -1032,7 +1032,7 @@ def _markdown(config, metrics, audit, checks, figures, data_summary, tuning=None
         L += _table(header, _leaderboard_rows(validation, metrics["positive_class"]))
     L += ["", "## Per-model tables (the paper's layout, with what it leaves out beside it)", ""]
     for r in metrics["results"]:
-        L += [f"### {_name(r)} / {EVAL_LABEL[r['evaluation']]}", ""]
+        L += [f"### {_name(r)} / {r['evaluation']}", "", f"*{EVAL_LABEL[r['evaluation']]}*", ""]
         L += _paper_table(r, classes)
         L.append("")
     L += ["## Internal consistency (each figure recomputed a second way)", ""]

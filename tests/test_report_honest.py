@@ -131,7 +131,8 @@ def test_validation_rows_are_apart_unranked_and_say_they_chose_the_epoch(tmp_pat
     assert "chose the stopping epoch" in text[: text.index("## The answer")]
     assert "/ pooled out-of-fold CV" not in text and "| cv |" not in text
     assert (
-        "### hybridnet / hybridnet (optimistic) / HybridNet validation (chose the stopping" in text
+        "### hybridnet / hybridnet (optimistic) / validation\n\n*HybridNet validation (chose"
+        in text
     )
     assert (run / "figures" / "roc_validation.png").exists()
     assert not (run / "figures" / "roc_cv.png").exists()
@@ -267,7 +268,7 @@ def test_optimistic_features_are_marked(tmp_path):
     opening = text[: text.index("## The answer")]
     assert "optimistic: features hybrid" in opening and "trained on 40 of these images" in opening
     assert "hybrid vs resnet50 (optimistic)" in text
-    assert "### hybrid / logreg (optimistic) / held-out test" in text
+    assert "### hybrid / logreg (optimistic) / test\n\n*held-out test*" in text
 
 
 def test_image_grid_model_is_chosen_by_cv_not_test(tmp_path):
