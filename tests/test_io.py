@@ -389,6 +389,14 @@ def test_lossless_transfer_syntaxes_round_trip(tsyntax, decoder, tmp_path):
         ds.PixelData = encapsulate([encode_jpeg_lossless_sv1(arr, 12)])
         ds["PixelData"].VR = "OB"
         path = save(ds, tmp_path / "ts.dcm")
+    elif tsyntax == JPEGLSLossless and not get_encoder(tsyntax).is_available:
+        import imagecodecs  # pydicom's JPEG-LS encoder needs pyjpegls; CharLS via imagecodecs
+
+        arr = grey12()
+        ds = make_ds(arr, bits_stored=12, tsyntax=tsyntax)
+        ds.PixelData = encapsulate([imagecodecs.jpegls_encode(arr, level=0)])
+        ds["PixelData"].VR = "OB"
+        path = save(ds, tmp_path / "ts.dcm")
     elif tsyntax.is_compressed:
         path, arr = _compressed(tmp_path, tsyntax, "ts")
     else:
