@@ -496,7 +496,14 @@ def fit(
     if tune == "grid":
         for r in runs:
             train = ~is_test if r == "test" else (~is_test & (fold != r))
-            inner_splits[r] = _inner_splits(labels[train], groups[train], inner_cv, seed, r)
+            inner_splits[r], why = _inner_splits(labels[train], groups[train], inner_cv, seed, r)
+            if why:
+                note = (
+                    f"--tune grid: {why}; its heads ran at their defaults, untuned (tuning.csv: "
+                    "params {} with inner_score nan); use fewer --inner-cv or --cv folds"
+                )
+                log.warning("%s", note)
+                notes.append(note)
 
     final_dir = run_dir
     run_dir = _staging_dir(final_dir)  # the run is written here, then moved in as a whole
@@ -516,7 +523,7 @@ def fit(
                 target = is_test if r == "test" else (fold == r)
                 what = "final fit on the training part" if r == "test" else f"CV fold {r}"
                 inner = None
-                if tune == "grid":
+                if tune == "grid" and inner_splits[r] is not None:
                     inner = tuning.InnerCV(
                         X[train], labels[train], groups[train], inner_splits[r],
                         blocks=fz.blocks, balance=block_scaling,
@@ -525,6 +532,9 @@ def fit(
                     log.info("fitting %s / %s, %s", f, h, what)
                     base = _base_params(h, head_params, device)
                     chosen = {}
+                    if tune == "grid" and inner is None:  # too small for an inner CV
+                        tuning_rows.append({"features": f, "head": h, "fold": r, "params": "{}",
+                                            "inner_score": np.nan, "chosen": True})  # fmt: skip
                     if inner is not None:
                         with _step(f, h, f"tuning for {what}", int(train.sum())):
                             chosen, grid_rows = tuning.tune(
@@ -569,7 +579,7 @@ def fit(
                 rows.append(part[done])
         if tune == "grid":
             pd.DataFrame(tuning_rows, columns=list(tuning.TUNING_COLUMNS)).to_csv(
-                run_dir / "tuning.csv", index=False
+                run_dir / "tuning.csv", index=False, na_rep="nan"
             )
         predictions = pd.concat(rows, ignore_index=True)
         predictions.to_csv(run_dir / "predictions.csv", index=False)
@@ -683,25 +693,20 @@ def _sidecar(
     }
 
 
-def _inner_splits(labels, groups, inner_cv: int, seed: int, run) -> list:
-    """The inner patient-grouped folds of one training part (the same for every features set)."""
+def _inner_splits(labels, groups, inner_cv: int, seed: int, run):
+    """``(folds, None)``: the inner patient-grouped folds of one training part (the same for every
+    features set), or ``(None, reason)`` when that part is too small for them."""
     from . import splits
 
     n_pat = len(set(groups))
     where = "the training part" if run == "test" else f"CV fold {run}'s training side"
     if n_pat < inner_cv:
-        raise ConfigError(
-            f"--tune grid: {where} has {n_pat} patient(s), fewer than --inner-cv {inner_cv}; "
-            "use a smaller --inner-cv, fewer outer folds (--cv) or --tune none"
-        )
+        return None, f"{where} has {n_pat} patient(s), fewer than --inner-cv {inner_cv}"
     folds = splits.grouped_kfold(labels, groups, inner_cv, seed)
     for i, (tr, _) in enumerate(folds, start=1):
         if len(set(labels[tr])) < 2:
-            raise ConfigError(
-                f"--tune grid: inner fold {i} of {where} trains on a single class; "
-                "use a smaller --inner-cv or --tune none"
-            )
-    return folds
+            return None, f"inner fold {i} of {where} ({n_pat} patients) trains on a single class"
+    return folds, None
 
 
 def _hybrid_blocks(store_list, used) -> dict:
