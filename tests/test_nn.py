@@ -280,6 +280,26 @@ def test_trained_ids_missing_and_checkpoint_of(trained_run, tmp_path):
         checkpoint_of(moved)
 
 
+def test_sidecar_readers_and_train_import_without_torch(trained_run):
+    """fit checks a store's hybrid: blocks through these: no torch import for JSON reading."""
+    run, _ = trained_run
+    code = (
+        "import sys\n"
+        "import featmammo.nn\n"
+        "from featmammo.nn import TrainConfig, checkpoint_of, train, trained_image_ids\n"
+        "from featmammo.nn.train import TrainConfig as T2\n"
+        "assert callable(train) and T2 is TrainConfig\n"
+        f"ids = trained_image_ids({str(run / 'checkpoint.pt')!r})\n"
+        "assert ids['train'] and ids['validation']\n"
+        "assert checkpoint_of({'spec': {'name': 'resnet50', 'arch': 'resnet50'}}) is None\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "from featmammo.nn import HybridNet\n"
+        "assert 'torch' in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_checkpoint_of_an_extracted_hybrid_block(trained_run, tiny_manifest, tmp_path):
     """The contract with extraction (INTERFACES I1): a store's hybrid: block leads back to the
     checkpoint and the ids it trained on."""

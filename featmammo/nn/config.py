@@ -2,7 +2,8 @@
 rules that turn them into classes, preprocessing and names.
 
 ``TrainConfig`` is everything that defines a run (saved as ``RUN_DIR/config.json``); a resumed run
-must match it except for the keys in :data:`RESUME_FREE` (where and how fast it runs).
+must match it except for the keys in :data:`RESUME_FREE` (where and how fast it runs). Imports no
+torch.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ import pandas as pd
 from featmammo.errors import ConfigError
 from featmammo.hashing import canonical_json
 
-from .model import FUSIONS, TRUNKS
-
 log = logging.getLogger(__name__)
+
+#: the convolutional trunks HybridNet can run (featmammo.nn.model builds them)
+TRUNKS = ("resnet50", "alexnet")
+#: feature-map fusion (concatenated maps, refined by convolutions) or late fusion (pooled vectors)
+FUSIONS = ("feature-map", "late")
 
 MONITORS = ("balanced_accuracy", "loss")
 BALANCE = ("weights", "sampler", "none")

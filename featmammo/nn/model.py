@@ -29,10 +29,12 @@ from torch import nn
 
 from featmammo.errors import ConfigError
 
+from .config import FUSIONS, TRUNKS
+
 log = logging.getLogger(__name__)
 
-TRUNKS = ("resnet50", "alexnet")
-FUSIONS = ("feature-map", "late")
+__all__ = ["FUSIONS", "TRUNKS", "HybridNet"]
+
 TRUNK_CHANNELS = {"resnet50": 2048, "alexnet": 256}
 
 

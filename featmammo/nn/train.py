@@ -6,9 +6,11 @@ on-the-fly augmentation (training only), class-weighted loss or balanced samplin
 cosine or one-cycle schedule, trunks frozen for ``freeze_epochs`` then trained at
 ``lr * trunk_lr_mult``, AMP on the GPU -> validation -> early stopping on balanced accuracy or loss.
 
-This module holds the run itself; its parts live beside it: options in :mod:`.config`, the split,
-image cache and sampling in :mod:`.data`, the optimiser and one epoch in :mod:`.loop`, checkpoints
-in :mod:`.checkpoint`, curves / predictions / metrics in :mod:`.outputs`, torchrun in :mod:`.ddp`.
+This module holds the run itself and imports torch only when a run starts (``TrainConfig`` and
+``train`` are importable without it); its parts live beside it: options in :mod:`.config`, the
+split, image cache and sampling in :mod:`.data`, the optimiser and one epoch in :mod:`.loop`,
+checkpoints in :mod:`.checkpoint`, curves / predictions / metrics in :mod:`.outputs`, torchrun in
+:mod:`.ddp`.
 
 Files in RUN_DIR: ``config.json`` (resolved config), ``split.csv`` (image -> train/val/test),
 ``history.csv`` + ``curves.png``, ``checkpoint.pt/.json`` (best model; a backbone for ``extract``),
@@ -33,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from featmammo.errors import ConfigError
 
@@ -47,48 +48,10 @@ from .config import (
     preprocess_config,
     resolve_classes,
 )
-from .data import (
-    build_image_cache,
-    class_weights,
-    epoch_order,
-    epoch_seed,
-    split_roles,
-    steps_per_epoch,
-)
-from .ddp import DistContext, setup
-from .loop import (
-    amp_dtype,
-    make_optimizer,
-    make_scheduler,
-    predict_arrays,
-    rng_state,
-    set_rng_state,
-    train_epoch,
-    validate,
-    wrap_ddp,
-)
-from .model import HybridNet
-from .outputs import (
-    class_counts,
-    final_evaluation,
-    run_audit,
-    run_caveats,
-    run_config,
-    write_curves,
-    write_json,
-)
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "TrainConfig",
-    "TrainResult",
-    "build_image_cache",
-    "features_name",
-    "predict_arrays",
-    "train",
-    "write_curves",
-]
+__all__ = ["TrainConfig", "TrainResult", "features_name", "train"]
 
 
 def train(
@@ -115,6 +78,8 @@ def train(
         config = TrainConfig(**overrides)
     elif overrides:
         config = TrainConfig.from_dict({**config.to_dict(), **overrides})
+    from .ddp import setup  # torch from here on
+
     cfg = config
     run_dir = Path(run_dir)
     ctx = setup(cfg.device)
@@ -151,7 +116,38 @@ def _read_data(manifest, run_dir: Path, cfg: TrainConfig, *, resume: bool):
     return df, m_hash, classes, y_all
 
 
-def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx: DistContext, *, resume, stop_after, ev):
+def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx, *, resume, stop_after, ev):
+    import torch
+
+    from .data import (
+        build_image_cache,
+        class_weights,
+        epoch_order,
+        epoch_seed,
+        split_roles,
+        steps_per_epoch,
+    )
+    from .loop import (
+        amp_dtype,
+        make_optimizer,
+        make_scheduler,
+        rng_state,
+        set_rng_state,
+        train_epoch,
+        validate,
+        wrap_ddp,
+    )
+    from .model import HybridNet
+    from .outputs import (
+        class_counts,
+        final_evaluation,
+        run_audit,
+        run_caveats,
+        run_config,
+        write_curves,
+        write_json,
+    )
+
     last_path = run_dir / "last.pt"
     if resume:
         if not last_path.is_file():
