@@ -1,18 +1,17 @@
 """HybridNet checkpoints: state dicts plus a JSON sidecar, verified before loading (featmammo.nn).
 
 A checkpoint ``NAME.pt`` is a ``torch.save``'d dict of tensors and plain Python values (the model
-state
-dict, and for the training state also optimizer, scheduler, RNG states, epoch, best metric,
-history).
-Its sidecar ``NAME.json`` records the model config, classes, preprocessing, library versions and the
-file's SHA-256. Loading checks the SHA-256 first and then calls ``torch.load(weights_only=True)``,
-so a
-tampered or truncated file is refused and no pickled code is ever executed.
+state dict, and for the training state also optimizer, scheduler, RNG states, epoch, best metric,
+history). Its sidecar ``NAME.json`` records the model config, classes, preprocessing, library
+versions and the file's SHA-256. Loading checks the SHA-256 first and then calls
+``torch.load(weights_only=True)``, so a tampered or truncated file is refused and no pickled code is
+ever executed.
 
 A training run's sidecars also record the manifest image ids the network trained and validated on
 (``image_ids``): :func:`trained_image_ids` reads them, and :func:`checkpoint_of` finds the
 checkpoint behind a store's ``hybrid:`` block, so ``fit`` can refuse to evaluate embeddings on the
-images they were trained on. Those two read JSON only.
+images they were trained on. Those two, and :func:`read_sidecar`, read JSON only: torch is imported
+only to save or load tensors.
 """
 
 from __future__ import annotations
@@ -57,9 +56,8 @@ def save_checkpoint(path, payload: dict, sidecar: dict) -> dict:
     written.
 
     The ``.pt`` file is written first (atomically), then the sidecar with its SHA-256 (atomically),
-    so
-    a crash between the two leaves a mismatch that :func:`load_checkpoint` refuses, never a silent
-    mix.
+    so a crash between the two leaves a mismatch that :func:`load_checkpoint` refuses, never a
+    silent mix.
     """
     import torch
 
