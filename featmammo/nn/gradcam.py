@@ -3,10 +3,9 @@
 Grad-CAM (Selvaraju et al. 2017): for a target class, the gradient of its logit with respect to a
 convolutional map, averaged over space, weights that map's channels; the ReLU of the weighted sum,
 upsampled to the input size and scaled to [0, 1], is the heatmap. HybridNet gives one heatmap per
-trunk
-(ResNet50 ``layer4``, AlexNet's last convolution) and, with feature-map fusion, one for the refined
-fused map. Figures are drawn with matplotlib's object API (Figure + FigureCanvasAgg): the global
-pyplot backend is never changed.
+trunk (ResNet50 ``layer4``, AlexNet's last convolution) and, with feature-map fusion, one for the
+refined fused map. Figures are drawn with matplotlib's object API (Figure + FigureCanvasAgg): the
+global pyplot backend is never changed.
 """
 
 from __future__ import annotations
@@ -32,10 +31,9 @@ def grad_cam(
     """Grad-CAM heatmaps of ``x`` (B,3,H,W) for ``target`` (default: the predicted class).
 
     Returns ``(heatmaps, proba, targets)``: ``heatmaps[layer]`` is (B,H,W) float32 in [0, 1] for
-    each
-    layer of :meth:`HybridNet.forward_maps` (``resnet50``, ``alexnet``, ``fused``), ``proba`` (B,K)
-    the
-    softmax and ``targets`` (B,) the explained class indices. The model is used in eval mode.
+    each layer of :meth:`HybridNet.forward_maps` (``resnet50``, ``alexnet``, ``fused``), ``proba``
+    (B,K) the softmax and ``targets`` (B,) the explained class indices. The model is used in eval
+    mode.
     """
     was_training = model.training
     model.eval()

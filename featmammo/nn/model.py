@@ -1,21 +1,17 @@
 """HybridNet: ResNet50 and AlexNet convolutional trunks fused end to end (owned by featmammo.nn).
 
 The two trunks run in parallel on the same input. With ``fusion="feature-map"`` their last
-convolutional
-maps (ResNet50 ``layer4``: 2048 channels, stride 32; AlexNet ``features`` up to the last ReLU: 256
-channels) are average-pooled to the coarser of the two grids (7x7 at 224 px), concatenated, refined
-by
-convolutions (1x1 reduce then 3x3, each with batch norm and ReLU), globally pooled and classified
-by a
-fully connected block (linear, batch norm, ReLU, dropout, linear). With ``fusion="late"`` each
-trunk is
-pooled to a vector first and the concatenated vectors go straight to the fully connected block.
-``trunks=("resnet50",)`` or ``("alexnet",)`` gives the single-trunk variants trained the same way.
+convolutional maps (ResNet50 ``layer4``: 2048 channels, stride 32; AlexNet ``features`` up to the
+last ReLU: 256 channels) are average-pooled to the coarser of the two grids (7x7 at 224 px),
+concatenated, refined by convolutions (1x1 reduce then 3x3, each with batch norm and ReLU), globally
+pooled and classified by a fully connected block (linear, batch norm, ReLU, dropout, linear). With
+``fusion="late"`` each trunk is pooled to a vector first and the concatenated vectors go straight to
+the fully connected block. ``trunks=("resnet50",)`` or ``("alexnet",)`` gives the single-trunk
+variants trained the same way.
 
 ``forward`` returns logits; ``predict_proba`` the softmax; ``forward_features`` the fused
-penultimate
-vector (the input of the last linear layer), which is what a trained checkpoint exposes as a
-backbone.
+penultimate vector (the input of the last linear layer), which is what a trained checkpoint exposes
+as a backbone.
 """
 
 from __future__ import annotations
@@ -50,8 +46,8 @@ def _build_trunk(arch: str, weights: str, seed: int | None) -> tuple[nn.Module, 
     featmammo.backbones.
 
     ``weights`` is ``imagenet``, ``random`` (explicit) or a PATH to a state dict; the loading
-    (download
-    into the weights cache, SHA-256 checks, key matching) is featmammo.backbones' job, reused here.
+    (download into the weights cache, SHA-256 checks, key matching) is featmammo.backbones' job,
+    reused here.
     """
     import torchvision
 
@@ -85,7 +81,7 @@ class HybridNet(nn.Module):
     ----------
     classes: class names, in the order of the logits.
     fusion: ``"feature-map"`` (fuse convolutional maps, then refine) or ``"late"`` (fuse pooled
-    vectors).
+        vectors).
     trunks: which trunks to run: both (default) or one of them alone.
     weights: ``"imagenet"``, ``"random"`` or a PATH to a state dict for the trunks (for two trunks a
         PATH may also be a mapping ``{"resnet50": PATH, "alexnet": PATH}``).
@@ -93,7 +89,7 @@ class HybridNet(nn.Module):
     hidden: width of the fully connected layer (and of ``forward_features``).
     dropout: dropout before the last linear layer.
     seed: seeds the random initialisation (trunks and head), so the same seed gives the same
-    network.
+        network.
     """
 
     def __init__(
