@@ -1,6 +1,6 @@
-"""HybridNet: shapes, optimisation, no augmentation at evaluation, resume, checkpoints, backbone
-use,
-Grad-CAM and two-process DDP on the CPU (random weights, 64 px inputs, tiny phantom sets)."""
+"""HybridNet: shapes, optimisation, no augmentation at evaluation, resume, checkpoints and the
+ids they record, run caveats, backbone use, Grad-CAM and two-process DDP on the CPU (random
+weights, 64 px inputs, tiny phantom sets)."""
 
 from __future__ import annotations
 
