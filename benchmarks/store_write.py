@@ -90,13 +90,14 @@ def _case(
     compression: str,
     seed: int,
     kind: str = "relu",
+    old_rev: str = OLD_REV,
 ) -> dict:
     """One run, in this process; the caller runs it in a fresh subprocess."""
     import pandas as pd
 
     from featmammo import store as new
 
-    fs = _old_store_module(OLD_REV) if mode == "old" else new
+    fs = _old_store_module(old_rev) if mode == "old" else new
     path = folder / f"{mode}.h5"
     ids = [f"img{i:07d}" for i in range(n_rows)]
     meta = pd.DataFrame(
@@ -163,18 +164,20 @@ def write_amplification(
     compression: str = "gzip",
     seed: int = 0,
     kind: str = "relu",
+    old_rev: str = OLD_REV,
     workdir: str | os.PathLike | None = None,
 ) -> dict:
     """Bytes written ÷ final store size for ``n_rows`` simulated rows, in a fresh subprocess.
 
     ``mode`` is ``new`` (BackgroundWriter) or ``old`` (the pre-writer store, every 50 batches);
-    ``kind`` is ``relu`` (ReLU'd Gaussians, compressible like real features) or ``dense``.
+    ``kind`` is ``relu`` (ReLU'd Gaussians, compressible like real features) or ``dense``;
+    ``old_rev``: a git revision whose ``featmammo/store.py`` is the monolithic store.
     Returns a dict: ``wchar_ratio`` (write syscall bytes ÷ final size), ``block_ratio`` (block
     layer bytes ÷ final size, None where the file system does not count them), the byte counts,
     ``merges`` (main-file rewrites, the final one included) and ``seconds``.
     """
     with tempfile.TemporaryDirectory(prefix="store_write-", dir=workdir) as tmp:
-        args = [str(tmp), n_rows, dim, batch, mode, compression, seed, kind]
+        args = [str(tmp), n_rows, dim, batch, mode, compression, seed, kind, old_rev]
         code = (
             "import json, sys; sys.path.insert(0, sys.argv[1]); import store_write as b; "
             "from pathlib import Path; a = json.loads(sys.argv[2]); "
@@ -198,6 +201,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--kinds", nargs="+", default=["relu", "dense"], choices=["relu", "dense"])
     ap.add_argument("--no-old", action="store_true", help="skip the pre-writer store")
+    ap.add_argument("--old-rev", default=OLD_REV, help="revision with featmammo/store.py")
     ap.add_argument(
         "--old-rows-max", type=int, help="run the pre-writer store up to this many rows"
     )
@@ -211,7 +215,7 @@ def main(argv=None) -> dict:
     for dim, kind, n, mode in itertools.product(a.dims, a.kinds, a.rows, modes):
         if mode == "old" and a.old_rows_max is not None and n > a.old_rows_max:
             continue  # its bytes grow with the square of the rows
-        r = write_amplification(n, dim=dim, batch=a.batch, mode=mode, kind=kind)
+        r = write_amplification(n, dim=dim, batch=a.batch, mode=mode, kind=kind, old_rev=a.old_rev)
         r["loadavg"] = [round(v, 2) for v in os.getloadavg()]
         print(json.dumps(r), flush=True)
         results.append(r)
