@@ -25,6 +25,7 @@ _KEYS = {
     "inner_cv": "inner_cv",
     "tune_grid": "tune_grid",
     "allow_trained_embeddings": "allow_trained_embeddings",
+    "threads": "threads",
 }
 _TOML_ONLY = ("head_params",)
 
@@ -159,6 +160,11 @@ def _resolve(ctx: click.Context, values: dict, config_path) -> dict:
     help="Evaluate hybrid: embeddings on images their checkpoint trained or validated on "
     "(refused otherwise); the rows are marked optimistic.",
 )
+@click.option(
+    "--threads", default=1, show_default=True, type=click.IntRange(min=0),
+    help="BLAS/OpenMP threads while fitting (0: the libraries' own setting). One is fastest for "
+    "these small matrices on a busy machine: idle BLAS threads spin-wait.",
+)  # fmt: skip
 @device_option
 @click.option(
     "--config",
@@ -173,7 +179,7 @@ def _resolve(ctx: click.Context, values: dict, config_path) -> dict:
 def command(
     ctx, stores, output, features, heads, classes, cv, test_split, test_size, seed, n_boot,
     threshold, block_scaling, figures, tune, tune_metric, inner_cv, tune_grid,
-    allow_trained_embeddings, device, config_path, as_json,
+    allow_trained_embeddings, threads, device, config_path, as_json,
 ) -> None:  # fmt: skip
     """Fit heads on the embeddings of STORE(s) and write a run folder -o RUN_DIR.
 
@@ -190,7 +196,7 @@ def command(
         "n_boot": n_boot, "threshold": threshold, "device": device,
         "block_scaling": block_scaling, "figures": figures, "tune": tune,
         "tune_metric": tune_metric, "inner_cv": inner_cv, "tune_grid": tune_grid,
-        "allow_trained_embeddings": allow_trained_embeddings,
+        "allow_trained_embeddings": allow_trained_embeddings, "threads": threads or None,
     }  # fmt: skip
     kwargs = _resolve(ctx, values, config_path)
     result = fit(list(stores), output, **kwargs)

@@ -332,13 +332,16 @@ def _proba(model, X, classes) -> np.ndarray:
     return out
 
 
-def _base_params(name, head_params, device) -> dict:
-    """The fixed parameters of head ``name``: the user's ``head_params`` plus the device."""
+def _base_params(name, head_params, device, threads=None) -> dict:
+    """The fixed parameters of head ``name``: the user's ``head_params`` plus device / threads."""
     from . import heads
 
     params = dict(head_params.get(name, {}))
-    if heads.canonical_name(name) in ("xgboost", "refine-mlp"):
+    canon = heads.canonical_name(name)
+    if canon in ("xgboost", "refine-mlp"):
         params.setdefault("device", device)
+    if canon == "xgboost" and threads:
+        params.setdefault("n_jobs", int(threads))
     return params
 
 
@@ -371,6 +374,7 @@ def fit(
     inner_cv: int = 3,
     tune_grid="default",
     allow_trained_embeddings: bool = False,
+    threads: int | None = 1,
 ) -> FitResult:
     """Fit every features x head with patient-grouped CV and a held-out test; write the run folder.
 
@@ -382,7 +386,10 @@ def fit(
     with ``inner_cv`` folds on the grids of :mod:`featmammo.tuning`; ``tune_grid``: ``default``,
     ``small`` or a table head -> {param: [values]}; selection by ``tune_metric``) or ``none``
     (fixed defaults). ``allow_trained_embeddings``: evaluate embeddings of a ``hybrid:``
-    checkpoint on images it trained on (marked optimistic) instead of refusing.
+    checkpoint on images it trained on (marked optimistic) instead of refusing. ``threads``: BLAS
+    and OpenMP threads while fitting (default 1: the matrices of a fit are small, and idle BLAS
+    threads spin-wait; on a busy 2-core machine two threads made logreg ~30x and an SVD ~40x more
+    CPU-hungry; None leaves the libraries' own setting); XGBoost gets ``n_jobs=threads``.
     """
     from . import heads as heads_mod
     from . import tuning
@@ -507,6 +514,11 @@ def fit(
 
     final_dir = run_dir
     run_dir = _staging_dir(final_dir)  # the run is written here, then moved in as a whole
+    limiter = None
+    if threads:
+        from threadpoolctl import threadpool_limits
+
+        limiter = threadpool_limits(limits=int(threads))
     try:
         (run_dir / MODELS).mkdir(parents=True)
         stores_info = [
@@ -530,7 +542,7 @@ def fit(
                     )  # fmt: skip
                 for h in head_names:
                     log.info("fitting %s / %s, %s", f, h, what)
-                    base = _base_params(h, head_params, device)
+                    base = _base_params(h, head_params, device, threads)
                     chosen = {}
                     if tune == "grid" and inner is None:  # too small for an inner CV
                         tuning_rows.append({"features": f, "head": h, "fold": r, "params": "{}",
@@ -603,6 +615,7 @@ def fit(
             "threshold": threshold,
             "block_scaling": block_scaling,
             "device": device,
+            "threads": threads,
             "n_images": len(ids),
             "n_patients": int(len(set(groups))),
             "dropped_rows": dropped,
@@ -627,6 +640,9 @@ def fit(
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)  # a failed fit leaves any earlier run intact
         raise
+    finally:
+        if limiter is not None:
+            limiter.restore_original_limits()
     _install_run(run_dir, final_dir)
     run_dir = final_dir
     report = run_dir / report.name
