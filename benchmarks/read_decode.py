@@ -8,11 +8,13 @@
   several predictors (7 is what real DDSM files use), read through ``featmammo.io.read_image``
   on one core, beside a plain T.81 decode (the floor) and the slower re-integration path;
   pixels are checked equal to the source for both methods. Target <= 1 s.
+* ``patches``: ``build_ddsm_patches`` over a synthetic 3,000-record TFRecord (records/s, peak
+  traced memory) and random ``read_image("FILE#INDEX")`` reads.
 * ``j2k``: a 4600 x 3000 12-bit JPEG 2000 lossless DICOM decoded on the CPU (pylibjpeg-openjpeg)
   and, when nvImageCodec and a CUDA device are present, on the GPU (``decoder="nvimagecodec"``),
   images/s and pixel equality.
 
-    python benchmarks/read_decode.py [--repeats 3] [--sections dicom,ljpeg,j2k]
+    python benchmarks/read_decode.py [--repeats 3] [--sections dicom,ljpeg,j2k,patches]
                                      [--out benchmarks/results]
 
 Writes ``read_decode.json`` and ``read_decode.md`` to ``--out`` and prints the markdown. The
@@ -160,6 +162,71 @@ def run_j2k(repeats: int, shape=(4600, 3000)) -> dict:
         else:
             out["gpu"] = {"skipped": reason}
     return out
+
+
+def run_patches(n_records: int = 3000) -> dict:
+    """``build_ddsm_patches`` over one synthetic TFRecord of 299 x 299 patches: records/s (CRC
+    checked, Example parsed) and the peak traced Python memory (must stay flat), plus one
+    random-access ``read_image(FILE#INDEX)``."""
+    import tempfile
+    import tracemalloc
+
+    import numpy as np
+
+    from featmammo.datasets.ddsm_patches import build_ddsm_patches
+    from featmammo.io import read_image, tfrecord
+
+    rng = np.random.default_rng(0)
+    patch = rng.integers(0, 256, (299, 299), dtype=np.uint8).tobytes()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "training10_0.tfrecords"
+        tfrecord.write_records(
+            path,
+            (
+                tfrecord.serialize_example(
+                    {"label": [i % 5], "label_normal": [int(i % 5 > 0)], "image": [patch]}
+                )
+                for i in range(n_records)
+            ),
+        )
+        size = path.stat().st_size
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        df, _ = build_ddsm_patches(tmp)
+        build_s = time.perf_counter() - t0
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        t0 = time.perf_counter()
+        img = read_image(f"{path}#{n_records - 1}")  # first call scans the record offsets
+        first_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        read_image(f"{path}#{n_records // 2}")
+        next_s = time.perf_counter() - t0
+    return {
+        "records": n_records,
+        "bytes": size,
+        "rows": len(df),
+        "build_s": build_s,
+        "records_per_s": n_records / build_s,
+        "mb_per_s": size / 1e6 / build_s,
+        "peak_traced_mb": peak / 1e6,
+        "first_random_read_s": first_s,
+        "next_random_read_s": next_s,
+        "patch_shape": list(img.pixels.shape),
+    }
+
+
+def patches_markdown(res: dict) -> str:
+    return (
+        "# Kaggle DDSM patch set: manifest build and record reads\n\n"
+        f"`build_ddsm_patches` over one synthetic TFRecord of {res['records']:,} 299 x 299 patches "
+        f"({res['bytes'] / 1e6:.0f} MB): {res['build_s']:.2f} s, {res['records_per_s']:,.0f} "
+        f"records/s ({res['mb_per_s']:.0f} MB/s, both CRCs checked), peak traced Python memory "
+        f"{res['peak_traced_mb']:.1f} MB (flat: the file is streamed). `read_image(FILE#INDEX)`: "
+        f"first call {res['first_random_read_s'] * 1e3:.0f} ms (scans the record offsets once), "
+        f"next {res['next_random_read_s'] * 1e3:.1f} ms. At this rate the set's 55,885 training "
+        f"records take about {55885 / res['records_per_s']:.0f} s.\n"
+    )
 
 
 def run(repeats: int) -> dict:
@@ -358,13 +425,13 @@ def to_markdown(result: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--sections", default="dicom,ljpeg,j2k", help="comma-separated")
+    parser.add_argument("--sections", default="dicom,ljpeg,j2k,patches", help="comma-separated")
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parent / "results", help="folder"
     )
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = set(sections) - {"dicom", "ljpeg", "j2k"}
+    unknown = set(sections) - {"dicom", "ljpeg", "j2k", "patches"}
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}")
     load_before = os.getloadavg()
@@ -383,6 +450,9 @@ def main(argv=None) -> int:
         result["j2k"] = run_j2k(args.repeats)
         parts.append(j2k_markdown(result["j2k"]))
         ok &= result["j2k"]["cpu"]["exact"] and result["j2k"]["gpu"].get("equal_to_cpu", True)
+    if "patches" in sections:
+        result["patches"] = run_patches()
+        parts.append(patches_markdown(result["patches"]))
     result["benchmark"] = "read_decode"
     result["command"] = (
         f"python benchmarks/read_decode.py --repeats {args.repeats} --sections {','.join(sections)}"

@@ -303,3 +303,16 @@ def test_splice_bit_alignments_and_tiny_shapes():
                 np.testing.assert_array_equal(out, img, err_msg=f"{h}x{w} p{predictor}")
                 methods.append(info["pvrg_method"])
     assert methods.count("splice") > 50  # tiny tables often lack a category: then re-integration
+
+
+def test_header_claiming_more_pixels_than_the_data_holds_is_an_error_not_a_crash():
+    """A damaged SOF size made imagecodecs' C decoder read past its buffer (a segfault found by
+    fuzzing): the coded data is checked against the header first."""
+    data = bytearray(encode(phantom(24, 16, 12), 7, 12))
+    sof = data.index(b"\xff\xc3")
+    data[sof + 5 : sof + 7] = (31768).to_bytes(2, "big")  # height 24 -> 31768
+    with pytest.raises(ImageReadError, match=r"31768 x 16 pixels but the file holds only"):
+        lj.decode_ljpeg(bytes(data), "vector")
+    no_table = encode(phantom(8, 8, 12), 7, 12).replace(b"\xff\xc4", b"\xff\xfe", 1)  # DHT -> COM
+    with pytest.raises(ImageReadError, match="without its Huffman table"):
+        lj.decode_ljpeg(no_table, "vector")

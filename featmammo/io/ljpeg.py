@@ -314,8 +314,11 @@ def _entropy_end(data: bytes, start: int) -> int:
 
 
 def _unstuff(seg: bytes) -> np.ndarray:
-    """Entropy-coded bytes without the 0x00 stuffed after every 0xFF (markers already cut)."""
-    return np.frombuffer(seg.replace(b"\xff\x00", b"\xff"), np.uint8)
+    """Entropy-coded bytes without the 0x00 stuffed after every 0xFF (markers already cut, so
+    every 0xFF left is followed by its stuffed 0x00)."""
+    a = np.frombuffer(seg, np.uint8)
+    ff = np.flatnonzero(a[:-1] == 0xFF)
+    return np.delete(a, ff + 1) if ff.size else a
 
 
 def _stuff(u: np.ndarray) -> bytes:
@@ -424,16 +427,16 @@ def spliced_stream(data: bytes, info: dict) -> tuple[bytes, list[int]] | None:
     if k == 0:
         body = rest
     else:  # shift the rest of the stream right by k bits behind the k leftover bits
-        a = rest.astype(np.uint16)
+        a = rest
         pad = 0xFF >> k  # ones after the original padding
-        shifted = np.empty(a.size + 1, np.uint16)
-        shifted[0] = (int(tail, 2) << (8 - k)) | (int(a[0]) >> k if a.size else pad)
-        if a.size:
-            shifted[1:-1] = ((a[:-1] << (8 - k)) | (a[1:] >> k)) & 0xFF
-            shifted[-1] = ((int(a[-1]) << (8 - k)) | pad) & 0xFF
+        body = np.empty(a.size + 1, np.uint8)
+        body[0] = ((int(tail, 2) << (8 - k)) | (int(a[0]) >> k if a.size else pad)) & 0xFF
+        if a.size:  # uint8 shifts drop the bits that leave the byte, as wanted
+            np.left_shift(a[:-1], np.uint8(8 - k), out=body[1:-1])
+            body[1:-1] |= a[1:] >> np.uint8(k)
+            body[-1] = ((int(a[-1]) << (8 - k)) | pad) & 0xFF
         else:
-            shifted = shifted[:1]
-        body = shifted.astype(np.uint8)
+            body = body[:1]
     entropy = np.concatenate([np.frombuffer(head_bytes, np.uint8), body])
     out = data[:start] + _stuff(entropy) + b"\xff\xd9"
     return out, row0
@@ -478,6 +481,23 @@ def decode_ljpeg(data: bytes, path="<bytes>", *, method: str = "auto") -> tuple[
     if not _end_has_eoi(data):
         raise ImageReadError(
             path, "truncated lossless JPEG: the data does not end with an EOI marker (0xFFD9)"
+        )
+    # The C decoder trusts the header: a damaged SOF claiming far more pixels than the data can
+    # hold makes it read past its buffer (a crash, not an error). Every sample costs at least
+    # the shortest Huffman code, so check that first.
+    table = info.get("huffman_table")
+    if table is None:
+        raise ImageReadError(path, "lossless JPEG scan without its Huffman table (DHT)")
+    shortest = next((n + 1 for n, c in enumerate(table[0]) if c), None)
+    if shortest is None:
+        raise ImageReadError(path, "empty Huffman table (DHT)")
+    coded_bits = 8 * (len(data) - info["scan_offset"])
+    if coded_bits < shortest * info["height"] * info["width"]:
+        raise ImageReadError(
+            path,
+            f"the header says {info['height']} x {info['width']} pixels but the file holds only "
+            f"{coded_bits:,} bits of coded data (at least {shortest} per pixel): truncated or a "
+            "damaged header",
         )
     h, w = info["height"], info["width"]
     predictor = info["predictor"]
