@@ -57,7 +57,7 @@ def load_backbone(path, device="cpu") -> HybridBackbone:
         input_size=int(pre.get("image_size", meta.get("train", {}).get("image_size", 224))),
         mean=tuple(pre.get("mean", (0.485, 0.456, 0.406))),
         std=tuple(pre.get("std", (0.229, 0.224, 0.225))),
-        weights=str(Path(path)),
+        weights=str(Path(path).resolve()),  # absolute: fit may run from another folder
         weights_sha256=meta["sha256"],
     )
     for p in net.parameters():
