@@ -26,6 +26,7 @@ _KEYS = {
     "tune_grid": "tune_grid",
     "allow_trained_embeddings": "allow_trained_embeddings",
     "threads": "threads",
+    "n_jobs": "n_jobs",
 }
 _TOML_ONLY = ("head_params",)
 
@@ -165,6 +166,10 @@ def _resolve(ctx: click.Context, values: dict, config_path) -> dict:
     help="BLAS/OpenMP threads while fitting (0: the libraries' own setting). One is fastest for "
     "these small matrices on a busy machine: idle BLAS threads spin-wait.",
 )  # fmt: skip
+@click.option(
+    "--jobs", "n_jobs", default=1, show_default=True, type=click.IntRange(min=1),
+    help="Features sets fitted in parallel (threads); results do not depend on it.",
+)  # fmt: skip
 @device_option
 @click.option(
     "--config",
@@ -179,7 +184,7 @@ def _resolve(ctx: click.Context, values: dict, config_path) -> dict:
 def command(
     ctx, stores, output, features, heads, classes, cv, test_split, test_size, seed, n_boot,
     threshold, block_scaling, figures, tune, tune_metric, inner_cv, tune_grid,
-    allow_trained_embeddings, threads, device, config_path, as_json,
+    allow_trained_embeddings, threads, n_jobs, device, config_path, as_json,
 ) -> None:  # fmt: skip
     """Fit heads on the embeddings of STORE(s) and write a run folder -o RUN_DIR.
 
@@ -197,6 +202,7 @@ def command(
         "block_scaling": block_scaling, "figures": figures, "tune": tune,
         "tune_metric": tune_metric, "inner_cv": inner_cv, "tune_grid": tune_grid,
         "allow_trained_embeddings": allow_trained_embeddings, "threads": threads or None,
+        "n_jobs": n_jobs,
     }  # fmt: skip
     kwargs = _resolve(ctx, values, config_path)
     result = fit(list(stores), output, **kwargs)

@@ -375,6 +375,7 @@ def fit(
     tune_grid="default",
     allow_trained_embeddings: bool = False,
     threads: int | None = 1,
+    n_jobs: int = 1,
 ) -> FitResult:
     """Fit every features x head with patient-grouped CV and a held-out test; write the run folder.
 
@@ -390,6 +391,7 @@ def fit(
     and OpenMP threads while fitting (default 1: the matrices of a fit are small, and idle BLAS
     threads spin-wait; on a busy 2-core machine two threads made logreg ~30x and an SVD ~40x more
     CPU-hungry; None leaves the libraries' own setting); XGBoost gets ``n_jobs=threads``.
+    ``n_jobs``: features sets fitted in parallel threads (the results do not depend on it).
     """
     from . import heads as heads_mod
     from . import tuning
@@ -524,8 +526,10 @@ def fit(
         stores_info = [
             {"path": str(s.path), "fingerprint": store_fingerprint(s)} for s in store_list
         ]
-        rows, models, tuning_rows = [], {}, []
-        for f in features:
+
+        def _one_features_set(f):
+            """Every head on features set ``f``: (prediction frames, tuning rows, models)."""
+            rows, models, tuning_rows = [], {}, []
             fz = fused[f]
             pos = pd.Series(np.arange(len(fz.ids)), index=np.asarray(fz.ids).astype(str))
             X = fz.X[pos.loc[ids].to_numpy()]
@@ -589,6 +593,20 @@ def fit(
                     }
                 )
                 rows.append(part[done])
+            return rows, tuning_rows, models
+
+        if n_jobs > 1 and len(features) > 1:  # features sets in parallel threads
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=int(n_jobs)) as pool:
+                done_sets = list(pool.map(_one_features_set, features))
+        else:
+            done_sets = [_one_features_set(f) for f in features]
+        rows, models, tuning_rows = [], {}, []
+        for f_rows, f_tuning, f_models in done_sets:  # in features order: deterministic files
+            rows += f_rows
+            tuning_rows += f_tuning
+            models.update(f_models)
         if tune == "grid":
             pd.DataFrame(tuning_rows, columns=list(tuning.TUNING_COLUMNS)).to_csv(
                 run_dir / "tuning.csv", index=False, na_rep="nan"
@@ -616,6 +634,7 @@ def fit(
             "block_scaling": block_scaling,
             "device": device,
             "threads": threads,
+            "n_jobs": n_jobs,
             "n_images": len(ids),
             "n_patients": int(len(set(groups))),
             "dropped_rows": dropped,

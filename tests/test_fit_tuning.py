@@ -181,3 +181,15 @@ def test_xgboost_device_is_logged_once_per_run(tmp_path, caplog):
             figures=False, device="cpu", head_params={"xgboost": {"n_estimators": 10}})  # fmt: skip
     said = [r for r in caplog.records if "xgboost head: device" in r.getMessage()]
     assert len([r for r in said if r.levelno >= logging.INFO]) == 1  # 3 features x 3 fits
+
+
+def test_parallel_features_sets_give_the_same_run(tmp_path):
+    st = _write_store(tmp_path / "store.h5")
+    out = {}
+    for jobs in ("1", "2"):
+        run = tmp_path / f"run{jobs}"
+        r = _cli(["fit", st, "-o", run, "--head", "logreg", "--head", "knn", "--cv", "2",
+                  "--inner-cv", "2", "--n-boot", "0", "--no-figures", "--jobs", jobs])  # fmt: skip
+        assert r.exit_code == 0, r.output
+        out[jobs] = [(run / n).read_text() for n in ("predictions.csv", "tuning.csv")]
+    assert out["1"] == out["2"]
