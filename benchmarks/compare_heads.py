@@ -344,6 +344,7 @@ def run_nested(args, argv) -> int:
                 [store_path], tmp / f"run-{mode}", features=features, heads=head_names,
                 cv=args.outer, test_split="none", seed=args.seed, n_boot=0, figures=False,
                 tune=mode, inner_cv=args.inner, tune_grid=args.nested_grid, device="cpu",
+                n_jobs=args.jobs,
             )  # fmt: skip
         finally:
             clock.close_current()
@@ -418,7 +419,8 @@ def nested_markdown(r: dict) -> str:
         f"- store: {r['store']['path']} ({r['store']['n']} images); features "
         f"{', '.join(s['features'])}; heads {', '.join(s['heads'])}",
         f"- {s['outer']} outer x {s['inner']} inner patient-grouped folds, grid `{s['grid']}` "
-        f"({g.get('grid_points', 0)} grid-point rows in tuning.csv), no test split",
+        f"({g.get('grid_points', 0)} grid-point rows in tuning.csv), no test split; "
+        f"{s.get('jobs', 1)} features set(s) in parallel, 1 BLAS/OpenMP thread each",
         "",
         "| run | wall s | CPU s (all threads of the process) |",
         "|---|---:|---:|",
@@ -477,6 +479,7 @@ def main(argv=None) -> int:
     ap.add_argument("--nested-grid", default="default", help="default | small")
     ap.add_argument("--outer", type=int, default=5)
     ap.add_argument("--inner", type=int, default=3)
+    ap.add_argument("--jobs", type=int, default=1, help="features sets in parallel (fit n_jobs)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.nested:
