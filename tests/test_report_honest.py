@@ -219,7 +219,7 @@ def test_a_wrong_metric_kernel_is_caught_by_the_independent_recompute(tmp_path, 
         out["balanced_accuracy"] = out["accuracy"]  # a plausible slip: the plain accuracy
         return out
 
-    monkeypatch.setattr(ev, "table_from_confusion", broken)
+    monkeypatch.setattr(ev.kernels, "table_from_confusion", broken)  # where the kernels call it
     text = rp.write_report(run, figures=False).read_text()
     assert "| balanced accuracy = sklearn.metrics.balanced_accuracy_score on predictions.csv" \
         " | **FAIL** |" in text  # fmt: skip

@@ -1,0 +1,80 @@
+"""Metrics, patient-clustered bootstrap CIs, baselines and paired comparisons (no torch, no scipy).
+
+This module owns every number featmammo reports about a classifier. It works on plain arrays and on
+the ``predictions.csv`` table (``image_id, patient_id, fold, features, head, y_true, y_pred,
+p_<class>...``) so that every figure can be recomputed from stored predictions:
+
+- :func:`compute_metrics` -- the paper's table (per-class precision/recall/F1/support, macro and
+  weighted averages, accuracy) plus balanced accuracy, ROC-AUC (one-vs-rest and positive-vs-rest),
+  PR-AUC and sensitivity/specificity under the one decision rule (argmax = ``y_pred``; a threshold
+  only adds a separately named second operating point). Degenerate inputs give NaN with a note,
+  never an exception.
+- :func:`bootstrap_metrics` -- percentile CIs by resampling *patients* (cluster bootstrap): all
+  images of a drawn patient enter the resample together, so correlated views do not shrink the
+  intervals.
+- :func:`paired_comparison` / :func:`mcnemar_clustered` / :func:`holm_adjust` -- model A vs model
+  B on the same images (paired patient bootstrap; McNemar with patients as clusters), adjusted for
+  multiplicity.
+- :func:`evaluate_predictions` -- all of the above for every features x head x evaluation in a
+  table. Evaluations: ``cv`` (numbered folds), ``test``, ``validation`` (HybridNet early-stopping
+  rows: optimistic, never ranked or compared). No CI below :data:`MIN_PATIENTS_PER_CLASS`
+  patients in some class (:func:`ci_note` says why).
+
+The metric kernels are written with numpy (weighted confusion matrices, Mann-Whitney AUC, step-wise
+average precision) so that a 1000-resample bootstrap costs well under a second; tests check them
+against scikit-learn.
+
+One concern per module: :mod:`.kernels` (the decision rule and the metric kernels),
+:mod:`.bootstrap` (patient-clustered resampling and CIs), :mod:`.paired` (paired comparisons,
+McNemar, Holm) and :mod:`.table` (predictions.csv -> leaderboard + metrics); every name stays
+importable from ``featmammo.evaluate``.
+"""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+from .bootstrap import (
+    MIN_PATIENTS_PER_CLASS,
+    bootstrap_metrics,
+    ci_note,
+    cluster_bootstrap_weights,
+    patients_per_class,
+)
+from .kernels import (
+    CI_METRICS,
+    DECISION_RULE,
+    SCALAR_METRICS,
+    compute_metrics,
+    majority_baseline,
+    positive_class,
+    table_from_confusion,
+)
+from .kernels import (
+    _Prepared as _Prepared,  # tests build it directly
+)
+from .paired import (
+    ADJUSTMENT,
+    PAIRED_METRICS,
+    binomial_two_sided,
+    holm_adjust,
+    mcnemar_clustered,
+    mcnemar_exact,
+    paired_comparison,
+)
+from .table import (
+    HONEST_EVALUATIONS,
+    TEST_FOLD,
+    VALIDATION_FOLD,
+    evaluate_predictions,
+    evaluation_of,
+    read_predictions,
+)
+
+__all__ = [
+    "ADJUSTMENT", "CI_METRICS", "DECISION_RULE", "HONEST_EVALUATIONS", "MIN_PATIENTS_PER_CLASS",
+    "PAIRED_METRICS", "SCALAR_METRICS", "TEST_FOLD", "VALIDATION_FOLD", "ConfigError",
+    "binomial_two_sided", "bootstrap_metrics", "ci_note", "cluster_bootstrap_weights",
+    "compute_metrics", "evaluate_predictions", "evaluation_of", "holm_adjust",
+    "majority_baseline", "mcnemar_clustered", "mcnemar_exact", "paired_comparison",
+    "patients_per_class", "positive_class", "read_predictions", "table_from_confusion",
+]  # fmt: skip
