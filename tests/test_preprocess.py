@@ -454,7 +454,7 @@ def test_ddsm_od_uses_the_digitiser_and_needs_one(monkeypatch, rng):
         calls.append((np.asarray(pixels).size, digitizer, institution))
         return (3.789 - 0.00094568 * np.asarray(pixels, np.float64)).astype(np.float32)
 
-    monkeypatch.setattr(pre, "_optical_density", fake_od)
+    monkeypatch.setattr(pre.calibration, "_optical_density", fake_od)
     pixels = _fake_mammogram().astype(np.uint16)
     pixels[5, 5] = 0  # OD 3.789 -> clipped to 3.0
     cfg = PreprocessConfig(image_size=48, ddsm_calibration="od", normalize="none")
