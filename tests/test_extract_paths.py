@@ -219,8 +219,11 @@ def test_embed_streams_batches_and_matches_the_store(tmp_path, monkeypatch):
 def test_workers_auto(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert fx.resolve_workers("auto", cpu) == 0
-    monkeypatch.setattr(fx, "available_cores", lambda: 16)
+    monkeypatch.setattr(fx, "available_cores", lambda: 4)
     assert fx.resolve_workers("auto", cpu) == 0
+    monkeypatch.setattr(fx, "available_cores", lambda: 16)
+    assert fx.resolve_workers("auto", cpu) == 4
+    assert fx.resolve_workers("auto", cpu, local_world=4) == 0
     assert fx.resolve_workers("auto", cuda) == 15
     assert fx.resolve_workers("auto", cuda, local_world=4) == 3
     monkeypatch.setattr(fx, "available_cores", lambda: 2)
