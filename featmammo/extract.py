@@ -184,6 +184,20 @@ def _threads(n: int):
         torch.set_num_threads(old)
 
 
+@contextlib.contextmanager
+def _cudnn_benchmark(device: torch.device):
+    """On CUDA, cuDNN picks the fastest kernels for the fixed input size; restored after."""
+    if device.type != "cuda":
+        yield
+        return
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
+
+
 # --------------------------------------------------------------------------------- models
 def _make_models(
     names, weights: str, device: torch.device, suffix: str = ""
@@ -609,15 +623,13 @@ def extract(
     n_threads = threads or default_threads(n_workers, local_world)
     dist = None
     own_group = False
-    with _threads(n_threads):
+    with _threads(n_threads), _cudnn_benchmark(dev):
         models = _make_models(backbones, weights, dev, backbone_suffix)
         if preprocess is None:
             preprocess = PreprocessConfig(**hybrid_preprocess(models))
             check_roi_masks(df, preprocess, "manifest")
         _check_hybrid_preprocess(preprocess, models)
         config = _resolve_preprocess(preprocess, models)
-        if dev.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels
         entries = [
             fstore.BackboneEntry(
                 name, int(m.spec.dim), backbone_provenance(m, config, dtype), dtype
