@@ -61,6 +61,16 @@ from .options import (
 )
 @click.option("--crop", type=click.Choice(["breast", "none"]), default="breast", show_default=True)
 @click.option(
+    "--ddsm-calibration",
+    "ddsm_calibration",
+    type=click.Choice(["none", "od"]),
+    default="none",
+    show_default=True,
+    help="od: DDSM .LJPEG grey levels -> optical density per digitiser (.ics), clipped to "
+    "[0.05, 3], as 1 - OD/4; an image without a digitiser fails. Part of the preprocessing "
+    "fingerprint.",
+)
+@click.option(
     "--roi",
     type=click.Choice(["full", "crop", "patch"]),
     default=None,
@@ -103,9 +113,9 @@ from .options import (
 )
 @json_option
 def command(
-    manifest, output, backbones, weights, image_size, resize, normalize, windowing, crop, roi,
-    batch_size, workers, no_cache, device, max_failures, dtype, hash_ids, backbone_suffix,
-    compression, as_json,
+    manifest, output, backbones, weights, image_size, resize, normalize, windowing, crop,
+    ddsm_calibration, roi, batch_size, workers, no_cache, device, max_failures, dtype, hash_ids,
+    backbone_suffix, compression, as_json,
 ) -> None:  # fmt: skip
     """Embed every image of MANIFEST with every backbone into the HDF5 store -o STORE.h5.
 
@@ -124,7 +134,7 @@ def command(
         image_size=image_size or imposed.get("image_size", 224), resize=resize,
         normalize=normalize, crop=crop, roi=roi or imposed.get("roi", "full"),
         patch_context=imposed.get("patch_context", PreprocessConfig.patch_context),
-        windowing=windowing,
+        windowing=windowing, ddsm_calibration=ddsm_calibration,
     )  # fmt: skip
     rank = torchrun_env().rank
     show_bar = rank == 0 and not as_json and sys.stderr.isatty()

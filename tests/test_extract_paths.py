@@ -372,6 +372,55 @@ def test_progress_bar_and_log_lines_do_not_merge():
     assert not handler.filters  # the filter is gone after the run
 
 
+# ----------------------------------------------------------------------------- DDSM calibration
+def test_cli_ddsm_calibration_od_is_in_the_stores_preprocess_provenance(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        from ljpeg_vectors import phantom, write_case
+    finally:
+        sys.path.pop(0)
+    case = write_case(tmp_path / "case", "A-1001-1",
+                      {"LEFT_CC": (phantom(90, 60, 12, seed=3), 7, 12, True)},
+                      digitizer="DBA 21")  # fmt: skip
+    rows = [{"image_id": "lj", "path": str(case["LEFT_CC"]), "label": "normal",
+             "patient_id": "A-1001-1", "laterality": "L", "view": "CC", "split": "train",
+             "source": "ddsm"}]  # fmt: skip
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    common = ["-b", "resnet18", "--weights", "random", "--image-size", "32", "--device", "cpu",
+              "--workers", "0", "--no-cache"]  # fmt: skip
+    stores = {}
+    for calib in ("od", "none"):
+        out = tmp_path / f"{calib}.h5"
+        r = CliRunner().invoke(
+            _cli(), ["extract", str(manifest), "-o", str(out), *common,
+                     "--ddsm-calibration", calib],
+        )  # fmt: skip
+        assert r.exit_code == 0, r.output
+        stores[calib] = store.open(out)
+    prov = stores["od"].backbone_provenance("resnet18")
+    assert prov["preprocess"]["ddsm_calibration"] == "od"
+    assert (
+        PreprocessConfig.from_dict(prov["preprocess"]).fingerprint()
+        == (prov["preprocess_fingerprint"])
+    )
+    plain = stores["none"].backbone_provenance("resnet18")
+    assert "ddsm_calibration" not in plain["preprocess"]  # the default keeps old fingerprints
+    assert plain["preprocess_fingerprint"] != prov["preprocess_fingerprint"]
+    assert not np.allclose(stores["od"].array("resnet18"), stores["none"].array("resnet18"))
+    # od with a windowing is refused (calibration maps the digitiser's raw values)
+    with pytest.raises(ConfigError, match="windowing"):
+        CliRunner().invoke(
+            _cli(), ["extract", str(manifest), "-o", str(tmp_path / "w.h5"), *common,
+                     "--ddsm-calibration", "od", "--windowing", "percentile"],
+            catch_exceptions=False,
+        )  # fmt: skip
+    assert not (tmp_path / "w.h5").exists()
+
+
 # ----------------------------------------------------------------------------- prepared cache
 def test_a_rerun_reads_prepared_pixels_and_no_cache_bypasses_them(tmp_path, monkeypatch):
     from featmammo.prepared import PreparedCache
