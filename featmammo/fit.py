@@ -598,8 +598,12 @@ def fit(
         if n_jobs > 1 and len(features) > 1:  # features sets in parallel threads
             from concurrent.futures import ThreadPoolExecutor
 
+            biggest_first = sorted(features, key=lambda f: -fused[f].X.shape[1])
             with ThreadPoolExecutor(max_workers=int(n_jobs)) as pool:
-                done_sets = list(pool.map(_one_features_set, features))
+                by_name = dict(
+                    zip(biggest_first, pool.map(_one_features_set, biggest_first), strict=True)
+                )
+            done_sets = [by_name[f] for f in features]
         else:
             done_sets = [_one_features_set(f) for f in features]
         rows, models, tuning_rows = [], {}, []
