@@ -401,6 +401,7 @@ def run_nested(args, argv) -> int:
     stem = "compare_heads-nested" + (
         "" if args.nested_grid == "default" else f"-{args.nested_grid}"
     )
+    stem += f"-jobs{args.jobs}" if args.jobs > 1 else ""
     (out / f"{stem}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     (out / f"{stem}.md").write_text(nested_markdown(results))
     log.info("wrote %s and %s", out / f"{stem}.json", out / f"{stem}.md")
