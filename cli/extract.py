@@ -10,6 +10,7 @@ import time
 import click
 
 from .options import (
+    decoder_option,
     device_option,
     echo_json,
     json_option,
@@ -81,6 +82,7 @@ from .options import (
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @workers_option
 @no_cache_option
+@decoder_option
 @device_option
 @click.option(
     "--max-failures",
@@ -114,8 +116,8 @@ from .options import (
 @json_option
 def command(
     manifest, output, backbones, weights, image_size, resize, normalize, windowing, crop,
-    ddsm_calibration, roi, batch_size, workers, no_cache, device, max_failures, dtype, hash_ids,
-    backbone_suffix, compression, as_json,
+    ddsm_calibration, roi, batch_size, workers, no_cache, decoder, device, max_failures, dtype,
+    hash_ids, backbone_suffix, compression, as_json,
 ) -> None:  # fmt: skip
     """Embed every image of MANIFEST with every backbone into the HDF5 store -o STORE.h5.
 
@@ -154,7 +156,7 @@ def command(
                 max_failures=max_failures, dtype=dtype, hash_ids=hash_ids,
                 backbone_suffix=backbone_suffix, compression=compression,
                 progress=lines.progress if lines is not None else None,
-                cache=False if no_cache else None,
+                cache=False if no_cache else None, decoder=decoder,
             )  # fmt: skip
     except AllImagesFailed as exc:
         summary, all_failed = exc.summary, exc

@@ -66,3 +66,12 @@ no_cache_option = click.option(
     help="Read and prepare every image afresh, bypassing the prepared-image cache "
     "(featmammo cache info|clear manages it).",
 )
+decoder_option = click.option(
+    "--decoder",
+    type=click.Choice(["cpu", "auto", "nvimagecodec"]),
+    default="cpu",
+    show_default=True,
+    help="Decoder of JPEG 2000 DICOMs: cpu; nvimagecodec (GPU, pip install 'featmammo[gpu]'; "
+    "refused before any work when it cannot run); auto (nvimagecodec when usable, else cpu). Same "
+    "pixels either way: recorded in the store's provenance, not in the preprocessing fingerprint.",
+)

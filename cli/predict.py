@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from .options import device_option, echo_json, json_option, no_cache_option, workers_option
+from .options import (
+    decoder_option,
+    device_option,
+    echo_json,
+    json_option,
+    no_cache_option,
+    workers_option,
+)
 
 
 @click.command("predict")
@@ -23,10 +30,11 @@ from .options import device_option, echo_json, json_option, no_cache_option, wor
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @workers_option
 @no_cache_option
+@decoder_option
 @device_option
 @json_option
 def command(
-    model, inputs, output, laterality, batch_size, workers, no_cache, device, as_json
+    model, inputs, output, laterality, batch_size, workers, no_cache, decoder, device, as_json
 ) -> None:
     """Predict with MODEL (RUN_DIR/models/<features>__<head>.joblib) on INPUT image files or
     folders, manifest CSVs (their laterality and roi_mask_path columns are used, as at
@@ -42,7 +50,7 @@ def command(
 
     df = predict(
         model, list(inputs), device=device, laterality=laterality, batch_size=batch_size,
-        workers=workers, cache=False if no_cache else None,
+        workers=workers, cache=False if no_cache else None, decoder=decoder,
     )  # fmt: skip
     if output:
         df.to_csv(output, index=False)

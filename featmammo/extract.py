@@ -55,6 +55,7 @@ __all__ = [
     "embed",
     "embed_stream",
     "extract",
+    "resolve_decoder",
     "resolve_device",
     "resolve_workers",
 ]
@@ -93,6 +94,7 @@ class ExtractSummary:
     precision: str = "float32"
     world_size: int = 1
     workers: int = 0
+    decoder: str = "cpu"  # resolved: cpu or nvimagecodec (JPEG 2000 DICOMs)
     max_failures: int | None = None
     exceeded_max_failures: bool = False
     stopped_early: bool = False
@@ -331,9 +333,10 @@ def backbone_provenance(model, config, dtype: str) -> dict:
 
 
 # --------------------------------------------------------------------------------- data
-def _prepare(item, config, laterality, mask, cache) -> np.ndarray:
-    """One (3, S, S) float32 input: a path (read through the prepared-image cache), a 2-D pixel
-    array (preprocessed here) or an already preprocessed (3, H, W) array (used as is)."""
+def _prepare(item, config, laterality, mask, cache, decoder: str = "cpu") -> np.ndarray:
+    """One (3, S, S) float32 input: a path (read through the prepared-image cache, decoded by
+    ``decoder``), a 2-D pixel array (preprocessed here) or an already preprocessed (3, H, W) array
+    (used as is)."""
     if isinstance(item, np.ndarray):
         if item.ndim == 3 and item.shape[0] == 3:
             return np.ascontiguousarray(item, dtype=np.float32)
@@ -342,15 +345,17 @@ def _prepare(item, config, laterality, mask, cache) -> np.ndarray:
         return run_preprocess(item, config, laterality=laterality)
     # the lesion mask is read only by the ROI modes that use it: ``full`` never opens it
     mask = mask if config.roi in MASK_ROI_MODES else None
-    return _load_prepared(item, config, laterality, mask, cache)
+    return _load_prepared(item, config, laterality, mask, cache, decoder)
 
 
-def _load_prepared(path, config, laterality, mask, cache) -> np.ndarray:
+def _load_prepared(path, config, laterality, mask, cache, decoder: str = "cpu") -> np.ndarray:
     """Decoded, cropped, sided and resized once per image and config (``featmammo.prepared``),
     normalised here; bit-identical to ``load_and_preprocess``. ``cache=False``: no cache."""
     from .prepared import prepare_image
 
-    return prepare_image(path, config, laterality=laterality, roi_mask_path=mask, cache=cache)
+    return prepare_image(
+        path, config, laterality=laterality, roi_mask_path=mask, cache=cache, decoder=decoder
+    )
 
 
 class _Images(torch.utils.data.Dataset):
@@ -358,9 +363,9 @@ class _Images(torch.utils.data.Dataset):
     preprocessing refusal) becomes ``(i, None, error)``. Other exceptions are bugs: they propagate
     (from a worker process too) and stop the run with their traceback."""
 
-    def __init__(self, items, lateralities, masks, config, cache=None):
+    def __init__(self, items, lateralities, masks, config, cache=None, decoder: str = "cpu"):
         self.items, self.lateralities, self.masks = items, lateralities, masks
-        self.config, self.cache = config, cache
+        self.config, self.cache, self.decoder = config, cache, decoder
 
     def __len__(self) -> int:
         return len(self.items)
@@ -369,8 +374,9 @@ class _Images(torch.utils.data.Dataset):
         item = self.items[i]
         try:
             x = _prepare(
-                item, self.config, self.lateralities[i] or None, self.masks[i] or None, self.cache
-            )
+                item, self.config, self.lateralities[i] or None, self.masks[i] or None,
+                self.cache, self.decoder,
+            )  # fmt: skip
             if x.ndim != 3 or x.shape[0] != 3:
                 where = item if not isinstance(item, np.ndarray) else f"image {i}"
                 raise ImageReadError(where, f"preprocess returned shape {x.shape}")
@@ -416,10 +422,52 @@ def _worker_init(_):
     torch.set_num_threads(1)  # the main process owns the cores for the forward passes
 
 
-def _loader(dataset, batches: list[list[int]], workers: int, dev, prefetch: bool = True):
+def resolve_decoder(decoder: str) -> str:
+    """``cpu`` or ``nvimagecodec``: what ``decoder`` (``cpu``, ``auto``, ``nvimagecodec``) means
+    for this run's JPEG 2000 DICOMs, decided before any work (``featmammo.io.decoders``):
+    ``nvimagecodec`` without a usable nvImageCodec and CUDA device is a ConfigError with the reason.
+    """
+    from .io.decoders import resolve_decoder as resolve
+
+    return resolve(decoder)
+
+
+def _worker_context(dataset, workers: int, decoder: str) -> tuple[int, str | None]:
+    """``(workers, multiprocessing context)`` for the DataLoader.
+
+    CUDA (the GPU decoder's) does not survive a fork: with a decoder other than ``cpu`` the workers
+    are spawned, which needs the dataset to pickle; when it does not, the main process reads
+    (``workers=0``) and the reason is logged. The CPU decoder keeps the default context (fork).
+    """
+    if workers == 0 or decoder == "cpu":
+        return workers, None
+    import pickle
+
+    try:
+        pickle.dumps(dataset)
+    except Exception as exc:  # noqa: BLE001 - any pickling failure means: no spawned workers
+        log.info(
+            "decoder %s: CUDA does not survive a fork and the dataset cannot be sent to spawned "
+            "workers (%s: %s); reading in the main process (workers=0) instead of %d workers",
+            decoder, type(exc).__name__, exc, workers,
+        )  # fmt: skip
+        return 0, None
+    log.info("decoder %s: %d DataLoader workers started with 'spawn' (CUDA)", decoder, workers)
+    return workers, "spawn"
+
+
+def _loader(
+    dataset,
+    batches: list[list[int]],
+    workers: int,
+    dev,
+    prefetch: bool = True,
+    context: str | None = None,
+):
     """Batches ``(ok_indices, tensor or None, [(index, error)])`` in the order of ``batches``:
-    DataLoader worker processes when ``workers > 0``, else the main process with a read-ahead
-    thread (``prefetch``). Pinned host memory on CUDA, for asynchronous copies."""
+    DataLoader worker processes when ``workers > 0`` (started with ``context``, see
+    :func:`_worker_context`), else the main process with a read-ahead thread (``prefetch``).
+    Pinned host memory on CUDA, for asynchronous copies."""
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=batches,
@@ -429,6 +477,7 @@ def _loader(dataset, batches: list[list[int]], workers: int, dev, prefetch: bool
         worker_init_fn=_worker_init if workers else None,
         persistent_workers=False,
         prefetch_factor=2 if workers else None,
+        multiprocessing_context=context if workers else None,
     )
     # worker processes are forked here, before the caller starts its writer thread (a fork copies
     # a lock held by another thread in its locked state)
@@ -567,6 +616,7 @@ def extract(
     threads: int | None = None,
     prefetch: bool = True,
     cache=None,
+    decoder: str = "cpu",
 ) -> ExtractSummary:
     """Embed every manifest image with every backbone into the HDF5 store at ``store_path``.
 
@@ -581,6 +631,9 @@ def extract(
     read-ahead thread reads batch k+1 while batch k runs (``prefetch``).
     ``threads``: intra-op threads for the forward passes (default: ``default_threads``).
     ``cache``: the prepared-image cache (None: the default one; False: none, ``--no-cache``).
+    ``decoder``: ``cpu`` (default), ``auto`` or ``nvimagecodec`` for JPEG 2000 DICOMs (see
+    :func:`resolve_decoder`; resolved before any work, recorded in the backbones' provenance as
+    ``decoders``, not part of the preprocessing fingerprint: the pixels are the CPU decoder's).
     Batches are written by ``featmammo.store.BackgroundWriter`` off the forward loop; its merge
     schedule keeps the bytes written within a small constant of the store's size.
     ``consolidate_every=1`` merges after every batch instead (fault-injection tests).
@@ -609,6 +662,7 @@ def extract(
         dev = torch.device("cuda", local_rank)
     prec = resolve_precision(precision, dev)
     n_workers = resolve_workers(workers, dev, local_world)
+    dec = resolve_decoder(decoder)
 
     df = read_manifest(manifest)
     if preprocess is not None:
@@ -678,6 +732,7 @@ def extract(
                 config=config, dev=dev, prec=prec, batch_size=batch_size, workers=n_workers,
                 max_failures=max_failures, rank=rank, world=world, progress=progress,
                 prefetch=prefetch, cache=cache, consolidate_every=consolidate_every,
+                decoder=dec,
             )  # fmt: skip
             summary = loop.run()
             if dist is not None:
@@ -693,6 +748,7 @@ def extract(
                     "world_size": world,
                     "batch_size": batch_size,
                     "workers": n_workers,
+                    "decoder": dec,
                     "backbones": list(models),
                     "n_done": summary.n_done,
                     "n_failed": summary.n_failed,
@@ -703,7 +759,8 @@ def extract(
                     store_path,
                     store_provenance_update={"runs": [run_record], "manifest_hash": mhash},
                     backbone_provenance_update={
-                        name: {"devices": [dev.type], "precision": prec} for name in models
+                        name: {"devices": [dev.type], "decoders": [dec], "precision": prec}
+                        for name in models
                     },
                 )
                 fstore.cleanup_parts(store_path)
@@ -713,7 +770,7 @@ def extract(
                     dist.destroy_process_group()
     summary.store = str(store_path)
     summary.device, summary.precision, summary.world_size = str(dev), prec, world
-    summary.workers = n_workers
+    summary.workers, summary.decoder = n_workers, dec
     summary.max_failures = max_failures
     summary.exceeded_max_failures = max_failures is not None and summary.n_failed > max_failures
     log.info(
@@ -784,6 +841,7 @@ class _Loop:
     prefetch: bool
     cache: object
     consolidate_every: int | None
+    decoder: str = "cpu"
 
     def run(self) -> ExtractSummary:
         st = fstore.open(self.store_path)
@@ -814,9 +872,10 @@ class _Loop:
         lats = self.df["laterality"].fillna("").astype(str).tolist()
         col = _mask_column(self.df) if self.config.roi in MASK_ROI_MODES else None
         masks = self.df[col].fillna("").astype(str).tolist() if col else [""] * n
-        dataset = _Images(self.paths, lats, masks, self.config, self.cache)
-        batches = _loader(dataset, [c.tolist() for c in mine], self.workers, self.dev,
-                          self.prefetch)  # fmt: skip
+        dataset = _Images(self.paths, lats, masks, self.config, self.cache, self.decoder)
+        n_workers, context = _worker_context(dataset, self.workers, self.decoder)
+        batches = _loader(dataset, [c.tolist() for c in mine], n_workers, self.dev,
+                          self.prefetch, context)  # fmt: skip
         self.hashed = list(self.ids) != self.df["image_id"].astype(str).tolist()
         self.failed_images: set[int] = set()
         self.total_mine = int(sum(len(c) for c in mine))
@@ -913,6 +972,7 @@ def embed_stream(
     lateralities: Sequence[str | None] | None = None,
     roi_masks: Sequence | None = None,
     cache=None,
+    decoder: str = "cpu",
 ) -> Iterator[tuple[list[int], dict[str, np.ndarray], list[tuple[int, FeatmammoError]]]]:
     """Embed ``images`` batch by batch, never holding more than a few batches of pixels.
 
@@ -921,9 +981,11 @@ def embed_stream(
     (len(indices), dim) float32}, [(index, error), ...])`` per batch: the images read (and their
     embeddings) and the ones that failed with their ``FeatmammoError``. Decoding runs in DataLoader
     workers or a read-ahead thread as in ``extract``; each batch is copied to the device once.
+    ``decoder``: as in ``extract`` (resolved when the generator starts, before any image is read).
     """
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
+    dec = resolve_decoder(decoder)
     n = len(images)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, not {batch_size}")
@@ -932,18 +994,18 @@ def embed_stream(
     if len(lats) != n or len(masks) != n:
         raise ConfigError(f"{len(lats)} lateralities / {len(masks)} masks for {n} images")
     items = [im if isinstance(im, np.ndarray) else str(im) for im in images]
-    dataset = _Images(items, [v or "" for v in lats], [v or "" for v in masks], config, cache)
+    dataset = _Images(items, [v or "" for v in lats], [v or "" for v in masks], config, cache, dec)
     batches = [list(range(a, min(a + batch_size, n))) for a in range(0, n, batch_size)]
     if not batches:
         return
-    n_workers = resolve_workers(workers, dev)
+    n_workers, context = _worker_context(dataset, resolve_workers(workers, dev), dec)
     names = list(models)
 
     def launch(b):
         return _forward_all(models, names, b[1], dev, prec)
 
     for (ok_idx, _batch, failed), outputs in _pipelined(
-        _loader(dataset, batches, n_workers, dev), launch
+        _loader(dataset, batches, n_workers, dev, context=context), launch
     ):
         res = outputs.result()
         yield ok_idx, {k: np.array(v, copy=True) for k, v in res.items()}, failed
@@ -962,6 +1024,7 @@ def embed(
     roi_masks: Sequence | None = None,
     workers="auto",
     cache=None,
+    decoder: str = "cpu",
 ) -> dict[str, np.ndarray]:
     """Embeddings of in-memory images or paths, computed exactly as ``extract`` does; no store.
 
@@ -970,12 +1033,14 @@ def embed(
     ``backbones.make``, or ``{output name: name or module}``. ``lateralities`` ("L"/"R"/None
     per image, as the manifest's column) picks the canonical side the way ``extract`` does; None
     infers it from the pixels. ``roi_masks``: mask paths, read when the ROI mode uses them.
+    ``decoder``: ``cpu``, ``auto`` or ``nvimagecodec`` (JPEG 2000 DICOMs; see ``extract``).
     Streams (see :func:`embed_stream`). Returns ``{name: (len(images), dim) float32}``; an
     unreadable image raises ``ImageReadError``.
     """
     from .preprocess import PreprocessConfig
 
     dev = resolve_device(device)
+    resolve_decoder(decoder)  # refused before the backbones are built
     models = _make_models(backbones, weights, dev)
     if preprocess is None:
         preprocess = PreprocessConfig(**hybrid_preprocess(models))
@@ -985,6 +1050,7 @@ def embed(
     for ok_idx, emb, failed in embed_stream(
         images, models, config, device=dev, precision=precision, batch_size=batch_size,
         workers=workers, lateralities=lateralities, roi_masks=roi_masks, cache=cache,
+        decoder=decoder,
     ):  # fmt: skip
         if failed:
             raise failed[0][1]

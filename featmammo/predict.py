@@ -239,6 +239,7 @@ def predict_images(
     batch_size: int = 16,
     workers="auto",
     cache=None,
+    decoder: str = "cpu",
 ) -> pd.DataFrame:
     """Read, preprocess (recorded config), embed (recorded backbones) and classify image files.
 
@@ -247,7 +248,9 @@ def predict_images(
     comes from the DICOM header or, failing that, from where the tissue lies, which can differ from
     the side a manifest gave at extraction time. Images stream through in batches of
     ``batch_size`` (decoded by ``workers``, see ``featmammo.extract.resolve_workers``), each
-    decoded once for every block of the model; ``cache``: the prepared-image cache (False: none).
+    decoded once for every block of the model; ``cache``: the prepared-image cache (False: none);
+    ``decoder``: ``cpu``, ``auto`` or ``nvimagecodec`` for JPEG 2000 DICOMs (resolved before the
+    backbones are rebuilt; see ``featmammo.extract.resolve_decoder``).
     """
     from .devices import resolve_device
     from .extract import (
@@ -255,6 +258,7 @@ def predict_images(
         _make_models,
         _resolve_preprocess,
         embed_stream,
+        resolve_decoder,
     )
     from .preprocess import PreprocessConfig
 
@@ -271,6 +275,7 @@ def predict_images(
             f"{recorded} (featmammo's preprocessing recipe changed since the model was fit)"
         )
     dev = resolve_device(device)
+    dec = resolve_decoder(decoder)
     # store names (which may carry a suffix: resnet50_crop) -> rebuilt modules, in block order
     models = _make_models(rebuild_backbones(sidecar, device=str(dev)), "imagenet", dev)
     _check_hybrid_preprocess(config, models)
@@ -295,7 +300,7 @@ def predict_images(
     for ok, emb, failed in embed_stream(
         [str(p) for p in paths], models, config, device=dev, precision=precision,
         batch_size=batch_size, workers=workers, lateralities=lateralities, roi_masks=roi_masks,
-        cache=cache,
+        cache=cache, decoder=dec,
     ):  # fmt: skip
         for i, exc in failed:
             log.warning("%s: skipped (%s)", paths[i], exc)
@@ -351,15 +356,21 @@ def predict(
     batch_size: int = 16,
     workers="auto",
     cache=None,
+    decoder: str = "cpu",
 ) -> pd.DataFrame:
     """Predict with a saved model on image files/folders, manifest CSVs and/or stores (.h5).
 
     A manifest CSV (any CSV ``read_manifest`` accepts) gives each image its id, laterality and ROI
     mask as at extraction. ``laterality`` ("L"/"R") applies to loose image files. Labelled inputs
     (manifest ``label`` column, store metadata) with a class the model lacks are warned about.
-    ``batch_size``, ``workers``, ``cache``: see :func:`predict_images`.
+    ``batch_size``, ``workers``, ``cache``, ``decoder``: see :func:`predict_images`.
     """
     from .datasets import read_manifest
+
+    if any(not str(i).endswith((".h5", ".hdf5")) for i in inputs):
+        from .io.decoders import resolve_decoder
+
+        resolve_decoder(decoder)  # refused before any input is read
 
     model, sidecar = load_model(model_path)
     frames = []
@@ -367,7 +378,8 @@ def predict(
     manifests = [i for i in inputs if str(i).lower().endswith(".csv")]
     images = [i for i in inputs if i not in stores and i not in manifests]
     classes = [str(c) for c in sidecar["classes"]]
-    run = {"device": device, "batch_size": batch_size, "workers": workers, "cache": cache}
+    run = {"device": device, "batch_size": batch_size, "workers": workers, "cache": cache,
+           "decoder": decoder}  # fmt: skip
     for s in stores:
         frames.append(predict_store(model, sidecar, s))
         from . import store as store_mod

@@ -321,13 +321,25 @@ class PreparedCache:
         self._configs_written.add(fp)
 
     def get_or_prepare(
-        self, path, config: PreprocessConfig, *, laterality=None, roi_mask_path=None
+        self,
+        path,
+        config: PreprocessConfig,
+        *,
+        laterality=None,
+        roi_mask_path=None,
+        decoder: str = "cpu",
     ) -> Prepared:
-        """The prepared region of ``path``: from the cache, else decoded, prepared and stored."""
+        """The prepared region of ``path``: from the cache, else decoded, prepared and stored.
+
+        ``decoder`` (``featmammo.io.read_image``'s) only says where a miss is decoded: its pixels
+        equal the CPU decoder's, so it is not part of the key.
+        """
         keyed = self.key(path, config, laterality=laterality, roi_mask_path=roi_mask_path)
         if keyed is None:
             self.stats["uncached"] += 1
-            return load_prepared(path, config, laterality=laterality, roi_mask_path=roi_mask_path)
+            return load_prepared(
+                path, config, laterality=laterality, roi_mask_path=roi_mask_path, decoder=decoder
+            )
         key, idents = keyed
         file = self.entry_path(config, key)
         try:
@@ -347,7 +359,9 @@ class PreparedCache:
             self.stats["hits"] += 1
             return prepared
         self.stats["misses"] += 1
-        prepared = load_prepared(path, config, laterality=laterality, roi_mask_path=roi_mask_path)
+        prepared = load_prepared(
+            path, config, laterality=laterality, roi_mask_path=roi_mask_path, decoder=decoder
+        )
         again = self.key(path, config, laterality=laterality, roi_mask_path=roi_mask_path)
         if again is None or again[0] != key:
             log.info("prepared-image cache: %s changed while it was read; not stored", path)
@@ -499,19 +513,23 @@ def prepare_image(
     laterality=None,
     roi_mask_path=None,
     cache=None,
+    decoder: str = "cpu",
 ) -> np.ndarray:
     """``(3, S, S)`` float32, identical to ``load_and_preprocess(path, config, ...)``.
 
     Decode + calibration + side + crop + resize come from the prepared-image cache when present
     (and are stored there otherwise); normalisation runs every time. ``cache``: None (or True)
     = :meth:`PreparedCache.default`, False = no cache, or a :class:`PreparedCache`.
+    ``decoder``: ``featmammo.io.read_image``'s (``cpu``, ``auto``, ``nvimagecodec``).
     """
     config = config or PreprocessConfig()
     store = _resolve_cache(cache)
     if store is None:
-        return load_and_preprocess(path, config, laterality=laterality, roi_mask_path=roi_mask_path)
+        return load_and_preprocess(
+            path, config, laterality=laterality, roi_mask_path=roi_mask_path, decoder=decoder
+        )
     prepared = store.get_or_prepare(
-        path, config, laterality=laterality, roi_mask_path=roi_mask_path
+        path, config, laterality=laterality, roi_mask_path=roi_mask_path, decoder=decoder
     )
     return finish(prepared, config)
 

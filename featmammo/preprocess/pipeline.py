@@ -219,19 +219,23 @@ def load_prepared(
     *,
     laterality: str | None = None,
     roi_mask_path=None,
+    decoder: str = "cpu",
 ) -> Prepared:
     """Read ``path`` (and its ROI mask when ``config.roi`` uses one) and :func:`prepare` it.
 
     The mask is read only for ``roi="crop"|"patch"`` (with windowing ``none``; mask = pixels > 0):
     ``roi="full"`` never opens it, so an unreadable or empty mask cannot fail a full image.
+    ``decoder`` (``cpu``, ``auto``, ``nvimagecodec``) is passed to
+    :func:`featmammo.io.read_image`: where JPEG 2000 DICOMs decode, not what the pixels are (the
+    GPU decoder's equal the CPU's), so it is not part of ``config`` nor of its fingerprint.
     """
-    from ..io import read_image  # lazy: io pulls pydicom
+    from .. import io as fio  # lazy: io pulls pydicom
 
     config = config or PreprocessConfig()
-    image = read_image(path, windowing=config.windowing)
+    image = fio.read_image(path, windowing=config.windowing, decoder=decoder)
     mask = None
     if config.roi != "full" and _has_path(roi_mask_path):
-        mask_img = read_image(roi_mask_path, windowing="none")
+        mask_img = fio.read_image(roi_mask_path, windowing="none", decoder=decoder)
         mask = np.asarray(mask_img.pixels) > 0
         if not mask.any():
             raise ImageReadError(roi_mask_path, "ROI mask has no foreground pixels")
@@ -244,13 +248,16 @@ def load_and_preprocess(
     *,
     laterality: str | None = None,
     roi_mask_path=None,
+    decoder: str = "cpu",
 ) -> np.ndarray:
     """Read ``path`` with :func:`featmammo.io.read_image` (``config.windowing``) and preprocess it.
 
     ``roi_mask_path`` is read (windowing ``none``; mask = pixels > 0) only when ``config.roi`` is
-    ``crop`` or ``patch``. :func:`featmammo.prepared.prepare_image` gives the same array through
-    the prepared-image cache.
+    ``crop`` or ``patch``. ``decoder``: see :func:`load_prepared`.
+    :func:`featmammo.prepared.prepare_image` gives the same array through the prepared-image cache.
     """
     config = config or PreprocessConfig()
-    prepared = load_prepared(path, config, laterality=laterality, roi_mask_path=roi_mask_path)
+    prepared = load_prepared(
+        path, config, laterality=laterality, roi_mask_path=roi_mask_path, decoder=decoder
+    )
     return finish(prepared, config)

@@ -94,6 +94,8 @@ def _read_shard(p: Path) -> dict | None:
 # rows gathered from consecutive shards before they are written: whole chunks are then compressed
 # and written once (batch-sized writes into 64-row chunks wrote each chunk twice or more)
 MERGE_BUFFER_BYTES = 256 << 20
+#: backbone provenance keys holding lists merged across runs (union, sorted), not replaced
+MERGED_LISTS = ("devices", "decoders")
 
 
 class _MergeBuffer:
@@ -199,8 +201,8 @@ def consolidate(
                     raise StoreError(
                         f"{path}: {k} is part of the identity of {name!r}; not updated"
                     )
-                if k == "devices":
-                    bp["devices"] = sorted(set(bp.get("devices", [])) | set(v))
+                if k in MERGED_LISTS:  # what every run used, accumulated
+                    bp[k] = sorted(set(bp.get(k, [])) | set(v))
                 else:
                     bp[k] = v
             g.attrs["provenance"] = _json_attr(bp)
