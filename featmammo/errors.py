@@ -33,3 +33,17 @@ class WeightsError(FeatmammoError):
 
 class ConfigError(FeatmammoError):
     """An invalid option or combination of options."""
+
+
+class AllImagesFailed(FeatmammoError):
+    """An extraction in which every image failed (nothing done, nothing already done).
+
+    The failures are in the store and in ``.summary`` (``featmammo.extract.ExtractSummary``).
+    """
+
+    def __init__(self, message: str, summary):
+        super().__init__(message)
+        self.summary = summary
+
+    def __reduce__(self):  # picklable (torchrun ranks, worker processes) with its summary
+        return (type(self), (str(self), self.summary))

@@ -44,7 +44,7 @@ import torch
 
 from . import store as fstore
 from .devices import resolve_device, torchrun_env
-from .errors import ConfigError, FeatmammoError, ImageReadError, StoreError
+from .errors import AllImagesFailed, ConfigError, FeatmammoError, ImageReadError, StoreError
 from .hashing import keyed_hash, read_key
 
 log = logging.getLogger(__name__)
@@ -65,17 +65,6 @@ PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 #: ROI modes that read the manifest's lesion mask; ``full`` never opens it
 MASK_ROI_MODES = ("crop", "patch")
 MASK_COLUMNS = ("roi_mask_path", "mask_path")
-
-
-class AllImagesFailed(FeatmammoError):
-    """An extraction in which every image failed (nothing done, nothing already done).
-
-    The failures are in the store and in ``.summary`` (an :class:`ExtractSummary`).
-    """
-
-    def __init__(self, message: str, summary: ExtractSummary):
-        super().__init__(message)
-        self.summary = summary
 
 
 @dataclass

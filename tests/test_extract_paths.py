@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import pickle
 
 import numpy as np
 import pandas as pd
@@ -144,6 +145,11 @@ def test_every_image_failed_raises_and_the_cli_exits_non_zero(tmp_path):
     with pytest.raises(fx.AllImagesFailed, match="every image failed") as info:
         fx.extract(manifest, tmp_path / "s.h5", backbones=[Probe("p")], preprocess=CFG, **FAST)
     assert info.value.summary.n_failed == 3
+    from featmammo.errors import AllImagesFailed, FeatmammoError
+
+    assert fx.AllImagesFailed is AllImagesFailed and isinstance(info.value, FeatmammoError)
+    again = pickle.loads(pickle.dumps(info.value))  # crosses processes with its summary
+    assert str(again) == str(info.value) and again.summary.n_failed == 3
     st = store.open(tmp_path / "s.h5")  # the failures are recorded
     assert len(st.failures) == 3 and not st.done("p").any()
     r = CliRunner().invoke(
