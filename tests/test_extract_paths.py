@@ -167,7 +167,7 @@ def test_a_programming_error_stops_the_run_with_its_traceback(tmp_path, monkeypa
     def broken(*a, **k):
         raise TypeError("a bug, not a bad image")
 
-    monkeypatch.setattr(fx, "_load_prepared", broken)
+    monkeypatch.setattr(fx.loading, "_load_prepared", broken)
     with pytest.raises(TypeError, match="a bug, not a bad image"):
         fx.extract(manifest, tmp_path / "s.h5", backbones=[Probe("p")], preprocess=CFG,
                    **{**FAST, "workers": workers})  # fmt: skip
@@ -201,7 +201,7 @@ def test_embed_streams_batches_and_matches_the_store(tmp_path, monkeypatch):
     fx.extract(manifest, tmp_path / "s.h5", backbones=[Probe("p")], preprocess=CFG, **FAST)
     reads = []
     real = fx._load_prepared
-    monkeypatch.setattr(fx, "_load_prepared", lambda *a: reads.append(a[0]) or real(*a))
+    monkeypatch.setattr(fx.loading, "_load_prepared", lambda *a: reads.append(a[0]) or real(*a))
     models = fx._make_models([Probe("p")], "random", torch.device("cpu"))
     stream = fx.embed_stream(paths, models, fx._resolve_preprocess(CFG, models), device="cpu",
                              batch_size=2, workers=0, lateralities=["L"] * 12)  # fmt: skip
@@ -225,16 +225,16 @@ def test_embed_streams_batches_and_matches_the_store(tmp_path, monkeypatch):
 def test_workers_auto(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert fx.resolve_workers("auto", cpu) == 0
-    monkeypatch.setattr(fx, "available_cores", lambda: 4)
+    monkeypatch.setattr(fx.environment, "available_cores", lambda: 4)
     assert fx.resolve_workers("auto", cpu) == 0
-    monkeypatch.setattr(fx, "available_cores", lambda: 16)
+    monkeypatch.setattr(fx.environment, "available_cores", lambda: 16)
     assert fx.resolve_workers("auto", cpu) == 4
     assert fx.resolve_workers("auto", cpu, local_world=4) == 0
     assert fx.resolve_workers("auto", cuda) == 15
     assert fx.resolve_workers("auto", cuda, local_world=4) == 3
-    monkeypatch.setattr(fx, "available_cores", lambda: 2)
+    monkeypatch.setattr(fx.environment, "available_cores", lambda: 2)
     assert fx.resolve_workers("auto", cuda) == 2
-    monkeypatch.setattr(fx, "available_cores", lambda: 64)
+    monkeypatch.setattr(fx.environment, "available_cores", lambda: 64)
     assert fx.resolve_workers(None, cuda) == fx.MAX_AUTO_WORKERS
     assert fx.resolve_workers(3, cuda) == 3 and fx.resolve_workers("2", cpu) == 2
     for bad in (-1, "many"):

@@ -1,0 +1,172 @@
+"""One process's share of an extraction: read -> forward -> background write (:class:`_Loop`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import store as fstore
+from ..errors import ConfigError
+from .forward import _forward_all, _pipelined
+from .loading import MASK_ROI_MODES, _Images, _loader, _mask_column, _reason, _worker_context
+from .summary import ExtractSummary
+
+log = logging.getLogger(__package__)  # "featmammo.extract" in log lines, as before the split
+
+
+def _open_writer(store_path, rank: int, every: int | None):
+    """The store's background writer; rank 0 merges shards into the main file (geometric
+    schedule, or after every batch with ``every=1``: the fault-injection tests' setting)."""
+    if every is None:
+        return fstore.BackgroundWriter(store_path, consolidate=rank == 0)
+    if every != 1:
+        raise ConfigError(
+            f"consolidate_every must be None (the writer's schedule) or 1, not {every!r}"
+        )
+    return fstore.BackgroundWriter(store_path, consolidate=rank == 0, growth=0, merge_until=None)
+
+
+@dataclass
+class _Loop:
+    """One process's share of an extraction: read -> forward -> background write."""
+
+    df: pd.DataFrame
+    ids: np.ndarray
+    store_path: Path
+    models: dict
+    identities: dict
+    config: object
+    dev: torch.device
+    prec: str
+    batch_size: int
+    workers: int
+    max_failures: int | None
+    rank: int
+    world: int
+    progress: Callable | None
+    prefetch: bool
+    cache: object
+    consolidate_every: int | None
+    decoder: str = "cpu"
+
+    def run(self) -> ExtractSummary:
+        st = fstore.open(self.store_path)
+        index = {i: k for k, i in enumerate(st.ids)}
+        rows = np.array([index[i] for i in self.ids], dtype=np.int64)  # store row per manifest row
+        self.names = names = list(self.models)
+        # True where (manifest row, backbone) still needs an embedding (pending or failed before)
+        self.need = need = np.stack([st.status(nm)[rows] != fstore.DONE for nm in names], axis=1)
+        self.dtypes = {nm: st.dtype(nm) for nm in names}
+        n = len(self.df)
+        chunks = [np.arange(a, min(a + self.batch_size, n)) for a in range(0, n, self.batch_size)]
+        todo = [c for c in chunks if need[c].any()]
+        mine = todo[self.rank :: self.world]
+        self.summary = summary = ExtractSummary(
+            store=str(self.store_path), backbones=names, n_images=n
+        )
+        # images needing nothing are counted once, by rank 0
+        summary.n_skipped = int((~need.any(axis=1)).sum()) if self.rank == 0 else 0
+        log.info(
+            "%d images: %d to embed in %d batches on %s (rank %d/%d, %d workers), backbones %s",
+            n, int(need.any(axis=1).sum()), len(todo), self.dev, self.rank, self.world,
+            self.workers, names,
+        )  # fmt: skip
+        if not mine:
+            return summary
+
+        self.paths = self.df["path"].astype(str).tolist()
+        lats = self.df["laterality"].fillna("").astype(str).tolist()
+        col = _mask_column(self.df) if self.config.roi in MASK_ROI_MODES else None
+        masks = self.df[col].fillna("").astype(str).tolist() if col else [""] * n
+        dataset = _Images(self.paths, lats, masks, self.config, self.cache, self.decoder)
+        n_workers, context = _worker_context(dataset, self.workers, self.decoder)
+        batches = _loader(dataset, [c.tolist() for c in mine], n_workers, self.dev,
+                          self.prefetch, context)  # fmt: skip
+        self.hashed = list(self.ids) != self.df["image_id"].astype(str).tolist()
+        self.failed_images: set[int] = set()
+        self.total_mine = int(sum(len(c) for c in mine))
+        self.n_seen, self.t_start = 0, time.monotonic()
+        self.last_log = self.t_start
+
+        def launch(b):
+            ok_idx, batch, _failed = b
+            todo = [nm for j, nm in enumerate(names) if batch is not None and need[ok_idx, j].any()]
+            return _forward_all(self.models, todo, batch, self.dev, self.prec)
+
+        with _open_writer(self.store_path, self.rank, self.consolidate_every) as writer:
+            for (ok_idx, _batch, failed), outputs in _pipelined(batches, launch):
+                self._finish(writer, ok_idx, failed, outputs.result())
+                if self.max_failures is not None and len(self.failed_images) > self.max_failures:
+                    log.error(
+                        "more than %d images failed; stopping after this batch", self.max_failures
+                    )
+                    summary.stopped_early = True
+                    break
+        summary.n_failed = len(self.failed_images)
+        return summary
+
+    def _finish(self, writer, ok_idx, failed, outputs: dict) -> None:
+        """Check one batch's embeddings, record failures, hand the rows to the writer."""
+        names, need, summary = self.names, self.need, self.summary
+        chunk = np.array(sorted(ok_idx + [i for i, _ in failed]), dtype=np.int64)
+        reasons = {i: _reason(e) for i, e in failed}
+        pos = {i: k for k, i in enumerate(ok_idx)}
+        blocks = {}
+        for j, name in enumerate(names):
+            sel = chunk[need[chunk, j]]
+            if sel.size == 0:
+                continue
+            dim = int(self.models[name].spec.dim)
+            emb = np.full((sel.size, dim), np.nan, dtype=np.float32)
+            status = np.full(sel.size, fstore.DONE, dtype=np.int8)
+            why = np.full(sel.size, "", dtype=object)
+            read = np.array([i not in reasons for i in sel], dtype=bool)
+            if read.any():
+                x = outputs[name][[pos[i] for i in sel[read]]]
+                emb[read] = x
+                # NaN/inf, or a value the store's float16 would turn into inf (whole batch at once)
+                bad = ~fstore.storable_rows(x, self.dtypes[name])
+                for k in np.flatnonzero(read)[bad]:
+                    why[k] = f"{name}: {fstore.nonfinite_reason(emb[k], self.dtypes[name])}"
+                    status[k] = fstore.FAILED
+                    emb[k] = np.nan
+            for k in np.flatnonzero(~read):
+                status[k], why[k] = fstore.FAILED, reasons[int(sel[k])]
+            for k, i in enumerate(sel):
+                if status[k] == fstore.FAILED:
+                    self.failed_images.add(int(i))
+                    log.warning("%s failed for %s: %s", name, self.paths[i], why[k])
+                    # the summary carries what the store carries: no path behind hashed ids
+                    summary.failures.append(
+                        {"image_id": str(self.ids[i]), "path": "" if self.hashed else self.paths[i],
+                         "backbone": name, "reason": str(why[k])}
+                    )  # fmt: skip
+            blocks[name] = (emb, status, why)
+        # a shard holds one id list: one submission per distinct row set (usually one per batch)
+        groups: dict[tuple, dict] = {}
+        for j, name in enumerate(names):
+            if name in blocks:
+                sel = tuple(int(i) for i in chunk[need[chunk, j]])
+                groups.setdefault(sel, {})[name] = blocks[name]
+        for sel, bl in groups.items():
+            writer.submit(
+                [str(self.ids[i]) for i in sel], bl, {nm: self.identities[nm] for nm in bl}
+            )
+        summary.n_done += int(
+            sum(1 for i in chunk if need[i].any() and int(i) not in self.failed_images)
+        )
+        self.n_seen += len(chunk)
+        if self.progress is not None:
+            self.progress(len(chunk), self.total_mine)
+        if time.monotonic() - self.last_log > 30:
+            rate = self.n_seen / max(time.monotonic() - self.t_start, 1e-9)
+            log.info("%d/%d images (%.2f images/s)", self.n_seen, self.total_mine, rate)
+            self.last_log = time.monotonic()
+        fstore.fault_point("batch")

@@ -1,0 +1,240 @@
+"""``extract``: manifest -> store, resumable, crash-safe, optionally sharded across ranks."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .. import store as fstore
+from ..devices import resolve_device, torchrun_env
+from ..errors import AllImagesFailed, ConfigError, FeatmammoError, StoreError
+from ..hashing import keyed_hash, read_key
+from .environment import (
+    _cudnn_benchmark,
+    _threads,
+    default_threads,
+    resolve_decoder,
+    resolve_precision,
+    resolve_workers,
+)
+from .loading import check_roi_masks
+from .loop import _Loop
+from .models import (
+    DEFAULT_BACKBONES,
+    _check_hybrid_preprocess,
+    _make_models,
+    _resolve_preprocess,
+    backbone_provenance,
+    hybrid_preprocess,
+)
+from .summary import ExtractSummary, _first_failure, _merge_summaries
+
+log = logging.getLogger(__package__)  # "featmammo.extract" in log lines, as before the split
+
+
+def _pseudonymise(df: pd.DataFrame, key: bytes) -> pd.DataFrame:
+    out = df[[c for c in df.columns if c in ("image_id", *fstore.META_COLUMNS)]].copy()
+    out["image_id"] = [keyed_hash(v, key) for v in df["image_id"].astype(str)]
+    out["patient_id"] = [keyed_hash(v, key) if str(v) else "" for v in df["patient_id"].astype(str)]
+    out["path"] = ""
+    return out
+
+
+def extract(
+    manifest,
+    store_path,
+    *,
+    backbones: Sequence = DEFAULT_BACKBONES,
+    weights: str = "imagenet",
+    preprocess=None,
+    batch_size: int = 16,
+    workers="auto",
+    device: str = "auto",
+    max_failures: int | None = None,
+    dtype: str = "float32",
+    hash_ids=None,
+    backbone_suffix: str = "",
+    precision: str = "auto",
+    compression: str = "gzip",
+    consolidate_every: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    threads: int | None = None,
+    prefetch: bool = True,
+    cache=None,
+    decoder: str = "cpu",
+) -> ExtractSummary:
+    """Embed every manifest image with every backbone into the HDF5 store at ``store_path``.
+
+    Rerunning the same call resumes: finished images are skipped, images that failed are retried.
+    ``max_failures``: stop (after the current batch, keeping everything done) once more images than
+    this have failed in this run; ``None`` never stops. ``hash_ids``: a key file; image and patient
+    ids become keyed hashes and no path enters the store. ``backbone_suffix`` stores this run's
+    embeddings under ``<name><suffix>`` (e.g. a second preprocessing of the same backbone).
+    ``preprocess``: a ``PreprocessConfig``; None = the defaults, with a ``hybrid:`` checkpoint's
+    image size and ROI mode when one is requested (a config that contradicts them is refused).
+    ``workers``: DataLoader worker processes, or ``"auto"`` (see :func:`resolve_workers`); with 0 a
+    read-ahead thread reads batch k+1 while batch k runs (``prefetch``).
+    ``threads``: intra-op threads for the forward passes (default: ``default_threads``).
+    ``cache``: the prepared-image cache (None: the default one; False: none, ``--no-cache``).
+    ``decoder``: ``cpu`` (default), ``auto`` or ``nvimagecodec`` for JPEG 2000 DICOMs (see
+    :func:`resolve_decoder`; resolved before any work, recorded in the backbones' provenance as
+    ``decoders``, not part of the preprocessing fingerprint: the pixels are the CPU decoder's).
+    Batches are written by ``featmammo.store.BackgroundWriter`` off the forward loop; its merge
+    schedule keeps the bytes written within a small constant of the store's size.
+    ``consolidate_every=1`` merges after every batch instead (fault-injection tests).
+    ``progress(n, total)`` is called after each batch: n images of this process's total settled.
+    Under ``torchrun`` (WORLD_SIZE > 1) the batches are split across ranks into one store.
+    Raises :class:`AllImagesFailed` (after recording the failures) when every image failed.
+    """
+    from ..datasets.manifest import manifest_hash, read_manifest
+    from ..preprocess import PreprocessConfig
+
+    t0 = time.perf_counter()
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, not {batch_size}")
+    if dtype not in fstore.DTYPES:
+        raise ConfigError(f"dtype {dtype!r} not in {fstore.DTYPES}")
+    if not backbones:
+        raise ConfigError("no backbone requested")
+    store_path = Path(store_path)
+
+    env = torchrun_env()
+    rank, world, local_rank, local_world = (
+        env.rank, env.world_size, env.local_rank, env.local_world_size,
+    )  # fmt: skip
+    dev = resolve_device(device)
+    if dev.type == "cuda" and world > 1 and dev.index is None:
+        dev = torch.device("cuda", local_rank)
+    prec = resolve_precision(precision, dev)
+    n_workers = resolve_workers(workers, dev, local_world)
+    dec = resolve_decoder(decoder)
+
+    df = read_manifest(manifest)
+    if preprocess is not None:
+        check_roi_masks(df, preprocess, str(manifest) if not isinstance(manifest, pd.DataFrame)
+                        else "manifest")  # fmt: skip
+    mhash = manifest_hash(df)
+    key = read_key(hash_ids) if hash_ids else None
+    stored = _pseudonymise(df, key) if key is not None else df
+    ids = stored["image_id"].astype(str).to_numpy()
+    meta = stored.drop(columns=["image_id"])
+
+    n_threads = threads or default_threads(n_workers, local_world)
+    dist = None
+    own_group = False
+    with _threads(n_threads), _cudnn_benchmark(dev):
+        models = _make_models(backbones, weights, dev, backbone_suffix)
+        if preprocess is None:
+            preprocess = PreprocessConfig(**hybrid_preprocess(models))
+            check_roi_masks(df, preprocess, "manifest")
+        _check_hybrid_preprocess(preprocess, models)
+        config = _resolve_preprocess(preprocess, models)
+        entries = [
+            fstore.BackboneEntry(
+                name, int(m.spec.dim), backbone_provenance(m, config, dtype), dtype
+            )
+            for name, m in models.items()
+        ]
+        identities = {e.name: e.identity for e in entries}
+        store_prov = {
+            "manifest_hash": mhash,
+            "id_hashing": (
+                {"method": "hmac-sha256", "length": 16, "key_check": keyed_hash("featmammo", key)}
+                if key is not None
+                else None
+            ),
+        }
+        if world > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group(backend="gloo")
+                own_group = True
+        lock = fstore.lock(store_path) if rank == 0 else contextlib.nullcontext()
+        with lock:
+            error = None
+            if rank == 0:
+                try:
+                    fstore.prepare(
+                        store_path, ids, meta, entries, store_prov, compression=compression
+                    )
+                    merged = fstore.consolidate(store_path)
+                    if merged:
+                        log.info("merged %d shards left by an interrupted run", merged)
+                except FeatmammoError as exc:
+                    error = exc
+            if dist is not None:
+                flag = [error is not None]
+                dist.broadcast_object_list(flag, src=0)
+                if flag[0]:
+                    if own_group:
+                        dist.destroy_process_group()
+                    raise error or StoreError(f"{store_path}: rank 0 could not prepare the store")
+            elif error is not None:
+                raise error
+            loop = _Loop(
+                df=df, ids=ids, store_path=store_path, models=models, identities=identities,
+                config=config, dev=dev, prec=prec, batch_size=batch_size, workers=n_workers,
+                max_failures=max_failures, rank=rank, world=world, progress=progress,
+                prefetch=prefetch, cache=cache, consolidate_every=consolidate_every,
+                decoder=dec,
+            )  # fmt: skip
+            summary = loop.run()
+            if dist is not None:
+                gathered = [None] * world
+                dist.all_gather_object(gathered, summary)
+                summary = _merge_summaries(gathered)
+            summary.seconds = time.perf_counter() - t0
+            if rank == 0:
+                run_record = {
+                    "time": fstore.utcnow(),
+                    "device": str(dev),
+                    "precision": prec,
+                    "world_size": world,
+                    "batch_size": batch_size,
+                    "workers": n_workers,
+                    "decoder": dec,
+                    "backbones": list(models),
+                    "n_done": summary.n_done,
+                    "n_failed": summary.n_failed,
+                    "n_skipped": summary.n_skipped,
+                    "seconds": round(summary.seconds, 3),
+                }
+                fstore.consolidate(
+                    store_path,
+                    store_provenance_update={"runs": [run_record], "manifest_hash": mhash},
+                    backbone_provenance_update={
+                        name: {"devices": [dev.type], "decoders": [dec], "precision": prec}
+                        for name in models
+                    },
+                )
+                fstore.cleanup_parts(store_path)
+            if dist is not None:
+                dist.barrier()
+                if own_group:
+                    dist.destroy_process_group()
+    summary.store = str(store_path)
+    summary.device, summary.precision, summary.world_size = str(dev), prec, world
+    summary.workers, summary.decoder = n_workers, dec
+    summary.max_failures = max_failures
+    summary.exceeded_max_failures = max_failures is not None and summary.n_failed > max_failures
+    log.info(
+        "extract %s: %d done, %d skipped, %d failed in %.1f s (%.2f images/s)",
+        store_path, summary.n_done, summary.n_skipped, summary.n_failed, summary.seconds,
+        summary.images_per_s,
+    )  # fmt: skip
+    nothing_done = not summary.n_done and not summary.n_skipped
+    if summary.n_failed and nothing_done and not summary.stopped_early:
+        raise AllImagesFailed(
+            f"{store_path}: every image failed ({summary.n_failed} of {summary.n_images}; "
+            f"first: {_first_failure(summary)}); the failures are recorded in the store "
+            "(featmammo info STORE)",
+            summary,
+        )
+    return summary
