@@ -261,27 +261,31 @@ def _bench_params(head: str, quick: bool) -> dict:
 # ------------------------------------------------------------------------------------------ main
 # ----------------------------------------------------------------------- tuned vs untuned (nested)
 class _FitClock(logging.Handler):
-    """Attributes wall time to features/head from featmammo.fit's "fitting F / H, ..." lines."""
+    """Attributes wall time to features/head from featmammo.fit's "fitting F / H, ..." lines,
+    per thread (``fit --jobs`` interleaves features sets)."""
 
     def __init__(self):
         super().__init__(logging.INFO)
         self.per_head: dict = {}
-        self._last = None
+        self._last: dict = {}
 
     def emit(self, record):
         msg = record.getMessage()
         now = time.perf_counter()
-        self.close_current(now)
+        self._close(record.thread, now)
         if msg.startswith("fitting "):
             feat, head = msg[len("fitting ") :].split(",")[0].split(" / ")
-            self._last = (feat, head, now)
+            self._last[record.thread] = (feat, head, now)
+
+    def _close(self, thread, now):
+        if thread in self._last:
+            feat, head, t0 = self._last.pop(thread)
+            key = f"{feat} / {head}"
+            self.per_head[key] = self.per_head.get(key, 0.0) + now - t0
 
     def close_current(self, now=None):
-        if self._last is not None:
-            feat, head, t0 = self._last
-            key = f"{feat} / {head}"
-            self.per_head[key] = self.per_head.get(key, 0.0) + (now or time.perf_counter()) - t0
-            self._last = None
+        for thread in list(self._last):
+            self._close(thread, now or time.perf_counter())
 
 
 def _ranking(lb, features):
