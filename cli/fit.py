@@ -114,7 +114,8 @@ def _resolve(ctx: click.Context, values: dict, config_path) -> dict:
 )  # fmt: skip
 @click.option(
     "--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1),
-    help="P(malignant) threshold for sensitivity/specificity.",
+    help="P(malignant) for the extra operating point (sensitivity/specificity_at_threshold); "
+    "the confusion matrix and the headline sensitivity/specificity use argmax.",
 )  # fmt: skip
 @click.option(
     "--block-scaling/--no-block-scaling",

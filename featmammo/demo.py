@@ -117,6 +117,8 @@ def run_demo(
     device: str = "auto",
     batch_size: int = 16,
     n_boot: int = 500,
+    tune: str = "grid",
+    tune_grid="small",
 ) -> DemoResult:
     from .datasets import build_cbis_ddsm, read_manifest, write_manifest
     from .datasets.synthetic import write_synthetic_cbis
@@ -175,6 +177,10 @@ def run_demo(
         test_split="official",
         seed=seed,
         n_boot=n_boot,
+        # the demo keeps to about a minute: nested tuning on the small grid (featmammo.tuning's
+        # SMALL_GRIDS); `featmammo fit` defaults to the full grid
+        tune=tune,
+        tune_grid=tune_grid,
     )
     leaderboard = pd.read_csv(run_dir / "leaderboard.csv")
     return DemoResult(

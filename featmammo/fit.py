@@ -809,18 +809,15 @@ def _trained_embeddings(store_list, fused, ids, *, allow: bool) -> dict:
 
 
 def _weights_caveat(name: str, prov: dict) -> str:
+    from .report.caveats import describe_weights
+
     spec = prov.get("spec") or {}
-    weights = str(spec.get("weights") or prov.get("weights") or "unknown")
-    sha = str(prov.get("weights_sha256") or spec.get("weights_sha256") or "")[:12]
-    if str(name).startswith("hybrid:") or spec.get("arch") == "hybridnet":
-        return f"hybrid checkpoint {weights} (sha256 {sha or 'unknown'})"
-    if weights == "random":
-        seed = spec.get("seed", prov.get("seed"))
-        return f"random (seed {seed if seed is not None else 'unknown'})"
-    if weights.startswith("imagenet"):
-        which = weights.split(":", 1)[1] if ":" in weights else "default"
-        return f"imagenet (torchvision {which}, sha256 {sha or 'unknown'})"
-    return f"file {weights} (sha256 {sha or 'unknown'})"
+    return describe_weights(
+        spec.get("weights") or prov.get("weights"),
+        prov.get("weights_sha256") or spec.get("weights_sha256"),
+        seed=spec.get("seed", prov.get("seed")),
+        hybrid=str(name).startswith("hybrid:") or spec.get("arch") == "hybridnet",
+    )
 
 
 def caveats_from_stores(stores, meta: pd.DataFrame) -> dict:

@@ -383,7 +383,7 @@ def test_caveat_strings_and_source_confounding():
     assert weights_caveat("alexnet", {"weights": "random", "seed": 4}) == "random (seed 4)"
     assert weights_caveat(
         "resnet50", {"weights": "imagenet:ResNet50_Weights.IMAGENET1K_V2", "weights_sha256": sha}
-    ) == ("imagenet (torchvision resnet50-11ad3fa6.pth, sha256 abababababab)")
+    ) == ("imagenet (torchvision ResNet50_Weights.IMAGENET1K_V2, sha256 abababababab)")
     assert weights_caveat("alexnet", {"weights": "/w/a.pth", "weights_sha256": sha}) == (
         "file /w/a.pth (sha256 abababababab)"
     )

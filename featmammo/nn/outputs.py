@@ -62,18 +62,12 @@ def class_counts(y: np.ndarray, classes) -> dict[str, int]:
 
 
 def weights_caveat(arch: str, info: dict) -> str:
-    """One trunk's weights as the caveats state them (INTERFACES I2): ``random (seed N)``,
-    ``imagenet (torchvision FILE, sha256 PREFIX)`` or ``file PATH (sha256 PREFIX)``."""
-    w = str(info.get("weights"))
-    sha = str(info.get("weights_sha256") or "")[:12] or "unknown"
-    if w == "random":
-        return f"random (seed {info.get('seed')})"
-    if w.startswith("imagenet:"):
-        from featmammo.backbones.weights import torchvision_weights
+    """One trunk's weights as the caveats state them (the formatter ``fit`` uses too):
+    ``random (seed N)``, ``imagenet (torchvision ENUM.MEMBER, sha256 PREFIX)`` or ``file PATH
+    (sha256 PREFIX)``; ``arch`` names the trunk (kept for callers; the identity says it all)."""
+    from featmammo.report.caveats import describe_weights
 
-        tw = torchvision_weights(arch, w[len("imagenet:") :])
-        return f"imagenet (torchvision {tw.file_name}, sha256 {sha})"
-    return f"file {w} (sha256 {sha})"
+    return describe_weights(info.get("weights"), info.get("weights_sha256"), seed=info.get("seed"))
 
 
 def run_audit(df: pd.DataFrame, used: np.ndarray, role: np.ndarray) -> dict:

@@ -13,6 +13,23 @@ EVAL_LABEL = {
 }
 
 
+def describe_weights(weights, sha256=None, *, seed=None, hybrid: bool = False) -> str:
+    """How a backbone's weights were obtained, as ``config.json["caveats"]["weights"]`` states it
+    (the one formatter ``fit`` and ``train`` share): ``random (seed N)``, ``imagenet (torchvision
+    ENUM.MEMBER, sha256 PREFIX)``, ``file PATH (sha256 PREFIX)`` or ``hybrid checkpoint PATH (sha256
+    PREFIX)``."""
+    weights = str(weights or "unknown")
+    sha = str(sha256 or "")[:12] or "unknown"
+    if hybrid:
+        return f"hybrid checkpoint {weights} (sha256 {sha})"
+    if weights == "random":
+        return f"random (seed {seed if seed is not None else 'unknown'})"
+    if weights.startswith("imagenet"):
+        which = weights.split(":", 1)[1] if ":" in weights else "default"
+        return f"imagenet (torchvision {which}, sha256 {sha})"
+    return f"file {weights} (sha256 {sha})"
+
+
 def caveat_lines(config: dict) -> list[str]:
     """The run's caveats (``config["caveats"]``: weights per backbone, data sources, warnings) as
     markdown lines; a run that records none says so."""
