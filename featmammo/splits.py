@@ -161,7 +161,12 @@ class AuditReport:
     fold_shared: dict = field(default_factory=dict)  # "a|b" -> sorted shared patient ids
     duplicate_paths: list = field(default_factory=list)
     duplicate_views: int = 0  # patient/side/view combinations with more than one row
-    source_confounding: dict = field(default_factory=dict)  # label -> its only source
+    source_confounding: dict = field(
+        default_factory=dict
+    )  # label -> its only source (no other label)
+    # label -> its only source, which other labels share (partly confounded: the label's share of
+    # that source's images still tells the classifier something about the source)
+    single_source_labels: dict = field(default_factory=dict)
     unassigned: int = 0  # rows with an empty split
 
     @property
@@ -191,6 +196,7 @@ class AuditReport:
             "duplicate_paths": self.duplicate_paths,
             "duplicate_views": self.duplicate_views,
             "source_confounding": self.source_confounding,
+            "single_source_labels": self.single_source_labels,
         }
 
     def format(self, max_ids: int = 10) -> str:
@@ -225,6 +231,11 @@ class AuditReport:
                 f"  WARNING: every {label!r} image comes from source {source!r} and no other "
                 "label does: a classifier can learn the acquisition pipeline instead of the "
                 "pathology (e.g. DDSM normals + CBIS-DDSM lesions)"
+            )
+        for label, source in self.single_source_labels.items():
+            lines.append(
+                f"  WARNING: every {label!r} image comes from source {source!r} (other labels come "
+                "from it too, and from other sources): the source partly predicts the label"
             )
         lines.append(
             "  OK: no patient shared between splits"
@@ -295,8 +306,12 @@ def audit(df: pd.DataFrame, split_col: str = "split", group_col: str = "patient_
                 others = frame.loc[frame["label"] != label, "source"]
                 if not (others == sources[0]).any():
                     report.source_confounding[str(label)] = str(sources[0])
+                else:
+                    report.single_source_labels[str(label)] = str(sources[0])
         if report.source_confounding:
             log.warning("labels confounded with sources: %s", report.source_confounding)
+        if report.single_source_labels:
+            log.warning("labels from one source only: %s", report.single_source_labels)
     if not report.ok:
         log.warning(
             "leakage audit: %d patient(s) shared between splits, %d between folds",

@@ -155,6 +155,26 @@ def test_audit_warns_when_a_label_comes_from_one_source():
     assert "acquisition pipeline" in r.format()
     df.loc[0, "source"] = "cbis-ddsm"  # both sources now hold normals: no longer confounded
     assert audit(df).source_confounding == {}
+    assert audit(df).single_source_labels == {"benign": "cbis-ddsm", "malignant": "cbis-ddsm"}
+
+
+def test_audit_warns_when_a_label_comes_from_one_source_that_others_share():
+    """Normals only from DDSM, lesions from DDSM and CBIS-DDSM: partly confounded, said apart."""
+    df = pd.DataFrame(
+        {
+            "patient_id": ["a", "b", "c", "d", "e"],
+            "label": ["normal", "normal", "benign", "malignant", "malignant"],
+            "source": ["ddsm", "ddsm", "ddsm", "cbis-ddsm", "ddsm"],
+            "split": ["train"] * 5,
+        }
+    )
+    r = audit(df)
+    assert r.source_confounding == {}
+    assert r.single_source_labels == {"normal": "ddsm", "benign": "ddsm"}
+    assert "'normal' image comes from source 'ddsm' (other labels" in r.format()
+    assert r.to_dict()["single_source_labels"] == r.single_source_labels
+    df["source"] = "ddsm"  # one source for everything: nothing to tell apart, nothing flagged
+    assert audit(df).single_source_labels == {} and audit(df).source_confounding == {}
 
 
 def _mean_images_per_patient(g, idx):

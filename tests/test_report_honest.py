@@ -100,6 +100,11 @@ def test_caveats_open_the_report_and_travel_into_metrics_and_footers(tmp_path):
     ("audit", "expect"),
     [
         ({"ok": True, "source_confounding": {}}, "checked: no label comes from a source"),
+        (
+            {"ok": True, "source_confounding": {}, "single_source_labels": {"normal": "ddsm"}},
+            "checked: **every 'normal' image comes from 'ddsm'** (which other labels share)",
+        ),
+        ({"ok": True, "source_confounding": None}, "not checked (the images carry no source"),
         ({"ok": True}, "not checked (the split audit has no source check)"),
         (None, "not checked (config.json has no split_audit)"),
     ],

@@ -97,8 +97,19 @@ def source_statement(config: dict) -> tuple[str, bool]:
         return "Source confounding: not checked (config.json has no split_audit).", True
     if "source_confounding" not in audit:
         return "Source confounding: not checked (the split audit has no source check).", True
+    if audit.get("source_confounding") is None:
+        return "Source confounding: not checked (the images carry no source column).", True
     found = audit.get("source_confounding") or {}
+    partial = audit.get("single_source_labels") or {}
     sources = ((config.get("caveats") or {}).get("sources")) or {}
+    if not found and partial:
+        parts = [f"every {label!r} image comes from {src!r}" for label, src in partial.items()]
+        return (
+            "Source confounding: checked: **" + "; ".join(parts) + "** (which other labels share): "
+            "the source partly predicts the label, so a classifier can score by recognising the "
+            "source; compare within one source where you can.",
+            True,
+        )
     if not found:
         if len(sources) == 1:
             only = next(iter(sources))
