@@ -22,6 +22,11 @@ features sets in ``config.json["optimistic_features"]``).
 5. writes predictions.csv, tuning.csv, images.csv, config.json (with ``caveats`` from
    :func:`caveats_from_stores`) and calls :func:`featmammo.report.write_report`,
    which computes every reported number from predictions.csv.
+
+The parts live beside it, one concern each (every name stays importable from here):
+:mod:`featmammo.fit_stores` (store views, exclusions), :mod:`featmammo.fit_splits` (split
+assignment, audits, inner folds), :mod:`featmammo.fit_caveats` (caveats, trained-embeddings
+check), :mod:`featmammo.fit_outputs` (run folder staging/install, model files, sidecar).
 """
 
 from __future__ import annotations
@@ -29,8 +34,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,15 +44,39 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, ManifestError
-from .hashing import fingerprint
-from .store import DONE, FAILED, PENDING
+from .fit_caveats import (  # noqa: F401  (re-exported: featmammo.fit keeps every name)
+    _hybrid_blocks,
+    _trained_embeddings,
+    _weights_caveat,
+    caveats_from_stores,
+)
+from .fit_outputs import (  # noqa: F401
+    MODELS,
+    RUN_OUTPUTS,
+    _install_run,
+    _sidecar,
+    _staging_dir,
+    model_filename,
+)
+from .fit_splits import (  # noqa: F401
+    TEST_SPLITS,
+    _assign_splits,
+    _audits,
+    _check_trainable,
+    _inner_splits,
+)
+from .fit_stores import (  # noqa: F401
+    FiniteStoreView,
+    _exclusion_note,
+    _exclusions,
+    _open_stores,
+    store_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HEADS = ("logreg", "knn")
 LABEL_ORDER = ("normal", "benign", "malignant")
-TEST_SPLITS = ("official", "grouped", "none")
-MODELS = "models"
 
 
 @dataclass
@@ -69,120 +96,6 @@ class FitResult:
             "models": {k: str(v) for k, v in self.models.items()},
             "leaderboard": self.leaderboard.to_dict(orient="records"),
         }
-
-
-def model_filename(features: str, head: str) -> str:
-    """``<features>__<head>.joblib`` with characters unsafe in file names replaced."""
-    safe = re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{features}__{head}")
-    return f"{safe}.joblib"
-
-
-def store_fingerprint(store) -> str:
-    """Short hash of a store's identity: ids, backbone identities and store provenance."""
-    return fingerprint(
-        {
-            "ids": fingerprint([str(i) for i in store.ids]),
-            "backbones": {n: store.identity(n) for n in store.backbones},
-            "manifest_hash": store.provenance.get("manifest_hash"),
-        }
-    )
-
-
-class FiniteStoreView:
-    """A store whose ``done`` mask also excludes rows with non-finite embeddings.
-
-    Extraction records NaN/inf embeddings as failed, but a store written by other code may hold
-    them as done; such rows are left out (and counted in the report) instead of stopping the run.
-    Everything else is delegated to the wrapped store; arrays are read once and cached.
-    """
-
-    def __init__(self, store):
-        self._store = store
-        self._arrays: dict = {}
-        self._finite: dict = {}
-
-    def __getattr__(self, name):
-        return getattr(self._store, name)
-
-    def _load(self, name: str) -> None:
-        if name not in self._arrays:
-            x = np.asarray(self._store.array(name))
-            self._arrays[name] = x
-            self._finite[name] = np.isfinite(x).all(axis=1) if x.size else np.ones(len(x), bool)
-
-    def array(self, name: str, *args, **kwargs):
-        self._load(name)
-        return self._arrays[name]
-
-    def done(self, name: str) -> np.ndarray:
-        self._load(name)
-        return np.asarray(self._store.done(name), dtype=bool) & self._finite[name]
-
-    def non_finite(self, name: str) -> np.ndarray:
-        """Rows marked done in the store whose embedding holds NaN or inf."""
-        self._load(name)
-        return np.asarray(self._store.done(name), dtype=bool) & ~self._finite[name]
-
-
-def _exclusions(views, used: Sequence[str], kept_ids) -> list[dict]:
-    """Per store and used backbone: images left out for want of an embedding, with reasons."""
-    kept = set(map(str, kept_ids))
-    out = []
-    for v in views:
-        ids = np.asarray(v.ids).astype(str)
-        fails = v.failures if hasattr(v, "failures") else pd.DataFrame()
-        for name in used:
-            if name not in v.backbones:
-                continue
-            status = np.asarray(v.status(name))
-            nonfin = v.non_finite(name) if hasattr(v, "non_finite") else np.zeros(len(ids), bool)
-            failed = int((status == FAILED).sum())
-            pending = int((status == PENDING).sum())
-            n_nonfin = int(nonfin.sum())
-            if not (failed or pending or n_nonfin):
-                continue
-            reasons = {}
-            if failed and len(fails):
-                f = fails[fails["backbone"] == name]
-                reasons = {str(k): int(c) for k, c in f["reason"].value_counts().head(5).items()}
-            examples = [i for i in ids[(status != DONE) | nonfin] if i not in kept][:5]
-            out.append(
-                {
-                    "store": str(getattr(v, "path", "")),
-                    "backbone": name,
-                    "failed": failed,
-                    "pending": pending,
-                    "non_finite": n_nonfin,
-                    "reasons": reasons,
-                    "examples": examples,
-                }
-            )
-    return out
-
-
-def _exclusion_note(rec: dict) -> str:
-    parts = []
-    if rec["failed"]:
-        why = "; ".join(f"{r} (x{c})" for r, c in rec["reasons"].items())
-        parts.append(f"{rec['failed']} failed at extraction" + (f": {why}" if why else ""))
-    if rec["pending"]:
-        parts.append(f"{rec['pending']} never extracted (pending; rerun `featmammo extract`)")
-    if rec["non_finite"]:
-        parts.append(f"{rec['non_finite']} with a NaN/inf embedding")
-    return (
-        f"{Path(rec['store']).name} backbone {rec['backbone']}: "
-        + ", ".join(parts)
-        + f"; left out of every model (e.g. {', '.join(rec['examples'][:3])})"
-    )
-
-
-def _open_stores(stores) -> list:
-    from . import store as store_mod
-
-    items = list(stores) if isinstance(stores, (list, tuple)) else [stores]
-    if not items:
-        raise ConfigError("fit: no store given")
-    return [store_mod.open(s) if isinstance(s, (str, Path)) else s for s in items]
 
 
 def _default_classes(labels: Sequence[str]) -> tuple[str, ...]:
@@ -216,98 +129,6 @@ def _map_labels(raw: np.ndarray, classes: tuple[str, ...]) -> tuple[np.ndarray, 
     if keep.any():
         mapped[keep] = np.asarray(map_labels(list(raw[keep]), classes), dtype=object).astype(str)
     return mapped, keep
-
-
-def _assign_splits(meta, labels, groups, *, cv, test_split, test_size, seed):
-    """Per image: ``fold`` ("1".."k" for training rows, "test" for the held-out rows)."""
-    from . import splits
-
-    n = len(labels)
-    is_test = np.zeros(n, dtype=bool)
-    if test_split == "official":
-        if "split" not in meta.columns:
-            raise ManifestError("--test-split official: the store has no 'split' column")
-        split = meta["split"].astype(str).str.strip().str.lower().to_numpy()
-        is_test = split == "test"
-        if not is_test.any():
-            raise ManifestError(
-                "--test-split official: no row has split == 'test' in the store's metadata; "
-                "use --test-split grouped (patient-grouped hold-out) or none (CV only)"
-            )
-    elif test_split == "grouped":
-        _, test_idx = splits.grouped_holdout(labels, groups, test_size, seed)
-        is_test[np.asarray(test_idx, dtype=int)] = True
-    elif test_split != "none":
-        raise ConfigError(f"--test-split {test_split!r}: choose one of {TEST_SPLITS}")
-    fold = np.where(is_test, "test", "").astype(object)
-    train_idx = np.flatnonzero(~is_test)
-    _check_trainable(labels[train_idx], groups[train_idx], "the training part", test_split)
-    if cv >= 2:
-        n_pat = len(set(groups[train_idx]))
-        if n_pat < cv:
-            raise ConfigError(
-                f"--cv {cv}: the training part has only {n_pat} patient(s) "
-                f"({len(train_idx)} images); patient-grouped CV needs at least one patient per "
-                f"fold: use --cv {n_pat} or fewer"
-                + (" (at least 2)" if n_pat < 2 else "")
-                + ", or --cv 0 to skip CV"
-            )
-        folds = splits.grouped_kfold(labels[train_idx], groups[train_idx], cv, seed)
-        for k, (_, val) in enumerate(folds, start=1):
-            fold[train_idx[np.asarray(val, dtype=int)]] = str(k)
-        if (fold[train_idx] == "").any():
-            raise ConfigError("grouped_kfold left training rows without a fold")
-        for k in range(1, cv + 1):
-            rest = train_idx[fold[train_idx] != str(k)]
-            _check_trainable(labels[rest], groups[rest], f"CV fold {k}'s training side", None, cv)
-    elif cv != 0:
-        raise ConfigError(f"--cv {cv}: use 0 (no CV) or at least 2 folds")
-    elif test_split == "none":
-        raise ConfigError("--cv 0 with --test-split none evaluates nothing")
-    return fold
-
-
-def _check_trainable(labels, groups, where: str, test_split, cv: int | None = None) -> None:
-    """ConfigError unless ``labels`` hold at least two classes (a head cannot fit on one)."""
-    present = pd.Series(labels).value_counts()
-    if len(present) >= 2:
-        return
-    what = {str(k): int(v) for k, v in present.items()} if len(present) else "no images"
-    hint = (
-        f"with {len(set(groups))} patient(s) the folds cannot all hold two classes: use fewer "
-        "folds (--cv) or --cv 0"
-        if cv
-        else "use another --test-split (or, for --test-split grouped, a smaller --test-size)"
-        if test_split != "none"
-        else "the store needs images of at least two classes"
-    )
-    raise ConfigError(
-        f"{where} holds a single class ({what} over {len(set(groups))} patient(s)); no head can "
-        f"be fit on one class; {hint}"
-    )
-
-
-def _audits(ids, groups, fold, meta) -> dict:
-    """featmammo.splits.audit of the train/test split and the CV folds (shared patients, views)."""
-    from . import splits
-
-    df = pd.DataFrame(
-        {
-            "image_id": ids,
-            "patient_id": groups,
-            "split": np.where(fold == "test", "test", "train"),
-            "fold": np.where(fold == "test", "", fold),
-        }
-    )
-    for col in ("label", "path", "laterality", "view", "source"):
-        if col in meta.columns:
-            df[col] = meta[col].astype(str).to_numpy()
-    report = splits.audit(df, split_col="split", group_col="patient_id")
-    d = report.to_dict() if hasattr(report, "to_dict") else dict(report)
-    d["ok"] = bool(getattr(report, "ok", d.get("ok", True)))
-    if "source" not in meta.columns:  # not checked: None, never {} (which means "checked, clean")
-        d["source_confounding"] = None
-    return d
 
 
 @contextlib.contextmanager
@@ -674,183 +495,3 @@ def fit(
     return FitResult(
         run_dir=run_dir, report=report, leaderboard=leaderboard, models=models, config=config
     )
-
-
-#: what a fit writes into RUN_DIR (replaced as a whole by the next fit into the same folder)
-RUN_OUTPUTS = ("predictions.csv", "tuning.csv", "images.csv", "config.json", "leaderboard.csv",
-               "metrics.json", "report.md", "figures", MODELS)  # fmt: skip
-
-
-def _staging_dir(final_dir: Path) -> Path:
-    """A fresh sibling folder of RUN_DIR to write the run into (same file system: atomic moves)."""
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    if final_dir.exists() and not final_dir.is_dir():
-        raise ConfigError(f"-o {final_dir}: exists and is not a folder")
-    staging = final_dir.parent / f".{final_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    return staging
-
-
-def _install_run(staging: Path, final_dir: Path) -> None:
-    """Move a finished run into RUN_DIR, replacing the outputs of an earlier fit there (so no
-    stale model or figure of another run sits beside this run's report); other files are kept."""
-    final_dir.mkdir(parents=True, exist_ok=True)
-    old = [n for n in RUN_OUTPUTS if (final_dir / n).exists()]
-    if old:
-        log.warning("%s: replacing the outputs of an earlier fit (%s)", final_dir, ", ".join(old))
-    for name in old:
-        target = final_dir / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-    for item in staging.iterdir():
-        os.replace(item, final_dir / item.name)
-    staging.rmdir()
-
-
-def _sidecar(
-    features, head, fused, classes, stores_info, seed, head_params, block_scaling, counts,
-    *, tuned=None, tune="none",
-):  # fmt: skip
-    provenance = {k: v for k, v in fused.provenance.items() if k != "_stores"}
-    return {
-        "kind": "featmammo.fit",
-        "head": head,
-        "head_params": {**head_params.get(head, {}), **(tuned or {})},
-        "tuned_params": dict(tuned or {}),
-        "tune": tune,
-        "features": features,
-        "backbones": list(fused.blocks),
-        "blocks": {k: [s.start, s.stop] for k, s in fused.blocks.items()},
-        "n_features": int(fused.X.shape[1]),
-        "classes": list(classes),
-        "backbone_provenance": provenance,
-        "stores": stores_info,
-        "block_stores": fused.provenance.get("_stores", {}),
-        "seed": seed,
-        "block_scaling": block_scaling,
-        "train_class_counts": {str(k): int(v) for k, v in counts.items()},
-    }
-
-
-def _inner_splits(labels, groups, inner_cv: int, seed: int, run):
-    """``(folds, None)``: the inner patient-grouped folds of one training part (the same for every
-    features set), or ``(None, reason)`` when that part is too small for them."""
-    from . import splits
-
-    n_pat = len(set(groups))
-    where = "the training part" if run == "test" else f"CV fold {run}'s training side"
-    if n_pat < inner_cv:
-        return None, f"{where} has {n_pat} patient(s), fewer than --inner-cv {inner_cv}"
-    folds = splits.grouped_kfold(labels, groups, inner_cv, seed)
-    for i, (tr, _) in enumerate(folds, start=1):
-        if len(set(labels[tr])) < 2:
-            return None, f"inner fold {i} of {where} ({n_pat} patients) trains on a single class"
-    return folds, None
-
-
-def _hybrid_blocks(store_list, used) -> dict:
-    """backbone name -> checkpoint path for the ``hybrid:`` blocks among ``used``."""
-    out = {}
-    for name in used:
-        for s in store_list:
-            if name not in s.backbones:
-                continue
-            prov = s.backbone_provenance(name) or {}
-            spec = prov.get("spec") or {}
-            if not (str(name).startswith("hybrid:") or spec.get("arch") == "hybridnet"):
-                break
-            from .nn.checkpoint import checkpoint_of  # torch-free JSON reading, only when needed
-
-            path = checkpoint_of(prov)
-            if path is not None:
-                out[name] = path
-            break
-    return out
-
-
-def _trained_embeddings(store_list, fused, ids, *, allow: bool) -> dict:
-    """Refuse (ConfigError) features sets whose ``hybrid:`` embeddings were trained on images this
-    run evaluates; with ``allow`` return them as ``{"features": [...], "reason": str}``."""
-    used = list(dict.fromkeys(b for fz in fused.values() for b in fz.blocks))
-    ckpts = _hybrid_blocks(store_list, used)
-    if not ckpts:
-        return {"features": [], "reason": None}
-    from .nn.checkpoint import trained_image_ids
-
-    run_ids = set(map(str, ids))
-    overlap = {}
-    for name, path in ckpts.items():
-        seen = trained_image_ids(path)
-        n_train = len(run_ids & set(seen["train"]))
-        n_val = len(run_ids & set(seen["validation"]))
-        if n_train or n_val:
-            overlap[name] = (path, n_train, n_val)
-    if not overlap:
-        return {"features": [], "reason": None}
-    said = "; ".join(
-        f"{name}: checkpoint {path} trained on {a} and validated on {b} of the {len(run_ids)} "
-        "images this run evaluates"
-        for name, (path, a, b) in overlap.items()
-    )
-    if not allow:
-        raise ConfigError(
-            f"trained embeddings: {said}. Its embeddings of those images are fitted to their "
-            "labels, so cross-validating on them is optimistic; fit on images the checkpoint never "
-            "saw (e.g. its test split) or pass --allow-trained-embeddings to run anyway (the rows "
-            "are marked optimistic)"
-        )
-    feats = [f for f, fz in fused.items() if set(fz.blocks) & set(overlap)]
-    reason = (
-        f"optimistic: {said}; features {', '.join(feats)} are evaluated on images their "
-        "embeddings were trained on (--allow-trained-embeddings)"
-    )
-    log.warning("%s", reason)
-    return {"features": feats, "reason": reason}
-
-
-def _weights_caveat(name: str, prov: dict) -> str:
-    from .report.caveats import describe_weights
-
-    spec = prov.get("spec") or {}
-    return describe_weights(
-        spec.get("weights") or prov.get("weights"),
-        prov.get("weights_sha256") or spec.get("weights_sha256"),
-        seed=spec.get("seed", prov.get("seed")),
-        hybrid=str(name).startswith("hybrid:") or spec.get("arch") == "hybridnet",
-    )
-
-
-def caveats_from_stores(stores, meta: pd.DataFrame) -> dict:
-    """``{"weights": {backbone: str}, "sources": {source: n_images}, "warnings": [str]}`` for
-    ``config.json["caveats"]`` (INTERFACES I2): how every backbone's weights were obtained, where
-    the run's images come from, and warnings a reader of the results must see (random weights,
-    a label that comes from one source only, no source column)."""
-    weights, warnings = {}, []
-    for s in stores:
-        for name in s.backbones:
-            if name in weights:
-                continue
-            weights[name] = _weights_caveat(name, dict(s.backbone_provenance(name) or {}))
-    random = [n for n, w in weights.items() if w.startswith("random")]
-    if random:
-        warnings.append(
-            f"backbone(s) {', '.join(random)} ran with random weights: the embeddings carry no "
-            "learnt image features and the results say nothing about real backbones "
-            "(`featmammo weights fetch NAME` gets torchvision's ImageNet weights)"
-        )
-    sources = {}
-    if "source" in meta.columns:
-        col = meta["source"].fillna("").astype(str).replace("", "(none)")
-        sources = {str(k): int(v) for k, v in col.value_counts().items()}
-        if "label" in meta.columns and len(sources) > 1:
-            by_label = meta.assign(_s=col).groupby("label")["_s"].unique()
-            for label, srcs in by_label.items():
-                others = col[meta["label"] != label]
-                if len(srcs) == 1 and not (others == srcs[0]).any():
-                    warnings.append(
-                        f"every {label!r} image comes from source {srcs[0]!r} and no other label "
-                        "does: a head can learn the acquisition instead of the pathology"
-                    )
-    else:
-        warnings.append("the store has no 'source' column: source confounding was not checked")
-    return {"weights": weights, "sources": sources, "warnings": warnings}
