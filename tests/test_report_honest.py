@@ -352,3 +352,13 @@ def test_report_command_verify_exits_non_zero_on_a_corrupted_file(tmp_path):
     r = CliRunner().invoke(cli, ["report", str(run), "--verify"])
     assert r.exit_code == 1
     assert "FAIL  leaderboard.csv (re-read) = metrics.json" in r.output
+
+
+def test_setup_names_the_grid_searched_and_the_scaling_rule(tmp_path):
+    grid = {"logreg": {"C": [1.0, 100.0]}, "knn": {"n_neighbors": [20, 5]}}
+    config = {"tune": "grid", "tune_grid": grid, "heads": ["logreg"], "scaling": "BlockScaler"}
+    run, _, _ = _run(tmp_path, config=config)
+    text = rp.write_report(run, figures=False).read_text()
+    assert "- tune_grid (the grid searched): logreg: C [1.0, 100.0]" in text
+    assert "n_neighbors" not in text  # only the heads the run fitted
+    assert "- scaling (every features set): BlockScaler" in text

@@ -347,6 +347,17 @@ def _markdown(config, metrics, audit, checks, figures, data_summary, tuning=None
             value = config[key]
             value = ", ".join(map(str, value)) if isinstance(value, list) else value
             L.append(f"- {key}: {value}")
+    grid = config.get("tune_grid")
+    if config.get("tune") == "grid" and isinstance(grid, dict):
+        heads = set(config.get("heads") or grid)
+        shown = "; ".join(
+            f"{head}: " + ", ".join(f"{p} {v}" for p, v in params.items())
+            for head, params in grid.items()
+            if head in heads
+        )
+        L.append(f"- tune_grid (the grid searched): {shown}")
+    if config.get("scaling"):
+        L.append(f"- scaling (every features set): {config['scaling']}")
     if config.get("dropped_rows"):
         L.append(f"- rows dropped by the class scheme: {config['dropped_rows']}")
     L.append("")
