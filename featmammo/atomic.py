@@ -43,7 +43,10 @@ def atomic_write(path, write: Callable[[BinaryIO], object], *, durable: bool = T
     their own checksum and are rebuilt when it fails (the prepared-image cache).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if durable:  # the new folder's own entry must survive a power cut too
+            fsync_dir(path.parent.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp creates 0600; the file must end with the permissions open() would give it

@@ -8,6 +8,7 @@ import logging
 import pandas as pd
 
 from .errors import ConfigError
+from .plugins import HYBRID_PREFIX
 
 log = logging.getLogger("featmammo.fit")  # the logger name of the fit run, as before the split
 
@@ -21,7 +22,7 @@ def _hybrid_blocks(store_list, used) -> dict:
                 continue
             prov = s.backbone_provenance(name) or {}
             spec = prov.get("spec") or {}
-            if not (str(name).startswith("hybrid:") or spec.get("arch") == "hybridnet"):
+            if not (str(name).startswith(HYBRID_PREFIX) or spec.get("arch") == "hybridnet"):
                 break
             from .nn.checkpoint import checkpoint_of  # torch-free JSON reading, only when needed
 
@@ -80,7 +81,7 @@ def _weights_caveat(name: str, prov: dict) -> str:
         spec.get("weights") or prov.get("weights"),
         prov.get("weights_sha256") or spec.get("weights_sha256"),
         seed=spec.get("seed", prov.get("seed")),
-        hybrid=str(name).startswith("hybrid:") or spec.get("arch") == "hybridnet",
+        hybrid=str(name).startswith(HYBRID_PREFIX) or spec.get("arch") == "hybridnet",
     )
 
 

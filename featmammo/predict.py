@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, StoreError, WeightsError
+from .plugins import HYBRID_PREFIX
 
 log = logging.getLogger(__name__)
 
-HYBRID_PREFIX = "hybrid:"
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".pgm", ".tif", ".tiff")
 #: spec fields that must match between the recorded backbone and the one rebuilt at predict time
 SPEC_KEYS = ("name", "arch", "layer", "dim", "weights", "weights_sha256", "seed")
@@ -366,6 +366,7 @@ def predict(
     ``batch_size``, ``workers``, ``cache``, ``decoder``: see :func:`predict_images`.
     """
     from .datasets import read_manifest
+    from .datasets.manifest import mask_column
 
     if any(not str(i).endswith((".h5", ".hdf5")) for i in inputs):
         from .io.decoders import resolve_decoder
@@ -391,7 +392,7 @@ def predict(
         df = read_manifest(m, require_labels=False)
         if "label" in df:
             warn_missing_classes(df["label"].tolist(), classes, str(m))
-        mask_col = next((c for c in ("roi_mask_path", "mask_path") if c in df), None)
+        mask_col = mask_column(df)
         masks = df[mask_col].fillna("").tolist() if mask_col else None
         frames.append(
             predict_images(

@@ -132,7 +132,9 @@ def file_identity(path) -> dict | None:
     if name.endswith(".ljpeg") or name.endswith(".ljpeg.gz"):
         ics = []
         try:
-            siblings = sorted(q for q in p.parent.iterdir() if q.name.lower().endswith(".ics"))
+            siblings = sorted(
+                q for q in p.parent.iterdir() if q.name.lower().endswith((".ics", ".ics.gz"))
+            )
         except OSError:
             return None
         for q in siblings:
@@ -229,7 +231,7 @@ class PreparedCache:
         if source is None:
             return None
         mask = None
-        if config.roi != "full" and _has_path(roi_mask_path):
+        if config.uses_mask and _has_path(roi_mask_path):
             mask = file_identity(roi_mask_path)
             if mask is None:
                 return None

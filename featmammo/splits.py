@@ -91,26 +91,26 @@ def _random_group_split(y: np.ndarray, g: np.ndarray, test_size: float, seed) ->
 
     Every patient belongs to the stratum of its most frequent label (ties: the first label in
     sorted order). Within a stratum the patients are put in a seeded random order and the
-    held-out side takes the prefix of that order whose image count is closest to ``test_size`` x
-    the stratum's images. The order is random, never by size, so the held-out and kept patients
-    come from the same population (same images per patient on average); the prefix rule keeps the
-    per-class image fractions close to ``test_size``.
+    held-out side takes the first ``test_size`` x (the stratum's patients) of that order (rounded
+    at random, so the expected fraction is exact). Neither the order nor the number depends on
+    patient size, so the held-out and kept patients come from the same population (same images
+    per patient in expectation, however few patients a class has).
     """
     classes, y_codes = np.unique(y.astype(str), return_inverse=True)
     uniq, g_codes = np.unique(g.astype(str), return_inverse=True)
     counts = np.zeros((len(uniq), len(classes)), dtype=np.int64)
     np.add.at(counts, (g_codes, y_codes), 1)
     stratum = counts.argmax(axis=1)  # first maximum: the first class in sorted order on ties
-    sizes = counts.sum(axis=1)
     rng = np.random.default_rng(seed)
     in_test = np.zeros(len(uniq), dtype=bool)
     for s in range(len(classes)):
         members = rng.permutation(np.flatnonzero(stratum == s))
         if not len(members):
             continue
-        cum = np.concatenate([[0], np.cumsum(sizes[members])])
-        target = float(test_size) * cum[-1]
-        take = int(np.argmin(np.abs(cum - target)))  # first prefix closest to the target
+        # a number of patients fixed before looking at their sizes (``test_size`` x the stratum's
+        # patients, rounded at random so that the expectation is exact): choosing the prefix by
+        # image count instead would skip a large patient drawn first and favour small ones
+        take = int(np.floor(float(test_size) * len(members) + rng.random()))
         in_test[members[:take]] = True
     if not in_test.any():  # tiny sets: one random patient goes to the held-out side
         in_test[rng.integers(len(uniq))] = True
@@ -123,9 +123,9 @@ def grouped_holdout(labels: Sequence, groups: Sequence, test_size: float = 0.2, 
     """Patient-disjoint, stratified hold-out split: ``(train_idx, test_idx)``.
 
     Whole patients are drawn at random (seeded), stratified by class (each patient counts in the
-    class of most of its images): within each class a random prefix of the patients whose image
-    count is closest to ``test_size`` x the class's images goes to the test side. Patients are
-    never ordered by size, so both sides hold the same kind of patient. Raises ConfigError for a
+    class of most of its images): within each class a random ``test_size`` share of the patients
+    goes to the test side. Patients are never chosen by size, so both sides hold the same kind of
+    patient. Raises ConfigError for a
     ``test_size`` outside (0, 1) or fewer than two patients; warns when a class is absent from
     one side.
     """

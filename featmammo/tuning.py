@@ -145,8 +145,15 @@ def score(metric: str, y_true, proba: np.ndarray, classes: Sequence[str]) -> flo
             return float(skm.roc_auc_score(y_true == classes[1], proba[:, 1]))
         p = np.clip(proba, 1e-12, None)
         p = p / p.sum(axis=1, keepdims=True)
+        order = np.argsort(classes)  # scikit-learn wants the labels (and columns) sorted
         return float(
-            skm.roc_auc_score(y_true, p, multi_class="ovr", average="macro", labels=classes)
+            skm.roc_auc_score(
+                y_true,
+                p[:, order],
+                multi_class="ovr",
+                average="macro",
+                labels=[classes[i] for i in order],
+            )
         )
     if metric == "neg_log_loss":
         p = np.clip(proba, 1e-12, None)

@@ -410,3 +410,24 @@ def test_missing_and_malformed_tables_name_file_and_line(tmp_path):
     bad.write_bytes(b"not a spreadsheet")
     with pytest.raises(ManifestError, match=r"bad.xlsx: (cannot read CMMD|reading .xlsx needs)"):
         build_cmmd(_cmmd(tmp_path / "c"), table=bad)
+
+
+def _drop_column(csv_text: str, name: str) -> str:
+    frame = pd.read_csv(__import__("io").StringIO(csv_text), dtype=str, keep_default_na=False)
+    return frame.drop(columns=[name]).to_csv(index=False)
+
+
+def test_tables_missing_a_column_the_label_rule_needs_stop(tmp_path):
+    """RSNA without biopsy would make every benign case normal; VinDr without split would drop
+    the official split: both stop, naming the file and the column."""
+    rsna = _rsna(tmp_path / "rsna", _drop_column(RSNA_CSV, "biopsy"))
+    with pytest.raises(ManifestError, match=r"train.csv.*biopsy"):
+        build_rsna(rsna)
+    vindr = _vindr(tmp_path / "vindr", _drop_column(VINDR_CSV, "split"))
+    with pytest.raises(ManifestError, match=r"breast-level_annotations.csv.*split"):
+        build_vindr(vindr)
+
+
+def test_birads_map_refuses_a_category_given_twice():
+    with pytest.raises(ConfigError, match="category 1 is given twice"):
+        parse_birads_map("1=normal,1=benign")

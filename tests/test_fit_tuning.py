@@ -193,3 +193,26 @@ def test_parallel_features_sets_give_the_same_run(tmp_path):
         assert r.exit_code == 0, r.output
         out[jobs] = [(run / n).read_text() for n in ("predictions.csv", "tuning.csv")]
     assert out["1"] == out["2"]
+
+
+def test_trained_embeddings_count_only_the_images_the_run_evaluates(tmp_path):
+    """With --cv 0 only the test side is evaluated: a checkpoint trained on the training side is
+    fine; one that also saw a test image is refused, and the count names only that image."""
+    base = store.open(_write_store(tmp_path / "ids.h5"))
+    meta = base.meta.reset_index(drop=True)
+    ids = [str(i) for i in base.ids]
+    train_ids = [i for i, s in zip(ids, meta["split"], strict=True) if s != "test"]
+    test_ids = [i for i, s in zip(ids, meta["split"], strict=True) if s == "test"]
+    assert train_ids and test_ids
+    path, name, _ = _hybrid_store(tmp_path / "a", train_ids, [])
+    args = ["--features", name, "--head", "logreg", "--cv", "0", "--test-split", "official",
+            "--tune", "none", "--n-boot", "0", "--no-figures"]  # fmt: skip
+    r = _cli(["fit", path, "-o", tmp_path / "run_a", *args])
+    assert r.exit_code == 0, r.output
+    config = json.loads((tmp_path / "run_a" / "config.json").read_text())
+    assert config["optimistic_features"] == []
+    path, name, _ = _hybrid_store(tmp_path / "b", train_ids, test_ids[:1])
+    args[1] = name
+    r = _cli(["fit", path, "-o", tmp_path / "run_b", *args])
+    assert r.exit_code != 0
+    assert "trained on 0 and validated on 1" in r.output + str(r.exception)

@@ -200,6 +200,20 @@ def test_grouped_holdout_draws_patients_regardless_of_their_size():
     assert sizes[sorted(set(g[te]))].min() <= 2
 
 
+@pytest.mark.parametrize(("n_patients", "test_size"), [(15, 0.1), (21, 0.1), (15, 0.2)])
+def test_grouped_holdout_is_unbiased_with_few_patients_per_class(n_patients, test_size):
+    """5-7 patients per class and a 10% hold-out (HybridNet's validation split, the heads' early
+    stopping): choosing the prefix by image count skipped large patients drawn first."""
+    train_mean, test_mean = [], []
+    for seed in range(300):
+        y, g = _toy(n_patients, seed=seed)
+        tr, te = grouped_holdout(y, g, test_size=test_size, seed=seed)
+        train_mean.append(_mean_images_per_patient(g, tr))
+        test_mean.append(_mean_images_per_patient(g, te))
+    ratio = np.mean(test_mean) / np.mean(train_mean)
+    assert abs(ratio - 1) < 0.10, ratio
+
+
 def test_grouped_kfold_folds_hold_the_same_kind_of_patient():
     per_fold = []
     for seed in range(20):

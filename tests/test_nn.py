@@ -618,3 +618,29 @@ def test_augment_strengths_in_config():
         TrainConfig(weights="random", augment={"rotation": -1})
     with pytest.raises(ConfigError, match="augment"):
         TrainConfig(weights="random", augment="strong")
+
+
+def test_train_roi_crop_without_masks_is_refused_before_any_work(tiny_manifest, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match="roi_mask_path"):
+        train(tiny_manifest, run, **{**FAST, "epochs": 1, "preprocess": {"roi": "crop"}})
+    assert not (run / "cache").exists()
+
+
+def test_train_reads_masks_from_either_mask_column(monkeypatch):
+    """extract accepts roi_mask_path or mask_path; train's decoder reads the same columns, and only
+    when the ROI mode uses masks."""
+    import featmammo.prepared as prepared
+    from featmammo.nn.data import _decode_one
+    from featmammo.preprocess import PreprocessConfig
+
+    seen = []
+    monkeypatch.setattr(
+        prepared, "prepare_image", lambda path, pre, cache=None, **kw: seen.append(kw) or 0.0
+    )
+    row = {"path": "a.png", "laterality": "L", "mask_path": "a_mask.png"}
+    _decode_one(row, PreprocessConfig(roi="crop"), cache=False)
+    _decode_one(row, PreprocessConfig(roi="full"), cache=False)
+    assert seen[0]["roi_mask_path"] == "a_mask.png"
+    assert "roi_mask_path" not in seen[1]
+    assert PreprocessConfig(roi="patch").uses_mask and not PreprocessConfig().uses_mask

@@ -546,3 +546,17 @@ def test_cache_cli_info_and_clear(files, tmp_path, monkeypatch):
     res = runner.invoke(command, ["clear"])
     assert res.exit_code == 0 and "removed 2 entries" in res.output
     assert json.loads(runner.invoke(command, ["info", "--json"]).stdout)["entries"] == 0
+
+
+def test_ljpeg_identity_follows_a_gzipped_ics(tmp_path):
+    """DDSM mirrors gzip the .ics; a rewritten .ics.gz (another digitiser) must change the key."""
+    from featmammo.prepared import file_identity
+
+    img = tmp_path / "A_0001_1.LEFT_CC.LJPEG"
+    img.write_bytes(b"\xff\xd8")
+    ics = tmp_path / "A-0001-1.ics.gz"
+    ics.write_bytes(b"first")
+    before = file_identity(img)
+    assert before["ics"] and before["ics"][0][0] == ics.name
+    ics.write_bytes(b"second, longer")
+    assert file_identity(img) != before

@@ -117,3 +117,15 @@ def test_every_grid_point_builds_a_head():
     for head, grid in tuning.GRIDS.items():
         for p in tuning.grid_points(grid):
             heads.make(head, **p)  # ConfigError if a grid names a parameter the head lacks
+
+
+def test_roc_auc_tuning_metric_takes_classes_in_any_order():
+    """The usual class order (normal, benign, malignant) is not sorted; scikit-learn wants sorted
+    labels with matching columns."""
+    from featmammo.tuning import score
+
+    classes = ["normal", "benign", "malignant"]
+    y = np.array(["normal", "benign", "malignant", "normal", "benign", "malignant"])
+    perfect = np.eye(3)[[0, 1, 2, 0, 1, 2]]
+    assert score("roc_auc", y, perfect, classes) == 1.0
+    assert score("roc_auc", y, perfect[:, [1, 2, 0]], classes) < 0.5

@@ -225,6 +225,7 @@ def parse_birads_map(spec: str | dict | None) -> dict[str, str]:
             if part
         )
     )
+    given: set[str] = set()
     for key, value in items:
         k, v = str(key).strip().lower(), str(value).strip().lower()
         if not re.fullmatch(r"[0-6][abc]?", k) or v not in BIRADS_TARGETS:
@@ -232,6 +233,9 @@ def parse_birads_map(spec: str | dict | None) -> dict[str, str]:
                 f"--birads-map: bad entry {key!r}={value!r} (expected CATEGORY=LABEL with "
                 f"CATEGORY 0-6 or 4a/4b/4c and LABEL one of {', '.join(BIRADS_TARGETS)})"
             )
+        if k in given:
+            raise ConfigError(f"--birads-map: category {k} is given twice")
+        given.add(k)
         out[k] = v
     return out
 

@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from featmammo.atomic import atomic_write
 from featmammo.datasets.base import records as _records
 from featmammo.datasets.folders import (
     JUNK_FILES,
@@ -193,18 +194,11 @@ class _HeaderCache:
         if not (self.enabled and self.changed and self.path is not None):
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-            tmp.write_text(
-                json.dumps(
-                    {
-                        "version": INDEX_VERSION,
-                        "root": str(self.root.resolve()),
-                        "files": self.entries,
-                    }
-                )
+            text = json.dumps(
+                {"version": INDEX_VERSION, "root": str(self.root.resolve()), "files": self.entries}
             )
-            os.replace(tmp, self.path)
+            # a cache: rebuilt when unreadable, so no fsync is needed (a kill -9 cannot tear it)
+            atomic_write(self.path, lambda f: f.write(text.encode()), durable=False)
             log.info("cached the header index of %d files in %s", len(self.entries), self.path)
         except OSError as exc:
             log.warning("could not write the index cache %s (%s)", self.path, exc)

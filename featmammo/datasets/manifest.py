@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from featmammo.atomic import atomic_write
-from featmammo.errors import ManifestError
+from featmammo.errors import ConfigError, ManifestError
 from featmammo.labels import LABEL_ALIASES, LABELS, normalize_label  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -553,3 +553,38 @@ def manifest_hash(df: pd.DataFrame) -> str:
     buf = io.StringIO()
     frame.to_csv(buf, index=False, lineterminator="\n")
     return hashlib.sha256(buf.getvalue().encode("utf-8")).hexdigest()
+
+
+#: manifest columns that may hold a lesion mask per row, in order of preference
+MASK_COLUMNS = ("roi_mask_path", "mask_path")
+
+
+def mask_column(df: pd.DataFrame) -> str | None:
+    """The column of ``df`` holding lesion masks (``roi_mask_path``, else ``mask_path``) or None."""
+    return next((c for c in MASK_COLUMNS if c in df.columns), None)
+
+
+def check_roi_masks(df: pd.DataFrame, config, where: str = "manifest") -> None:
+    """ConfigError, before any work, when ``config.roi`` needs lesion masks the rows cannot give
+    (no ``roi_mask_path`` column, or an empty one). Rows with an empty mask among others fail one
+    by one (recorded, with the reason)."""
+    if not config.uses_mask:
+        return
+    col = mask_column(df)
+    if col is None:
+        raise ConfigError(
+            f"{where}: --roi {config.roi} crops around the lesion and needs a roi_mask_path "
+            f"column; this manifest has none (columns: {', '.join(map(str, df.columns))}). "
+            "Use --roi full, or build the manifest from a source with masks (CBIS-DDSM)"
+        )
+    masks = df[col].fillna("").astype(str).str.strip()
+    if len(df) and (masks == "").all():
+        raise ConfigError(
+            f"{where}: --roi {config.roi} needs lesion masks, but column {col} is empty in every "
+            "row; use --roi full"
+        )
+    if (masks == "").any():
+        log.warning(
+            "%s: %d of %d rows have no %s; --roi %s will record them as failed",
+            where, int((masks == "").sum()), len(df), col, config.roi,
+        )  # fmt: skip

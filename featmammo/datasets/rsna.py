@@ -67,6 +67,8 @@ def build_rsna(root, *, table=None) -> tuple[pd.DataFrame, dict]:
     t = read_table(find_file(root, ["train.csv"], "RSNA train.csv", table), "RSNA train.csv")
     c_pid, c_iid = t.column("patient_id"), t.column("image_id")
     c_lat, c_view, c_cancer = t.column("laterality"), t.column("view"), t.column("cancer")
+    # the label rule reads biopsy: a table without it would turn every benign case normal
+    c_biopsy = t.column("biopsy")
     cols = {c: t.column(c, required=False) for c in EXTRA_COLUMNS[1:]}
     files: dict[tuple[str, str], Path] = {}
     for path in walk_files(root, _EXTS):
@@ -79,7 +81,7 @@ def build_rsna(root, *, table=None) -> tuple[pd.DataFrame, dict]:
         if not pid or not iid:
             raise ManifestError(f"{where}: empty patient_id or image_id")
         cancer = _flag(rec, c_cancer, where)
-        biopsy = _flag(rec, cols["biopsy"], where) if cols["biopsy"] else 0
+        biopsy = _flag(rec, c_biopsy, where)
         label = "malignant" if cancer else ("benign" if biopsy else "normal")
         lat = rec[c_lat].upper()[:1]
         if lat not in ("L", "R"):

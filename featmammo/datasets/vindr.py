@@ -90,7 +90,7 @@ def build_vindr(root, *, annotations=None, birads_map=None) -> tuple[pd.DataFram
     c_lat, c_view = t.column("laterality"), t.column("view_position", "view")
     c_birads = t.column("breast_birads", "birads")
     c_den = t.column("breast_density", "density", required=False)
-    c_split = t.column("split", required=False)
+    c_split = t.column("split")  # the official split is part of the set: never dropped silently
     c_h, c_w = t.column("height", required=False), t.column("width", required=False)
     try:
         findings_csv = find_file(t.path.parent, ["finding_annotations.csv"], "findings")

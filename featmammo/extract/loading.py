@@ -6,47 +6,18 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import pandas as pd
 import torch
 
-from ..errors import ConfigError, FeatmammoError, ImageReadError
+from ..datasets.manifest import MASK_COLUMNS, check_roi_masks, mask_column  # noqa: F401
+from ..errors import FeatmammoError, ImageReadError
+from ..preprocess.config import ROI_MASK_MODES
 
 log = logging.getLogger(__package__)  # "featmammo.extract" in log lines, as before the split
 
 
 #: ROI modes that read the manifest's lesion mask; ``full`` never opens it
-MASK_ROI_MODES = ("crop", "patch")
-MASK_COLUMNS = ("roi_mask_path", "mask_path")
-
-
-def _mask_column(df: pd.DataFrame) -> str | None:
-    return next((c for c in MASK_COLUMNS if c in df.columns), None)
-
-
-def check_roi_masks(df: pd.DataFrame, config, where: str = "manifest") -> None:
-    """ConfigError, before any work, when ``config.roi`` needs lesion masks the rows cannot give
-    (no ``roi_mask_path`` column, or an empty one). Rows with an empty mask among others fail one
-    by one (recorded, with the reason)."""
-    if config.roi not in MASK_ROI_MODES:
-        return
-    col = _mask_column(df)
-    if col is None:
-        raise ConfigError(
-            f"{where}: --roi {config.roi} crops around the lesion and needs a roi_mask_path "
-            f"column; this manifest has none (columns: {', '.join(map(str, df.columns))}). "
-            "Use --roi full, or build the manifest from a source with masks (CBIS-DDSM)"
-        )
-    masks = df[col].fillna("").astype(str).str.strip()
-    if len(df) and (masks == "").all():
-        raise ConfigError(
-            f"{where}: --roi {config.roi} needs lesion masks, but column {col} is empty in every "
-            "row; use --roi full"
-        )
-    if (masks == "").any():
-        log.warning(
-            "%s: %d of %d rows have no %s; --roi %s will record them as failed",
-            where, int((masks == "").sum()), len(df), col, config.roi,
-        )  # fmt: skip
+MASK_ROI_MODES = ROI_MASK_MODES
+_mask_column = mask_column
 
 
 def _prepare(item, config, laterality, mask, cache, decoder: str = "cpu") -> np.ndarray:
@@ -60,7 +31,7 @@ def _prepare(item, config, laterality, mask, cache, decoder: str = "cpu") -> np.
 
         return run_preprocess(item, config, laterality=laterality)
     # the lesion mask is read only by the ROI modes that use it: ``full`` never opens it
-    mask = mask if config.roi in MASK_ROI_MODES else None
+    mask = mask if config.uses_mask else None
     return _load_prepared(item, config, laterality, mask, cache, decoder)
 
 

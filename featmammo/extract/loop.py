@@ -15,7 +15,7 @@ import torch
 from .. import store as fstore
 from ..errors import ConfigError
 from .forward import _forward_all, _pipelined
-from .loading import MASK_ROI_MODES, _Images, _loader, _mask_column, _reason, _worker_context
+from .loading import _Images, _loader, _mask_column, _reason, _worker_context
 from .summary import ExtractSummary
 
 log = logging.getLogger(__package__)  # "featmammo.extract" in log lines, as before the split
@@ -83,7 +83,7 @@ class _Loop:
 
         self.paths = self.df["path"].astype(str).tolist()
         lats = self.df["laterality"].fillna("").astype(str).tolist()
-        col = _mask_column(self.df) if self.config.roi in MASK_ROI_MODES else None
+        col = _mask_column(self.df) if self.config.uses_mask else None
         masks = self.df[col].fillna("").astype(str).tolist() if col else [""] * n
         dataset = _Images(self.paths, lats, masks, self.config, self.cache, self.decoder)
         n_workers, context = _worker_context(dataset, self.workers, self.decoder)

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import torch
 
 from ..errors import ConfigError
+from ..plugins import HYBRID_PREFIX
 
 DEFAULT_BACKBONES = ("resnet50", "alexnet")
 
@@ -53,7 +54,6 @@ def _spec_dict(spec) -> dict:
     return dict(vars(spec))
 
 
-HYBRID_PREFIX = "hybrid:"
 #: preprocessing fields a HybridNet checkpoint imposes on its extraction (it learnt on them)
 HYBRID_FIELDS = ("image_size", "roi", "patch_context")
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from featmammo.datasets.manifest import MASK_COLUMNS
 from featmammo.errors import ImageReadError, ManifestError
 from featmammo.hashing import fingerprint
 
@@ -67,8 +68,8 @@ def _decode_one(row: dict, pre, cache=None) -> np.ndarray:
     lat = row.get("laterality")
     lat = lat if isinstance(lat, str) and lat in ("L", "R") else None
     kwargs = {"laterality": lat}
-    mask = row.get("roi_mask_path")
-    if isinstance(mask, str) and mask and getattr(pre, "roi", "full") != "full":
+    mask = next((row.get(c) for c in MASK_COLUMNS if row.get(c)), None)
+    if isinstance(mask, str) and mask and pre.uses_mask:
         kwargs["roi_mask_path"] = mask
     return np.asarray(prepare_image(row["path"], pre, cache=cache, **kwargs), dtype=np.float32)
 

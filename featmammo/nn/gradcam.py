@@ -121,10 +121,10 @@ def explain(
     """
     from matplotlib.image import imsave
 
+    from featmammo.devices import resolve_device
     from featmammo.preprocess import PreprocessConfig, load_and_preprocess
 
     from .checkpoint import load_model
-    from .ddp import resolve_device
 
     dev = resolve_device(device)
     model, meta = load_model(checkpoint, device=dev)

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from featmammo.datasets.manifest import check_roi_masks
 from featmammo.errors import ConfigError
 
 from .checkpoint import IMAGE_IDS_KEY, load_checkpoint, save_checkpoint
@@ -162,6 +163,9 @@ def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx, *, resume, stop_after
     df, m_hash, classes, y_all = _read_data(manifest, run_dir, cfg, resume=resume)
     role = split_roles(df, y_all, cfg)
     pre = preprocess_config(cfg)
+    check_roi_masks(
+        df, pre, where=str(manifest) if isinstance(manifest, (str, Path)) else "manifest"
+    )
 
     cache_dir = run_dir / "cache"
     if ctx.is_main:

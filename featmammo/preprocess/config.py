@@ -20,6 +20,8 @@ RESIZE_METHODS = ("nearest", "bilinear", "bicubic", "area")
 NORMALIZE_METHODS = ("backbone", "zscore", "mean", "decimal", "none")
 CROP_METHODS = ("breast", "none")
 ROI_MODES = ("full", "crop", "patch")
+#: ROI modes that read the manifest's lesion mask; ``full`` never opens it
+ROI_MASK_MODES = ("crop", "patch")
 WINDOWINGS = ("none", "voi", "window", "percentile")
 DDSM_CALIBRATIONS = ("none", "od")
 
@@ -90,6 +92,11 @@ class PreprocessConfig:
                 f"ddsm_calibration={self.ddsm_calibration!r} maps the digitiser's raw values; "
                 f"it needs windowing='none', got {self.windowing!r}"
             )
+
+    @property
+    def uses_mask(self) -> bool:
+        """Whether this config reads a lesion mask (``roi`` crop or patch; ``full`` never does)."""
+        return self.roi in ROI_MASK_MODES
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict (tuples become lists).

@@ -234,7 +234,7 @@ def load_prepared(
     config = config or PreprocessConfig()
     image = fio.read_image(path, windowing=config.windowing, decoder=decoder)
     mask = None
-    if config.roi != "full" and _has_path(roi_mask_path):
+    if config.uses_mask and _has_path(roi_mask_path):
         mask_img = fio.read_image(roi_mask_path, windowing="none", decoder=decoder)
         mask = np.asarray(mask_img.pixels) > 0
         if not mask.any():

@@ -343,7 +343,7 @@ def _markdown(config, metrics, audit, checks, figures, data_summary, tuning=None
         "command", "features", "heads", "classes", "cv", "test_split", "tune", "tune_metric",
         "inner_cv", "seed", "threshold",
     ):  # fmt: skip
-        if key in config:
+        if config.get(key) is not None:  # --tune none records no tune_metric: say nothing
             value = config[key]
             value = ", ".join(map(str, value)) if isinstance(value, list) else value
             L.append(f"- {key}: {value}")
