@@ -101,6 +101,8 @@ def test_mias_labels_pairs_and_unresolved(tmp_path):
         ("mdb007 F BLOB B", r"line 2: unknown class 'BLOB'"),
         ("mdb007 F CIRC Q 1 2 3", r"line 2: unknown severity 'Q'"),
         ("mdb007 F CIRC", r"line 2: no severity for class CIRC"),
+        ("mdb02 G CIRC B 522 280 69", r"line 2: 'mdb02' is not a reference number"),
+        ("mdb004,D,NORM", r"line 2: 'mdb004,D,NORM' is not a reference number"),
     ],
 )
 def test_mias_bad_table_lines_stop_with_the_line(tmp_path, line, match):

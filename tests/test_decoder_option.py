@@ -215,3 +215,22 @@ def test_cli_decoder_option_reaches_extract(tmp_path, spy):
     expected = fx.resolve_decoder("auto")
     assert set(spy) == {expected}
     assert store.open(tmp_path / "s.h5").backbone_provenance("resnet18")["decoders"] == [expected]
+
+
+def test_a_bad_cache_bound_is_refused_before_any_work(tmp_path, monkeypatch):
+    """FEATMAMMO_PREPARED_MAX_BYTES=garbage: one ConfigError up front, not a failure per image."""
+    import pandas as pd
+    from PIL import Image
+
+    from featmammo.errors import ConfigError
+    from featmammo.extract import extract
+
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "a.png")
+    manifest = pd.DataFrame(
+        [{"image_id": "a", "path": str(tmp_path / "a.png"), "label": "benign", "patient_id": "p",
+          "laterality": "L", "view": "CC", "split": "train", "source": "t"}]
+    )  # fmt: skip
+    monkeypatch.setenv("FEATMAMMO_PREPARED_MAX_BYTES", "garbage")
+    with pytest.raises(ConfigError, match="not a size in bytes"):
+        extract(manifest, tmp_path / "s.h5", backbones=["alexnet"], weights="random")
+    assert not (tmp_path / "s.h5").exists()

@@ -60,9 +60,15 @@ def read_info(path) -> dict[str, dict]:
     films: dict[str, dict] = {}
     for lineno, line in enumerate(text.splitlines(), start=1):
         tokens = line.split()
+        where = f"{path}: line {lineno}"
+        if tokens and not _REF_RE.match(tokens[0]) and tokens[0].lower().startswith("mdb"):
+            # a table line with a mangled reference (mdb02, mdb004,D,NORM): never skipped silently
+            raise ManifestError(
+                f"{where}: {tokens[0]!r} is not a reference number (expected mdbNNN followed by "
+                "space-separated fields)"
+            )
         if not tokens or not _REF_RE.match(tokens[0]):
             continue
-        where = f"{path}: line {lineno}"
         ref = tokens[0].lower()
         if len(tokens) < 3:
             raise ManifestError(f"{where}: expected 'REFNUM BG CLASS ...', got {line.strip()!r}")

@@ -114,6 +114,12 @@ def extract(
     prec = resolve_precision(precision, dev)
     n_workers = resolve_workers(workers, dev, local_world)
     dec = resolve_decoder(decoder)
+    if (
+        cache is None
+    ):  # a bad FEATMAMMO_PREPARED_MAX_BYTES is one error now, not a failed image each
+        from ..prepared import PreparedCache
+
+        PreparedCache.default()
 
     df = read_manifest(manifest)
     if preprocess is not None:
