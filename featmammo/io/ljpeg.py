@@ -86,6 +86,16 @@ logger = logging.getLogger(__name__)
 DECODER = "imagecodecs-jpegsof3+pvrg"
 
 
+def _gunzipped(data: bytes, path) -> tuple[bytes, bool]:
+    """(the stream, whether it was gzipped): DDSM mirrors gzip some LJPEGs."""
+    if data[:2] != b"\x1f\x8b":
+        return data, False
+    try:
+        return gzip.decompress(data), True
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ImageReadError(path, f"corrupt gzip data ({exc})") from None
+
+
 def decode_standard(data: bytes, path) -> np.ndarray:
     """A plain T.81 decode (imagecodecs' jpegsof3) in the SOF geometry; no PVRG correction."""
     try:
@@ -112,14 +122,7 @@ def decode_ljpeg(data: bytes, path="<bytes>", *, method: str = "auto") -> tuple[
     ``method``: ``auto`` (the row-0 splice, else re-integration), ``splice`` or ``reintegrate``
     (both exact; for tests and benchmarks). ``info["pvrg_method"]`` says which ran.
     """
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise ImageReadError(path, f"corrupt gzip data ({exc})") from None
-        gz = True
-    else:
-        gz = False
+    data, gz = _gunzipped(data, path)
     info = parse_header(data, path)
     info["gzipped"] = gz
     if not _end_has_eoi(data):
@@ -244,14 +247,7 @@ def read_ljpeg(
     rows, cols = shape
     check_max_pixels(p, rows, cols, max_pixels)
     data = p.read_bytes()
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise ImageReadError(p, f"corrupt gzip data ({exc})") from None
-        gz = True
-    else:
-        gz = False
+    data, gz = _gunzipped(data, p)
     header = parse_header(data, p)
     h, w = header["height"], header["width"]
     if h * w != rows * cols:
