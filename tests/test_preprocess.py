@@ -495,3 +495,33 @@ def test_ddsm_od_with_the_real_calibrations(rng):
     image.meta["institution"] = None
     with pytest.raises(ImageReadError, match="A_0001_1.LEFT_CC.LJPEG.*HOWTEK"):
         preprocess(image, cfg)
+
+
+def test_ddsm_ljpeg_canonical_side_follows_the_tissue_not_the_view_name(tmp_path):
+    """Original DDSM: how a view faces depends on the institution (DATASETS.md), so an LJPEG's
+    chest wall is found from the tissue; other formats keep trusting the laterality."""
+    import featmammo.io as fio
+    from featmammo.preprocess import prepare
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    try:
+        from ljpeg_vectors import write_case
+    finally:
+        sys.path.pop(0)
+    yy, xx = np.mgrid[0:80, 0:60]
+    breast = ((xx - 59) / 40.0) ** 2 + ((yy - 40) / 35.0) ** 2 < 1  # chest wall on the right edge
+    img = np.where(breast, 3000, 80).astype(np.uint16)
+    paths = write_case(
+        tmp_path / "case",
+        "A-1002-1",
+        {"LEFT_CC": (img, 1, 12, False), "RIGHT_CC": (img[:, ::-1].copy(), 1, 12, False)},
+    )
+    config = PreprocessConfig(image_size=32, crop="none", normalize="none")
+    for view, lat in (("LEFT_CC", "L"), ("RIGHT_CC", "R")):
+        out = prepare(fio.read_image(paths[view]), config, laterality=lat).pixels
+        half = out.shape[1] // 2
+        assert out[:, :half].mean() > out[:, half:].mean(), view  # chest wall on the left
+    # a PNG-like array with the same picture and laterality L is not second-guessed
+    out = prepare(img, config, laterality="L").pixels
+    half = out.shape[1] // 2
+    assert out[:, :half].mean() < out[:, half:].mean()

@@ -136,7 +136,12 @@ def prepare(
         side = _normalize_laterality(laterality)
         if side is None:
             side = _normalize_laterality(meta.get("laterality"))
-        if side is None:
+        if meta.get("format") == "ljpeg":
+            # original DDSM: how a view faces depends on the scanning institution (A's left views
+            # face the other way from B, C and D's), so the laterality cannot say which side the
+            # chest wall is on; the tissue distribution can
+            side = infer_laterality(pixels)
+        elif side is None:
             side = infer_laterality(pixels)
             log.debug("%s: laterality unknown, inferred %s from tissue distribution", path, side)
         if side == "R":
