@@ -54,6 +54,22 @@ CLASSES = ("normal", "benign", "malignant")
 SYNTH_DIMS = {"resnet50": 2048, "alexnet": 4096}
 
 
+def _run_header(argv, **machine) -> dict:
+    """When, by which command and on what machine a result was made (every results file)."""
+    return {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(
+            [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            **machine,
+        },
+    }
+
+
 # --------------------------------------------------------------------------- synthetic embeddings
 def synthetic_embeddings(n: int, dims=SYNTH_DIMS, seed: int = 0, signal: float = 0.1):
     """Fake backbone embeddings with class signal and patient clustering.
@@ -316,15 +332,7 @@ def run_nested(args, argv) -> int:
     )
     head_names = [h.strip() for h in args.nested_heads.split(",") if h.strip()]
     results = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(
-            [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
-        ),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },  # fmt: skip
+        **_run_header(argv),
         "store": {"path": "(synthetic, temporary)" if synthetic else str(store_path), "n": n},
         "settings": {
             "features": features,
@@ -520,16 +528,7 @@ def main(argv=None) -> int:
         else list(s.backbones)
     )
     results = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(
-            [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
-        ),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "cuda_for_xgboost": heads.cuda_available(),
-        },
+        **_run_header(argv, cuda_for_xgboost=heads.cuda_available()),
         "versions": heads.io.versions(),
         "store": {"path": str(store_path), "synthetic": synthetic, "n_images": len(s.ids)},
         "settings": {"quick": args.quick, "time_cap_s": time_cap, "seed": args.seed},

@@ -75,6 +75,20 @@ def _dicom(path: Path, arr: np.ndarray, photometric="MONOCHROME2", **tags) -> Pa
 # --------------------------------------------------------------------------- manifest CSVs
 
 
+def _damaged(data: bytes, trial: int, rng) -> bytearray:
+    """A damaged copy of ``data``: truncated, bytes flipped, or junk spliced in (by trial % 3)."""
+    d = bytearray(data)
+    if trial % 3 == 0:
+        d = d[: rng.integers(1, len(d))]
+    elif trial % 3 == 1:
+        for _ in range(rng.integers(1, 20)):
+            d[rng.integers(0, len(d))] = rng.integers(0, 256)
+    else:
+        i = rng.integers(0, len(d))
+        d[i:i] = rng.bytes(int(rng.integers(1, 50)))
+    return d
+
+
 def test_csv_bom_crlf_blank_rows_string_ids_unicode_paths(tmp_path):
     _png(tmp_path / "mes images é" / "0012 a.png")
     _png(tmp_path / "mes images é" / "007.PNG")
@@ -502,15 +516,7 @@ def test_damaged_files_only_raise_image_read_error(tmp_path):
     n_failed = 0
     for ext, data in sources.items():
         for trial in range(24):
-            d = bytearray(data)
-            if trial % 3 == 0:
-                d = d[: rng.integers(1, len(d))]
-            elif trial % 3 == 1:
-                for _ in range(rng.integers(1, 20)):
-                    d[rng.integers(0, len(d))] = rng.integers(0, 256)
-            else:
-                i = rng.integers(0, len(d))
-                d[i:i] = rng.bytes(int(rng.integers(1, 50)))
+            d = _damaged(data, trial, rng)
             p = tmp_path / f"f{trial}.{ext}"
             p.write_bytes(bytes(d))
             try:
@@ -584,15 +590,7 @@ def test_damaged_ljpeg_tfrecord_and_npy_only_raise_image_read_error(tmp_path):
     n_failed = 0
     for ext, (data, suffix) in sources.items():
         for trial in range(18):
-            d = bytearray(data)
-            if trial % 3 == 0:
-                d = d[: rng.integers(1, len(d))]
-            elif trial % 3 == 1:
-                for _ in range(rng.integers(1, 20)):
-                    d[rng.integers(0, len(d))] = rng.integers(0, 256)
-            else:
-                i = rng.integers(0, len(d))
-                d[i:i] = rng.bytes(int(rng.integers(1, 50)))
+            d = _damaged(data, trial, rng)
             name = f"A_0001_1.{ext}" if ext.endswith("LJPEG") else f"f{trial}.{ext}"
             p = tmp_path / name
             p.write_bytes(bytes(d))
