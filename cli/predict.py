@@ -46,7 +46,7 @@ def command(
     batches; a labelled input with a class the model lacks (a normal image given to a
     benign/malignant model) is warned about.
     """
-    from featmammo.predict import predict
+    from featmammo.fit.predict import predict
 
     df = predict(
         model, list(inputs), device=device, laterality=laterality, batch_size=batch_size,

@@ -23,10 +23,11 @@ features sets in ``config.json["optimistic_features"]``).
    :func:`caveats_from_stores`) and calls :func:`featmammo.report.write_report`,
    which computes every reported number from predictions.csv.
 
-The parts live beside it, one concern each (every name stays importable from here):
-:mod:`featmammo.fit_stores` (store views, exclusions), :mod:`featmammo.fit_splits` (split
-assignment, audits, inner folds), :mod:`featmammo.fit_caveats` (caveats, trained-embeddings
-check), :mod:`featmammo.fit_outputs` (run folder staging/install, model files, sidecar).
+The parts live beside it in the ``featmammo.fit`` package, one concern each (every name stays
+importable from ``featmammo.fit``): :mod:`featmammo.fit.stores` (store views, exclusions),
+:mod:`featmammo.fit.splits` (split assignment, audits, inner folds), :mod:`featmammo.fit.caveats`
+(caveats, trained-embeddings check), :mod:`featmammo.fit.outputs` (run folder staging/install,
+model files, sidecar); :mod:`featmammo.fit.predict` applies a saved model to new data.
 """
 
 from __future__ import annotations
@@ -43,14 +44,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, ManifestError
-from .fit_caveats import (  # noqa: F401  (re-exported: featmammo.fit keeps every name)
+from ..errors import ConfigError, ManifestError
+from .caveats import (  # noqa: F401  (re-exported: featmammo.fit keeps every name)
     _hybrid_blocks,
     _trained_embeddings,
     _weights_caveat,
     caveats_from_stores,
 )
-from .fit_outputs import (  # noqa: F401
+from .outputs import (  # noqa: F401
     MODELS,
     RUN_OUTPUTS,
     _install_run,
@@ -58,14 +59,14 @@ from .fit_outputs import (  # noqa: F401
     _staging_dir,
     model_filename,
 )
-from .fit_splits import (  # noqa: F401
+from .splits import (  # noqa: F401
     TEST_SPLITS,
     _assign_splits,
     _audits,
     _check_trainable,
     _inner_splits,
 )
-from .fit_stores import (  # noqa: F401
+from .stores import (  # noqa: F401
     FiniteStoreView,
     _exclusion_note,
     _exclusions,
@@ -73,7 +74,7 @@ from .fit_stores import (  # noqa: F401
     store_fingerprint,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("featmammo.fit")
 
 DEFAULT_HEADS = ("logreg", "knn")
 LABEL_ORDER = ("normal", "benign", "malignant")
@@ -100,7 +101,7 @@ class FitResult:
 
 def _default_classes(labels: Sequence[str]) -> tuple[str, ...]:
     """The labels present, normalised (featmammo.labels), in the order normal, benign, malignant."""
-    from .labels import normalize_label
+    from ..labels import normalize_label
 
     present, unknown = set(), {}
     counts = pd.Series([str(v) for v in labels]).value_counts()
@@ -122,7 +123,7 @@ def _default_classes(labels: Sequence[str]) -> tuple[str, ...]:
 
 def _map_labels(raw: np.ndarray, classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(mapped labels, keep mask): rows the scheme cannot express are dropped, never guessed."""
-    from .labels import in_scheme, map_labels
+    from ..labels import in_scheme, map_labels
 
     keep = np.asarray(in_scheme(list(raw), classes), dtype=bool)
     mapped = np.full(len(raw), "", dtype=object)
@@ -155,7 +156,7 @@ def _proba(model, X, classes) -> np.ndarray:
 
 def _base_params(name, head_params, device, threads=None) -> dict:
     """The fixed parameters of head ``name``: the user's ``head_params`` plus device / threads."""
-    from . import heads
+    from .. import heads
 
     params = dict(head_params.get(name, {}))
     canon = heads.canonical_name(name)
@@ -168,7 +169,7 @@ def _base_params(name, head_params, device, threads=None) -> dict:
 
 def _make_head(name, seed, blocks, params, block_scaling):
     """The one scaling rule: every features set (one block or several) through BlockScaler."""
-    from . import heads
+    from .. import heads
 
     return heads.make(name, seed=seed, blocks=blocks, balance=block_scaling, **params)
 
@@ -214,12 +215,12 @@ def fit(
     CPU-hungry; None leaves the libraries' own setting); XGBoost gets ``n_jobs=threads``.
     ``n_jobs``: features sets fitted in parallel threads (the results do not depend on it).
     """
-    from . import heads as heads_mod
-    from . import tuning
-    from .fusion import fuse
-    from .heads import fit_head
-    from .labels import parse_classes
-    from .report import write_report
+    from .. import heads as heads_mod
+    from .. import tuning
+    from ..fusion import fuse
+    from ..heads import fit_head
+    from ..labels import parse_classes
+    from ..report import write_report
 
     if test_split not in TEST_SPLITS:
         raise ConfigError(f"--test-split {test_split!r}: choose one of {TEST_SPLITS}")
