@@ -178,7 +178,7 @@ class _FoldData:
     projection and the squared distances shared by every head and grid point."""
 
     def __init__(self, X, y, groups, tr, va, blocks, balance):
-        from .fusion import BlockScaler
+        from .heads.scaling import BlockScaler
 
         scaler = BlockScaler(blocks=blocks, balance=balance).fit(X[tr])
         self.S_tr = scaler.transform(X[tr])

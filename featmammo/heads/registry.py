@@ -103,7 +103,7 @@ def make(
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from ..fusion import BlockPCA, BlockScaler
+    from .scaling import BlockPCA, BlockScaler
 
     info = describe(name)
     try:

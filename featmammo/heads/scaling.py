@@ -1,0 +1,133 @@
+"""Per-block transformers inside every head's pipeline: :class:`BlockScaler` (the one scaling
+rule) and :class:`BlockPCA`. scikit-learn estimator API; no torch.
+
+They were defined in :mod:`featmammo.fusion` before and stay importable from there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+
+def _normalise_blocks(blocks: Any, n_features: int) -> list[tuple[str, int, int]]:
+    """``blocks`` (dict name -> slice | (start, stop), or a list of pairs, or None) as a sorted
+    list of (name, start, stop) that tiles ``[0, n_features)`` exactly."""
+    if blocks is None:
+        return [("all", 0, n_features)]
+    items = list(blocks.items()) if isinstance(blocks, Mapping) else list(enumerate(blocks))
+    out = []
+    for name, b in items:
+        if isinstance(b, slice):
+            start, stop = b.start or 0, b.stop
+        else:
+            start, stop = b
+        out.append((str(name), int(start), int(stop)))
+    out.sort(key=lambda t: t[1])
+    pos = 0
+    for name, start, stop in out:
+        if start != pos or stop <= start:
+            raise ValueError(
+                f"blocks must tile the columns without gaps or overlaps; block {name!r} is "
+                f"[{start}, {stop}) but the previous block ends at {pos}"
+            )
+        pos = stop
+    if pos != n_features:
+        raise ValueError(f"blocks cover {pos} columns but X has {n_features} features")
+    return out
+
+
+class BlockScaler(TransformerMixin, BaseEstimator):
+    """Standardise every feature, then (``balance=True``) divide each of the B blocks by
+    sqrt(B x its width).
+
+    After balancing each block carries the same total variance (1/B) and a row the total variance
+    1 whatever the features set: a 4096-d AlexNet block does not outweigh a 2048-d ResNet50 block
+    in distances or in an L2 penalty, and a one-block set (a single backbone) is scaled by the same
+    rule as a hybrid, so a given C / alpha / gamma regularises both alike. ``blocks``: mapping
+    name -> slice or (start, stop) (``FusedFeatures.blocks``), or None for one block.
+    """
+
+    def __init__(self, blocks=None, balance: bool = True):
+        self.blocks = blocks
+        self.balance = balance
+
+    def fit(self, X, y=None):
+        X = validate_data(self, X, dtype=[np.float32, np.float64])
+        self.blocks_ = _normalise_blocks(self.blocks, X.shape[1])
+        self.mean_ = X.mean(axis=0)
+        std = X.std(axis=0)
+        std[std < 10 * np.finfo(X.dtype).eps] = 1.0
+        self.scale_ = std
+        factor = np.ones(X.shape[1], dtype=X.dtype)
+        if self.balance:
+            n_blocks = len(self.blocks_)
+            for _, start, stop in self.blocks_:
+                factor[start:stop] = 1.0 / np.sqrt(n_blocks * (stop - start))
+        self.factor_ = factor
+        return self
+
+    def transform(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
+        return ((X - self.mean_) / self.scale_ * self.factor_).astype(X.dtype, copy=False)
+
+    def get_feature_names_out(self, input_features=None):
+        check_is_fitted(self)
+        return np.array(
+            [f"{name}:{i}" for name, start, stop in self.blocks_ for i in range(stop - start)],
+            dtype=object,
+        )
+
+
+class BlockPCA(TransformerMixin, BaseEstimator):
+    """PCA fitted separately on each block; outputs the components side by side.
+
+    ``n_components``: components per block (capped by the block width and the number of samples).
+    ``blocks_out_`` gives the output layout (name -> (start, stop)).
+    """
+
+    def __init__(self, blocks=None, n_components: int = 64, whiten: bool = False, random_state=0):
+        self.blocks = blocks
+        self.n_components = n_components
+        self.whiten = whiten
+        self.random_state = random_state
+
+    def fit(self, X, y=None):
+        from sklearn.decomposition import PCA
+
+        X = validate_data(self, X, dtype=[np.float32, np.float64])
+        if int(self.n_components) < 1:
+            raise ValueError(f"n_components must be >= 1; got {self.n_components}")
+        self.blocks_ = _normalise_blocks(self.blocks, X.shape[1])
+        self.pcas_ = []
+        self.blocks_out_ = {}
+        col = 0
+        for name, start, stop in self.blocks_:
+            k = min(int(self.n_components), stop - start, X.shape[0])
+            pca = PCA(n_components=k, whiten=self.whiten, random_state=self.random_state)
+            pca.fit(X[:, start:stop])
+            self.pcas_.append(pca)
+            self.blocks_out_[name] = (col, col + k)
+            col += k
+        return self
+
+    def transform(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
+        out = [
+            pca.transform(X[:, start:stop])
+            for pca, (_, start, stop) in zip(self.pcas_, self.blocks_, strict=True)
+        ]
+        return np.concatenate(out, axis=1).astype(X.dtype, copy=False)
+
+    def get_feature_names_out(self, input_features=None):
+        check_is_fitted(self)
+        return np.array(
+            [f"{name}:pc{i}" for name, (a, b) in self.blocks_out_.items() for i in range(b - a)],
+            dtype=object,
+        )
