@@ -57,7 +57,7 @@ workers_option = click.option(
     show_default=True,
     help="Processes that read and preprocess images. auto: one per spare core on a GPU; on a "
     "CPU 0 (the main process with a read-ahead thread: the least CPU time per image, measured) up "
-    "to 4 cores, then one per 4 cores. See README 'Speed'.",
+    "to 4 cores, then one per 4 cores. See docs/speed.md.",
 )
 no_cache_option = click.option(
     "--no-cache",
