@@ -15,6 +15,9 @@ p_<class>...``) so that every figure can be recomputed from stored predictions:
 - :func:`paired_comparison` / :func:`mcnemar_clustered` / :func:`holm_adjust` -- model A vs model
   B on the same images (paired patient bootstrap; McNemar with patients as clusters), adjusted for
   multiplicity.
+- :func:`compare_predictions` (:mod:`.comparisons`) -- the ``comparisons.csv`` table: any two
+  features sets, same head, same units; corrected resampled t on CV folds, paired patient
+  bootstrap on the test, clustered McNemar as its own Holm family.
 - :func:`evaluate_predictions` -- all of the above for every features x head x evaluation in a
   table. Evaluations: ``cv`` (numbered folds), ``test``, ``validation`` (HybridNet early-stopping
   rows: optimistic, never ranked or compared). No CI below :data:`MIN_PATIENTS_PER_CLASS`
@@ -39,6 +42,15 @@ from .bootstrap import (
     ci_note,
     cluster_bootstrap_weights,
     patients_per_class,
+)
+from .comparisons import (
+    COMPARISON_COLUMNS,
+    compare_predictions,
+    constant_reason,
+    default_pairs,
+    read_comparisons,
+    resolve_pairs,
+    verify_comparisons,
 )
 from .kernels import (
     CI_METRICS,
@@ -71,10 +83,13 @@ from .table import (
 )
 
 __all__ = [
-    "ADJUSTMENT", "CI_METRICS", "DECISION_RULE", "HONEST_EVALUATIONS", "MIN_PATIENTS_PER_CLASS",
+    "ADJUSTMENT", "CI_METRICS", "COMPARISON_COLUMNS", "DECISION_RULE", "HONEST_EVALUATIONS",
+    "MIN_PATIENTS_PER_CLASS",
     "PAIRED_METRICS", "SCALAR_METRICS", "TEST_FOLD", "VALIDATION_FOLD", "ConfigError",
     "binomial_two_sided", "bootstrap_metrics", "ci_note", "cluster_bootstrap_weights",
-    "compute_metrics", "evaluate_predictions", "evaluation_of", "holm_adjust",
+    "compare_predictions", "compute_metrics", "constant_reason", "default_pairs",
+    "evaluate_predictions", "evaluation_of", "holm_adjust",
     "majority_baseline", "mcnemar_clustered", "mcnemar_exact", "paired_comparison",
-    "patients_per_class", "positive_class", "read_predictions", "table_from_confusion",
+    "patients_per_class", "positive_class", "read_comparisons", "read_predictions", "resolve_pairs",
+    "table_from_confusion", "verify_comparisons",
 ]  # fmt: skip
