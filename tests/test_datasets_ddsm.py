@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 
 import numpy as np
 import pytest
@@ -219,11 +220,94 @@ def test_overlay_parser_and_bad_overlays(tmp_path):
         read_overlay(chain)
 
 
-def test_unknown_pathology_stops_the_build(tree):
+def _corrupt_deflate(path):
+    """``path``'s bytes gzipped, then a byte inside the deflate stream flipped: the gzip header is
+    intact, so only zlib sees the damage (it raises ``zlib.error``, not an OSError)."""
+    raw = bytearray(gzip.compress(path.read_bytes() * 3))
+    raw[len(raw) // 2] ^= 0xFF
+    raw[12] ^= 0x55
+    gz = path.with_name(path.name + ".gz")
+    gz.write_bytes(bytes(raw))
+    path.unlink()
+    return gz
+
+
+def test_corrupt_deflate_in_side_files_is_named_and_listed(tree):
+    """A .ics.gz or .OVERLAY.gz with a damaged deflate stream: a ManifestError naming the file
+    from the readers, and one listed case/view from the builder, which finishes."""
+    import zlib
+
+    from featmammo.io.ddsm import read_ics
+
+    ics = _corrupt_deflate(next(tree.rglob("A-0002-1.ics")))
+    ov = _corrupt_deflate(next(tree.rglob("C_1465_1.LEFT_CC.OVERLAY")))
+    for reader, path in ((read_ics, ics), (read_overlay, ov)):
+        with pytest.raises(ManifestError, match=r"corrupt gzip data") as info:
+            reader(path)
+        assert str(path) in str(info.value) and not isinstance(info.value, zlib.error)
+    df, summary = build_ddsm(tree)
+    rows = {u["image_id"]: u for u in summary["unresolved_rows"]}
+    assert "corrupt gzip data" in rows["C_1465_1.LEFT_CC"]["reason"]
+    assert rows["C_1465_1.LEFT_CC"]["where"] == str(ov)
+    assert rows["A_0002_1.LEFT_CC"]["where"] == str(ics)
+    assert summary["unresolved_reasons"]["unreadable overlay"] == 1
+    assert summary["unresolved_reasons"]["unreadable .ics"] == 3
+    assert set(df["image_id"]) == {"D_3000_1.RIGHT_MLO"}
+
+
+@pytest.mark.parametrize(
+    "old, new, match",
+    [
+        ("PATHOLOGY BENIGN\n", "PATHOLOGY MAYBE\n", r"line \d+: unknown PATHOLOGY 'MAYBE'"),
+        ("6 6 6 6", "6 9 6 6", r"line \d+: chain-code direction 9 is not 0-7"),
+        ("6 6 6 6", "6 x 6 6", r"line \d+: malformed chain code"),
+    ],
+)
+def test_a_bad_overlay_is_one_listed_view_not_a_stop(tree, old, new, match):
     ov = next(tree.rglob("C_1465_1.LEFT_CC.OVERLAY"))
-    ov.write_text(ov.read_text().replace("PATHOLOGY BENIGN\n", "PATHOLOGY MAYBE\n"))
-    with pytest.raises(ManifestError, match=r"LEFT_CC.OVERLAY: line \d+: unknown PATHOLOGY"):
-        build_ddsm(tree)
+    ov.write_text(ov.read_text().replace(old, new, 1))
+    df, summary = build_ddsm(tree)
+    (bad,) = [u for u in summary["unresolved_rows"] if u["image_id"] == "C_1465_1.LEFT_CC"]
+    assert bad["where"] == str(ov)
+    assert re.search(match, bad["reason"]) and "LEFT_CC.OVERLAY" in bad["reason"]
+    assert "C_1465_1.LEFT_CC" not in set(df["image_id"]) and len(df) == 4
+
+
+@pytest.mark.parametrize(
+    "sub, n",
+    [
+        ("cases/normals", 3),
+        ("cases/normals/normal_01", 3),
+        ("cases/normals/normal_01/case0002", 3),
+        ("cases/cancers/cancer_05/case1465", 1),
+    ],
+)
+def test_root_may_be_any_level_of_the_tree(tree, sub, n):
+    df, summary = build_ddsm(tree / sub)
+    assert len(df) == n and summary["unresolved_reasons"].get("case type unknown") is None
+    want = "normals" if "normals" in sub else "cancers"
+    assert set(df["case_type"]) == {want}
+    assert set(df["volume"]) == {sub.split("/")[2] if sub.count("/") >= 2 else "normal_01"}
+
+
+def test_root_through_a_symlink_and_messages_when_nothing_is_found(tree, tmp_path):
+    link = tmp_path / "mine"
+    link.symlink_to(tree / "cases" / "normals")
+    df, _ = build_ddsm(link)
+    assert set(df["label"]) == {"normal"} and len(df) == 3
+    # a case tree whose folders carry no type name: said so, not "e.g. <first reason>"
+    odd = tmp_path / "odd" / "case0002"
+    odd.mkdir(parents=True)
+    for f in (tree / "cases" / "normals" / "normal_01" / "case0002").iterdir():
+        (odd / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(ManifestError, match="none lies under a folder named normals"):
+        build_ddsm(tmp_path / "odd")
+    with pytest.raises(ManifestError, match="all 1 are of other types than cancers"):
+        build_ddsm(tree / "cases" / "normals", case_types=["cancers"])
+    (tmp_path / "empty" / "x").mkdir(parents=True)
+    (tmp_path / "empty" / "x" / "readme.txt").write_text("nothing")
+    with pytest.raises(ManifestError, match=r"no \.ics or \.LJPEG file .* ROOT may be"):
+        build_ddsm(tmp_path / "empty")
 
 
 def test_unreadable_ics_listed_and_empty_tree(tree, tmp_path):

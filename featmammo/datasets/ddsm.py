@@ -3,31 +3,36 @@
 
 Rules (documented choices):
 
-- A case folder is any folder holding an ``.ics`` or an ``.LJPEG``; its type is the first folder
-  of its path named ``normals``, ``benigns``, ``cancers`` or ``benign_without_callbacks`` (any
-  case), its volume the folder below that. Views come from the ``.ics`` view lines
-  (:func:`featmammo.io.ddsm.read_ics`); each view is one row whose image is
+- ROOT may be any level of the tree: the DDSM top folder, ``cases/``, ``cases/normals`` (the
+  usual download for the normal class), one volume or one case folder. A case folder is any
+  folder holding an ``.ics`` or an ``.LJPEG``; its type is taken from its own absolute path (the
+  nearest folder named ``normals``, ``benigns``, ``cancers`` or ``benign_without_callbacks``, any
+  case; the resolved path when ROOT is a symlink), its volume the folder below that. Views come
+  from the ``.ics`` view lines (:func:`featmammo.io.ddsm.read_ics`); each view is one row whose
+  image is
   ``<case>.<VIEW>.LJPEG`` (or ``.LJPEG.gz``, read in memory by :mod:`featmammo.io.ljpeg`).
 - Labels (``label_rule`` says which applied): views of ``normals`` volumes -> ``normal``. Views
   with an overlay -> from its pathologies: any MALIGNANT -> ``malignant``; BENIGN and
   BENIGN_WITHOUT_CALLBACK -> ``benign`` (as in CBIS-DDSM); UNPROVEN -> ``unproven``
   (``exclude`` by default, or ``benign``/``malignant``). Views without an overlay in an abnormal
   case are unverified: left out and listed by default (``unverified_views="exclude"``) or
-  ``normal`` on request. An unknown PATHOLOGY stops with the overlay's file and line.
-- ``patient_id`` = the case (``A-0002-1``); ``image_id`` = ``A_0002_1.LEFT_CC``; laterality and
-  view from the view name; no official split (``split`` empty). Columns: ``case_type``,
-  ``volume``, ``institution`` (A-D), ``digitizer``, ``density``, ``age``, ``lesion_type``,
-  ``abnormality_type``, ``assessment``, ``subtlety``, ``pathology`` (``;``-joined per
-  abnormality), ``lines``/``pixels_per_line``/``bits_per_pixel``/``resolution`` (from the .ics),
-  ``ics_path``, ``overlay_path``.
+  ``normal`` on request.
+- ``patient_id`` = ``exam_id`` = the case (``A-0002-1``: one screening exam); ``image_id`` =
+  ``A_0002_1.LEFT_CC``; laterality and view from the view name; no official split (``split``
+  empty). Columns: ``case_type``, ``volume``, ``institution`` (A-D), ``digitizer``,
+  ``density``, ``age``, ``lesion_type``, ``abnormality_type``, ``assessment``, ``subtlety``,
+  ``pathology`` (``;``-joined per abnormality), ``lines``/``pixels_per_line``/
+  ``bits_per_pixel``/``resolution`` (from the .ics), ``ics_path``, ``overlay_path``.
 - ROI masks: with ``mask_dir``, every overlay's BOUNDARY outlines are filled into full-size PNG
   masks ``<mask_dir>/<image_id>.<k>.png`` (one per abnormality, 1-bit); ``roi_mask_path`` is the
   abnormality that decides the label (first malignant, else first), ``roi_mask_paths`` all of
   them, ``;``-joined: usable by ``--roi crop|patch``. A mask newer than its overlay is reused.
 - Never a crash on a missing or broken file: a view whose LJPEG is missing, a case whose .ics is
-  missing or unreadable, an LJPEG whose view is not in the .ics, an overlay the .ics announces
-  but that is not there, and a malformed chain code are listed (unresolved rows or ``mask_errors``)
-  with the reason. Gzipped files are counted in the summary.
+  missing or unreadable (a damaged gzip stream included), an LJPEG whose view is not in the .ics,
+  an overlay the .ics announces but that is not there, and an overlay that cannot be read (damaged
+  gzip stream, malformed chain code, unknown PATHOLOGY: the view is listed with the overlay's file
+  and line) are unresolved rows; an outline that cannot become a mask is in ``mask_errors``.
+  Gzipped files are counted in the summary. Only an unwritable mask folder stops the build.
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ from pathlib import Path
 import pandas as pd
 
 from featmammo.datasets.base import abs_root, manifest_frame, summarize, walk_files
-from featmammo.datasets.ddsm_overlay import outline_mask, read_overlay, write_mask
+from featmammo.datasets.ddsm_overlay import outline_mask, read_overlay
+from featmammo.datasets.masks import MaskWriter, default_mask_dir, mask_notes, no_masks_summary
 from featmammo.errors import ConfigError, ManifestError
 
 log = logging.getLogger(__name__)
@@ -57,6 +63,7 @@ UNVERIFIED_POLICIES = ("exclude", "normal")
 UNPROVEN_POLICIES = ("exclude", "benign", "malignant")
 EXTRA_COLUMNS = [
     "label_rule",
+    "exam_id",
     "case_type",
     "volume",
     "institution",
@@ -94,12 +101,17 @@ def label_rule(unverified_views: str, unproven: str) -> str:
     )
 
 
-def _case_type(rel_parts: tuple[str, ...]) -> tuple[str, str]:
-    for k, part in enumerate(rel_parts):
-        t = CASE_TYPES.get(part.lower())
-        if t is not None:
-            volume = rel_parts[k + 1] if k + 1 < len(rel_parts) else ""
-            return t, volume
+def _case_type(folder: Path) -> tuple[str, str]:
+    """(type, volume) of a case folder from its own absolute path: the nearest folder named like a
+    case type (``normals``, ...; any case) and the folder below it, so ROOT may be any level of
+    the tree (the DDSM top folder, ``cases/``, ``cases/normals``, a volume, one case folder). When
+    the path as given holds none (ROOT reached through a symlink), the resolved path is tried."""
+    for parts in (folder.parts, Path(os.path.realpath(folder)).parts):
+        for k in range(len(parts) - 1, -1, -1):
+            t = CASE_TYPES.get(parts[k].lower())
+            if t is not None:
+                volume = parts[k + 1] if k + 1 < len(parts) else ""
+                return t, volume
     return "", ""
 
 
@@ -178,20 +190,21 @@ def build_ddsm(
             )
     root = abs_root(root, "DDSM")
     rule = label_rule(unverified_views, unproven)
-    mask_dir = Path(os.path.abspath(os.fspath(mask_dir))) if mask_dir is not None else None
+    writer = MaskWriter(mask_dir) if mask_dir is not None else None
     cases = _scan(root)
     if not cases:
         raise ManifestError(
-            f"{root}: no DDSM case found (no .ics or .LJPEG file; expected "
-            "cases/<normals|benigns|cancers|benign_without_callbacks>/<volume>/caseNNNN/)"
+            f"{root}: no DDSM case found: no .ics or .LJPEG file (plain or .gz, named like "
+            "A-0002-1.ics / A_0002_1.LEFT_CC.LJPEG) anywhere under this folder; ROOT may be the "
+            "DDSM top folder, cases/, cases/<normals|benigns|cancers|benign_without_callbacks>, "
+            "one volume or one case folder"
         )
-    rows, unresolved, excluded, mask_errors = [], [], [], []
+    rows, unresolved, excluded = [], [], []
     counts: Counter = Counter()
     gzipped: list[str] = []
     for folder in sorted(cases):
         c = cases[folder]
-        rel = folder.relative_to(root).parts
-        case_type, volume = _case_type(rel)
+        case_type, volume = _case_type(folder)
         where = str(folder)
         if not case_type:
             unresolved.append(
@@ -266,7 +279,13 @@ def build_ddsm(
                 continue
             if overlay is not None and not vinfo.get("overlay"):
                 counts["overlay_not_in_ics"] += 1
-            abns = read_overlay(overlay) if overlay is not None else None
+            try:
+                abns = read_overlay(overlay) if overlay is not None else None
+            except ManifestError as exc:  # damaged gzip, bad chain code, unknown PATHOLOGY
+                unresolved.append(
+                    {"image_id": image_id, "where": str(overlay), "reason": f"overlay: {exc}"}
+                )
+                continue
             if case_type == "normals" and abns:
                 counts["normals_with_overlay"] += 1
             label, why = _view_label(case_type, abns, unverified_views, unproven)
@@ -276,7 +295,7 @@ def build_ddsm(
                 continue
             side, _, vname = view.partition("_")
             abns = abns or []
-            masks = _masks(image_id, abns, overlay, vinfo, mask_dir, counts, mask_errors)
+            masks = _masks(image_id, abns, overlay, vinfo, writer)
             primary = next((k for k, a in enumerate(abns) if a["pathology"] == "MALIGNANT"), 0)
             rows.append(
                 {
@@ -289,6 +308,7 @@ def build_ddsm(
                     "split": "",
                     "source": SOURCE,
                     "label_rule": rule,
+                    "exam_id": case,
                     "case_type": case_type,
                     "volume": volume,
                     "institution": ics.get("institution") or "",
@@ -317,11 +337,7 @@ def build_ddsm(
             )
     df = manifest_frame(rows, EXTRA_COLUMNS)
     if df.empty:
-        raise ManifestError(
-            f"{root}: no DDSM view could be used ({len(cases)} case folders, "
-            f"{len(unresolved)} unresolved, {len(excluded)} excluded); e.g. "
-            + (unresolved[0]["reason"] if unresolved else excluded[0]["reason"] if excluded else "")
-        )
+        raise ManifestError(_nothing_usable(root, cases, counts, unresolved, excluded, case_types))
     notes = []
     if gzipped:
         notes.append(f"{len(gzipped)} gzipped file(s) (read in memory; listed in 'gzipped')")
@@ -332,10 +348,8 @@ def build_ddsm(
         )
     if counts["excluded_unproven"]:
         notes.append(f"{counts['excluded_unproven']} view(s) with UNPROVEN pathology only left out")
-    if mask_dir is None:
-        notes.append("no ROI masks written (give a mask folder for --roi crop|patch)")
-    if mask_errors:
-        notes.append(f"{len(mask_errors)} outline(s) could not be made into masks (mask_errors)")
+    masks = writer.summary() if writer is not None else no_masks_summary()
+    notes.extend(mask_notes(masks))
     summary = summarize(
         df,
         root=root,
@@ -357,14 +371,35 @@ def build_ddsm(
         missing_ljpeg=counts["missing_ljpeg"],
         excluded=excluded,
         gzipped=gzipped,
-        mask_dir=str(mask_dir) if mask_dir else "",
-        masks_written=counts["masks_written"],
-        masks_reused=counts["masks_reused"],
-        mask_errors=mask_errors,
+        **masks,
         overlay_not_in_ics=counts["overlay_not_in_ics"],
         normals_with_overlay=counts["normals_with_overlay"],
     )
     return df, summary
+
+
+def _nothing_usable(root, cases, counts, unresolved, excluded, case_types) -> str:
+    """Why no view made it into the manifest, in the words that fit what was found."""
+    head = f"{root}: no DDSM view could be used ({len(cases)} case folder(s) found"
+    if (
+        case_types is not None
+        and counts["cases_skipped"]
+        and not any(k.startswith("cases_") and k != "cases_skipped" for k in counts)
+    ):
+        return (
+            f"{head}; all {counts['cases_skipped']} are of other types than "
+            f"{', '.join(case_types)}: choose other --case-types)"
+        )
+    if unresolved and all("type unknown" in u["reason"] for u in unresolved):
+        return (
+            f"{head}, but none lies under a folder named normals, benigns, cancers or "
+            "benign_without_callbacks, so no label can be given; keep the DDSM folder names)"
+        )
+    why = unresolved[0]["reason"] if unresolved else excluded[0]["reason"] if excluded else ""
+    return (
+        f"{head}; {len(unresolved)} unresolved, {len(excluded)} excluded, listed in the "
+        f"summary); e.g. {why}"
+    )
 
 
 def _str(v) -> str:
@@ -377,47 +412,28 @@ def _image_id(ljpeg: Path) -> str:
 
 
 def _masks(
-    image_id: str,
-    abns: list[dict],
-    overlay: Path | None,
-    vinfo: dict,
-    mask_dir: Path | None,
-    counts: Counter,
-    errors: list[dict],
+    image_id: str, abns: list[dict], overlay: Path | None, vinfo: dict, writer: MaskWriter | None
 ) -> list[str]:
-    """One mask PNG per abnormality (paths; ``""`` where an abnormality has no BOUNDARY)."""
-    if mask_dir is None or overlay is None or not abns:
+    """One mask PNG per abnormality (paths; ``""`` where an abnormality has no usable BOUNDARY)."""
+    if writer is None or overlay is None or not abns:
         return []
     shape = (int(vinfo["lines"]), int(vinfo["pixels_per_line"]))
     out = []
     for k, a in enumerate(abns, start=1):
         if not any(o["kind"] == "BOUNDARY" for o in a["outlines"]):
-            errors.append(
-                {"image_id": image_id, "abnormality": a["index"], "reason": "no BOUNDARY"}
-            )
+            writer.error(image_id, "no BOUNDARY", abnormality=a["index"])
             out.append("")
             continue
-        path = mask_dir / f"{image_id}.{k}.png"
-        try:
-            if path.is_file() and path.stat().st_mtime >= overlay.stat().st_mtime:
-                counts["masks_reused"] += 1
-            else:
-                mask = outline_mask(a["outlines"], shape)
-                if not mask.any():
-                    errors.append(
-                        {
-                            "image_id": image_id,
-                            "abnormality": a["index"],
-                            "reason": f"outline lies outside the {shape[0]}x{shape[1]} image",
-                        }
-                    )
-                    out.append("")
-                    continue
-                write_mask(mask, path)
-                counts["masks_written"] += 1
-        except OSError as exc:
-            raise ManifestError(f"{path}: cannot write ROI mask ({exc})") from exc
-        out.append(str(path))
+        out.append(
+            writer.write(
+                f"{image_id}.{k}.png",
+                lambda a=a: outline_mask(a["outlines"], shape),
+                sources=[overlay],
+                image_id=image_id,
+                what="outline",
+                abnormality=a["index"],
+            )
+        )
     return out
 
 
@@ -432,13 +448,9 @@ def _reason_kind(reason: str) -> str:
         return "view not in the .ics"
     if "type unknown" in reason:
         return "case type unknown"
+    if reason.startswith("overlay:"):
+        return "unreadable overlay"
     return "unreadable .ics"
-
-
-def default_mask_dir(output) -> Path:
-    """``<output stem>.masks/`` beside the manifest (so mask paths are written relative)."""
-    out = Path(output)
-    return out.with_name(out.stem + ".masks")
 
 
 __all__ = ["build_ddsm", "default_mask_dir", "label_rule"]

@@ -13,13 +13,13 @@ lines, unknown keys ignored); an unknown PATHOLOGY or a malformed chain code rai
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
+from featmammo.datasets.masks import write_mask  # noqa: F401 (re-exported)
 from featmammo.errors import ManifestError
 
 log = logging.getLogger(__name__)
@@ -38,27 +38,16 @@ DIRECTIONS = {
 }
 
 
-def _text(path: Path) -> str:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise ManifestError(f"{path}: corrupt gzip data ({exc})") from None
-    return raw.decode("latin-1")
-
-
 def read_overlay(path) -> list[dict]:
     """Parse an ``.OVERLAY`` -> one dict per abnormality: ``index``, ``line`` (where it starts),
     ``lesion_types`` (list of the LESION_TYPE texts), ``abnormality_type`` (``mass``,
     ``calcification`` or both, ``;``-joined), ``assessment``, ``subtlety``, ``pathology``,
     ``outlines`` (list of ``{"kind": "BOUNDARY"|"CORE", "line", "points": (N, 2) int array of
     (x, y)}``)."""
+    from featmammo.io.ddsm import read_text
+
     p = Path(os.fspath(path))
-    try:
-        text = _text(p)
-    except OSError as exc:
-        raise ManifestError(f"{p}: cannot read overlay ({exc})") from exc
+    text = read_text(p, "overlay")
     lines = text.splitlines()
     out: list[dict] = []
     cur: dict | None = None
@@ -138,29 +127,7 @@ def _chain_points(tokens: list[str], path: Path, lineno: int) -> np.ndarray:
 def outline_mask(outlines: list[dict], shape: tuple[int, int], kinds=("BOUNDARY",)) -> np.ndarray:
     """The filled outlines (``kinds``) as a uint8 mask of ``shape`` = (LINES, PIXELS_PER_LINE):
     255 inside or on an outline, 0 elsewhere (outlines are clipped to the image)."""
-    from PIL import Image as PILImage
-    from PIL import ImageDraw
+    from featmammo.datasets.masks import polygon_mask
 
-    h, w = shape
-    img = PILImage.new("L", (w, h), 0)
-    draw = ImageDraw.Draw(img)
-    for o in outlines:
-        if o["kind"] not in kinds:
-            continue
-        pts = [(int(px), int(py)) for px, py in o["points"]]
-        if len(pts) >= 3:
-            draw.polygon(pts, fill=255, outline=255)
-        else:
-            draw.point(pts, fill=255)
-    return np.asarray(img)
-
-
-def write_mask(mask: np.ndarray, path: Path) -> None:
-    """Write a mask PNG atomically: 1-bit (``featmammo.io.read_image`` gives 0/255 back), fast
-    zlib level: a full-size DDSM mask takes ~50 ms and ~12 KiB (8-bit, default level: ~140 ms)."""
-    from PIL import Image as PILImage
-
-    from featmammo.atomic import atomic_write
-
-    img = PILImage.fromarray(np.ascontiguousarray(mask > 0))
-    atomic_write(path, lambda f: img.save(f, format="PNG", compress_level=1))
+    polygons = [o["points"] for o in outlines if o["kind"] in kinds]
+    return polygon_mask(polygons, shape, point_radius=0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +38,23 @@ CALIBRATIONS = {
 }
 
 
-def _open_text(path: Path) -> str:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":  # some mirrors gzip every file
-        raw = gzip.decompress(raw)
+def read_text(path, what: str) -> str:
+    """The text of a DDSM side file (``.ics``, ``.OVERLAY``), plain or gzipped (some mirrors
+    gzip every file), decoded as latin-1. Raises ManifestError naming the file and ``what`` it is
+    when it is missing, unreadable, or its gzip/deflate stream is damaged (``zlib.error``, a cut
+    stream, a bad header: never a raw zlib or gzip exception)."""
+    p = Path(os.fspath(path))
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ManifestError(f"{p}: {what} does not exist") from None
+    except OSError as exc:
+        raise ManifestError(f"{p}: cannot read {what} ({exc.strerror or exc})") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+            raise ManifestError(f"{p}: corrupt gzip data in the {what} ({exc})") from None
     return raw.decode("latin-1")
 
 
@@ -94,12 +108,7 @@ def read_ics(path) -> dict:
     missing, has no view lines, or a view line lacks LINES / PIXELS_PER_LINE.
     """
     p = Path(os.fspath(path))
-    try:
-        text = _open_text(p)
-    except FileNotFoundError:
-        raise ManifestError(f"{p}: .ics file does not exist") from None
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise ManifestError(f"{p}: cannot read .ics file ({exc})") from None
+    text = read_text(p, ".ics file")
     info: dict = {
         "filename": None,
         "case": None,
@@ -287,5 +296,6 @@ __all__ = [
     "institution_of",
     "optical_density",
     "read_ics",
+    "read_text",
     "view_of",
 ]
