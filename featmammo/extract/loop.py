@@ -34,6 +34,40 @@ def _open_writer(store_path, rank: int, every: int | None):
 
 
 @dataclass
+class Plan:
+    """The work of one extraction, decided once (by rank 0 under ``torchrun``) from the store as
+    it was when the run started, and shared with every rank: each rank takes every
+    ``world``-th batch of the same list, so no rank can see rows another rank merged meanwhile
+    as "done" and skip work nobody else does."""
+
+    need: np.ndarray  # (manifest rows, backbones) bool: still needs an embedding
+    dtypes: dict  # backbone -> the store's dtype
+    batches: list  # manifest row indices of each batch that needs work, in manifest order
+    n_skipped: int  # images already done for every requested backbone
+
+    @property
+    def n_todo(self) -> int:
+        return int(self.need.any(axis=1).sum())
+
+
+def plan_work(store_path, ids: np.ndarray, names: list, batch_size: int) -> Plan:
+    """Which manifest rows still need which backbone, cut into the run's fixed batches."""
+    st = fstore.open(store_path)
+    index = {i: k for k, i in enumerate(st.ids)}
+    rows = np.array([index[i] for i in ids], dtype=np.int64)  # store row per manifest row
+    # True where (manifest row, backbone) still needs an embedding (pending or failed before)
+    need = np.stack([st.status(nm)[rows] != fstore.DONE for nm in names], axis=1)
+    n = len(ids)
+    chunks = [np.arange(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
+    return Plan(
+        need=need,
+        dtypes={nm: st.dtype(nm) for nm in names},
+        batches=[c for c in chunks if need[c].any()],
+        n_skipped=int((~need.any(axis=1)).sum()),
+    )
+
+
+@dataclass
 class _Loop:
     """One process's share of an extraction: read -> forward -> background write."""
 
@@ -54,28 +88,24 @@ class _Loop:
     prefetch: bool
     cache: object
     consolidate_every: int | None
+    plan: Plan
     decoder: str = "cpu"
+    between: Callable[[], None] | None = None  # after each batch (other ranks' failures, beats)
 
     def run(self) -> ExtractSummary:
-        st = fstore.open(self.store_path)
-        index = {i: k for k, i in enumerate(st.ids)}
-        rows = np.array([index[i] for i in self.ids], dtype=np.int64)  # store row per manifest row
+        plan = self.plan
         self.names = names = list(self.models)
-        # True where (manifest row, backbone) still needs an embedding (pending or failed before)
-        self.need = need = np.stack([st.status(nm)[rows] != fstore.DONE for nm in names], axis=1)
-        self.dtypes = {nm: st.dtype(nm) for nm in names}
+        self.need = need = plan.need
+        self.dtypes = plan.dtypes
         n = len(self.df)
-        chunks = [np.arange(a, min(a + self.batch_size, n)) for a in range(0, n, self.batch_size)]
-        todo = [c for c in chunks if need[c].any()]
-        mine = todo[self.rank :: self.world]
+        mine = plan.batches[self.rank :: self.world]
         self.summary = summary = ExtractSummary(
             store=str(self.store_path), backbones=names, n_images=n
         )
-        # images needing nothing are counted once, by rank 0
-        summary.n_skipped = int((~need.any(axis=1)).sum()) if self.rank == 0 else 0
         log.info(
-            "%d images: %d to embed in %d batches on %s (rank %d/%d, %d workers), backbones %s",
-            n, int(need.any(axis=1).sum()), len(todo), self.dev, self.rank, self.world,
+            "%d images: %d to embed in %d batches on %s (rank %d/%d: %d batches, %d workers), "
+            "backbones %s",
+            n, plan.n_todo, len(plan.batches), self.dev, self.rank, self.world, len(mine),
             self.workers, names,
         )  # fmt: skip
         if not mine:
@@ -103,6 +133,8 @@ class _Loop:
         with _open_writer(self.store_path, self.rank, self.consolidate_every) as writer:
             for (ok_idx, _batch, failed), outputs in _pipelined(batches, launch):
                 self._finish(writer, ok_idx, failed, outputs.result())
+                if self.between is not None:
+                    self.between()
                 if self.max_failures is not None and len(self.failed_images) > self.max_failures:
                     log.error(
                         "more than %d images failed; stopping after this batch", self.max_failures

@@ -13,7 +13,7 @@ import torch
 
 from .. import store as fstore
 from ..devices import resolve_device, torchrun_env
-from ..errors import AllImagesFailed, ConfigError, FeatmammoError, StoreError
+from ..errors import AllImagesFailed, ConfigError
 from ..hashing import keyed_hash, read_key
 from .environment import (
     _cudnn_benchmark,
@@ -24,7 +24,7 @@ from .environment import (
     resolve_workers,
 )
 from .loading import check_roi_masks
-from .loop import _Loop
+from .loop import Plan, _Loop, plan_work
 from .models import (
     DEFAULT_BACKBONES,
     _check_hybrid_preprocess,
@@ -33,6 +33,7 @@ from .models import (
     backbone_provenance,
     hybrid_preprocess,
 )
+from .ranks import Ranks, test_delay
 from .summary import ExtractSummary, _first_failure, _merge_summaries
 
 log = logging.getLogger(__package__)  # "featmammo.extract" in log lines, as before the split
@@ -93,7 +94,6 @@ def extract(
     Raises :class:`AllImagesFailed` (after recording the failures) when every image failed.
     """
     from ..datasets.manifest import manifest_hash, read_manifest
-    from ..preprocess import PreprocessConfig
 
     t0 = time.perf_counter()
     if batch_size < 1:
@@ -132,99 +132,25 @@ def extract(
     meta = stored.drop(columns=["image_id"])
 
     n_threads = threads or default_threads(n_workers, local_world)
-    dist = None
-    own_group = False
-    with _threads(n_threads), _cudnn_benchmark(dev):
-        models = _make_models(backbones, weights, dev, backbone_suffix)
-        if preprocess is None:
-            preprocess = PreprocessConfig(**hybrid_preprocess(models))
-            check_roi_masks(df, preprocess, "manifest")
-        _check_hybrid_preprocess(preprocess, models)
-        config = _resolve_preprocess(preprocess, models)
-        entries = [
-            fstore.BackboneEntry(
-                name, int(m.spec.dim), backbone_provenance(m, config, dtype), dtype
-            )
-            for name, m in models.items()
-        ]
-        identities = {e.name: e.identity for e in entries}
-        store_prov = {
-            "manifest_hash": mhash,
-            "id_hashing": (
-                {"method": "hmac-sha256", "length": 16, "key_check": keyed_hash("featmammo", key)}
-                if key is not None
-                else None
-            ),
-        }
-        if world > 1:
+    ranks, own_group = Ranks.join(rank, world)
+    try:
+        with _threads(n_threads), _cudnn_benchmark(dev):
+            summary = _run(
+                ranks, df=df, ids=ids, meta=meta, mhash=mhash, key=key, store_path=store_path,
+                backbones=backbones, weights=weights, preprocess=preprocess, dtype=dtype,
+                backbone_suffix=backbone_suffix, compression=compression, dev=dev, prec=prec,
+                batch_size=batch_size, n_workers=n_workers, max_failures=max_failures,
+                progress=progress, prefetch=prefetch, cache=cache,
+                consolidate_every=consolidate_every, dec=dec, t0=t0,
+            )  # fmt: skip
+    except BaseException as exc:
+        ranks.post_error(exc)  # every other rank stops with this error, never waits for it
+        raise
+    finally:
+        if own_group:
             import torch.distributed as dist
 
-            if not dist.is_initialized():
-                dist.init_process_group(backend="gloo")
-                own_group = True
-        lock = fstore.lock(store_path) if rank == 0 else contextlib.nullcontext()
-        with lock:
-            error = None
-            if rank == 0:
-                try:
-                    fstore.prepare(
-                        store_path, ids, meta, entries, store_prov, compression=compression
-                    )
-                    merged = fstore.consolidate(store_path)
-                    if merged:
-                        log.info("merged %d shards left by an interrupted run", merged)
-                except FeatmammoError as exc:
-                    error = exc
-            if dist is not None:
-                flag = [error is not None]
-                dist.broadcast_object_list(flag, src=0)
-                if flag[0]:
-                    if own_group:
-                        dist.destroy_process_group()
-                    raise error or StoreError(f"{store_path}: rank 0 could not prepare the store")
-            elif error is not None:
-                raise error
-            loop = _Loop(
-                df=df, ids=ids, store_path=store_path, models=models, identities=identities,
-                config=config, dev=dev, prec=prec, batch_size=batch_size, workers=n_workers,
-                max_failures=max_failures, rank=rank, world=world, progress=progress,
-                prefetch=prefetch, cache=cache, consolidate_every=consolidate_every,
-                decoder=dec,
-            )  # fmt: skip
-            summary = loop.run()
-            if dist is not None:
-                gathered = [None] * world
-                dist.all_gather_object(gathered, summary)
-                summary = _merge_summaries(gathered)
-            summary.seconds = time.perf_counter() - t0
-            if rank == 0:
-                run_record = {
-                    "time": fstore.utcnow(),
-                    "device": str(dev),
-                    "precision": prec,
-                    "world_size": world,
-                    "batch_size": batch_size,
-                    "workers": n_workers,
-                    "decoder": dec,
-                    "backbones": list(models),
-                    "n_done": summary.n_done,
-                    "n_failed": summary.n_failed,
-                    "n_skipped": summary.n_skipped,
-                    "seconds": round(summary.seconds, 3),
-                }
-                fstore.consolidate(
-                    store_path,
-                    store_provenance_update={"runs": [run_record], "manifest_hash": mhash},
-                    backbone_provenance_update={
-                        name: {"devices": [dev.type], "decoders": [dec], "precision": prec}
-                        for name in models
-                    },
-                )
-                fstore.cleanup_parts(store_path)
-            if dist is not None:
-                dist.barrier()
-                if own_group:
-                    dist.destroy_process_group()
+            dist.destroy_process_group()
     summary.store = str(store_path)
     summary.device, summary.precision, summary.world_size = str(dev), prec, world
     summary.workers, summary.decoder = n_workers, dec
@@ -244,3 +170,140 @@ def extract(
             summary,
         )
     return summary
+
+
+def _run(
+    ranks: Ranks, *, df, ids, meta, mhash, key, store_path: Path, backbones, weights, preprocess,
+    dtype, backbone_suffix, compression, dev, prec, batch_size, n_workers, max_failures,
+    progress, prefetch, cache, consolidate_every, dec, t0,
+) -> ExtractSummary:  # fmt: skip
+    """The run itself, on every rank: the backbones, identities every rank agrees on, one shared
+    work list, this rank's batches, the merged summary; rank 0 prepares and finishes the store."""
+    from ..preprocess import PreprocessConfig
+
+    rank, world = ranks.rank, ranks.world
+    models = _make_models(backbones, weights, dev, backbone_suffix)
+    if preprocess is None:
+        preprocess = PreprocessConfig(**hybrid_preprocess(models))
+        check_roi_masks(df, preprocess, "manifest")
+    _check_hybrid_preprocess(preprocess, models)
+    config = _resolve_preprocess(preprocess, models)
+    entries = [
+        fstore.BackboneEntry(name, int(m.spec.dim), backbone_provenance(m, config, dtype), dtype)
+        for name, m in models.items()
+    ]
+    identities = {e.name: e.identity for e in entries}
+    # every rank must compute the same embeddings (weights, packages, precision may differ by node)
+    _check_same_identities(ranks.gather("identities", [(e.name, e.provenance) for e in entries]))
+    store_prov = {
+        "manifest_hash": mhash,
+        "id_hashing": (
+            {"method": "hmac-sha256", "length": 16, "key_check": keyed_hash("featmammo", key)}
+            if key is not None
+            else None
+        ),
+    }
+    names = list(models)
+
+    def prepare_and_plan() -> Plan:
+        fstore.prepare(store_path, ids, meta, entries, store_prov, compression=compression)
+        merged = fstore.consolidate(store_path)
+        if merged:
+            log.info("merged %d shards left by an interrupted run", merged)
+        return plan_work(store_path, ids, names, batch_size)
+
+    def between_batches() -> None:
+        ranks.beat()
+        ranks.check()  # another rank failed: stop here, keeping every finished batch
+
+    with fstore.lock(store_path) if rank == 0 else contextlib.nullcontext():
+        with ranks.busy():
+            # one work list for every rank, decided before any rank writes a batch
+            plan = ranks.share("plan", prepare_and_plan)
+        test_delay(rank)
+        loop = _Loop(
+            df=df, ids=ids, store_path=store_path, models=models, identities=identities,
+            config=config, dev=dev, prec=prec, batch_size=batch_size, workers=n_workers,
+            max_failures=max_failures, rank=rank, world=world, progress=progress,
+            prefetch=prefetch, cache=cache, consolidate_every=consolidate_every,
+            decoder=dec, plan=plan, between=between_batches if world > 1 else None,
+        )  # fmt: skip
+        summary = _merge_summaries(ranks.gather("summary", loop.run()))
+        summary.n_skipped = plan.n_skipped
+        summary.seconds = time.perf_counter() - t0
+
+        def finish() -> None:
+            run_record = {
+                "time": fstore.utcnow(),
+                "device": str(dev),
+                "precision": prec,
+                "world_size": world,
+                "batch_size": batch_size,
+                "workers": n_workers,
+                "decoder": dec,
+                "backbones": names,
+                "n_done": summary.n_done,
+                "n_failed": summary.n_failed,
+                "n_skipped": summary.n_skipped,
+                "seconds": round(summary.seconds, 3),
+            }
+            fstore.consolidate(
+                store_path,
+                store_provenance_update={"runs": [run_record], "manifest_hash": mhash},
+                backbone_provenance_update={
+                    name: {"devices": [dev.type], "decoders": [dec], "precision": prec}
+                    for name in names
+                },
+            )
+            fstore.cleanup_parts(store_path)
+
+        with ranks.busy():
+            ranks.share("final", finish)  # every rank returns once the store is whole
+    return summary
+
+
+def _check_same_identities(per_rank: list) -> None:
+    """ConfigError, raised alike on every rank, when the ranks would not compute the same
+    embeddings: ``per_rank[r]`` is rank r's ``[(backbone, provenance), ...]``."""
+    ref = per_rank[0]
+    for r, mine in enumerate(per_rank[1:], start=1):
+        if [n for n, _ in mine] != [n for n, _ in ref]:
+            raise ConfigError(
+                f"torchrun ranks disagree on the backbones: {[n for n, _ in ref]} on rank 0, "
+                f"{[n for n, _ in mine]} on rank {r}"
+            )
+        for (name, a), (_, b) in zip(ref, mine, strict=True):
+            if fstore.backbone_identity(a) == fstore.backbone_identity(b):
+                continue
+            said = "; ".join(
+                f"{k} {_short(_field(a, k))} on rank 0, {_short(_field(b, k))} on rank {r}"
+                for k in _differences(a, b)
+            )
+            raise ConfigError(
+                f"torchrun ranks disagree on backbone {name!r} ({said}): every rank must "
+                "compute the same embeddings; give every node the same weights files, packages "
+                "and --precision"
+            )
+
+
+def _differences(a: dict, b: dict) -> list[str]:
+    """The identity keys (``spec.seed`` for a field of a dict) where two provenances differ."""
+    out = []
+    for k in fstore.IDENTITY_KEYS:
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += [f"{k}.{s}" for s in sorted(set(x) | set(y)) if x.get(s) != y.get(s)]
+        elif x != y:
+            out.append(k)
+    return out
+
+
+def _field(provenance: dict, key: str):
+    head, _, sub = key.partition(".")
+    value = provenance.get(head)
+    return value.get(sub) if sub else value
+
+
+def _short(value, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
