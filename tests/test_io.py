@@ -331,7 +331,7 @@ def test_window_policy_without_tags_is_an_error(tmp_path):
         with pytest.raises(ImageReadError, match="WindowCenter"):
             read_image(path, windowing=windowing)
     with pytest.raises(ConfigError, match="windowing"):
-        read_image(path, windowing="auto")
+        read_image(path, windowing="lut")
 
 
 def test_8bit_dicom_stays_uint8(tmp_path):
@@ -515,6 +515,38 @@ def test_dicom_truncated_pixel_data(tmp_path, kind):
     assert info.value.path == str(path)
     # the header is still readable
     assert read_dicom_header(path)["rows"] == 48
+
+
+@pytest.mark.parametrize("keep", [200, 300, "in-element"])
+def test_dicom_cut_in_its_header_is_reported_truncated(tmp_path, keep):
+    """A download cut inside the file meta (200 bytes) or inside a header element is 'truncated',
+    not 'no Pixel Data ... (a report?)'."""
+    path = save(make_ds(grey12(), bits_stored=12), tmp_path / "full.dcm")
+    data = path.read_bytes()
+    if keep == "in-element":  # a few bytes into SeriesDescription's value
+        keep = data.index(b"full mammogram images") + 5
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[:keep])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ImageReadError, match="truncated") as info:
+            read_image(cut)
+    assert "a report" not in str(info.value) and info.value.path == str(cut)
+
+
+@pytest.mark.parametrize("name", ["image.dcm", "image.dcm.gz", "image"])
+def test_gzipped_dicom_is_named_as_such(tmp_path, name):
+    import gzip
+
+    data = save(make_ds(grey12(), bits_stored=12), tmp_path / "plain.dcm").read_bytes()
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data))
+    with pytest.raises(ImageReadError, match="gzip-compressed") as info:
+        read_image(path)
+    assert "not a DICOM file" not in str(info.value) and "gunzip" in str(info.value)
+    if name.endswith(".dcm"):
+        with pytest.raises(ImageReadError, match="gzip-compressed"):
+            read_dicom_header(path)
 
 
 def test_dicom_without_pixel_data(tmp_path):

@@ -40,7 +40,7 @@ def test_config_roundtrip_and_fingerprint_stability():
         == PreprocessConfig(patch_context=1.0).fingerprint()
     )
     # pinned value: the fingerprint must not drift across Python/numpy versions
-    assert c.fingerprint() == "b5718101e4fafb92"
+    assert c.fingerprint() == "73fef454da305857"
     assert len(c.fingerprint()) == 16
     others = {
         PreprocessConfig(image_size=256).fingerprint(),
@@ -50,9 +50,68 @@ def test_config_roundtrip_and_fingerprint_stability():
         PreprocessConfig(canonical_side=False).fingerprint(),
         PreprocessConfig(roi="patch").fingerprint(),
         PreprocessConfig(windowing="voi").fingerprint(),
+        PreprocessConfig(windowing="none").fingerprint(),
+        PreprocessConfig(image_size=(224, 112)).fingerprint(),
     }
-    assert c.fingerprint() not in others and len(others) == 7
+    assert c.fingerprint() not in others and len(others) == 9
     hash(c)  # frozen -> hashable
+
+
+def test_fingerprint_formula_unchanged_since_version_1(monkeypatch):
+    """Only the version moved: the version-1 default config (windowing 'none', then the default)
+    still hashes to the value stores of version 1 recorded."""
+    import featmammo.preprocess.config as config_mod
+
+    assert config_mod.PREPROCESS_VERSION == 2
+    monkeypatch.setattr(config_mod, "PREPROCESS_VERSION", 1)
+    old = PreprocessConfig(windowing="none")
+    assert old.fingerprint() == "b5718101e4fafb92"
+    # a recorded version-1 config (a plain dict from a store's provenance) still parses
+    recorded = {
+        "image_size": 224, "resize": "area", "normalize": "backbone",
+        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "crop": "breast",
+        "canonical_side": True, "roi": "full", "patch_context": 0.5, "windowing": "none",
+    }  # fmt: skip
+    assert PreprocessConfig.from_dict(recorded) == old
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (224, 224),
+        ("224", 224),
+        ("512x512", 512),
+        ((300, 300), 300),
+        ("1024x512", (1024, 512)),
+        (" 1024 X 512 ", (1024, 512)),
+        ((1024, 512), (1024, 512)),
+        ([1024, 512], (1024, 512)),
+        (np.int64(96), 96),
+    ],
+)
+def test_image_size_forms(value, expected):
+    from featmammo.preprocess import format_image_size, parse_image_size
+
+    assert parse_image_size(value) == expected
+    c = PreprocessConfig(image_size=value)
+    assert c.image_size == expected
+    h, w = (expected, expected) if isinstance(expected, int) else expected
+    assert c.shape == (h, w) and c.is_square == (h == w)
+    assert PreprocessConfig.from_dict(c.to_dict()) == c
+    assert PreprocessConfig.from_dict(c.to_dict()).fingerprint() == c.fingerprint()
+    assert format_image_size(value) == (str(h) if h == w else f"{h}x{w}")
+    assert PreprocessConfig(image_size=format_image_size(value)) == c
+
+
+def test_square_hxw_is_n_and_keeps_its_fingerprint():
+    n = PreprocessConfig(image_size=256)
+    assert PreprocessConfig(image_size="256x256") == n
+    assert PreprocessConfig(image_size=(256, 256)).fingerprint() == n.fingerprint()
+    assert n.to_dict()["image_size"] == 256
+    assert PreprocessConfig(image_size="1024x512").to_dict()["image_size"] == [1024, 512]
+    assert PreprocessConfig(image_size="1024x512").fingerprint() != (
+        PreprocessConfig(image_size="512x1024").fingerprint()
+    )
 
 
 @pytest.mark.parametrize(
@@ -64,7 +123,13 @@ def test_config_roundtrip_and_fingerprint_stability():
         {"normalize": "minmax"},
         {"crop": "auto"},
         {"roi": "lesion"},
-        {"windowing": "auto"},
+        {"windowing": "lut"},
+        {"image_size": "1024x"},
+        {"image_size": "0x512"},
+        {"image_size": (1024, 512, 3)},
+        {"image_size": (1024.0, 512)},
+        {"image_size": True},
+        {"windowing": "voi", "ddsm_calibration": "od"},
         {"mean": (0.5, 0.5)},
         {"std": (0.0, 1.0, 1.0)},
         {"patch_context": -0.1},
@@ -184,6 +249,65 @@ def test_padding_keeps_aspect_and_uses_background():
     np.testing.assert_allclose(out[:, :5], 500 / 65535, rtol=1e-6)
     np.testing.assert_allclose(out[:, 15:], 500 / 65535, rtol=1e-6)
     assert out[10, 7] > 3000 / 65535
+
+
+@pytest.mark.parametrize(
+    "shape, size, region",
+    [
+        ((100, 60), (50, 40), (50, 30)),  # height-limited: 0.5 x -> 50 x 30, pad 10 on the right
+        ((60, 100), (50, 40), (24, 40)),  # width-limited: 0.4 x -> 24 x 40, pad 26 at the bottom
+        ((90, 45), (1024 // 16, 512 // 16), (64, 32)),  # exactly 2:1 -> no padding at all
+        ((33, 71), (20, 10), (5, 10)),  # 10/71: 33 * 10 / 71 = 4.65 -> 5 rows
+    ],
+)
+def test_hxw_keeps_aspect_and_pads_away_from_the_chest_wall(shape, size, region, rng):
+    """image_size=(H, W): scaled by min(H/rows, W/cols), never stretched, placed top-left so the
+    padding is right/bottom (the chest wall is on the left after the canonical side)."""
+    img = rng.integers(1000, 4000, size=shape).astype(np.uint16)
+    cfg = PreprocessConfig(image_size=size, normalize="none", crop="none", canonical_side=False)
+    out = preprocess(img, cfg)
+    assert out.shape == (3, *size) and out.dtype == np.float32 and out.flags.c_contiguous
+    rh, rw = region
+    # the region, resized by exact area averaging to the hand-computed size
+    expected = area_resize(img, rh, rw) / np.float32(65535)
+    np.testing.assert_allclose(out[0, :rh, :rw], expected, rtol=1e-6)
+    assert abs(rw / rh - shape[1] / shape[0]) <= max(1 / rh, 1 / rw) * shape[1] / shape[0] + 1e-9
+    pad = out[0].copy()
+    pad[:rh, :rw] = np.nan
+    bg = expected.min()  # the resized region's background (minimum)
+    assert np.all(np.isnan(pad) | (pad == bg))
+    assert (~np.isnan(pad)).sum() == size[0] * size[1] - rh * rw
+
+
+def test_hxw_right_breast_is_flipped_then_padded_right(rng):
+    tall = np.full((120, 60), 200, np.uint16)
+    tall[10:110, 30:] = 3000  # tissue on the right: a right breast whose chest wall is right
+    cfg = PreprocessConfig(image_size=(64, 64 * 2), normalize="none", crop="none")
+    out = preprocess(tall, cfg, laterality="R")[0]
+    # flipped: tissue (chest wall) now on the left; 120x60 -> 64x32, padding on the right
+    assert out[:, 32:].max() == pytest.approx(200 / 65535)
+    assert out[32, 0] > 0.04 and out[32, 31] < 0.01
+
+
+def test_hxw_prepared_entries_fit_only_their_size(rng):
+    from featmammo.preprocess import finish, prepare
+
+    img = rng.integers(0, 4096, size=(90, 40)).astype(np.uint16)
+    wide = PreprocessConfig(image_size="64x48", normalize="none", crop="none")
+    p = prepare(img, wide, laterality="L")
+    assert p.pixels.shape == (64, 28)  # 40 * 64 / 90 = 28.4
+    assert wide.fits(p.pixels.shape) and not PreprocessConfig(image_size=64).fits((60, 50))
+    np.testing.assert_array_equal(finish(p, wide), preprocess(img, wide, laterality="L"))
+    with pytest.raises(ConfigError, match="32x48"):
+        finish(p, PreprocessConfig(image_size="32x48", normalize="none", crop="none"))
+
+
+def test_square_size_still_centres(rng):
+    """N keeps the centred padding of every store made before HxW existed."""
+    img = rng.integers(1000, 4000, size=(100, 50)).astype(np.uint16)
+    out = preprocess(img, PreprocessConfig(image_size=20, normalize="none", crop="none"))[0]
+    region = area_resize(img, 20, 10) / np.float32(65535)
+    np.testing.assert_allclose(out[:, 5:15], region, rtol=1e-6)
 
 
 def test_bad_inputs():
@@ -433,7 +557,7 @@ def test_ddsm_calibration_config():
     assert od.fingerprint() != PreprocessConfig().fingerprint()
     with pytest.raises(ConfigError, match="ddsm_calibration"):
         PreprocessConfig(ddsm_calibration="linear")
-    with pytest.raises(ConfigError, match="windowing='none'"):
+    with pytest.raises(ConfigError, match="windowing 'auto' or 'none'"):
         PreprocessConfig(ddsm_calibration="od", windowing="percentile")
 
 

@@ -19,8 +19,13 @@ This module owns how a DICOM file becomes an :class:`~featmammo.io.images.Image`
 * **Header checks before decoding:** pixel data present, one frame (multi-frame files are
   rejected with a clear error, never silently reduced to their first frame), ``Rows*Columns``
   against ``max_pixels``, a decoder plugin installed for the transfer syntax.
-* **Pixel policy** (``windowing``, recorded in ``meta``):
-  ``none``: stored values after the modality LUT/rescale, as ``uint8``/``uint16``, with
+* **Pixel policy** (``windowing``, recorded in ``meta["windowing"]``; what was actually applied
+  in ``meta["windowing_applied"]``: ``voi_lut``, ``window``, ``none`` or ``percentile``):
+  ``auto`` (the preprocessing default): the file's own display transform when it has one -- the
+  first item of the VOI LUT Sequence, else the first WindowCenter/WindowWidth pair with its
+  VOILUTFunction (LINEAR, LINEAR_EXACT, SIGMOID) -- otherwise ``none`` (the stored range);
+  window tags that are present but unusable (width <= 0, unknown function) are an error, never
+  skipped. ``none``: stored values after the modality LUT/rescale, as ``uint8``/``uint16``, with
   ``max_value = 2**BitsStored - 1`` (high bits beyond BitsStored are masked). Signed data and
   rescales whose output range leaves 0..65535 are shifted so the nominal range starts at 0
   (``meta["offset"]``); a non-integer rescale gives float32 in [0, 1] (``max_value`` 1.0).
@@ -238,12 +243,35 @@ def _header_meta(ds, windowing: str | None) -> dict:
     return meta
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def gzip_reason(p: Path) -> str | None:
+    """The error reason for a gzip-compressed file (None when ``p`` does not start like one)."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return None
+    if head != GZIP_MAGIC:
+        return None
+    if p.name.lower().endswith(".gz"):
+        how = f"gunzip -k '{p.name}'"
+    else:
+        how = f"mv '{p.name}' '{p.name}.gz' && gunzip '{p.name}.gz'"
+    return (
+        f"gzip-compressed file: decompress it first ({how}); only DDSM's .LJPEG.gz files are "
+        "read compressed"
+    )
+
+
 def _dcmread(p: Path, **kwargs):
     try:
         return pydicom.dcmread(p, **kwargs)
     except InvalidDicomError:
         raise ImageReadError(
-            p, "not a DICOM file (no 'DICM' marker after the 128-byte preamble)"
+            p,
+            gzip_reason(p) or "not a DICOM file (no 'DICM' marker after the 128-byte preamble)",
         ) from None
     except Exception as exc:  # truncated/corrupt header: EOFError, struct.error, ValueError...
         raise ImageReadError(
@@ -401,9 +429,39 @@ def _voi_lut(p, x: np.ndarray, ds, meta: dict) -> np.ndarray:
     return y
 
 
+def _has_window(p, ds) -> bool:
+    """Whether ``ds`` carries a usable-looking window (both WindowCenter and WindowWidth)."""
+    center = _float_or_none(ds.get("WindowCenter"))
+    width = _float_or_none(ds.get("WindowWidth"))
+    if (center is None) != (width is None):
+        logger.warning(
+            "%s: only one of WindowCenter/WindowWidth is set; windowing='auto' uses the stored "
+            "range",
+            p,
+        )
+    return center is not None and width is not None
+
+
+def auto_policy(p, ds) -> str:
+    """What ``windowing='auto'`` applies to ``ds``: ``voi_lut``, ``window`` or ``none``."""
+    if len(ds.get("VOILUTSequence", None) or ()) > 0:
+        return "voi_lut"
+    if _has_window(p, ds):
+        return "window"
+    return "none"
+
+
 def _apply_policy(p, arr, ds, windowing: str, bits_stored: int, meta: dict):
     photometric = (meta.get("photometric") or "").upper()
     monochrome1 = photometric == "MONOCHROME1"
+    if windowing == "auto":
+        applied = auto_policy(p, ds)
+        windowing = "none" if applied == "none" else "voi"
+    elif windowing == "voi":
+        applied = "voi_lut" if len(ds.get("VOILUTSequence", None) or ()) > 0 else "window"
+    else:
+        applied = windowing
+    meta["windowing_applied"] = applied
     if windowing in ("none", "percentile"):
         pixels, max_value = _modality_none(arr, ds, bits_stored, meta)
         if monochrome1:
@@ -417,7 +475,7 @@ def _apply_policy(p, arr, ds, windowing: str, bits_stored: int, meta: dict):
             max_value = 1.0
     else:
         x = _modality_values(arr, ds, meta)
-        if windowing == "voi" and "VOILUTSequence" in ds:
+        if applied == "voi_lut":
             pixels = _voi_lut(p, x, ds, meta)
         else:
             pixels = _window(p, x, ds, meta)
@@ -448,6 +506,49 @@ _monochrome1_warned = False
 # --------------------------------------------------------------------------- reader
 
 
+_CUT = "(incomplete download or copy?)"
+
+
+def _truncated_header(p: Path, ds, size: int) -> str | None:
+    """Why ``ds`` (parsed without Pixel Data) looks cut short, or None when it ends cleanly.
+
+    pydicom stops quietly at the end of a short file: an element cut in its middle keeps its
+    declared length, a cut inside an element's header drops it, a cut inside the file meta leaves
+    an empty data set. The last element must end exactly at the end of the file.
+    """
+    import warnings
+
+    try:  # a fresh parse: elements read for the metadata are no longer raw (no value_tell)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(p, defer_size=_DEFER_SIZE)
+    except Exception:  # noqa: BLE001 - the first parse succeeded; this one only explains
+        return None
+    meta_len = ds.file_meta.get("FileMetaInformationGroupLength")
+    if getattr(ds, "preamble", None) is not None and meta_len is not None:
+        meta_end = 128 + 4 + 12 + int(meta_len)
+        if size < meta_end:
+            return (
+                f"truncated file: it ends after {size} bytes, inside the file meta information "
+                f"({meta_end} bytes before the data set) {_CUT}"
+            )
+        if not len(ds) and size > meta_end:
+            return (
+                f"truncated file: it ends after {size} bytes, inside the first data element {_CUT}"
+            )
+    tags = list(ds.keys())
+    if tags:
+        last = ds.get_item(tags[-1])
+        tell, length = getattr(last, "value_tell", None), getattr(last, "length", None)
+        defined = tell is not None and length is not None and length != 0xFFFFFFFF
+        if defined and tell + length != size:
+            return (
+                f"truncated file: it ends after {size} bytes, inside or just after element "
+                f"{tags[-1]} (declared to end at byte {tell + length}) {_CUT}"
+            )
+    return None
+
+
 def _why_no_pixel_data(p: Path, ds) -> str:
     other = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
     if other:
@@ -456,8 +557,16 @@ def _why_no_pixel_data(p: Path, ds) -> str:
     data = p.read_bytes()
     if b"\xe0\x7f\x10\x00" in data or b"\x7f\xe0\x00\x10" in data:
         return (
-            "truncated pixel data: the file ends inside the Pixel Data (7FE0,0010) element "
-            "(incomplete download or copy?)"
+            f"truncated pixel data: the file ends inside the Pixel Data (7FE0,0010) element {_CUT}"
+        )
+    cut = _truncated_header(p, ds, len(data))
+    if cut is not None:
+        return cut
+    if "Rows" in ds and "Columns" in ds:
+        return (
+            f"no Pixel Data (7FE0,0010) element although the header describes a {ds.Rows} x "
+            f"{ds.Columns} image: a header-only file, or one cut short just before its pixel "
+            f"data ({len(data)} bytes)"
         )
     return (
         "no Pixel Data (7FE0,0010) element: not an image (a report, presentation state "

@@ -3,7 +3,8 @@
 This module owns:
 
 * :class:`Image` (2-D pixels + nominal white level + metadata) and ``DEFAULT_MAX_PIXELS``;
-* the windowing policies that do not need DICOM tags (``none``, ``percentile``) and the checks
+* the windowing policies that do not need DICOM tags (``none``, ``auto`` = ``none`` for a file
+  without window tags, ``percentile``) and the checks
   shared with the DICOM reader (grey-vs-colour, ``max_pixels``, path checks);
 * :func:`read_pillow` (PNG, JPEG, TIFF through Pillow, without Pillow's lossy mode conversions)
   and :func:`read_pgm` (a small exact netpbm reader: Pillow rescales a PGM whose maxval is not
@@ -40,7 +41,9 @@ from featmammo.errors import ConfigError, FeatmammoError, ImageReadError
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 60_000_000
-WINDOWINGS = ("none", "voi", "window", "percentile")
+#: pixel policies; ``auto`` (DICOM VOI LUT or window when present, else the stored range) is
+#: :class:`featmammo.preprocess.PreprocessConfig`'s default, ``none`` the readers'
+WINDOWINGS = ("auto", "none", "voi", "window", "percentile")
 PERCENTILES = (0.5, 99.5)
 
 # The keys every Image.meta (and read_dicom_header) carries; unknown values are None.
@@ -50,6 +53,7 @@ META_KEYS = (
     "photometric",
     "bits_stored",
     "windowing",
+    "windowing_applied",
     "laterality",
     "view",
     "rows",
@@ -69,7 +73,8 @@ class Image:
     """One decoded greyscale image.
 
     ``pixels`` is 2-D: ``uint8``/``uint16`` for ``windowing="none"`` (stored values after the
-    modality LUT, MONOCHROME1 already inverted), ``float32`` in [0, 1] for any other windowing.
+    modality LUT, MONOCHROME1 already inverted) and for ``auto`` on a file without VOI LUT or
+    window tags, ``float32`` in [0, 1] for any windowing applied (``meta["windowing_applied"]``).
     ``max_value`` is the nominal white level (``2**BitsStored - 1`` for DICOM, 255/65535 for
     PNG/TIFF/JPEG, the header maxval for PGM, 1.0 when windowed).
     """
@@ -200,17 +205,20 @@ def percentile_window(
 
 
 def apply_simple_windowing(path, pixels, max_value, meta, windowing, fmt_name):
-    """``none`` or ``percentile`` for formats without DICOM window tags."""
-    if windowing == "none":
+    """``none``, ``auto`` (= ``none``: the stored range) or ``percentile`` for formats without
+    DICOM window tags; ``meta["windowing_applied"]`` says which was applied."""
+    if windowing in ("none", "auto"):
+        meta["windowing_applied"] = "none"
         return pixels, max_value
     if windowing == "percentile":
         out, params = percentile_window(pixels, max_value)
         meta["windowing_params"] = params
+        meta["windowing_applied"] = "percentile"
         return out, 1.0
     raise ImageReadError(
         path,
         f"windowing={windowing!r} needs DICOM VOI LUT or WindowCenter/WindowWidth tags; "
-        f"a {fmt_name} file has none (use 'none' or 'percentile')",
+        f"a {fmt_name} file has none (use 'auto', 'none' or 'percentile')",
     )
 
 

@@ -1,4 +1,4 @@
-"""Preprocessing: one 2-D mammogram -> one ``(3, S, S)`` float32 network input.
+"""Preprocessing: one 2-D mammogram -> one ``(3, H, W)`` float32 network input.
 
 This module owns the image-to-tensor recipe and its configuration (:class:`PreprocessConfig`, with a
 stable fingerprint that goes into every embedding store). It is torch-free (numpy + Pillow).
@@ -23,21 +23,30 @@ Steps, in order (each one documented where it is implemented):
    patch_context)``, shifted to lie inside the image where it fits and clipped where it does not. A
    mask of another resolution than the image is scaled (bounding box scaled by the size ratio).
    ``crop``/``patch`` ignore the breast crop (they are already local).
-4. **Resize** with aspect preserved: the long side becomes ``image_size``, the short side is scaled
-   by the same factor, and the result is padded (centred) to a square with the region's background
-   value (its minimum). Padding after the resize equals pad-then-resize up to edge blending and
-   never builds a padded full-resolution copy. Methods: ``nearest``, ``bilinear``, ``bicubic``
-   (Pillow on float32 'F' images; Pillow antialiases when downscaling) and ``area``: the *exact*
-   area-weighted average of the source pixels each output pixel covers (OpenCV INTER_AREA semantics;
-   Pillow's BOX filter is only exact for integer factors). ``area`` is computed with
-   ``np.add.reduceat`` directly on the integer pixels, so no float copy of the full field is made.
+4. **Resize** with aspect preserved, never stretched. ``image_size=N``: the long side becomes N,
+   the short side is scaled by the same factor, and the result is padded (centred) to N x N.
+   ``image_size=(H, W)`` (``"HxW"``, e.g. ``1024x512`` for the 2:1 portrait of a mammogram): the
+   region is scaled by ``min(H / rows, W / cols)`` (one side fills its target exactly, the other
+   is rounded) and placed at the top-left corner, so the padding is on the right and at the
+   bottom -- after step 1 the chest wall is on the left, and the padding lies away from it (with
+   ``canonical_side=False`` the padding is still right/bottom). Padding uses the region's
+   background value (its minimum). Padding after the resize equals pad-then-resize up to edge
+   blending and never builds a padded full-resolution copy. Methods: ``nearest``, ``bilinear``,
+   ``bicubic`` (Pillow on float32 'F' images; Pillow antialiases when downscaling) and ``area``:
+   the *exact* area-weighted average of the source pixels each output pixel covers (OpenCV
+   INTER_AREA semantics; Pillow's BOX filter is only exact for integer factors). ``area`` is
+   computed with ``np.add.reduce`` directly on the integer pixels, so no float copy of the full
+   field is made.
 5. **Normalise** (statistics from the resized region, padding excluded; the padding gets the
    normalised background value): ``backbone`` x/max_value then (x - mean[c]) / std[c];
    ``zscore`` (x - mean) / std per image; ``mean`` (x - mean) / (max - min); ``decimal`` x / 10**j
    with j >= 0 the smallest integer with max|x| / 10**j < 1, j computed on the raw stored values
    of the region;
    ``none`` x / max_value.
-6. Grey -> 3 identical channels; output is C-contiguous float32 ``(3, S, S)``.
+6. Grey -> 3 identical channels; output is C-contiguous float32 ``(3, H, W)`` (``H = W = N``).
+
+The read itself (``windowing``, default ``auto``) is :func:`featmammo.io.read_image`'s: a DICOM's
+own VOI LUT or window when it has one, else the stored range (every non-DICOM file).
 
 Steps 0-4 are :func:`prepare` (the costly part, cached by :mod:`featmammo.prepared` under
 :meth:`PreprocessConfig.prepared_fingerprint`), steps 5-6 are :func:`finish`;
@@ -62,10 +71,13 @@ from .config import (
     IMAGENET_STD,
     NORMALIZE_METHODS,
     PREPROCESS_VERSION,
+    RAW_WINDOWINGS,
     RESIZE_METHODS,
     ROI_MODES,
     WINDOWINGS,
     PreprocessConfig,
+    format_image_size,
+    parse_image_size,
 )
 from .geometry import (
     _normalize_laterality,
@@ -77,6 +89,7 @@ from .geometry import (
     patch_bbox,
 )
 from .pipeline import (
+    READ_META,
     Prepared,
     _has_path,
     finish,
@@ -90,7 +103,7 @@ from .resize import area_resize, resize2d
 # importable from here as before the split, outside __all__ as before: the method lists and
 # OD_CLIP; featmammo.prepared's two private helpers
 _REEXPORTED = (
-    CROP_METHODS, NORMALIZE_METHODS, OD_CLIP, RESIZE_METHODS, ROI_MODES, WINDOWINGS,
+    CROP_METHODS, NORMALIZE_METHODS, OD_CLIP, RAW_WINDOWINGS, RESIZE_METHODS, ROI_MODES, WINDOWINGS,
     _has_path, _normalize_laterality,
 )  # fmt: skip
 
@@ -100,17 +113,20 @@ __all__ = [
     "IMAGENET_STD",
     "PREPROCESS_VERSION",
     "Prepared",
+    "READ_META",
     "PreprocessConfig",
     "area_resize",
     "breast_bbox",
     "calibrate_od",
     "finish",
+    "format_image_size",
     "infer_laterality",
     "largest_component_bbox",
     "load_and_preprocess",
     "load_prepared",
     "mask_bbox",
     "otsu_threshold",
+    "parse_image_size",
     "patch_bbox",
     "prepare",
     "preprocess",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -22,19 +23,68 @@ CROP_METHODS = ("breast", "none")
 ROI_MODES = ("full", "crop", "patch")
 #: ROI modes that read the manifest's lesion mask; ``full`` never opens it
 ROI_MASK_MODES = ("crop", "patch")
-WINDOWINGS = ("none", "voi", "window", "percentile")
+WINDOWINGS = ("auto", "none", "voi", "window", "percentile")
 DDSM_CALIBRATIONS = ("none", "od")
+#: windowings that leave the stored values as they are where a file has no window (the DDSM
+#: calibration maps those raw values)
+RAW_WINDOWINGS = ("auto", "none")
+
+# Bumped whenever the numerical recipe changes the pixels of a config that existed before, so old
+# and new stores, fitted models and cache entries never match silently. The golden pixel tests
+# (tests/test_golden_pixels.py) fail when pixels change while this stays (tests/golden_pixels.py
+# regenerates them after a bump).
+#   1: first release
+#   2: original-DDSM .LJPEG files take their canonical side from the tissue distribution, never
+#      from the laterality (commit 3e86c44 changed those pixels without a bump)
+PREPROCESS_VERSION = 2
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(?:[xX×]\s*(\d+)\s*)?$")
 
 
-# Bumped whenever the numerical recipe changes, so old and new stores never fuse silently.
-PREPROCESS_VERSION = 1
+def parse_image_size(value) -> int | tuple[int, int]:
+    """``224``, ``"224"``, ``"1024x512"``, ``(1024, 512)`` -> ``224`` or ``(1024, 512)`` (H, W).
+
+    A square size is always the int ``N`` (``"512x512"`` -> ``512``), so ``N`` and ``NxN`` are one
+    config with one fingerprint. Raises ConfigError on anything else (sizes must be >= 1).
+    """
+    if isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"image_size must be N or HxW, got {value!r}")
+    if isinstance(value, (int, np.integer)):
+        h = w = int(value)
+    elif isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m is None:
+            raise ConfigError(
+                f"image_size must be N or HxW (height x width, e.g. 224 or 1024x512), got {value!r}"
+            )
+        h = int(m.group(1))
+        w = int(m.group(2)) if m.group(2) is not None else h
+    elif isinstance(value, (tuple, list)) and len(value) == 2:
+        if not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in value
+        ):
+            raise ConfigError(f"image_size (H, W) must be two ints, got {value!r}")
+        h, w = int(value[0]), int(value[1])
+    else:
+        raise ConfigError(
+            f"image_size must be an int N or a pair (H, W), got {value!r} ({type(value).__name__})"
+        )
+    if h < 1 or w < 1:
+        raise ConfigError(f"image_size must be >= 1, got {value!r}")
+    return h if h == w else (h, w)
+
+
+def format_image_size(size) -> str:
+    """``224`` -> ``"224"``, ``(1024, 512)`` -> ``"1024x512"`` (what ``--image-size`` takes)."""
+    size = parse_image_size(size)
+    return str(size) if isinstance(size, int) else f"{size[0]}x{size[1]}"
 
 
 @dataclass(frozen=True)
 class PreprocessConfig:
     """Everything that decides the pixels a backbone sees. Hashable, comparable, fingerprinted."""
 
-    image_size: int = 224
+    image_size: int | tuple[int, int] = 224
     resize: str = "area"
     normalize: str = "backbone"
     mean: tuple = IMAGENET_MEAN
@@ -43,18 +93,18 @@ class PreprocessConfig:
     canonical_side: bool = True
     roi: str = "full"
     patch_context: float = 0.5
-    windowing: str = "none"
+    windowing: str = "auto"
     ddsm_calibration: str = "none"
 
     def __post_init__(self):
         def bad(msg):
             raise ConfigError(f"PreprocessConfig: {msg}")
 
-        if isinstance(self.image_size, bool) or not isinstance(self.image_size, (int, np.integer)):
-            bad(f"image_size must be an int, got {self.image_size!r}")
-        if self.image_size < 1:
-            bad(f"image_size must be >= 1, got {self.image_size}")
-        object.__setattr__(self, "image_size", int(self.image_size))
+        try:
+            size = parse_image_size(self.image_size)
+        except ConfigError as exc:
+            bad(str(exc))
+        object.__setattr__(self, "image_size", size)
         for name, allowed in (
             ("resize", RESIZE_METHODS),
             ("normalize", NORMALIZE_METHODS),
@@ -87,16 +137,41 @@ class PreprocessConfig:
         if not (ctx >= 0 and math.isfinite(ctx)):
             bad(f"patch_context must be >= 0, got {self.patch_context!r}")
         object.__setattr__(self, "patch_context", ctx)
-        if self.ddsm_calibration != "none" and self.windowing != "none":
+        if self.ddsm_calibration != "none" and self.windowing not in RAW_WINDOWINGS:
             bad(
                 f"ddsm_calibration={self.ddsm_calibration!r} maps the digitiser's raw values; "
-                f"it needs windowing='none', got {self.windowing!r}"
+                f"it needs windowing 'auto' or 'none', got {self.windowing!r}"
             )
 
     @property
     def uses_mask(self) -> bool:
         """Whether this config reads a lesion mask (``roi`` crop or patch; ``full`` never does)."""
         return self.roi in ROI_MASK_MODES
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The network input's ``(height, width)``: ``(N, N)`` for ``image_size=N``."""
+        size = self.image_size
+        return (size, size) if isinstance(size, int) else size
+
+    @property
+    def is_square(self) -> bool:
+        return isinstance(self.image_size, int)
+
+    def region_shape(self, rows: int, cols: int) -> tuple[int, int]:
+        """The resized size of a ``rows x cols`` region: aspect kept, fitted inside :attr:`shape`
+        (the limiting side fills it exactly; the other is rounded, at least 1)."""
+        out_h, out_w = self.shape
+        if out_h * cols <= out_w * rows:  # height-limited (for N x N: rows >= cols)
+            return out_h, min(out_w, max(1, int(round(cols * out_h / rows))))
+        return min(out_h, max(1, int(round(rows * out_w / cols)))), out_w
+
+    def fits(self, shape) -> bool:
+        """Whether a prepared region of ``shape`` belongs to this size (one side filled)."""
+        if len(shape) != 2:
+            return False
+        (h, w), (out_h, out_w) = tuple(int(v) for v in shape), self.shape
+        return 1 <= h <= out_h and 1 <= w <= out_w and (h == out_h or w == out_w)
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict (tuples become lists).
@@ -108,6 +183,8 @@ class PreprocessConfig:
         d = asdict(self)
         d["mean"] = list(self.mean)
         d["std"] = list(self.std)
+        if not self.is_square:  # [H, W]; a square size stays the int N it always was
+            d["image_size"] = list(self.image_size)
         for name, default in _LATE_FIELDS.items():
             if d[name] == default:
                 del d[name]

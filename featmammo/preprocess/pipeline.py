@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import ConfigError, ImageReadError
 from .calibration import calibrate_od
-from .config import PreprocessConfig
+from .config import PreprocessConfig, format_image_size
 from .geometry import _normalize_laterality, breast_bbox, infer_laterality, mask_bbox, patch_bbox
 from .normalize import _normalize
 from .resize import resize2d
@@ -68,13 +68,29 @@ class Prepared:
     """The expensive half of preprocessing, before normalisation (what the cache stores).
 
     ``pixels``: the region after calibration, canonical side, crop/ROI and resize, float32
-    ``(out_h, out_w)`` (long side = ``image_size``, no padding yet); ``max_value``: the image's
-    nominal maximum; ``raw_max_abs``: max |value| of the region before resizing (``decimal``).
+    ``(out_h, out_w)`` (fitted inside ``config.shape``, one side filled, no padding yet);
+    ``max_value``: the image's nominal maximum; ``raw_max_abs``: max |value| of the region before
+    resizing (``decimal``); ``meta``: what the read did to this image (:data:`READ_META` keys of
+    ``Image.meta`` that are set: the windowing asked for and applied, its parameters, the
+    MONOCHROME1 inversion, the decoder), kept with the pixels by the prepared-image cache.
     """
 
     pixels: np.ndarray
     max_value: float
     raw_max_abs: float
+    meta: dict = field(default_factory=dict)
+
+
+#: the ``Image.meta`` keys a :class:`Prepared` keeps (per-image facts a store may record)
+READ_META = (
+    "format",
+    "decoder",
+    "windowing",
+    "windowing_applied",
+    "windowing_params",
+    "inverted",
+    "decoder_fallback",
+)
 
 
 def _region_max_abs(region: np.ndarray) -> float:
@@ -161,34 +177,39 @@ def prepare(
     y0, x0, y1, x1 = region_box
     region = pixels[y0:y1, x0:x1]
 
-    size = config.image_size
-    rh, rw = region.shape
-    if rh >= rw:
-        out_h, out_w = size, max(1, int(round(rw * size / rh)))
-    else:
-        out_h, out_w = max(1, int(round(rh * size / rw))), size
+    out_h, out_w = config.region_shape(*region.shape)
     raw_max_abs = _region_max_abs(region)
     resized = np.ascontiguousarray(resize2d(region, out_h, out_w, config.resize), np.float32)
-    return Prepared(resized, max_value, raw_max_abs)
+    kept = {k: meta[k] for k in READ_META if meta.get(k) is not None}
+    return Prepared(resized, max_value, raw_max_abs, kept)
 
 
 def finish(prepared: Prepared, config: PreprocessConfig | None = None) -> np.ndarray:
-    """Steps 5-6 (normalise, pad to a square, 3 channels) of a :class:`Prepared` region."""
+    """Steps 5-6 (normalise, pad to ``config.shape``, 3 channels) of a :class:`Prepared` region.
+
+    ``image_size=N``: the region is centred in the N x N square (as ever). ``image_size=(H, W)``:
+    it is placed at the top-left corner, so the padding is on the right and at the bottom: after
+    the canonical side the chest wall is on the left, and the padding lies away from it.
+    """
     config = config or PreprocessConfig()
     resized = prepared.pixels
     out_h, out_w = resized.shape
-    size = config.image_size
-    if max(out_h, out_w) != size:
+    height, width = config.shape
+    if not config.fits(resized.shape):
         raise ConfigError(
-            f"prepared region {out_h}x{out_w} does not match image_size={size} (another config)"
+            f"prepared region {out_h}x{out_w} does not match image_size="
+            f"{format_image_size(config.image_size)} (another config)"
         )
     background = float(resized.min())
     normed, map_scalar = _normalize(resized, config, prepared.max_value, prepared.raw_max_abs)
 
-    out = np.empty((3, size, size), dtype=np.float32)
+    out = np.empty((3, height, width), dtype=np.float32)
     pad = np.asarray(map_scalar(background), dtype=np.float32).reshape(-1)
     out[:] = (pad if pad.size == 3 else np.repeat(pad, 3))[:, None, None]
-    top, left = (size - out_h) // 2, (size - out_w) // 2
+    if config.is_square:
+        top, left = (height - out_h) // 2, (width - out_w) // 2
+    else:
+        top = left = 0
     out[:, top : top + out_h, left : left + out_w] = normed
     return out
 
@@ -200,7 +221,7 @@ def preprocess(
     laterality: str | None = None,
     roi_mask: np.ndarray | tuple | None = None,
 ) -> np.ndarray:
-    """Turn one image into a ``(3, S, S)`` float32 C-contiguous array (see the module docstring).
+    """Turn one image into a ``(3, H, W)`` float32 C-contiguous array (see the module docstring).
 
     ``image`` is a :class:`featmammo.io.Image` or a 2-D array (uint8 -> max 255, uint16 -> 65535,
     float -> 1.0). ``roi_mask`` is a 2-D mask (any resolution; > 0 = lesion) or a bounding box
