@@ -15,14 +15,21 @@ prepared fingerprint (:meth:`PreprocessConfig.prepared_fingerprint`) covers ever
 decides the prepared pixels and leaves out ``normalize``/``mean``/``std``: configs that differ only
 in normalisation share entries.
 
-**Key** ``k`` = sha256 of: the image file's identity (resolved path, size, mtime_ns; for a
-``FILE#INDEX`` path, FILE's identity and the record index; for a DDSM ``.LJPEG`` also every ``.ics``
-beside it, since shape and digitiser come from there), the ROI mask file's identity when
-``roi`` is ``crop``/``patch`` (never for ``full``), the requested laterality (when
-``canonical_side``) and the prepared fingerprint. A file edited in place changes its size or
-mtime_ns, so its old entry is simply never asked for again (and ages out). We stat instead of
-hashing contents: hashing would read the whole file on every hit. The identity is read again
-after a miss's decode; a file that changed meanwhile is not stored.
+**Key** ``k`` = sha256 of: the image file's identity (:func:`file_identity`: resolved path,
+size, mtime_ns, ctime_ns, inode and a sha256 of its first and last 4 KiB; for a ``FILE#INDEX``
+path, FILE's identity and the record index; for a DDSM ``.LJPEG`` also every ``.ics`` beside it,
+since shape and digitiser come from there), the decoder identity
+(:func:`featmammo.io.decoder_identity`: the reader, the versions of its decoding libraries -- for a
+DICOM every pydicom plugin, which decides the plugin a transfer syntax gets -- and the requested
+``decoder`` engine), the ROI mask file's identity when ``roi`` is ``crop``/``patch`` (never for
+``full``), the requested laterality (when ``canonical_side``) and the prepared fingerprint. A file
+replaced by another of the same size and mtime (``cp -p``, ``rsync -t``, ``tar x``) has a new
+ctime (no program can set it back) and usually a new inode, so its old entry is simply never asked
+for again (and ages out). Why not a digest of the whole file: on the 8 real CBIS-DDSM DICOMs
+(10-14 MB) sha256 takes 6-9 ms with the file in the page cache against 0.2 ms for a hit and ~90 ms
+for decode + preprocess, and on a cold or network disk it reads the whole file, as a decode does;
+the stat + 2 x 4 KiB sample costs ~0.15 ms. The identity is read again after a miss's decode; a
+file that changed meanwhile is not stored.
 
 **Entry file.** ``FMPREP1\\n``, a little-endian uint32 header length, a JSON header (key, dtype,
 shape, max_value, raw_max_abs, identities), the pixels (C order), and the sha256 of everything
@@ -32,14 +39,18 @@ and the result must stay bit-identical). A file that is short, fails its checksu
 key or disagrees with the config is logged, deleted and rebuilt, never used.
 
 **Concurrency and crashes.** Entries are written with :func:`featmammo.atomic.atomic_write` (temp
-file, fsync, rename): a reader sees a whole entry or none; two runs preparing the same image both
+file, rename): a reader sees a whole entry or none; two runs preparing the same image both
 write the same bytes. A run killed mid-write leaves only a ``.*.tmp`` file, removed by eviction
-scans once it is an hour old and by :meth:`PreparedCache.clear`. No locks.
+scans once it is an hour old and by :meth:`PreparedCache.clear`. Reads take no lock; writers
+take the size count's lock only to count (below).
 
-**Size bound.** Each hit bumps the entry's mtime (its last use). Each process keeps a running total
-(one scan of the folder on its first write); past ``max_bytes`` it deletes least recently used
-entries down to 90 % of the bound. Concurrent processes each enforce the bound on their own view,
-so the folder can overshoot by about one entry per process between scans.
+**Size bound.** Each hit bumps the entry's mtime (its last use). One byte count per format
+folder (``ROOT/v1/usage``), read and updated under an exclusive ``flock`` on that file by every
+process that writes an entry: past ``max_bytes`` the writer deletes least recently used entries
+(one scan of the folder, under the lock) down to 90 % of the bound. So the bound holds across
+processes (measured: 4 processes with a count each left 2.4x the bound; one shared count, <= 1x).
+The count starts from a scan when the file is missing or unreadable; it can only overestimate
+(an entry rewritten by two processes counts twice until the next eviction's scan).
 
 Cache I/O failures (read-only or full disk) never change a result: the image is prepared
 without the cache and one warning per process names the folder and reason.
@@ -71,7 +82,6 @@ from .preprocess import (
     _has_path,
     _normalize_laterality,
     finish,
-    load_and_preprocess,
     load_prepared,
 )
 
@@ -85,6 +95,7 @@ MAX_BYTES_ENV = "FEATMAMMO_PREPARED_MAX_BYTES"
 _LOW_WATER = 0.9  # eviction brings the folder down to this fraction of max_bytes
 _TMP_MAX_AGE_S = 3600.0  # a temp file older than this belongs to a killed writer
 _DIGEST = 32
+USAGE_FILE = "usage"  # the shared byte count of one format folder (and its lock)
 _DTYPES = {"uint8": np.uint8, "uint16": np.uint16, "float32": np.float32}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 
@@ -101,11 +112,44 @@ def parse_bytes(text) -> int:
     return value
 
 
-def file_identity(path) -> dict | None:
-    """``{"path", "size", "mtime_ns", "index"}`` of an image file; None when it cannot be stat'ed.
+SAMPLE_BYTES = 4096  # read from each end of a file for its identity's content sample
 
-    ``FILE#INDEX`` (a record of FILE) gives FILE's identity with ``index``. A DDSM ``.LJPEG`` also
-    carries the identities of the ``.ics`` files in its folder (``ics``).
+
+def _stat_identity(p: Path, st: os.stat_result) -> dict:
+    """The stat fields and content sample of one regular file (OSError when it cannot be read)."""
+    digest = hashlib.sha256()
+    with open(p, "rb") as f:
+        digest.update(f.read(SAMPLE_BYTES))
+        if st.st_size > SAMPLE_BYTES:
+            f.seek(max(SAMPLE_BYTES, st.st_size - SAMPLE_BYTES))
+            digest.update(f.read(SAMPLE_BYTES))
+    return {
+        "size": int(st.st_size),
+        "mtime_ns": int(st.st_mtime_ns),
+        "ctime_ns": int(st.st_ctime_ns),
+        "inode": int(st.st_ino),
+        "sample": digest.hexdigest()[:32],
+    }
+
+
+def file_identity(path) -> dict | None:
+    """The identity of an image file: what must be unchanged for a result made from it to stand.
+
+    ``{"path", "size", "mtime_ns", "ctime_ns", "inode", "sample", "index"}``: the resolved path;
+    size, modification time, status-change time and inode number (``os.stat``); ``sample``, the
+    sha256 (32 hex digits) of the first and last 4 KiB of the file; ``index``, the record number
+    of a ``FILE#INDEX`` path (FILE's identity), else None. A DDSM ``.LJPEG`` also carries
+    ``ics``: ``[name, size, mtime_ns, ctime_ns, inode, sample]`` of each ``.ics``/``.ics.gz`` in
+    its folder (shape and digitiser come from there). None when the file cannot be stat'ed or
+    read, or is not a regular file.
+
+    A file replaced by one of the same size and mtime (``cp -p``, ``rsync -t``, ``tar x``,
+    ``os.utime`` after writing) gets a new ``ctime_ns`` (and, unless overwritten in place, a new
+    ``inode``): no program can set ctime back. ``sample`` also catches a replacement where ctime
+    is not a change time (some network or Windows file systems) unless both ends are unchanged.
+    Cost: one ``stat`` and two 4 KiB reads (``benchmarks/preprocess_speed.py``, section ``cache``).
+    ``chmod``/``chown``/``mv`` also change ctime: the identity then differs although the pixels
+    do not (a cache miss, never a stale hit).
     """
     text = str(path)
     p, index = Path(text), None
@@ -122,12 +166,10 @@ def file_identity(path) -> dict | None:
             return None
     if not stat.S_ISREG(st.st_mode):
         return None
-    ident = {
-        "path": str(p.resolve()),
-        "size": int(st.st_size),
-        "mtime_ns": int(st.st_mtime_ns),
-        "index": index,
-    }
+    try:
+        ident = {"path": str(p.resolve()), **_stat_identity(p, st), "index": index}
+    except OSError:
+        return None
     name = p.name.lower()
     if name.endswith(".ljpeg") or name.endswith(".ljpeg.gz"):
         ics = []
@@ -135,14 +177,10 @@ def file_identity(path) -> dict | None:
             siblings = sorted(
                 q for q in p.parent.iterdir() if q.name.lower().endswith((".ics", ".ics.gz"))
             )
+            for q in siblings:
+                ics.append([q.name, *_stat_identity(q, q.stat()).values()])
         except OSError:
             return None
-        for q in siblings:
-            try:
-                s = q.stat()
-            except OSError:
-                return None
-            ics.append([q.name, int(s.st_size), int(s.st_mtime_ns)])
         ident["ics"] = ics
     return ident
 
@@ -151,6 +189,15 @@ def _utc(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+
+
+def _json_default(value):
+    """numpy scalars and arrays in read metadata (window parameters) as plain JSON."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _compact(pixels: np.ndarray) -> np.ndarray:
@@ -186,7 +233,6 @@ class PreparedCache:
         self._reset()
 
     def _reset(self) -> None:
-        self._approx_bytes: int | None = None
         self._warned = False
         self._configs_written: set[str] = set()
         self.stats = {"hits": 0, "misses": 0, "rebuilt": 0, "stored": 0, "uncached": 0}
@@ -223,7 +269,13 @@ class PreparedCache:
         return self._base / config.prepared_fingerprint() / key[:2] / f"{key}{SUFFIX}"
 
     def key(
-        self, path, config: PreprocessConfig, *, laterality=None, roi_mask_path=None
+        self,
+        path,
+        config: PreprocessConfig,
+        *,
+        laterality=None,
+        roi_mask_path=None,
+        decoder: str = "cpu",
     ) -> tuple[str, dict] | None:
         """``(key, identities)`` for one image and config; None when a file cannot be stat'ed
         (the caller then prepares without the cache, and the reader names the problem)."""
@@ -236,10 +288,13 @@ class PreparedCache:
             if mask is None:
                 return None
         side = _normalize_laterality(laterality) if config.canonical_side else None
+        from .io import decoder_identity  # lazy: the io package pulls pydicom
+
         idents = {
             "format": CACHE_FORMAT,
             "prepared": config.prepared_fingerprint(),
             "source": source,
+            "decoder": decoder_identity(path, decoder),
             "mask": mask,
             "laterality": side,
         }
@@ -277,7 +332,7 @@ class PreparedCache:
         if header.get("key") != key:
             raise CorruptEntry(f"entry is for key {header.get('key')!r}")
         payload = body[head + hlen :]
-        if len(shape) != 2 or max(shape) != config.image_size or min(shape) < 1:
+        if not config.fits(shape):
             raise CorruptEntry(f"shape {shape} does not fit image_size={config.image_size}")
         if len(payload) != shape[0] * shape[1] * np.dtype(dtype).itemsize:
             raise CorruptEntry(f"{len(payload)} payload bytes for {header['dtype']} {shape}")
@@ -285,7 +340,8 @@ class PreparedCache:
         pixels[...] = np.frombuffer(payload, dtype=dtype).reshape(shape)
         with contextlib.suppress(OSError):
             os.utime(file)  # last use, for LRU eviction
-        return Prepared(pixels, max_value, raw_max_abs)
+        meta = header.get("read_meta")
+        return Prepared(pixels, max_value, raw_max_abs, meta if isinstance(meta, dict) else {})
 
     def write(self, file: Path, key: str, prepared: Prepared, idents: dict) -> int:
         """Write one entry atomically; returns its size in bytes."""
@@ -296,10 +352,11 @@ class PreparedCache:
             "shape": list(stored.shape),
             "max_value": float(prepared.max_value),
             "raw_max_abs": float(prepared.raw_max_abs),
+            "read_meta": prepared.meta,
             "created": _utc(time.time()),
             **idents,
         }
-        hbytes = json.dumps(header, sort_keys=True).encode()
+        hbytes = json.dumps(header, sort_keys=True, default=_json_default).encode()
         body = MAGIC + struct.pack("<I", len(hbytes)) + hbytes + stored.tobytes(order="C")
         blob = body + hashlib.sha256(body).digest()
         # no fsync: an entry carries its own sha256, so one torn by a power cut is detected and
@@ -333,10 +390,13 @@ class PreparedCache:
     ) -> Prepared:
         """The prepared region of ``path``: from the cache, else decoded, prepared and stored.
 
-        ``decoder`` (``featmammo.io.read_image``'s) only says where a miss is decoded: its pixels
-        equal the CPU decoder's, so it is not part of the key.
+        ``decoder`` (``featmammo.io.read_image``'s) is part of the key through
+        :func:`featmammo.io.decoder_identity`: an entry decoded on the GPU, or by other versions
+        of the decoding libraries, is not served to a run that would decode otherwise.
         """
-        keyed = self.key(path, config, laterality=laterality, roi_mask_path=roi_mask_path)
+        keyed = self.key(
+            path, config, laterality=laterality, roi_mask_path=roi_mask_path, decoder=decoder
+        )
         if keyed is None:
             self.stats["uncached"] += 1
             return load_prepared(
@@ -364,7 +424,9 @@ class PreparedCache:
         prepared = load_prepared(
             path, config, laterality=laterality, roi_mask_path=roi_mask_path, decoder=decoder
         )
-        again = self.key(path, config, laterality=laterality, roi_mask_path=roi_mask_path)
+        again = self.key(
+            path, config, laterality=laterality, roi_mask_path=roi_mask_path, decoder=decoder
+        )
         if again is None or again[0] != key:
             log.info("prepared-image cache: %s changed while it was read; not stored", path)
             self.stats["uncached"] += 1
@@ -377,7 +439,10 @@ class PreparedCache:
             self.stats["uncached"] += 1
             return prepared
         self.stats["stored"] += 1
-        self._account(size)
+        try:
+            self._account(size)
+        except OSError as exc:
+            self._warn("counting its size", exc)
         return prepared
 
     # ------------------------------------------------------------------------------ size bound
@@ -400,42 +465,74 @@ class PreparedCache:
                     p.unlink(missing_ok=True)
         return out
 
+    @property
+    def _usage_path(self) -> Path:
+        return self._base / USAGE_FILE
+
+    @contextlib.contextmanager
+    def _usage(self):
+        """The shared byte count, under an exclusive lock: yields ``[bytes or None]`` (None: not
+        known, scan) and writes the value back. One count for every process using the folder."""
+        self._base.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._usage_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            _lock_fd(fd)
+            raw = os.pread(fd, 64, 0)
+            try:
+                box = [int(raw.decode().strip())]
+            except ValueError:  # new, empty or torn: unknown
+                box = [None]
+            yield box
+            text = b"" if box[0] is None else f"{int(box[0])}\n".encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, text, 0)
+        finally:
+            os.close(fd)  # releases the lock
+
     def _account(self, size: int) -> None:
-        if self._approx_bytes is None:
-            self._approx_bytes = sum(s for _, s, _ in self._scan())
-        else:
-            self._approx_bytes += size
-        if self._approx_bytes > self.max_bytes:
-            self.evict()
+        """Add one written entry to the shared count; evict when it passes ``max_bytes``."""
+        with self._usage() as usage:
+            if usage[0] is None:
+                usage[0] = sum(s for _, s, _ in self._scan())  # the new entry is in the scan
+            else:
+                usage[0] += size
+            if usage[0] > self.max_bytes:
+                usage[0] = self._evict_unlocked(int(self.max_bytes * _LOW_WATER))
 
     def evict(self, target: int | None = None) -> int:
         """Delete least recently used entries until at most ``target`` bytes remain (default 90 %
         of ``max_bytes``); returns how many were deleted."""
         target = int(self.max_bytes * _LOW_WATER) if target is None else int(target)
+        removed = [0]
+        with self._usage() as usage:
+            usage[0] = self._evict_unlocked(target, removed)
+        return removed[0]
+
+    def _evict_unlocked(self, target: int, removed: list | None = None) -> int:
+        """Eviction proper (the caller holds the usage lock); returns the bytes that remain."""
+        removed = [0] if removed is None else removed
         entries = sorted(self._scan())
         total = sum(s for _, s, _ in entries)
-        removed = 0
         for _, size, p in entries:
             if total <= target:
                 break
             try:
                 p.unlink()
             except FileNotFoundError:
-                pass  # another process evicted it
+                pass  # removed meanwhile (a clear, or a process without the lock)
             except OSError as exc:
                 self._warn("evicting", exc)
                 break
             total -= size
-            removed += 1
-        self._approx_bytes = total
-        if removed:
+            removed[0] += 1
+        if removed[0]:
             log.info(
                 "prepared-image cache %s: evicted %d least recently used entries (now %d bytes)",
                 self.root,
-                removed,
+                removed[0],
                 total,
             )
-        return removed
+        return total
 
     # ------------------------------------------------------------------------------ management
     def info(self) -> dict:
@@ -472,14 +569,25 @@ class PreparedCache:
 
     def clear(self) -> int:
         """Delete every entry (all format versions), temp file and config; returns entries gone."""
-        removed = 0
         if not self.root.is_dir():
             return 0
+        if self._base.is_dir():
+            with self._usage() as usage:  # no process counts or evicts meanwhile
+                removed = self._clear_unlocked()
+                usage[0] = None  # whatever was written meanwhile is found by the next scan
+        else:
+            removed = self._clear_unlocked()
+        return removed
+
+    def _clear_unlocked(self) -> int:
+        removed = 0
         for base in self.root.iterdir():
             if not (base.is_dir() and re.fullmatch(r"v\d+", base.name)):
                 continue
             for dirpath, dirs, files in os.walk(base, topdown=False):
                 for name in files:
+                    if name == USAGE_FILE and Path(dirpath) == self._base:
+                        continue  # locked by this call; emptied when it ends
                     try:
                         (Path(dirpath) / name).unlink()
                     except FileNotFoundError:
@@ -491,8 +599,24 @@ class PreparedCache:
                         (Path(dirpath) / d).rmdir()
             with contextlib.suppress(OSError):
                 base.rmdir()
-        self._approx_bytes = None
         return removed
+
+
+def _lock_fd(fd: int) -> None:
+    """Block until this process holds an exclusive lock on the open file ``fd`` (released when
+    ``fd`` is closed, or by the OS when the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        while True:
+            try:
+                msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+                return
+            except OSError:  # LK_LOCK gives up after 10 s: keep waiting
+                continue
+    fcntl.flock(fd, fcntl.LOCK_EX)
 
 
 def _resolve_cache(cache) -> PreparedCache | None:
@@ -516,24 +640,30 @@ def prepare_image(
     roi_mask_path=None,
     cache=None,
     decoder: str = "cpu",
-) -> np.ndarray:
-    """``(3, S, S)`` float32, identical to ``load_and_preprocess(path, config, ...)``.
+    with_meta: bool = False,
+):
+    """``(3, H, W)`` float32, identical to ``load_and_preprocess(path, config, ...)``.
 
     Decode + calibration + side + crop + resize come from the prepared-image cache when present
     (and are stored there otherwise); normalisation runs every time. ``cache``: None (or True)
     = :meth:`PreparedCache.default`, False = no cache, or a :class:`PreparedCache`.
     ``decoder``: ``featmammo.io.read_image``'s (``cpu``, ``auto``, ``nvimagecodec``).
+    ``with_meta=True`` returns ``(array, meta)``: what the read did to this image
+    (``windowing``, ``windowing_applied``, ``windowing_params``, ``inverted``, ``decoder``, ...;
+    :data:`featmammo.preprocess.READ_META`), the same from a hit as from a miss.
     """
     config = config or PreprocessConfig()
     store = _resolve_cache(cache)
     if store is None:
-        return load_and_preprocess(
+        prepared = load_prepared(
             path, config, laterality=laterality, roi_mask_path=roi_mask_path, decoder=decoder
         )
-    prepared = store.get_or_prepare(
-        path, config, laterality=laterality, roi_mask_path=roi_mask_path, decoder=decoder
-    )
-    return finish(prepared, config)
+    else:
+        prepared = store.get_or_prepare(
+            path, config, laterality=laterality, roi_mask_path=roi_mask_path, decoder=decoder
+        )
+    out = finish(prepared, config)
+    return (out, dict(prepared.meta)) if with_meta else out
 
 
 __all__ = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -233,7 +234,10 @@ def test_file_identity_record_paths_and_ljpeg_ics(tmp_path):
     f.write_bytes(b"x" * 10)
     a, b = file_identity(f"{f}#3"), file_identity(f"{f}#4")
     assert a["index"] == 3 and b["index"] == 4 and a["path"] == str(f.resolve())
-    assert a["size"] == 10 and a["mtime_ns"] == f.stat().st_mtime_ns
+    st = f.stat()
+    assert a["size"] == 10 and a["mtime_ns"] == st.st_mtime_ns
+    assert a["ctime_ns"] == st.st_ctime_ns and a["inode"] == st.st_ino
+    assert a["sample"] == hashlib.sha256(b"x" * 10).hexdigest()[:32]
     assert file_identity(tmp_path / "missing.png") is None
     assert file_identity(f"{tmp_path / 'missing'}#2") is None
     assert file_identity(tmp_path) is None  # a folder
@@ -245,7 +249,11 @@ def test_file_identity_record_paths_and_ljpeg_ics(tmp_path):
     ics = tmp_path / "A-0001-1.ics"
     ics.write_text("ics_version 1.0\n")
     before = file_identity(lj)
-    assert before["ics"] == [["A-0001-1.ics", ics.stat().st_size, ics.stat().st_mtime_ns]]
+    st = ics.stat()
+    sample = hashlib.sha256(ics.read_bytes()).hexdigest()[:32]
+    assert before["ics"] == [
+        ["A-0001-1.ics", st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, sample]
+    ]
     ics.write_text("ics_version 1.0\nDIGITIZER LUMISYS LASER\n")
     assert file_identity(lj) != before
 
