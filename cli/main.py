@@ -10,6 +10,8 @@ import click
 
 from featmammo._version import __version__
 
+from .options import set_verbosity
+
 # command name -> module in featmammo.cli exposing a click ``command`` object
 COMMANDS = {
     "manifest": "manifest",
@@ -56,20 +58,32 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def configure_logging(verbose: int, quiet: int) -> None:
-    """One stderr handler on the ``featmammo`` logger; -v/-q move the level from INFO."""
-    level = max(logging.DEBUG, min(logging.CRITICAL, logging.INFO + 10 * (quiet - verbose)))
+    """One stderr handler on the ``featmammo`` logger.
+
+    Quiet by default: warnings and errors only (what a user must read); ``-v`` adds INFO lines
+    (what each stage did), ``-vv`` DEBUG; ``-q`` keeps errors only and silences the progress lines
+    of ``cli.options`` too. With ``-v`` each line names its logger.
+    """
+    set_verbosity(verbose - quiet)
+    level = max(logging.DEBUG, min(logging.CRITICAL, logging.WARNING + 10 * (quiet - verbose)))
     root = logging.getLogger("featmammo")
     root.handlers[:] = [h for h in root.handlers if not isinstance(h, _StderrHandler)]
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    fmt = "%(levelname)s %(name)s: %(message)s" if verbose > 0 else "%(levelname)s: %(message)s"
+    handler.setFormatter(logging.Formatter(fmt))
     root.addHandler(handler)
     root.setLevel(level)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="featmammo")
-@click.option("-v", "--verbose", count=True, help="More log output (repeatable).")
-@click.option("-q", "--quiet", count=True, help="Less log output (repeatable).")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="Show INFO log lines (what each stage did); -vv adds DEBUG. Default: progress, warnings.",
+)
+@click.option("-q", "--quiet", count=True, help="Errors only: no progress lines or warnings.")
 def cli(verbose: int, quiet: int) -> None:
     """featmammo: deep features from mammograms and honest classifier comparisons.
 

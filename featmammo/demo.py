@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -39,6 +41,7 @@ class DemoResult:
     n_real: int
     n_synthetic: int
     leaderboard: pd.DataFrame = field(repr=False)
+    n_failed: int = 0  # images extract could not embed (listed in the store's failures)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -119,12 +122,25 @@ def run_demo(
     n_boot: int = 500,
     tune: str = "grid",
     tune_grid="small",
+    stage: Callable[[str], None] | None = None,
+    extract_progress: Callable[[int, int], None] | None = None,
 ) -> DemoResult:
+    """Build the demo set, extract, fit, report; see the module docstring.
+
+    ``stage(message)`` is told what each step is about to do and what it did (the command prints
+    these lines; the library logs them at INFO); ``extract_progress(n, total)`` is passed to
+    :func:`featmammo.extract.extract` (a progress bar).
+    """
     from .datasets import build_cbis_ddsm, read_manifest, write_manifest
     from .datasets.synthetic import write_synthetic_cbis
     from .extract import extract
     from .fit import fit
     from .preprocess import PreprocessConfig
+
+    def say(message: str) -> None:
+        log.info("%s", message)
+        if stage is not None:
+            stage(message)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -144,6 +160,10 @@ def run_demo(
     n_real = len(manifest) - len(synth)
     manifest_path = out / "manifest.csv"
     write_manifest(manifest, manifest_path)
+    say(
+        f"demo set: {n_real} real CBIS-DDSM images ({_counts(manifest.iloc[:n_real])}) + "
+        f"{len(synth)} synthetic phantoms ({_counts(synth)}) -> {manifest_path}"
+    )
     if n_real and set(manifest["source"]) != {manifest["source"].iloc[0]}:
         log.warning(
             "the demo mixes sources (%s): a classifier can learn the source instead of the "
@@ -156,7 +176,11 @@ def run_demo(
     store = out / "store.h5"
     if store.exists():
         store.unlink()
-    extract(
+    say(
+        f"extract: {len(manifest)} images x {', '.join(DEMO_BACKBONES)} ({resolved} weights, "
+        f"{image_size} px) -> {store}"
+    )
+    summary = extract(
         read_manifest(manifest_path),
         store,
         backbones=DEMO_BACKBONES,
@@ -164,14 +188,27 @@ def run_demo(
         preprocess=PreprocessConfig(image_size=image_size),
         batch_size=batch_size,
         device=device,
+        progress=extract_progress,
+    )
+    say(
+        f"extract: {summary.n_done} done, {summary.n_failed} failed in {summary.seconds:.0f} s "
+        f"({summary.images_per_s:.1f} images/s on {summary.device})"
     )
     run_dir = out / "run"
     if run_dir.exists():
         shutil.rmtree(run_dir)
+    features = [*DEMO_BACKBONES, "hybrid"]
+    tuning = f"nested tuning ({tune_grid} grid)" if tune == "grid" else "untuned"
+    plural = "s" if len(heads) != 1 else ""
+    say(
+        f"fit: {len(heads)} head{plural} ({', '.join(heads)}) x {'/'.join(features)}; {cv}-fold "
+        f"patient-grouped CV + official test; {tuning}"
+    )
+    start = time.perf_counter()
     fit(
         [store],
         run_dir,
-        features=[*DEMO_BACKBONES, "hybrid"],
+        features=features,
         heads=list(heads),
         cv=cv,
         test_split="official",
@@ -182,6 +219,7 @@ def run_demo(
         tune=tune,
         tune_grid=tune_grid,
     )
+    say(f"fit: done in {time.perf_counter() - start:.0f} s -> {run_dir}")
     leaderboard = pd.read_csv(run_dir / "leaderboard.csv")
     return DemoResult(
         out_dir=out,
@@ -192,4 +230,52 @@ def run_demo(
         n_real=n_real,
         n_synthetic=len(synth),
         leaderboard=leaderboard,
+        n_failed=summary.n_failed,
     )
+
+
+#: what the demo's summary table shows per evaluation (the leaderboard.csv column names)
+SUMMARY_METRICS = {"balanced_accuracy": "bal.acc", "roc_auc_ovr": "roc-auc"}
+
+
+def summary_table(leaderboard: pd.DataFrame, classes=None) -> tuple[pd.DataFrame, list[str]]:
+    """The leaderboard as one row per features x head: balanced accuracy and ROC-AUC of each
+    evaluation side by side (``cv bal.acc``, ``test bal.acc``, ...), best CV balanced accuracy first
+    (CV is what one chooses by; the test is reported, not ranked on). Returns the table and notes
+    (images and patients per evaluation, chance levels for ``classes``). Image-level rows only
+    when the leaderboard has levels; rows marked optimistic keep their mark in the features
+    column."""
+    lb = leaderboard.copy()
+    if "level" in lb:
+        lb = lb[lb["level"].astype(str).isin(["image", "", "nan"])]
+    if "optimistic" in lb:
+        flag = lb["optimistic"].astype(str).str.lower().isin(["true", "1"])
+        lb.loc[flag, "features"] = lb.loc[flag, "features"].astype(str) + " (optimistic)"
+    evaluations = [e for e in ("cv", "test") if e in set(lb["evaluation"])]
+    evaluations += sorted(set(lb["evaluation"]) - set(evaluations) - {"validation"})
+    table = None
+    notes = []
+    for ev in evaluations:
+        rows = lb[lb["evaluation"] == ev]
+        cols = {m: f"{ev} {short}" for m, short in SUMMARY_METRICS.items() if m in rows}
+        part = rows[["features", "head", *cols]].rename(columns=cols)
+        table = part if table is None else table.merge(part, on=["features", "head"], how="outer")
+        if {"n_images", "n_patients"} <= set(rows) and len(rows):
+            notes.append(
+                f"{ev}: {int(rows['n_images'].max())} images, {int(rows['n_patients'].max())} "
+                "patients"
+            )
+    if table is None:
+        return pd.DataFrame(columns=["features", "head"]), notes
+    order = f"{evaluations[0]} bal.acc" if evaluations else None
+    if order in table:
+        table = table.sort_values(order, ascending=False, kind="stable")
+    if classes:
+        notes.append(f"chance: bal.acc {1 / len(classes):.3f}, roc-auc 0.500")
+    return table.reset_index(drop=True), notes
+
+
+def _counts(df: pd.DataFrame) -> str:
+    """``6 benign, 2 malignant``: images per label."""
+    counts = df["label"].value_counts().sort_index()
+    return ", ".join(f"{n} {label}" for label, n in counts.items())

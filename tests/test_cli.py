@@ -78,3 +78,85 @@ def test_public_lazy_names_resolve_and_store_side_stays_torch_free():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+# --- quiet by default: progress and warnings; INFO with -v; errors only with -q ---
+
+
+def _probe_command(monkeypatch):
+    """A throwaway subcommand that logs at every level and prints a stage line."""
+    import logging
+    import types
+
+    import click
+
+    from featmammo.cli import main as cli_main
+    from featmammo.cli.options import stage
+
+    @click.command("probe")
+    def command():
+        log = logging.getLogger("featmammo.probe")
+        stage("probe: stage line")
+        log.debug("debug line")
+        log.info("info line")
+        log.warning("warning line")
+        log.error("error line")
+        click.echo("result line")
+
+    module = types.ModuleType("featmammo.cli._probe")
+    module.command = command
+    monkeypatch.setitem(sys.modules, "featmammo.cli._probe", module)
+    monkeypatch.setitem(cli_main.COMMANDS, "probe", "_probe")
+
+
+def test_default_shows_stage_lines_and_warnings_but_no_info(monkeypatch):
+    _probe_command(monkeypatch)
+    out = CliRunner().invoke(cli, ["probe"]).output
+    assert "probe: stage line" in out and "result line" in out
+    assert "WARNING: warning line" in out and "ERROR: error line" in out
+    assert "info line" not in out and "debug line" not in out
+
+
+def test_verbose_adds_info_then_debug_with_logger_names(monkeypatch):
+    _probe_command(monkeypatch)
+    out = CliRunner().invoke(cli, ["-v", "probe"]).output
+    assert "INFO featmammo.probe: info line" in out
+    assert "WARNING featmammo.probe: warning line" in out
+    assert "debug line" not in out
+    assert "DEBUG featmammo.probe: debug line" in CliRunner().invoke(cli, ["-vv", "probe"]).output
+
+
+def test_quiet_keeps_errors_and_results_only(monkeypatch):
+    _probe_command(monkeypatch)
+    out = CliRunner().invoke(cli, ["-q", "probe"]).output
+    assert "result line" in out and "error line" in out
+    assert "stage line" not in out and "warning line" not in out and "info line" not in out
+
+
+def test_progress_bar_only_on_a_terminal_and_keeps_log_lines_apart(monkeypatch, capsys):
+    import logging
+
+    from featmammo.cli import options
+    from featmammo.cli.main import configure_logging
+
+    configure_logging(0, 0)
+    with options.progress("work") as update:  # pytest's stderr is not a terminal
+        assert update is None
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert options.bar_enabled()
+    with options.progress("work", unit="images") as update:
+        update(2, 4)
+        logging.getLogger("featmammo.probe").warning("in the middle")
+        update(2, 4)
+        options.stage("next stage")
+    err = capsys.readouterr().err
+    # the warning and the stage line start on lines of their own, not after the bar's \r text
+    lines = err.replace("\r", "\n").splitlines()
+    assert "WARNING: in the middle" in lines
+    assert "next stage" in lines
+    assert "4/4" in err
+    configure_logging(0, 1)  # -q: no bar even on a terminal
+    assert not options.bar_enabled()
+    with options.progress("work") as update:
+        assert update is None
+    configure_logging(0, 0)

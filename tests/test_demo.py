@@ -34,6 +34,17 @@ def test_demo_runs_end_to_end_and_says_random_weights(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "RANDOM weights" in result.output
     assert "8 real CBIS-DDSM images" in result.output
+    # one screen: what ran, the caveats, the leaderboard, where the report is; no INFO lines
+    lines = result.output.splitlines()
+    assert len(lines) <= 40, result.output
+    assert not any(line.startswith("INFO") for line in lines), result.output
+    assert "fitting" not in result.output  # per-fold lines are INFO: in demo.log, not on screen
+    for stage in ("demo set:", "extract:", "fit:", "Caveats", "Leaderboard", "Report:"):
+        assert stage in result.output, stage
+    assert "labels confounded with sources" in result.output  # a warning, shown as a caveat
+    assert str(out / "run" / "report.md") in result.output
+    log = (out / "demo.log").read_text()
+    assert "INFO featmammo.fit: fitting" in log and "WARNING" in log
     manifest = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
     real = manifest[manifest["source"] == "cbis-ddsm"]
     assert len(real) == 8
@@ -48,3 +59,29 @@ def test_demo_runs_end_to_end_and_says_random_weights(tmp_path, monkeypatch):
     # every real image is in the official test split, so it is predicted on the held-out test
     test_ids = set(preds.loc[preds["fold"] == "test", "image_id"])
     assert set(real["image_id"]) <= test_ids
+
+
+def test_summary_table_ranks_by_cv_and_puts_evaluations_side_by_side():
+    from featmammo.demo import summary_table
+
+    lb = pd.DataFrame(
+        {
+            "features": ["a", "b", "a", "b", "a"],
+            "head": ["logreg"] * 5,
+            "evaluation": ["test", "test", "cv", "cv", "validation"],
+            "balanced_accuracy": [0.9, 0.5, 0.4, 0.6, 1.0],
+            "roc_auc_ovr": [0.95, 0.55, 0.45, 0.65, 1.0],
+            "n_images": [10, 10, 40, 40, 5],
+            "n_patients": [5, 5, 20, 20, 2],
+        }
+    )
+    table, notes = summary_table(lb, ["benign", "malignant"])
+    assert list(table["features"]) == ["b", "a"]  # CV decides, not the test
+    assert list(table.columns) == [
+        "features", "head", "cv bal.acc", "cv roc-auc", "test bal.acc", "test roc-auc"
+    ]  # fmt: skip
+    assert table.loc[1, "test bal.acc"] == 0.9
+    assert notes == [
+        "cv: 40 images, 20 patients", "test: 10 images, 5 patients",
+        "chance: bal.acc 0.500, roc-auc 0.500",
+    ]  # fmt: skip
