@@ -275,7 +275,7 @@ def test_dicom_variant_table(name, tmp_path, caplog, monkeypatch):
     ds = make_ds(arr, **ds_kwargs)
     path = save(ds, tmp_path / f"{name}.dcm")
     monkeypatch.setattr("featmammo.io.dicom._monochrome1_warned", False)
-    with caplog.at_level(logging.WARNING, logger="featmammo.io.dicom"):
+    with caplog.at_level(logging.INFO, logger="featmammo.io.dicom"):
         img = read_image(path, **read_kwargs)
     assert isinstance(img, Image)
     assert img.pixels.ndim == 2 and img.pixels.shape == arr.shape
@@ -287,8 +287,9 @@ def test_dicom_variant_table(name, tmp_path, caplog, monkeypatch):
     assert img.pixels.flags.writeable and img.pixels.flags.c_contiguous
     inverted = ds.PhotometricInterpretation == "MONOCHROME1"
     assert img.meta["inverted"] is inverted
-    warned = [r for r in caplog.records if "MONOCHROME1" in r.getMessage()]
-    assert len(warned) == (1 if inverted else 0)
+    said = [r for r in caplog.records if "MONOCHROME1" in r.getMessage()]
+    assert len(said) == (1 if inverted else 0)
+    assert all(r.levelno == logging.INFO for r in said)  # correct handling: no warning
     if img.max_value == 1.0:
         assert img.pixels.dtype == np.float32
         assert img.pixels.min() >= 0.0 and img.pixels.max() <= 1.0

@@ -33,7 +33,7 @@ This module owns how a DICOM file becomes an :class:`~featmammo.io.images.Image`
   (LINEAR, LINEAR_EXACT, SIGMOID; first window). ``percentile``: 0.5-99.5 % clip. The last three
   give float32 in [0, 1] computed in float32 (never float64), ``max_value`` 1.0. A policy whose
   tags are missing is an error, not a fallback.
-  MONOCHROME1 is inverted after the modality/VOI step (warned once per process, then logged at
+  MONOCHROME1 is inverted after the modality/VOI step (logged at INFO once per process, then at
   DEBUG; ``meta['inverted']`` records it per file).
 * **Metadata:** laterality and view from ImageLaterality / Laterality / ViewPosition /
   ViewCodeSequence, then CBIS-DDSM's PatientOrientation (``'CC'``) and PatientID
@@ -484,9 +484,9 @@ def _apply_policy(p, arr, ds, windowing: str, bits_stored: int, meta: dict):
         max_value = 1.0
     if monochrome1:
         global _monochrome1_warned
-        # Warn once per process (a data set is often all MONOCHROME1); every file records
-        # meta["inverted"], and later files are logged at DEBUG.
-        log = logger.debug if _monochrome1_warned else logger.warning
+        # Correct handling, not a problem: said once per process at INFO (a data set is often all
+        # MONOCHROME1); every file records meta["inverted"], and later files are logged at DEBUG.
+        log = logger.debug if _monochrome1_warned else logger.info
         log(
             "%s: MONOCHROME1 image inverted to MONOCHROME2 after the %s step%s",
             p,
