@@ -112,10 +112,13 @@ def test_fit_writes_a_complete_leak_free_run(fitted):
     metrics = json.loads((run / "metrics.json").read_text())
     assert all(a["ok"] for a in metrics["audit"])
     assert all(c["ok"] for c in metrics["consistency"])
-    assert {(c["a"], c["b"], c["head"], c["evaluation"]) for c in metrics["comparisons"]} == {
+    comps = pd.read_csv(run / "comparisons.csv")
+    assert set(zip(comps["features_a"], comps["features_b"], comps["head"], comps["evaluation"],
+                   strict=True)) == {
         ("hybrid", b, h, e) for b in ("resnet50", "alexnet") for h in ("logreg", "knn")
         for e in ("cv", "test")
     }  # fmt: skip
+    assert len(metrics["comparisons"]) == len(comps)
     models = sorted(p.name for p in (run / "models").glob("*.joblib"))
     assert models == sorted(f"{f}__{h}.joblib" for f in ("resnet50", "alexnet", "hybrid")
                             for h in ("logreg", "knn"))  # fmt: skip

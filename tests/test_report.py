@@ -124,7 +124,9 @@ def test_report_numbers_are_recomputed_from_predictions(tmp_path, rng):
     assert row["majority_baseline"] == pytest.approx(
         (h[h["fold"] == "test"]["y_true"] == majority).mean()
     )
-    assert metrics["comparisons"] and metrics["comparisons"][0]["a"] == "hybrid"
+    assert metrics["comparisons"] and metrics["comparisons"][0]["features_a"] == "hybrid"
+    table = pd.read_csv(run / "comparisons.csv")
+    assert len(table) == len(metrics["comparisons"]) and set(table["features_a"]) == {"hybrid"}
 
 
 def test_editing_predictions_changes_the_report(tmp_path, rng):

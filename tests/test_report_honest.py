@@ -124,7 +124,8 @@ def test_validation_rows_are_apart_unranked_and_say_they_chose_the_epoch(tmp_pat
     assert set(lb["evaluation"]) == {"validation", "test"}
     val = lb[lb["evaluation"] == "validation"].iloc[0]
     assert bool(val["optimistic"]) and pd.isna(val["rank"])
-    assert lb.loc[lb["evaluation"] == "test", "rank"].iloc[0] == 1
+    # no CV rows: nothing is ranked (never by the test score)
+    assert pd.isna(lb.loc[lb["evaluation"] == "test", "rank"].iloc[0])
     counts = json.loads((run / "config.json").read_text())["train_class_counts"]
     majority = max(CLASSES, key=lambda c: (counts.get(c, 0), -CLASSES.index(c)))
     names = np.asarray(CLASSES, dtype=object)
@@ -155,16 +156,22 @@ def test_the_answer_is_stated_with_holm_adjusted_paired_differences(tmp_path):
     text = rp.write_report(run, figures=False).read_text()
     metrics = json.loads((run / "metrics.json").read_text())
     answer = text[text.index("## The answer: hybrid vs each backbone") : text.index("## Setup")]
-    assert "Holm-adjusted" in answer and "clustered test (Durkalski 2003" in answer
+    assert "Holm-adjusted" in answer and "Durkalski 2003" in answer
+    assert "corrected resampled t" in answer and "intervals are unadjusted" in answer
     assert answer.index("### held-out test") < answer.index("### pooled out-of-fold CV")
     for c in metrics["comparisons"]:
-        assert f"| {c['head']} | hybrid vs {c['b']} |" in answer
-    assert len(metrics["comparisons"]) == 2 * 2 * 2  # 2 backbones x 2 heads x (cv, test)
-    assert "hybrid better in 4, worse in 0" in answer  # a strong hybrid against noise-level rivals
-    cv = [c for c in metrics["comparisons"] if c["evaluation"] == "cv"]
-    raw = [c[k]["p_value"] for c in cv for k in ("balanced_accuracy", "roc_auc_ovr", "mcnemar")]
-    holm = [c[k]["p_holm"] for c in cv for k in ("balanced_accuracy", "roc_auc_ovr", "mcnemar")]
-    np.testing.assert_allclose(holm, ev.holm_adjust(raw))
+        assert f"| {c['head']} | hybrid vs {c['features_b']} |" in answer
+    # 2 backbones x 2 heads x (cv: 2 metrics, test: 2 metrics + McNemar)
+    assert len(metrics["comparisons"]) == 2 * 2 * (2 + 3)
+    # a strong hybrid against noise-level rivals, on the held-out test
+    assert "Balanced accuracy, held-out test: hybrid better in 4, worse in 0" in answer
+    # every verdict line says the intervals are unadjusted
+    verdicts = [ln for ln in answer.splitlines() if " better in " in ln]
+    assert len(verdicts) == 5 and all("intervals unadjusted" in ln for ln in verdicts)
+    table = pd.read_csv(run / "comparisons.csv")
+    for _, fam in table.groupby([table["evaluation"], table["metric"] == "accuracy_mcnemar"]):
+        np.testing.assert_allclose(fam["p_holm"], ev.holm_adjust(fam["p_raw"].tolist()))
+    assert (table.loc[table["metric"] == "accuracy_mcnemar", "evaluation"] == "test").all()
 
 
 def test_no_ci_below_the_minimum_patients_per_class(tmp_path):
@@ -180,7 +187,7 @@ def test_no_ci_below_the_minimum_patients_per_class(tmp_path):
     assert any(w.startswith("small samples:") for w in metrics["warnings"])
     assert "Warning: small samples" in text[: text.index("## The answer")]
     cmp = [c for c in metrics["comparisons"] if c["evaluation"] == "test"][0]
-    assert cmp["ci_note"] and cmp["balanced_accuracy"]["p_value"] is None
+    assert "not tested" in cmp["method"] and cmp["p_raw"] is None and cmp["p_holm"] is None
     assert not any("[" in ln and "| test |" in ln for ln in text.splitlines() if "logreg" in ln)
     checks = {c["check"]: c for c in metrics["consistency"]}
     assert checks["no CI in leaderboard.csv where a class has < 10 patients (recounted)"]["ok"]

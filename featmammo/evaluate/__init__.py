@@ -18,6 +18,10 @@ p_<class>...``) so that every figure can be recomputed from stored predictions:
 - :func:`compare_predictions` (:mod:`.comparisons`) -- the ``comparisons.csv`` table: any two
   features sets, same head, same units; corrected resampled t on CV folds, paired patient
   bootstrap on the test, clustered McNemar as its own Holm family.
+- :mod:`.levels` -- image rows aggregated to breasts (mean or most suspicious view) and exams
+  (highest-scoring breast), labels the most severe class.
+- screening metrics of the positive class (:func:`screening_metric_names`):
+  ``sens_at_spec_<t>``, ``pauc_0.10``, ``pf1``.
 - :func:`evaluate_predictions` -- all of the above for every features x head x evaluation in a
   table. Evaluations: ``cv`` (numbered folds), ``test``, ``validation`` (HybridNet early-stopping
   rows: optimistic, never ranked or compared). No CI below :data:`MIN_PATIENTS_PER_CLASS`
@@ -55,14 +59,25 @@ from .comparisons import (
 from .kernels import (
     CI_METRICS,
     DECISION_RULE,
+    DEFAULT_AT_SPECIFICITY,
     SCALAR_METRICS,
+    check_specificities,
     compute_metrics,
     majority_baseline,
     positive_class,
+    screening_metric_names,
     table_from_confusion,
 )
 from .kernels import (
     _Prepared as _Prepared,  # tests build it directly
+)
+from .levels import (
+    AGGREGATES,
+    LEVEL_FILES,
+    LEVELS,
+    aggregate_predictions,
+    default_levels,
+    parse_levels,
 )
 from .paired import (
     ADJUSTMENT,
@@ -75,6 +90,7 @@ from .paired import (
 )
 from .table import (
     HONEST_EVALUATIONS,
+    RANKING,
     TEST_FOLD,
     VALIDATION_FOLD,
     evaluate_predictions,
@@ -83,6 +99,9 @@ from .table import (
 )
 
 __all__ = [
+    "AGGREGATES", "DEFAULT_AT_SPECIFICITY", "LEVELS", "LEVEL_FILES", "RANKING",
+    "aggregate_predictions", "check_specificities", "default_levels", "parse_levels",
+    "screening_metric_names",
     "ADJUSTMENT", "CI_METRICS", "COMPARISON_COLUMNS", "DECISION_RULE", "HONEST_EVALUATIONS",
     "MIN_PATIENTS_PER_CLASS",
     "PAIRED_METRICS", "SCALAR_METRICS", "TEST_FOLD", "VALIDATION_FOLD", "ConfigError",

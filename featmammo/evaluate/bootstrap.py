@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from .kernels import CI_METRICS, _Prepared
+from .kernels import CI_METRICS, DEFAULT_AT_SPECIFICITY, _Prepared
 
 #: below this many patients in some class a bootstrap CI is not reported (it would look precise
 #: while resting on a handful of clusters: 2 patients give "0.833 [0.833, 0.833]")
@@ -63,6 +63,7 @@ def bootstrap_metrics(
     positive: str | None = None,
     metrics: Sequence[str] = CI_METRICS,
     min_patients_per_class: int | None = None,
+    at_specificity: Sequence[float] = DEFAULT_AT_SPECIFICITY,
 ) -> dict:
     """Percentile CIs of ``metrics`` under a patient-clustered bootstrap (``groups`` = patient ids).
 
@@ -71,7 +72,7 @@ def bootstrap_metrics(
     ``min_patients_per_class`` (e.g. :data:`MIN_PATIENTS_PER_CLASS`), a sample with fewer patients
     in some class gets NaN bounds and ``"note"`` (e.g. ``n/a (3 patients in class benign < 10)``).
     """
-    prep = _Prepared(y_true, y_pred, proba, classes, threshold, positive)
+    prep = _Prepared(y_true, y_pred, proba, classes, threshold, positive, at_specificity)
     if min_patients_per_class is not None:
         note = ci_note(patients_per_class(y_true, groups, prep.classes), min_patients_per_class)
         if note:

@@ -42,6 +42,39 @@ SCALAR_METRICS = (
     "sensitivity_at_threshold",
     "specificity_at_threshold",
 )
+#: default target specificities of ``sens_at_spec_<t>`` (``fit --at-specificity``)
+DEFAULT_AT_SPECIFICITY = (0.9,)
+#: the false-positive limit of the standardized partial AUC ``pauc_0.10``
+PAUC_MAX_FPR = 0.1
+
+
+def sens_at_spec_name(target: float) -> str:
+    """``sens_at_spec_0.90`` for 0.9: the column name of a target specificity."""
+    return f"sens_at_spec_{float(target):.2f}"
+
+
+def screening_metric_names(at_specificity=DEFAULT_AT_SPECIFICITY) -> tuple[str, ...]:
+    """The screening metrics of the positive class, in report order: ``sens_at_spec_<t>`` per
+    target, ``pauc_0.10`` and ``pf1``."""
+    return (
+        *(sens_at_spec_name(t) for t in at_specificity),
+        f"pauc_{PAUC_MAX_FPR:.2f}",
+        "pf1",
+    )
+
+
+def check_specificities(values) -> tuple[float, ...]:
+    """Validated, deduplicated target specificities in (0, 1)."""
+    out = []
+    for v in values or DEFAULT_AT_SPECIFICITY:
+        t = float(v)
+        if not 0.0 < t < 1.0:
+            raise ConfigError(f"--at-specificity {v}: give a specificity between 0 and 1")
+        if sens_at_spec_name(t) not in map(sens_at_spec_name, out):
+            out.append(t)
+    return tuple(out)
+
+
 #: the decision rule behind y_pred, the confusion matrix, per-class tables, sensitivity, specificity
 DECISION_RULE = (
     "predicted class = argmax of p_<class> (the y_pred column); the confusion matrix, the "
@@ -162,6 +195,39 @@ class _RankedScore:
         num = (pos_u * (neg_below + 0.5 * neg_u)).sum(axis=1)
         return np.where((p > 0) & (n > 0), num / np.where((p > 0) & (n > 0), p * n, 1.0), np.nan)
 
+    def roc_batch(self, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, U + 1) true- and false-positive rates over descending thresholds, from (0, 0)."""
+        pos_u, neg_u = self._group_sums_batch(W)
+        p = pos_u.sum(axis=1, keepdims=True)
+        n = neg_u.sum(axis=1, keepdims=True)
+        zero = np.zeros((len(W), 1))
+        tp = np.hstack([zero, np.cumsum(pos_u[:, ::-1], axis=1)])
+        fp = np.hstack([zero, np.cumsum(neg_u[:, ::-1], axis=1)])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return tp / np.where(p > 0, p, np.nan), fp / np.where(n > 0, n, np.nan)
+
+    def sens_at_spec_batch(self, W: np.ndarray, target: float) -> np.ndarray:
+        """Best sensitivity among the ROC points whose specificity is >= ``target``."""
+        tpr, fpr = self.roc_batch(W)
+        ok = (1.0 - fpr) >= float(target) - 1e-12
+        best = np.where(ok, tpr, -np.inf).max(axis=1)
+        return np.where(np.isfinite(tpr[:, -1]) & np.isfinite(fpr[:, -1]), best, np.nan)
+
+    def pauc_batch(self, W: np.ndarray, max_fpr: float = PAUC_MAX_FPR) -> np.ndarray:
+        """scikit-learn's standardized partial AUC (McClish): ``roc_auc_score(max_fpr=...)``."""
+        tpr, fpr = self.roc_batch(W)
+        f0, f1, t0, t1 = fpr[:, :-1], fpr[:, 1:], tpr[:, :-1], tpr[:, 1:]
+        m = float(max_fpr)
+        full = np.where(f1 <= m, (f1 - f0) * (t0 + t1) / 2.0, 0.0)
+        cut = (f0 < m) & (f1 > m)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tm = t0 + (t1 - t0) * (m - f0) / np.where(cut, f1 - f0, 1.0)
+        part = np.where(cut, (m - f0) * (t0 + tm) / 2.0, 0.0)
+        area = np.nansum(full + part, axis=1)
+        min_area, max_area = 0.5 * m**2, m
+        out = 0.5 * (1.0 + (area - min_area) / (max_area - min_area))
+        return np.where(np.isfinite(tpr[:, -1]) & np.isfinite(fpr[:, -1]), out, np.nan)
+
     def average_precision_batch(self, W: np.ndarray) -> np.ndarray:
         """:meth:`average_precision` for every row of ``W`` at once."""
         pos_u, neg_u = self._group_sums_batch(W)
@@ -199,7 +265,12 @@ def _encode(values, classes: tuple[str, ...]) -> np.ndarray:
 class _Prepared:
     """Encoded labels and prepared scores of one prediction set, reused by every resample."""
 
-    def __init__(self, y_true, y_pred, proba, classes, threshold, positive):
+    def __init__(
+        self, y_true, y_pred, proba, classes, threshold, positive,
+        at_specificity=DEFAULT_AT_SPECIFICITY,
+    ):  # fmt: skip
+        self.at_specificity = tuple(float(t) for t in at_specificity)
+        self.screening = screening_metric_names(self.at_specificity)
         self.classes = tuple(str(c) for c in classes)
         self.k = len(self.classes)
         if self.k < 2:
@@ -227,6 +298,7 @@ class _Prepared:
         else:
             auc_ovr = float(np.mean(aucs)) if not np.isnan(aucs).any() else math.nan
         ww = np.ones(len(self.yt)) if w is None else w
+        screening = {k: float(v[0]) for k, v in self._screening_batch(ww[None, :]).items()}
         pos_w = ww[self.pos_true].sum()
         neg_w = ww[~self.pos_true].sum()
         sens = ww[self.pos_true & self.pos_pred].sum() / pos_w if pos_w > 0 else math.nan
@@ -243,7 +315,34 @@ class _Prepared:
             "specificity": float(spec),
             "sensitivity_at_threshold": float(sens_t),
             "specificity_at_threshold": float(spec_t),
+            **screening,
         }
+
+    def _screening_batch(self, W: np.ndarray, wanted=None) -> dict:
+        """The screening metrics of the positive class for every row of ``W``."""
+        wanted = self.screening if wanted is None else [m for m in self.screening if m in wanted]
+        out = {}
+        ranked = self.ranked[self.pos_index]
+        for t in self.at_specificity:
+            if sens_at_spec_name(t) in wanted:
+                out[sens_at_spec_name(t)] = ranked.sens_at_spec_batch(W, t)
+        pauc = f"pauc_{PAUC_MAX_FPR:.2f}"
+        if pauc in wanted:
+            out[pauc] = ranked.pauc_batch(W, PAUC_MAX_FPR)
+        if "pf1" in wanted:
+            p = np.clip(self.proba[:, self.pos_index], 0.0, 1.0)
+            pt = self.pos_true.astype(float)
+            ctp, cfp, n_pos = W @ (p * pt), W @ (p * (1 - pt)), W @ pt
+            with np.errstate(invalid="ignore", divide="ignore"):
+                precision = np.where(ctp + cfp > 0, ctp / (ctp + cfp), 0.0)
+                recall = np.where(n_pos > 0, ctp / n_pos, np.nan)
+                f1 = np.where(
+                    (precision > 0) & (recall > 0),
+                    2 * precision * recall / (precision + recall),
+                    0.0,
+                )
+            out["pf1"] = np.where(n_pos > 0, f1, np.nan)
+        return out
 
     def scalars_batch(self, W: np.ndarray, metrics: Sequence[str] = CI_METRICS) -> dict:
         """``metrics`` for every row of the (B, n) weight matrix ``W``: {metric: (B,) array}.
@@ -277,6 +376,7 @@ class _Prepared:
         pt = self.pos_true.astype(float)
         out["sensitivity"] = _nan_div(W @ (pt * self.pos_pred), W @ pt)
         out["specificity"] = _nan_div(W @ ((1 - pt) * ~self.pos_pred), W @ (1 - pt))
+        out.update(self._screening_batch(W, metrics))
         return {m: out[m] for m in metrics}
 
 
@@ -298,6 +398,7 @@ def compute_metrics(
     *,
     threshold: float = 0.5,
     positive: str | None = None,
+    at_specificity=DEFAULT_AT_SPECIFICITY,
 ) -> dict:
     """Every point metric of one prediction set; NaN (with a note in ``notes``) where undefined.
 
@@ -308,8 +409,14 @@ def compute_metrics(
     second, separately named operating point: ``sensitivity_at_threshold`` /
     ``specificity_at_threshold`` call an image positive when its positive-class probability is
     >= ``threshold``.
+
+    Screening metrics of the positive class (:func:`screening_metric_names`):
+    ``sens_at_spec_<t>`` for each ``at_specificity`` target (the best sensitivity among the ROC
+    points whose specificity is >= t), ``pauc_0.10`` (scikit-learn's standardized
+    ``roc_auc_score(max_fpr=0.1)``) and ``pf1`` (RSNA's probabilistic F1: precision = sum of
+    P(positive) over positives / its sum over all, recall = that sum / number of positives).
     """
-    prep = _Prepared(y_true, y_pred, proba, classes, threshold, positive)
+    prep = _Prepared(y_true, y_pred, proba, classes, threshold, positive, at_specificity)
     s = prep.scalars()
     notes = _notes(prep, s)
     per_class = {
@@ -332,8 +439,9 @@ def compute_metrics(
         "confusion_matrix": _confusion(prep.yt, prep.yp, prep.k).astype(int).tolist(),
         "notes": notes,
     }
-    for key in SCALAR_METRICS:
+    for key in (*SCALAR_METRICS, *prep.screening):
         out[key] = float(s[key])
+    out["screening_metrics"] = list(prep.screening)
     return out
 
 

@@ -25,8 +25,10 @@ from .kernels import _Prepared
 PAIRED_METRICS = ("balanced_accuracy", "roc_auc_ovr")
 #: how the p-values of one evaluation are adjusted for multiplicity
 ADJUSTMENT = (
-    "Holm (step-down Bonferroni) over every p-value of one evaluation (cv or test): all "
-    "hybrid-vs-other comparisons x heads x {balanced accuracy, ROC-AUC, clustered McNemar}"
+    "Holm (step-down Bonferroni) per evaluation (cv, test) and level (image, breast, exam): one "
+    "family of every tested comparison x head x {balanced accuracy, ROC-AUC}; the clustered "
+    "McNemar tests (test rows) are a second family; comparisons not tested (too few patients, "
+    "constant predictions, optimistic rows) are in no family. Intervals are unadjusted."
 )
 
 

@@ -1,5 +1,6 @@
 """predictions.csv -> leaderboard + metrics: every features x head x evaluation of a predictions
-table, with baselines, CIs and the paired comparisons against one features set.
+table (at one level: images, breasts or exams), with baselines, CIs, screening metrics, the
+CV-based ranking and the paired comparisons (:mod:`.comparisons`).
 """
 
 from __future__ import annotations
@@ -13,13 +14,17 @@ import pandas as pd
 from ..errors import ConfigError
 from .bootstrap import MIN_PATIENTS_PER_CLASS, bootstrap_metrics, ci_note, patients_per_class
 from .kernels import (
+    CI_METRICS,
     DECISION_RULE,
+    DEFAULT_AT_SPECIFICITY,
     SCALAR_METRICS,
+    check_specificities,
     compute_metrics,
     majority_baseline,
     positive_class,
+    screening_metric_names,
 )
-from .paired import ADJUSTMENT, PAIRED_METRICS, holm_adjust, paired_comparison
+from .paired import ADJUSTMENT
 
 TEST_FOLD = "test"
 #: fold label of HybridNet's early-stopping rows (``featmammo train``): they chose the epoch
@@ -156,61 +161,68 @@ def evaluate_predictions(
     seed: int = 0,
     threshold: float = 0.5,
     positive: str | None = None,
-    level: float = 0.95,
+    ci_level: float = 0.95,
     train_counts: dict | None = None,
-    compare_to: str = "hybrid",
+    pairs: Sequence[tuple[str, str]] | None = None,
+    compare_to: str | None = None,
     optimistic_features: Sequence[str] = (),
     min_patients_per_class: int = MIN_PATIENTS_PER_CLASS,
+    at_specificity: Sequence[float] = DEFAULT_AT_SPECIFICITY,
+    level: str = "image",
+    cv_method: str = "corrected-t",
 ) -> tuple[pd.DataFrame, dict]:
     """Leaderboard (one row per features x head x evaluation) and a metrics dict, from predictions.
 
     ``evaluation`` is ``cv`` (pooled out-of-fold rows: numbered folds), ``test`` or
     ``validation`` (HybridNet's early-stopping rows: they chose the epoch, so they are optimistic;
-    they get no rank and enter no comparison). ``compare_to`` names the features set paired
-    against every other features set with the same head, per honest evaluation; the p-values of
-    one evaluation are Holm-adjusted together (``p_holm``). Rows of ``optimistic_features``
-    (embeddings trained on the evaluated images) are marked ``optimistic``. A result whose
-    smallest class has fewer than ``min_patients_per_class`` patients gets no CI (NaN) and a
+    they get no rank and enter no comparison). ``level`` names the units of ``predictions``
+    (``image``, or ``breast`` / ``exam`` rows from :mod:`.levels`); the leaderboard and every
+    result carry it. ``pairs`` (features_a, features_b) are compared per head by
+    :func:`featmammo.evaluate.comparisons.compare_predictions` (default: each fused features set
+    against each single one; ``compare_to`` = one features set against every other); the table is
+    ``metrics["comparisons"]`` (rows of comparisons.csv). Rows of ``optimistic_features``
+    (embeddings trained on the evaluated images) are marked ``optimistic``: never ranked, never
+    tested. ``rank`` follows the CV balanced accuracy of each model (features x head), the
+    evaluation used for choosing; a test row carries its model's CV rank; nothing is ranked by
+    its test score. ``constant_predictions`` says why a result's predictions are (nearly)
+    constant (:func:`~featmammo.evaluate.comparisons.constant_reason`), empty otherwise. A result
+    whose smallest class has fewer than ``min_patients_per_class`` patients gets no CI (NaN) and a
     ``ci_note`` saying why.
     """
+    from .comparisons import compare_predictions, constant_reason, default_pairs
+
     classes = tuple(str(c) for c in classes)
     pcols = _check_columns(predictions, classes)
     positive = positive or positive_class(classes)
+    at_specificity = check_specificities(at_specificity)
+    screening = screening_metric_names(at_specificity)
+    ci_metrics = (*CI_METRICS, *screening)
     optimistic_features = {str(f) for f in optimistic_features or ()}
-    rows_out, results, groups = [], [], {}
+    rows_out, results = [], []
     for (features, head), group in predictions.groupby(["features", "head"], sort=False):
         evals = _evaluation_rows(group)
         for evaluation, rows in evals.items():
-            groups[(features, head, evaluation)] = rows
+            proba = rows[pcols].to_numpy(float)
             m = compute_metrics(
-                rows["y_true"],
-                rows["y_pred"],
-                rows[pcols].to_numpy(float),
-                classes,
-                threshold=threshold,
-                positive=positive,
-            )
+                rows["y_true"], rows["y_pred"], proba, classes, threshold=threshold,
+                positive=positive, at_specificity=at_specificity,
+            )  # fmt: skip
             per_class_patients = patients_per_class(rows["y_true"], rows["patient_id"], classes)
             note = ci_note(per_class_patients, min_patients_per_class)
             ci = bootstrap_metrics(
-                rows["y_true"],
-                rows["y_pred"],
-                rows[pcols].to_numpy(float),
-                classes,
-                rows["patient_id"],
-                n_boot=0 if note else n_boot,
-                seed=seed,
-                level=level,
-                threshold=threshold,
-                positive=positive,
-            )
+                rows["y_true"], rows["y_pred"], proba, classes, rows["patient_id"],
+                n_boot=0 if note else n_boot, seed=seed, level=ci_level, threshold=threshold,
+                positive=positive, metrics=ci_metrics, at_specificity=at_specificity,
+            )  # fmt: skip
             bl = _baseline(evaluation, rows, evals.get("cv"), classes, train_counts)
             n_patients = int(rows["patient_id"].nunique())
             optimistic = evaluation == "validation" or str(features) in optimistic_features
+            constant = constant_reason(rows["y_pred"], proba)
             row = {
                 "features": features,
                 "head": head,
                 "evaluation": evaluation,
+                "level": level,
                 "optimistic": optimistic,
                 "n_images": m["n_images"],
                 "n_patients": n_patients,
@@ -218,12 +230,13 @@ def evaluate_predictions(
                 "majority_class": bl["majority_class"],
                 "majority_baseline": bl["majority_baseline"],
             }
-            for key in SCALAR_METRICS:
+            for key in (*SCALAR_METRICS, *screening):
                 row[key] = m[key]
                 if key in ci:
                     row[f"{key}_ci_low"] = ci[key]["low"]
                     row[f"{key}_ci_high"] = ci[key]["high"]
             row["ci_note"] = note
+            row["constant_predictions"] = constant
             row["positive_class"] = positive
             row["decision_rule"] = "argmax"
             row["threshold"] = threshold
@@ -232,7 +245,9 @@ def evaluate_predictions(
                 "features": features,
                 "head": head,
                 "evaluation": evaluation,
+                "level": level,
                 "optimistic": optimistic,
+                "constant_predictions": constant,
                 "n_images": m["n_images"],
                 "n_patients": n_patients,
                 "patients_per_class": per_class_patients,
@@ -244,36 +259,26 @@ def evaluate_predictions(
             if evaluation == "cv":
                 result["per_fold"] = _per_fold(rows, classes, pcols, threshold)
             results.append(result)
-    comparisons = []
-    for (features, head, evaluation), rows in groups.items():
-        if features != compare_to or evaluation not in HONEST_EVALUATIONS:
-            continue
-        for (other, head2, eval2), rows2 in groups.items():
-            if head2 != head or eval2 != evaluation or other == features:
-                continue
-            cmp = paired_comparison(
-                rows,
-                rows2,
-                classes,
-                n_boot=n_boot,
-                seed=seed,
-                level=level,
-                min_patients_per_class=min_patients_per_class,
-            )
-            comparisons.append(
-                {
-                    "a": features,
-                    "b": other,
-                    "head": head,
-                    "evaluation": evaluation,
-                    "optimistic": bool({str(features), str(other)} & optimistic_features),
-                    **cmp,
-                }
-            )
-    _adjust(comparisons)
+    honest = predictions[predictions["fold"].astype(str).map(evaluation_of) != "validation"]
+    present = [str(f) for f in dict.fromkeys(honest["features"])]
+    if pairs is None:
+        pairs = (
+            [(compare_to, f) for f in present if f != compare_to]
+            if compare_to is not None and compare_to in present
+            else []
+            if compare_to is not None
+            else default_pairs(present)
+        )
+    pairs = [(str(a), str(b)) for a, b in pairs]
+    comparisons = compare_predictions(
+        predictions, pairs, classes, level=level, n_boot=n_boot, seed=seed, ci_level=ci_level,
+        min_patients_per_class=min_patients_per_class, positive=positive, cv_method=cv_method,
+        optimistic_features=sorted(optimistic_features),
+    )  # fmt: skip
     leaderboard = _rank(pd.DataFrame(rows_out))
     metrics = {
         "classes": list(classes),
+        "level": level,
         "positive_class": positive,
         "decision_rule": DECISION_RULE,
         "threshold": threshold,
@@ -281,9 +286,11 @@ def evaluate_predictions(
             "only sensitivity_at_threshold / specificity_at_threshold (a second operating point "
             f"at P({positive}) >= threshold); every other figure follows the decision rule"
         ),
+        "at_specificity": list(at_specificity),
+        "screening_metrics": list(screening),
         "n_boot": n_boot,
         "seed": seed,
-        "ci_level": level,
+        "ci_level": ci_level,
         "bootstrap": "patient-clustered percentile bootstrap (patients resampled with replacement)",
         "min_patients_per_class": min_patients_per_class,
         "ci_rule": (
@@ -291,42 +298,60 @@ def evaluate_predictions(
             f"{min_patients_per_class} patients: ci_note says which"
         ),
         "multiple_comparisons": ADJUSTMENT,
+        "ranking": RANKING,
         "optimistic_features": sorted(optimistic_features),
         "results": results,
-        "comparisons": comparisons,
+        "comparisons": comparisons.to_dict(orient="records"),
+        "comparisons_config": {
+            "pairs": [list(p) for p in pairs],
+            "n_boot": n_boot,
+            "seed": seed,
+            "ci_level": ci_level,
+            "min_patients_per_class": min_patients_per_class,
+            "positive": positive,
+            "cv_method": cv_method,
+            "optimistic_features": sorted(optimistic_features),
+        },
     }
     return leaderboard, metrics
 
 
-def _adjust(comparisons: list[dict]) -> None:
-    """Holm-adjust every p-value of one evaluation together (adds ``p_holm`` in place)."""
-    for evaluation in HONEST_EVALUATIONS:
-        slots = []
-        for c in comparisons:
-            if c["evaluation"] != evaluation:
-                continue
-            for key in PAIRED_METRICS:
-                if key in c:
-                    slots.append(c[key])
-            if "mcnemar" in c:
-                slots.append(c["mcnemar"])
-        adjusted = holm_adjust([d["p_value"] for d in slots])
-        for d, p in zip(slots, adjusted, strict=True):
-            d["p_holm"] = p
+#: how the leaderboard ranks (metrics.json ``ranking``)
+RANKING = (
+    "rank = position of each model (features x head) by its CV balanced accuracy (pooled "
+    "out-of-fold), the evaluation used for choosing; a test row carries its model's CV rank and "
+    "nothing is ranked by a test score; optimistic rows (embeddings trained on the evaluated "
+    "images, HybridNet validation rows) are not ranked; without CV rows nothing is ranked"
+)
 
 
 def _rank(leaderboard: pd.DataFrame) -> pd.DataFrame:
-    """Order: test, cv, validation; within one, balanced accuracy descending. ``rank`` (1 = best
-    balanced accuracy) is given within test and within cv only: validation rows are not ranked."""
+    """Order: cv, test, validation; within one, by the model's CV rank (then balanced accuracy).
+
+    ``rank`` (1 = best CV balanced accuracy) is computed over the non-optimistic cv rows and
+    copied to the same model's test row."""
     if leaderboard.empty:
         return leaderboard
-    order = {"test": 0, "cv": 1, "validation": 2}
-    lb = leaderboard.assign(_o=leaderboard["evaluation"].map(order))
-    lb = lb.sort_values(["_o", "balanced_accuracy"], ascending=[True, False], kind="stable")
-    lb = lb.drop(columns="_o").reset_index(drop=True)
-    rank = pd.Series(np.nan, index=lb.index)
-    for evaluation in HONEST_EVALUATIONS:
-        sel = lb["evaluation"] == evaluation
-        rank[sel] = lb.loc[sel, "balanced_accuracy"].rank(ascending=False, method="min")
+    lb = leaderboard.reset_index(drop=True)
+    cv = lb[(lb["evaluation"] == "cv") & ~lb["optimistic"].astype(bool)]
+    cv_rank = cv["balanced_accuracy"].rank(ascending=False, method="min")
+    by_model = {
+        (str(f), str(h)): r for f, h, r in zip(cv["features"], cv["head"], cv_rank, strict=True)
+    }
+    rank = pd.Series(
+        [
+            by_model.get((str(f), str(h))) if e in HONEST_EVALUATIONS and not o else np.nan
+            for f, h, e, o in zip(
+                lb["features"], lb["head"], lb["evaluation"], lb["optimistic"].astype(bool),
+                strict=True,
+            )
+        ],
+        index=lb.index,
+        dtype=float,
+    )  # fmt: skip
+    order = {"cv": 0, "test": 1, "validation": 2}
+    lb = lb.assign(_o=lb["evaluation"].map(order), _r=rank.fillna(np.inf))
     lb.insert(3, "rank", rank.astype("Int64"))
-    return lb
+    lb = lb.sort_values(["_o", "_r", "balanced_accuracy"], ascending=[True, True, False],
+                        kind="stable")  # fmt: skip
+    return lb.drop(columns=["_o", "_r"]).reset_index(drop=True)

@@ -313,8 +313,9 @@ def fit(
     is_test = fold == "test"
     train_counts = pd.Series(labels[~is_test]).value_counts().to_dict()
     # only the images this run evaluates (CV folds, test) matter; training-only rows do not
+    evaluated = fold != ""
     optimistic = _trained_embeddings(
-        store_list, fused, ids[fold != ""], allow=allow_trained_embeddings
+        store_list, fused, ids[evaluated], groups[evaluated], allow=allow_trained_embeddings
     )  # ConfigError unless allowed
     if optimistic["features"]:
         notes.append(optimistic["reason"])

@@ -38,8 +38,9 @@ from .caveats import (
     source_statement,
 )
 from .checks import SKLEARN_CHECKS, TOL, consistency_checks, fold_audit, verify
-from .figures import _figures, grid_model
+from .figures import _figures, existing_figures, grid_model
 from .files import (
+    COMPARISONS,
     CONFIG,
     FIGURES,
     IMAGES,
@@ -53,14 +54,17 @@ from .files import (
     read_config,
     read_tuning,
 )
-from .markdown import _markdown
+from .inputs import level_frames, report_pairs
+from .markdown import _markdown, tuning_notes
 
 # featmammo.report keeps every name it had before the split into files (the run folder's files),
 # checks (audit, consistency, verify), caveats, markdown (report.md) and figures
 __all__ = [
-    "CONFIG", "EVAL_LABEL", "FIGURES", "IMAGES", "LEADERBOARD", "METRICS", "PREDICTIONS", "REPORT",
+    "COMPARISONS", "CONFIG", "EVAL_LABEL", "FIGURES", "IMAGES", "LEADERBOARD", "METRICS",
+    "PREDICTIONS", "REPORT",
     "SKLEARN_CHECKS", "TOL", "TUNING", "caveat_lines", "consistency_checks", "fold_audit",
-    "footer_text", "footer_warnings", "grid_model", "read_config", "read_tuning",
+    "footer_text", "footer_warnings", "grid_model", "level_frames", "read_config",
+    "read_tuning", "report_pairs", "tuning_notes",
     "report_warnings", "source_statement", "verify", "write_report",
 ]  # fmt: skip
 
@@ -104,14 +108,19 @@ def write_report(
     figures: bool = True,
     max_images: int = 16,
     min_patients_per_class: int = ev.MIN_PATIENTS_PER_CLASS,
-    compare_to: str = "hybrid",
+    compare_to: str | None = None,
+    pairs=None,
 ) -> Path:
-    """Recompute leaderboard.csv, metrics.json, report.md and figures from predictions.csv.
+    """Recompute leaderboard.csv, metrics.json, comparisons.csv, report.md, the breast/exam
+    predictions and figures from predictions.csv.
 
     ``config.json`` supplies the classes, the defaults of ``n_boot``, ``seed`` and ``threshold``
     (the arguments override them), ``train_class_counts`` (majority baselines),
-    ``optimistic_features``, ``caveats``, ``split_audit`` and ``notes``; ``tuning.csv`` (when
-    present) the chosen hyperparameters. config.json is read, never rewritten. After writing,
+    ``optimistic_features``, ``caveats``, ``split_audit``, ``notes``, ``compare`` (the pairs of
+    ``fit --compare``), ``levels`` and ``aggregate`` (breast/exam rows, derived here from the
+    ``exam_id``/``laterality`` columns of predictions.csv), ``positive_class`` and
+    ``at_specificity`` (screening metrics); ``tuning.csv`` (when present) the chosen
+    hyperparameters and their notes. config.json is read, never rewritten. After writing,
     :func:`verify` re-reads the files and recomputes every figure with scikit-learn. Returns the
     path of report.md.
     """
@@ -130,33 +139,52 @@ def write_report(
     if predictions.empty:
         raise ConfigError(f"{pred_path}: no rows")
     tuning = read_tuning(run_dir)
-    leaderboard, metrics = ev.evaluate_predictions(
-        predictions,
-        classes,
-        n_boot=n_boot,
-        seed=seed,
-        threshold=threshold,
-        train_counts=config.get("train_class_counts"),
-        compare_to=compare_to,
-        optimistic_features=config.get("optimistic_features") or (),
-        min_patients_per_class=min_patients_per_class,
-    )
-    metrics["compare_to"] = compare_to
+    pair_list = report_pairs(config, predictions, compare_to, pairs)
+    frames, level_notes = level_frames(predictions, config)
+    boards, results, comparisons = [], [], []
+    metrics: dict = {}
+    for lv, frame in frames.items():
+        board, m = ev.evaluate_predictions(
+            frame, classes, n_boot=n_boot, seed=seed, threshold=threshold,
+            positive=config.get("positive_class"), train_counts=config.get("train_class_counts"),
+            pairs=pair_list, optimistic_features=config.get("optimistic_features") or (),
+            min_patients_per_class=min_patients_per_class,
+            at_specificity=config.get("at_specificity") or ev.DEFAULT_AT_SPECIFICITY, level=lv,
+        )  # fmt: skip
+        boards.append(board)
+        results += m["results"]
+        comparisons += m["comparisons"]
+        metrics = metrics or m
+        if lv != "image":
+            atomic_write(
+                run_dir / ev.LEVEL_FILES[lv], lambda f, fr=frame: fr.to_csv(f, index=False)
+            )
+    leaderboard = pd.concat(boards, ignore_index=True)
+    metrics.pop("level", None)
+    metrics["levels"] = list(frames)
+    metrics["aggregate"] = config.get("aggregate", "mean") if len(frames) > 1 else None
+    metrics["level_notes"] = level_notes
+    metrics["results"] = results
+    metrics["comparisons"] = comparisons
+    metrics["comparisons_config"]["pairs"] = [list(p) for p in pair_list]
     ranks = {
-        (str(f), str(h), e): rk
-        for f, h, e, rk in zip(
+        (str(f), str(h), e, lv): rk
+        for f, h, e, lv, rk in zip(
             leaderboard["features"], leaderboard["head"], leaderboard["evaluation"],
-            leaderboard["rank"], strict=True,
+            leaderboard["level"], leaderboard["rank"], strict=True,
         )
     }  # fmt: skip
     for r in metrics["results"]:
-        rk = ranks.get((str(r["features"]), str(r["head"]), r["evaluation"]))
+        rk = ranks.get((str(r["features"]), str(r["head"]), r["evaluation"], r["level"]))
         r["rank"] = None if rk is None or pd.isna(rk) else int(rk)
     metrics["caveats"] = config.get("caveats")
     metrics["source_confounding"] = source_statement(config)[0]
     metrics["train_class_counts"] = config.get("train_class_counts")
+    metrics["tuning_notes"] = tuning_notes(config, tuning)
     lb_path = run_dir / LEADERBOARD
     atomic_write(lb_path, lambda f: leaderboard.to_csv(f, index=False))
+    table = pd.DataFrame(comparisons, columns=list(ev.COMPARISON_COLUMNS))
+    atomic_write(run_dir / COMPARISONS, lambda f: table.to_csv(f, index=False))
     metrics_path = run_dir / METRICS
     _write_text(metrics_path, json.dumps(_jsonable(metrics), indent=1, allow_nan=False))
     audit = fold_audit(predictions)
@@ -181,14 +209,14 @@ def write_report(
     fig_paths, fig_notes = (
         _figures(run_dir, predictions, metrics, classes, max_images, footer)
         if figures
-        else ({}, [])
+        else (existing_figures(run_dir), [])
     )
     metrics["audit"] = audit
     metrics["consistency"] = checks
     metrics["data"] = _data_summary(predictions, classes)
     metrics["figures"] = fig_paths
     # the run's own notes (e.g. train's caveat) survive: config.json is never rewritten here
-    metrics["notes"] = [*(config.get("notes") or []), *fig_notes]
+    metrics["notes"] = [*(config.get("notes") or []), *level_notes, *fig_notes]
     _write_text(metrics_path, json.dumps(_jsonable(metrics), indent=1, allow_nan=False))
     text = _markdown(config, metrics, audit, checks, fig_paths, metrics["data"], tuning)
     out = run_dir / REPORT

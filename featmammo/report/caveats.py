@@ -153,6 +153,19 @@ def report_warnings(config, metrics, audit, checks) -> list[str]:
             + (f" ({config['optimistic_reason']})" if config.get("optimistic_reason") else "")
             + "; their rows are marked optimistic"
         )
+    constant = [r for r in metrics["results"] if r.get("constant_predictions")]
+    if constant:
+        examples = "; ".join(
+            f"{r['features']}/{r['head']}/{r['evaluation']}"
+            + ("" if r.get("level", "image") == "image" else f"/{r['level']}")
+            + f": {r['constant_predictions']}"
+            for r in constant[:4]
+        )
+        out.append(
+            f"constant predictions: {len(constant)} result(s) predict (nearly) one class for "
+            f"every unit ({examples}); they say nothing about their features set and are left "
+            "out of every 'better in N' count"
+        )
     if any(r["evaluation"] == "validation" for r in metrics["results"]):
         out.append(
             "HybridNet validation rows chose the stopping epoch (early stopping): they are "
@@ -181,6 +194,8 @@ def footer_warnings(config: dict, metrics: dict) -> list[str]:
             f"optimistic: {', '.join(metrics['optimistic_features'])} evaluated on images its "
             "embeddings trained on"
         )
+    if any(r.get("constant_predictions") for r in metrics["results"]):
+        out.append("constant predictions flagged: see report.md")
     if any(r["evaluation"] == "validation" for r in metrics["results"]):
         out.append("validation rows chose the stopping epoch: optimistic")
     found = ((config.get("split_audit") or {}).get("source_confounding")) or {}

@@ -26,7 +26,11 @@ def _figures(
     pcol = f"p_{positive}"
     evaluation_col = predictions["fold"].astype(str).map(ev.evaluation_of)
     for evaluation in ("cv", "test", "validation"):
-        results = [r for r in metrics["results"] if r["evaluation"] == evaluation]
+        results = [
+            r
+            for r in metrics["results"]
+            if r["evaluation"] == evaluation and r.get("level", "image") == "image"
+        ]
         if not results:
             continue
         label = EVAL_LABEL[evaluation]
@@ -71,17 +75,44 @@ def _figures(
     return {k: str(Path(v).relative_to(run_dir)) for k, v in figures.items()}, notes
 
 
+#: figure file stems of one evaluation -> the name the report gives them
+_FIGURE_KINDS = (
+    ("confusion", "confusion matrices"),
+    ("roc", "ROC"),
+    ("pr", "precision-recall"),
+    ("calibration", "calibration"),
+)
+
+
+def existing_figures(run_dir: Path) -> dict:
+    """The figures already in ``RUN_DIR/figures`` (``report --no-figures`` keeps linking them)."""
+    fig_dir = Path(run_dir) / FIGURES
+    out = {}
+    for evaluation in ("cv", "test", "validation"):
+        for stem, name in _FIGURE_KINDS:
+            path = fig_dir / f"{stem}_{evaluation}.png"
+            if path.exists():
+                out[f"{name}, {EVAL_LABEL[evaluation]}"] = str(path.relative_to(run_dir))
+    grid = fig_dir / "test_images.png"
+    if grid.exists():
+        out["test images"] = str(grid.relative_to(run_dir))
+    return out
+
+
 def grid_model(metrics: dict) -> tuple[dict | None, str]:
     """The model whose test images the grid shows: best CV balanced accuracy (never chosen by
     its test score); a run without CV rows qualifies only with a single model."""
-    tests = [r for r in metrics["results"] if r["evaluation"] == "test"]
+    image = [r for r in metrics["results"] if r.get("level", "image") == "image"]
+    tests = [r for r in image if r["evaluation"] == "test"]
     if not tests:
         return None, "no held-out test predictions: no test-image grid"
     with_test = {(r["features"], r["head"]) for r in tests}
     cv = [
         r
-        for r in metrics["results"]
-        if r["evaluation"] == "cv" and (r["features"], r["head"]) in with_test
+        for r in image
+        if r["evaluation"] == "cv"
+        and (r["features"], r["head"]) in with_test
+        and not r.get("optimistic")
     ]
     if cv:
         best = max(cv, key=lambda r: np.nan_to_num(_num(r["metrics"]["balanced_accuracy"]), nan=-1))

@@ -22,19 +22,24 @@ REPORT = "report.md"
 TUNING = (
     "tuning.csv"  # optional: fit --tune grid (features, head, fold, params, inner_score, chosen)
 )
+COMPARISONS = "comparisons.csv"  # every paired comparison (featmammo.evaluate.comparisons)
 IMAGES = "images.csv"  # optional: image_id -> path, written by fit for the test-image grid
 FIGURES = "figures"
 
 
 def read_tuning(run_dir) -> pd.DataFrame | None:
-    """``RUN_DIR/tuning.csv`` (fit with ``--tune grid``) or None when absent."""
+    """``RUN_DIR/tuning.csv`` (fit with ``--tune grid``) or None when absent. Its optional ``note``
+    column (what deviated from plain nested tuning: an untuned fold, dropped grid points, skipped
+    early stopping, an all-NaN grid) is kept as text, empty when absent."""
     path = Path(run_dir) / TUNING
     if not path.exists():
         return None
     df = pd.read_csv(
-        path, dtype={"features": str, "head": str, "fold": str, "params": str},
+        path, dtype={"features": str, "head": str, "fold": str, "params": str, "note": str},
         keep_default_na=False,
     )  # fmt: skip
+    if "note" not in df.columns:
+        df["note"] = ""
     missing = [c for c in ("features", "head", "fold", "params", "inner_score", "chosen")
                if c not in df.columns]  # fmt: skip
     if missing:

@@ -106,6 +106,13 @@ def _paper_table(r: dict, classes) -> list[str]:
         f"{_ci(r, 'specificity')} (argmax rule, as the confusion matrix below). "
         f"{r['n_images']} images of {r['n_patients']} patients."
     )
+    names = m.get("screening_metrics") or []
+    if names:
+        lines.append(
+            f"Screening ({pos} vs rest): "
+            + ", ".join(f"{k} {_f(m.get(k))}{_ci(r, k)}" for k in names)
+            + "."
+        )
     if not math.isclose(float(m["threshold"]), 0.5):
         lines.append(
             f"Second operating point, P({pos}) >= {m['threshold']} (used nowhere else): "
@@ -137,113 +144,141 @@ def _paper_table(r: dict, classes) -> list[str]:
     return lines
 
 
-def _diff_cell(c: dict, key: str) -> str:
-    d = c.get(key)
-    if not d:
-        return ""
-    if c.get("ci_note"):
-        return f"{_signed(d['diff'])} (CI n/a)"
-    return f"{_signed(d['diff'])} [{_signed(d['ci_low'])}, {_signed(d['ci_high'])}]"
-
-
-def _p_cell(d: dict | None) -> str:
-    if not d or d.get("p_value") is None or math.isnan(_num(d.get("p_value"))):
-        return "n/a"
-    return f"{_p(d.get('p_holm'))} (raw {_p(d['p_value'])})"
-
-
 def _p(x) -> str:
     x = _num(x)
     return "NaN" if math.isnan(x) else "<0.001" if x < 0.001 else f"{x:.3f}"
 
 
-def _answer(metrics: dict, compare_to: str) -> list[str]:
-    """'Hybrid vs each backbone', per head: paired patient-clustered bootstrap differences."""
-    L = [f"## The answer: {compare_to} vs each backbone", ""]
-    comps = metrics["comparisons"]
+def _cmp_cell(c: dict | None) -> str:
+    """'+0.050 [-0.010, +0.110]' (or '+0.050' without an interval)."""
+    if not c:
+        return ""
+    diff, low, high = _num(c.get("diff")), _num(c.get("ci_low")), _num(c.get("ci_high"))
+    if math.isnan(low) or math.isnan(high):
+        return _signed(diff)
+    return f"{_signed(diff)} [{_signed(low)}, {_signed(high)}]"
+
+
+def _cmp_p(c: dict | None) -> str:
+    if not c or math.isnan(_num(c.get("p_raw"))):
+        return "n/a"
+    if math.isnan(_num(c.get("p_holm"))):
+        return f"not tested (raw {_p(c['p_raw'])})"
+    return f"{_p(c['p_holm'])} (raw {_p(c['p_raw'])})"
+
+
+def _why_untested(c: dict) -> str:
+    method = str(c.get("method", ""))
+    return method.split("out of the family: ", 1)[1] if "out of the family: " in method else ""
+
+
+#: what the report calls each metric of comparisons.csv
+_CMP_LABEL = {
+    "balanced_accuracy": "Balanced accuracy",
+    "roc_auc_ovr": "ROC-AUC",
+    "accuracy_mcnemar": "Accuracy (clustered McNemar)",
+}
+UNADJUSTED = (
+    "intervals are unadjusted 95% intervals of the same test as the raw p (each excludes 0 "
+    "exactly when its raw p < 0.05); the verdict uses the Holm-adjusted p, so an interval may "
+    "exclude 0 where no difference is shown"
+)
+
+
+def answer_title(pairs: list, features=()) -> str:
+    """'hybrid vs each backbone' when one fused set is compared with every single one of the run,
+    else the pairs listed."""
+    if not pairs:
+        return "paired comparisons"
+    firsts = {a for a, _ in pairs}
+    singles = [f for f in features if f not in firsts and f != "hybrid" and "+" not in f]
+    if len(firsts) == 1 and sorted(b for _, b in pairs) == sorted(singles):
+        return f"{next(iter(firsts))} vs each backbone"
+    shown = "; ".join(f"{a} vs {b}" for a, b in pairs[:6])
+    return shown + (f" (+{len(pairs) - 6} more)" if len(pairs) > 6 else "")
+
+
+def _answer(metrics: dict) -> list[str]:
+    """The comparisons of comparisons.csv, per level and evaluation, with the verdict counts."""
+    cfg = metrics.get("comparisons_config") or {}
+    pairs = [tuple(p) for p in cfg.get("pairs") or []]
+    features = [str(f) for f in dict.fromkeys(r["features"] for r in metrics["results"])]
+    L = [f"## The answer: {answer_title(pairs, features)}", ""]
+    comps = metrics.get("comparisons") or []
     if not comps:
-        have = sorted({r["features"] for r in metrics["results"]})
+        have = sorted({str(r["features"]) for r in metrics["results"]})
         L.append(
-            f"Nothing to compare: this run has no '{compare_to}' features set evaluated beside "
-            f"another one on the same images (features: {', '.join(map(str, have))})."
+            "Nothing to compare: this run has no pair of features sets evaluated side by side "
+            f"on the same images (features: {', '.join(have)}; compare any two with "
+            "`featmammo fit --compare A:B`)."
         )
         return L + [""]
     L.append(
-        f"Difference {compare_to} minus the other features set, same head, same images: the "
-        f"paired, patient-clustered bootstrap ({metrics['n_boot']} resamples of patients; both "
-        f"models scored on each resample) gives the {int(100 * metrics['ci_level'])}% CI. "
-        "p-values are **Holm-adjusted** across every test of one evaluation (all comparisons x "
-        "heads x {balanced accuracy, ROC-AUC, McNemar}); the raw value is in brackets. McNemar "
-        "is the clustered test (Durkalski 2003: patients are the clusters). A positive "
-        f"difference favours {compare_to}."
+        "Difference A minus B (same head, same images; a positive difference favours A), from "
+        "`comparisons.csv`. Held-out test: the paired, patient-clustered bootstrap "
+        f"({metrics['n_boot']} resamples of patients; both models scored on each), a t test on "
+        "its standard error: it asks whether *these two fitted models* differ. CV: the "
+        "corrected resampled t test over the folds (Nadeau & Bengio 2003), which counts the "
+        "variation between training sets that the pooled out-of-fold rows hide (pooled, the "
+        "bootstrap rejected a true null 2-3x too often: benchmarks/null_calibration.py); the CV "
+        "difference is the mean per-fold difference. p-values are **Holm-adjusted** per "
+        "evaluation and level (balanced accuracy and ROC-AUC one family; the clustered McNemar "
+        "test, Durkalski 2003 with patients as clusters, its own family); the raw value is in "
+        f"brackets. Rows marked 'not tested' stay out of every family. Note: {UNADJUSTED}."
     )
-    for evaluation in ("test", "cv"):
-        sel = [c for c in comps if c["evaluation"] == evaluation]
-        if not sel:
-            continue
-        L += ["", f"### {EVAL_LABEL[evaluation]}", ""]
-        rows = []
-        for c in sorted(sel, key=lambda c: (str(c["head"]), str(c["b"]))):
-            rows.append(
+    levels = list(dict.fromkeys(c["level"] for c in comps))
+    for level in levels:
+        for evaluation in ("test", "cv"):
+            sel = [c for c in comps if c["evaluation"] == evaluation and c["level"] == level]
+            if not sel:
+                continue
+            where = EVAL_LABEL[evaluation] + ("" if level == "image" else f", {level} level")
+            unit = {"image": "images", "breast": "breasts", "exam": "exams"}.get(level, level)
+            L += ["", f"### {where}", ""]
+            by_key: dict = {}
+            for c in sel:
+                key = (str(c["head"]), str(c["features_a"]), str(c["features_b"]))
+                by_key.setdefault(key, {})[c["metric"]] = c
+            rows = []
+            optimistic = set(metrics.get("optimistic_features") or ())
+            for (head, a, b), cells in by_key.items():
+                any_c = next(iter(cells.values()))
+                mc = cells.get("accuracy_mcnemar")
+                flag = " (optimistic)" if {a, b} & optimistic else ""
+                rows.append([
+                    head, f"{a} vs {b}{flag}", f"{any_c['n_images']} ({any_c['n_patients']})",
+                    _cmp_cell(cells.get("balanced_accuracy")),
+                    _cmp_p(cells.get("balanced_accuracy")),
+                    _cmp_cell(cells.get("roc_auc_ovr")), _cmp_p(cells.get("roc_auc_ovr")),
+                    *([_cmp_p(mc)] if evaluation == "test" else []),
+                ])  # fmt: skip
+            L += _table(
                 [
-                    c["head"],
-                    f"{c['a']} vs {c['b']}" + (" (optimistic)" if c.get("optimistic") else ""),
-                    f"{c['n_images']} ({c['n_patients']})",
-                    _diff_cell(c, "balanced_accuracy"),
-                    _p_cell(c.get("balanced_accuracy")),
-                    _diff_cell(c, "roc_auc_ovr"),
-                    _p_cell(c.get("roc_auc_ovr")),
-                    _p_cell(c.get("mcnemar")),
-                ]
-            )
-        L += _table(
-            [
-                "head",
-                "comparison",
-                "images (patients)",
-                "Δ balanced accuracy [CI]",
-                "p Holm",
-                "Δ ROC-AUC ovr [CI]",
-                "p Holm",
-                "clustered McNemar p Holm",
-            ],
-            rows,
-        )
-        L.append("")
-        withheld = sorted(
-            {c["ci_note"].removeprefix("n/a (").removesuffix(")") for c in sel if c.get("ci_note")}
-        )
-        if withheld:
-            L.append(
-                f"- CI and p n/a: {'; '.join(withheld)} on the shared images, so no interval or "
-                "test is given."
-            )
-        for key, label in (("balanced_accuracy", "Balanced accuracy"), ("roc_auc_ovr", "ROC-AUC")):
-            better, worse, unclear, untested = _verdict(sel, key)
-            L.append(
-                f"- {label}, {EVAL_LABEL[evaluation]}: {compare_to} better in {better}, worse in "
-                f"{worse}, no difference shown in {unclear}"
-                + (f", not tested (too few patients) in {untested}" if untested else "")
-                + f" of {len(sel)} comparison(s) (Holm-adjusted p < 0.05; 'no difference shown' "
-                "is not 'equal')."
-            )
+                    "head", "comparison", f"{unit} (patients)", "Δ balanced accuracy [CI]",
+                    "p Holm", "Δ ROC-AUC ovr [CI]", "p Holm",
+                    *(["clustered McNemar p Holm"] if evaluation == "test" else []),
+                ],
+                rows,
+            )  # fmt: skip
+            L.append("")
+            untested = sorted({_why_untested(c) for c in sel if _why_untested(c)})
+            for why in untested[:6]:
+                L.append(f"- Not tested: {why}.")
+            firsts = {str(c["features_a"]) for c in sel}
+            a_name = next(iter(firsts)) if len(firsts) == 1 else "A"
+            table = pd.DataFrame(sel)
+            for metric, label in _CMP_LABEL.items():
+                if metric not in set(table["metric"]):
+                    continue
+                v = ev.comparisons.verdicts(table, metric)
+                L.append(
+                    f"- {label}, {where}: {a_name} better in {v['better']}, worse in "
+                    f"{v['worse']}, no difference shown in {v['unclear']}"
+                    + (f", not tested in {v['not_tested']}" if v["not_tested"] else "")
+                    + f" of {v['total']} comparison(s) (Holm-adjusted p < 0.05; 'no difference "
+                    "shown' is not 'equal'; intervals unadjusted)."
+                )
     return L + [""]
-
-
-def _verdict(comparisons: list[dict], key: str, alpha: float = 0.05) -> tuple[int, ...]:
-    """(better, worse, no difference shown, not tested) at Holm-adjusted p < ``alpha``."""
-    better = worse = unclear = untested = 0
-    for c in comparisons:
-        d = c.get(key) or {}
-        p = _num(d.get("p_holm"))
-        if c.get("ci_note") or math.isnan(p):
-            untested += 1
-        elif p < alpha and d["diff"] != 0:
-            better += d["diff"] > 0
-            worse += d["diff"] < 0
-        else:
-            unclear += 1
-    return better, worse, unclear, untested
 
 
 def _params_text(params: str) -> str:
@@ -256,6 +291,51 @@ def _params_text(params: str) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(d.items())) or "(defaults)"
 
 
+def _untuned(tuning: pd.DataFrame) -> pd.DataFrame:
+    """Chosen rows of folds that ran untuned (inner CV impossible): a ``note`` starting with
+    ``untuned``, or (runs before the note) params ``{}`` with a NaN inner score."""
+    chosen = tuning[tuning["chosen"].astype(str).str.lower().isin(("true", "1"))]
+    note = chosen["note"].astype(str).str.strip().str.lower()
+    score = pd.to_numeric(chosen["inner_score"], errors="coerce")
+    legacy = (chosen["params"].astype(str).str.strip() == "{}") & score.isna()
+    return chosen[note.str.startswith("untuned") | (legacy & (note == ""))]
+
+
+def tuning_notes(config: dict, tuning: pd.DataFrame | None) -> list[str]:
+    """What deviated from plain nested tuning (tuning.csv ``note``): untuned outer folds, dropped
+    grid points, skipped early stopping, all-NaN grids; one line each for "Read this first"."""
+    if tuning is None or tuning.empty:
+        return []
+    out = []
+    untuned = _untuned(tuning)
+    if len(untuned):
+        folds = sorted({str(f) for f in untuned["fold"]}, key=lambda v: (v == "test", v))
+        why = next((n for n in untuned["note"].astype(str) if n.strip()), "")
+        why = why.split(":", 1)[1].strip() if ":" in why else "the inner CV was impossible"
+        cv_folds = [f for f in folds if f != "test"]
+        out.append(
+            f"untuned folds: {len(untuned)} features x head x fold fit(s) ran at the head's "
+            f"defaults, untuned ({why}); fold(s) {', '.join(folds)}"
+            + (
+                "; the CV estimate of those folds is of an untuned procedure while the final "
+                "model was tuned"
+                if cv_folds and "test" not in folds
+                else ""
+            )
+        )
+    notes = tuning["note"].astype(str).str.strip()
+    other = tuning[(notes != "") & ~notes.str.lower().str.startswith("untuned")]
+    kinds: dict = {}
+    for n in other["note"].astype(str):
+        for part in n.split(";"):
+            part = part.strip()
+            if part:
+                kinds.setdefault(part.split(":", 1)[0].strip(), []).append(part)
+    for kind, items in kinds.items():
+        out.append(f"tuning: {kind} in {len(items)} grid row(s) of {TUNING} (e.g. {items[0]})")
+    return out
+
+
 def _tuning_section(config: dict, tuning: pd.DataFrame | None) -> list[str]:
     if tuning is None:
         if config.get("tune") == "grid":
@@ -265,12 +345,36 @@ def _tuning_section(config: dict, tuning: pd.DataFrame | None) -> list[str]:
         return []
     chosen = tuning[tuning["chosen"].astype(str).str.lower().isin(("true", "1"))]
     L = ["## Tuning (chosen hyperparameters, from tuning.csv)", ""]
-    L.append(
-        f"Nested patient-grouped CV: every head tuned inside each outer fold by an inner CV "
+    untuned = _untuned(tuning)
+    inner = (
         f"(inner folds: {config.get('inner_cv', '?')}, metric: "
-        f"{config.get('tune_metric', 'balanced_accuracy')}); fold `test` = the final refit on the "
-        f"whole training part. {len(tuning)} grid points evaluated; all are in `{TUNING}`."
+        f"{config.get('tune_metric', 'balanced_accuracy')})"
     )
+    if len(untuned):
+        where = sorted(
+            {
+                f"{f}/{h}/{d}"
+                for f, h, d in zip(
+                    untuned["features"], untuned["head"], untuned["fold"], strict=True
+                )
+            }
+        )
+        L.append(
+            f"Nested patient-grouped CV: heads tuned inside each outer fold by an inner CV "
+            f"{inner}, **except {len(untuned)} fit(s) where the inner CV was impossible and the "
+            f"head ran at its defaults, untuned** ({', '.join(where[:8])}"
+            f"{' ...' if len(where) > 8 else ''}); fold `test` = the final refit on the whole "
+            f"training part. {len(tuning)} grid points evaluated; all are in `{TUNING}`."
+        )  # fmt: skip
+    else:
+        L.append(
+            f"Nested patient-grouped CV: every head tuned inside each outer fold by an inner CV "
+            f"{inner}; fold `test` = the final refit on the whole training part. "
+            f"{len(tuning)} grid points evaluated; all are in `{TUNING}`."
+        )
+    for line in tuning_notes(config, tuning):
+        if not line.startswith("untuned"):
+            L.append(f"Deviation: {line}.")
     L.append("")
 
     def fold_key(v):
@@ -288,12 +392,17 @@ def _tuning_section(config: dict, tuning: pd.DataFrame | None) -> list[str]:
     return L + [""]
 
 
-def _leaderboard_rows(results: list[dict], positive: str) -> list[list]:
+def _screening_cells(r: dict, names) -> list[str]:
+    return [_f(r["metrics"].get(k)) + _ci(r, k) for k in names]
+
+
+def _leaderboard_rows(results: list[dict], positive: str, screening=()) -> list[list]:
     return [
         [
             r["features"],
             r["head"],
             r["evaluation"],
+            r.get("level", "image"),
             "" if r.get("rank") is None else r["rank"],
             r["n_images"],
             r["n_patients"],
@@ -303,7 +412,9 @@ def _leaderboard_rows(results: list[dict], positive: str) -> list[list]:
             _f(r["metrics"]["macro_f1"]) + _ci(r, "macro_f1"),
             _f(r["metrics"]["roc_auc_ovr"]) + _ci(r, "roc_auc_ovr"),
             _f(r["metrics"]["roc_auc_pos_vs_rest"]) + _ci(r, "roc_auc_pos_vs_rest"),
+            *_screening_cells(r, screening),
             "**yes**" if r.get("optimistic") else "",
+            f"**{r['constant_predictions']}**" if r.get("constant_predictions") else "",
             r.get("ci_note") or "",
         ]
         for r in results
@@ -312,7 +423,7 @@ def _leaderboard_rows(results: list[dict], positive: str) -> list[list]:
 
 def _markdown(config, metrics, audit, checks, figures, data_summary, tuning=None) -> str:
     classes = metrics["classes"]
-    compare_to = metrics.get("compare_to", "hybrid")
+    screening = metrics.get("screening_metrics") or []
     L = ["# featmammo run report", ""]
     L.append(
         "**Read this first** (also in metrics.json `caveats`/`warnings` and under every figure):"
@@ -321,6 +432,7 @@ def _markdown(config, metrics, audit, checks, figures, data_summary, tuning=None
     L += [f"- {line}" for line in caveat_lines(config)]
     L.append(f"- {source_statement(config)[0]}")
     L += [f"- Warning: {w}" for w in metrics.get("warnings") or []]
+    L += [f"- Tuning: {t}" for t in metrics.get("tuning_notes") or []]
     if config.get("notes"):
         L.append(f"- The run recorded {len(config['notes'])} note(s): see Notes at the end.")
     L.append("")
@@ -332,10 +444,33 @@ def _markdown(config, metrics, audit, checks, figures, data_summary, tuning=None
         f"{int(100 * metrics['ci_level'])}%), given only where every class has at least "
         f"{metrics['min_patients_per_class']} patients (fewer clusters make an interval that "
         "looks precise and is not). Decision rule: "
-        f"{metrics['decision_rule']}."
+        f"{metrics['decision_rule']}. Ranking: {metrics.get('ranking', ev.RANKING)}."
     )
+    if len(metrics.get("levels") or []) > 1:
+        L.append("")
+        L.append(
+            f"Levels: {', '.join(metrics['levels'])}. A breast (patient, exam, side) scores the "
+            + ("mean of its views' probabilities"
+               if metrics.get("aggregate", "mean") == "mean"
+               else "probabilities of its most suspicious view (highest "
+               f"P({metrics['positive_class']}))")
+            + f"; an exam scores its highest-scoring breast (highest P({metrics['positive_class']}"
+            "), cancer in either breast makes the exam positive); labels are the most severe "
+            "class; CIs resample patients at every level. Files: predictions_breast.csv, "
+            "predictions_exam.csv."
+        )  # fmt: skip
+    if screening:
+        L.append("")
+        L.append(
+            f"Screening metrics ({metrics['positive_class']} vs rest): "
+            + ", ".join(f"`{k}`" for k in screening)
+            + " = the best sensitivity among ROC points whose specificity is at least the target"
+            "; the standardized partial AUC up to a false-positive rate of 0.10 (scikit-learn's "
+            "`roc_auc_score(max_fpr=0.1)`, 0.5 = chance); RSNA's probabilistic F1 (precision = "
+            "sum of P(positive) over positives / over all, recall = that sum / positives)."
+        )
     L.append("")
-    L += _answer(metrics, compare_to)
+    L += _answer(metrics)
     L += ["## Setup", ""]
     for st in config.get("stores") or []:
         L.append(f"- store: `{st.get('path')}` (fingerprint {st.get('fingerprint')})")
@@ -433,6 +568,7 @@ def _markdown(config, metrics, audit, checks, figures, data_summary, tuning=None
         "features",
         "head",
         "eval",
+        "level",
         "rank",
         "images",
         "patients",
@@ -442,18 +578,30 @@ def _markdown(config, metrics, audit, checks, figures, data_summary, tuning=None
         "macro F1",
         "ROC-AUC ovr",
         f"AUC {metrics['positive_class']}-vs-rest",
+        *screening,
         "optimistic",
+        "constant predictions",
         "CI",
     ]
     honest = [r for r in metrics["results"] if r["evaluation"] in ev.HONEST_EVALUATIONS]
     validation = [r for r in metrics["results"] if r["evaluation"] == "validation"]
     L += ["", "## Leaderboard", ""]
     L.append(
-        "Ranked by balanced accuracy within each evaluation (held-out test first). Rows marked "
-        "(optimistic) were evaluated on images their embeddings trained on."
+        "Ranked by CV balanced accuracy (the evaluation used for choosing); a test row carries "
+        "its model's CV rank, so the test rows show how the models chosen by CV fare on unseen "
+        "patients; nothing is ranked by its test score. Optimistic rows (evaluated on images "
+        "their embeddings trained on) are not ranked. Rows with constant predictions say nothing "
+        "about their features set and count in no comparison."
     )
     L.append("")
-    L += _table(header, _leaderboard_rows(honest, metrics["positive_class"]))
+
+    def order(r):
+        level = {"image": 0, "breast": 1, "exam": 2}.get(r.get("level", "image"), 3)
+        rank = r.get("rank")
+        return (level, r["evaluation"] != "cv", math.inf if rank is None else rank)
+
+    honest = sorted(honest, key=order)
+    L += _table(header, _leaderboard_rows(honest, metrics["positive_class"], screening))
     if validation:
         L += ["", "## HybridNet validation rows (not an estimate)", ""]
         L.append(
@@ -462,10 +610,14 @@ def _markdown(config, metrics, audit, checks, figures, data_summary, tuning=None
             "out-of-fold CV. Their majority baseline comes from the training class counts."
         )
         L.append("")
-        L += _table(header, _leaderboard_rows(validation, metrics["positive_class"]))
+        L += _table(header, _leaderboard_rows(validation, metrics["positive_class"], screening))
     L += ["", "## Per-model tables (the paper's layout, with what it leaves out beside it)", ""]
     for r in metrics["results"]:
-        L += [f"### {_name(r)} / {r['evaluation']}", "", f"*{EVAL_LABEL[r['evaluation']]}*", ""]
+        lv = "" if r.get("level", "image") == "image" else f" / {r['level']} level"
+        L += [f"### {_name(r)} / {r['evaluation']}{lv}", "", f"*{EVAL_LABEL[r['evaluation']]}*",
+              ""]  # fmt: skip
+        if r.get("constant_predictions"):
+            L += [f"**Flagged: {r['constant_predictions']}.**", ""]
         L += _paper_table(r, classes)
         L.append("")
     L += ["## Internal consistency (each figure recomputed a second way)", ""]
