@@ -65,3 +65,9 @@ class StoreSpaceError(StoreError):
 
     def __reduce__(self):
         return (type(self), (str(self), self.path, self.needed, self.available))
+
+
+class UntrustedModelError(WeightsError):
+    """A model file that could run code or build types featmammo does not trust when loaded (a
+    pickle without ``trust_pickle``, a skops file naming an unknown type): refused before anything
+    is built; the message names the file and the types."""
