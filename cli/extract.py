@@ -22,7 +22,7 @@ from .options import (
 
 
 @click.command("extract")
-@click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
+@click.argument("manifest", type=click.Path(exists=True))
 @output_option
 @click.option(
     "-b",
@@ -129,6 +129,8 @@ def command(
     from featmammo.extract import AllImagesFailed, extract, hybrid_preprocess
     from featmammo.preprocess import PreprocessConfig
 
+    _refuse_folder(manifest)
+
     # a hybrid: checkpoint imposes the image size and ROI mode it was trained on (unless given,
     # then extract refuses a contradiction)
     imposed = hybrid_preprocess(backbones)
@@ -167,11 +169,7 @@ def command(
     if as_json:
         echo_json(summary.to_dict())
     else:
-        click.echo(
-            f"{output}: {summary.n_done} done, {summary.n_skipped} skipped, "
-            f"{summary.n_failed} failed of {summary.n_images} images "
-            f"({summary.images_per_s:.2f} images/s on {summary.device}, {summary.precision})"
-        )
+        click.echo(f"{output}: {describe(summary)}")
         grouped: dict = {}  # one line per image and reason, naming the backbones
         for rec in summary.failures:
             key = (rec["path"] or rec["image_id"], rec["reason"])
@@ -185,6 +183,43 @@ def command(
         click.get_current_context().exit(1)
     if summary.exceeded_max_failures:
         click.get_current_context().exit(1)
+
+
+def describe(summary) -> str:
+    """One line for an ``ExtractSummary``: counts of images, failures both ways (images, and
+    image x backbone pairs as ``featmammo info`` counts them), images embedded again because their
+    files changed, and the speed."""
+    s = summary
+    return (
+        f"{s.n_images} images: {s.n_done} done, {s.n_skipped} skipped, "
+        f"{_count(s.n_failed, 'image')} failed ({_count(s.n_failures, 'image x backbone pair')}); "
+        f"{s.n_reembedded} re-embedded because their files changed; "
+        f"{s.images_per_s:.2f} images/s on {s.device}, {s.precision}"
+    )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _refuse_folder(manifest: str) -> None:
+    """A folder is not a manifest: say which command makes one from it."""
+    import os
+
+    if not os.path.isdir(manifest):
+        return
+    from .manifest import command as manifest_group
+
+    kinds = "|".join(c for c in manifest_group.list_commands(None) if c != "merge")
+    inside = os.path.join(manifest, "manifest.csv")
+    hint = f" ({inside} exists: pass that)" if os.path.isfile(inside) else ""
+    raise click.BadParameter(
+        f"{manifest!r} is a folder; extract reads a manifest CSV{hint}. Make one with "
+        f"`featmammo manifest {kinds} ROOT -o manifest.csv` (`featmammo manifest folder ROOT -o "
+        "manifest.csv` for a class-per-folder tree; `featmammo manifest --help` says which fits "
+        "your data).",
+        param_hint="MANIFEST",
+    )
 
 
 @contextlib.contextmanager

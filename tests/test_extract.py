@@ -108,6 +108,10 @@ def base(data):
 
 
 def _copy(src: Path, dst: Path) -> Path:
+    """An independent copy of the store at ``src`` (``store.pack`` where the store is a main file
+    over segment files; a plain file copy for a self-contained one)."""
+    if hasattr(store, "pack"):
+        return Path(store.pack(src, dst))
     shutil.copyfile(src, dst)
     return dst
 

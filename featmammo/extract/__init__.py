@@ -8,18 +8,24 @@ How a run proceeds:
 1. The manifest is validated (``featmammo.datasets.read_manifest``) and every backbone is built
    before any image is read, so a bad row, bad weights, a refused store or an ROI mode the
    manifest cannot serve fail fast.
-2. The store is created or checked (``featmammo.store.prepare``: a backbone already stored with
-   other weights or preprocessing is refused; new manifest images are appended) and the shards left
-   by an interrupted run are merged.
+2. Each row's ``file_identity`` is computed (``.files``: a SHA-256 of the image's bytes, with
+   the ``.ics`` of an LJPEG and the ROI mask when read; read once per file version). The store
+   is created or checked (``featmammo.store.prepare``: a backbone already stored with other
+   weights, preprocessing, precision or DICOM decoder plugin is refused; new manifest images are
+   appended; an image whose file identity changed is pending again) and the shards left by an
+   interrupted run are merged.
 3. Manifest rows are cut into fixed batches in manifest order (``batch_size`` rows each). A batch
    whose images are all done for every requested backbone is skipped; any other batch is read,
    preprocessed once (DataLoader workers, or a read-ahead thread) and copied to the device once;
    every backbone that still needs one of its images runs on that one copy. Because a batch is
    always the same set of images, a resumed or sharded run (ranks take every WORLD_SIZE-th batch)
-   computes bit for bit what an uninterrupted run computes.
+   computes bit for bit what an uninterrupted run computes. Under ``torchrun`` rank 0 decides
+   this work list once and every rank takes its share of that one list (``.ranks``: identities
+   checked across ranks, one error for all, a limit on every wait).
 4. Each finished batch goes to a background writer (durable shards, merged into the main file on
    a schedule; see ``featmammo.store``), so writing never stalls the forward loop, and a
-   ``kill -9`` at any moment is harmless.
+   ``kill -9`` at any moment is harmless. The run's record (counts, device, precision, decoder
+   plugin, package versions) goes into the store's provenance ``runs``.
 
 Per-image errors (unreadable or corrupt files, preprocessing refusals: ``FeatmammoError``) and
 non-finite outputs are caught where they happen, in the DataLoader worker when ``workers > 0``, and
@@ -30,7 +36,8 @@ The modules, one concern each (every name stays importable from ``featmammo.extr
 :mod:`.environment` (precision, workers, threads, cuDNN, decoder), :mod:`.models` (backbones,
 ``hybrid:`` checkpoints' preprocessing, provenance), :mod:`.loading` (ROI masks, the dataset, the
 batch loader), :mod:`.forward` (one device copy per batch, pipelining), :mod:`.summary`
-(:class:`ExtractSummary`), :mod:`.loop` (one process's read -> forward -> write loop), :mod:`.run`
+(:class:`ExtractSummary`), :mod:`.loop` (the work plan; one process's read -> forward -> write
+loop), :mod:`.ranks` (how torchrun ranks agree), :mod:`.files` (file identities), :mod:`.run`
 (:func:`extract`) and :mod:`.streaming` (:func:`embed`, :func:`embed_stream`).
 """
 

@@ -112,3 +112,65 @@ def resolve_decoder(decoder: str) -> str:
     from ..io.decoders import resolve_decoder as resolve
 
     return resolve(decoder)
+
+
+#: what decodes the lossy DICOM syntaxes on the standard install (``setup.cfg``: pylibjpeg with
+#: its libjpeg and openjpeg plugins); the value every store before this key was made with
+STANDARD_DECODER_PLUGIN = "pylibjpeg"
+
+
+def decoder_plugin(decoder: str = "cpu") -> str:
+    """Which plugin decodes each lossy DICOM transfer syntax in this run, as one string that is
+    part of every backbone's identity: ``"pylibjpeg"`` when the pylibjpeg plugins decode all of
+    them (the standard install), else the whole choice, e.g.
+    ``"HTJ2K=pylibjpeg,JPEG2000=gdcm,JPEGBaseline8Bit=pillow,..."``.
+
+    Lossy syntaxes only: a lossless one decodes to the same pixels whatever the plugin, while two
+    JPEG or JPEG 2000 decoders may differ by a grey level (IDCT, wavelet arithmetic).
+    ``decoder``: the resolved ``--decoder`` (``nvimagecodec`` decodes JPEG 2000 on the GPU).
+    """
+    from pydicom.uid import UID
+
+    from ..io.decoders import GPU_SYNTAXES
+    from ..io.dicom import _LOSSY, available_decoders
+
+    chosen = {}
+    for ts in sorted(_LOSSY):
+        if decoder == "nvimagecodec" and ts in GPU_SYNTAXES:
+            chosen[UID(ts).keyword or ts] = "nvimagecodec"
+            continue
+        try:
+            plugins = available_decoders(ts)
+        except NotImplementedError:
+            plugins = ()
+        chosen[UID(ts).keyword or ts] = plugins[0] if plugins else "none"
+    if set(chosen.values()) == {STANDARD_DECODER_PLUGIN}:
+        return STANDARD_DECODER_PLUGIN
+    return ",".join(f"{k}={v}" for k, v in sorted(chosen.items()))
+
+
+#: packages whose versions shape pixels or embeddings, beside the store's own list
+#: (``featmammo.store.package_versions``); recorded per run when installed
+RUN_PACKAGES = (
+    "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle", "pyjpegls",
+    "python-gdcm", "imagecodecs", "timm", "nvidia-nvimgcodec-cu13", "nvidia-nvimgcodec-cu12",
+)  # fmt: skip
+
+
+def run_environment(device: torch.device) -> dict:
+    """What a run record says about where it ran: package versions (the store's list plus the
+    DICOM pixel plugins, imagecodecs and timm when installed), Python, and the device's name."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ..store import package_versions
+
+    versions = dict(package_versions())
+    for pkg in RUN_PACKAGES:
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    versions["python"] = platform.python_version()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return {"versions": versions, "device_name": name or platform.machine()}

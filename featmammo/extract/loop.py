@@ -44,6 +44,7 @@ class Plan:
     dtypes: dict  # backbone -> the store's dtype
     batches: list  # manifest row indices of each batch that needs work, in manifest order
     n_skipped: int  # images already done for every requested backbone
+    n_reembedded: int = 0  # images done before whose files changed: pending again
 
     @property
     def n_todo(self) -> int:

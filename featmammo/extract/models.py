@@ -130,9 +130,16 @@ def _resolve_preprocess(config, models: dict) -> object:
     return config
 
 
-def backbone_provenance(model, config, dtype: str) -> dict:
+def backbone_provenance(
+    model, config, dtype: str, *, precision: str | None = None, decoder_plugin: str | None = None
+) -> dict:
+    """What a backbone entry of the store records, and (``featmammo.store.IDENTITY_KEYS``) what
+    makes two runs' embeddings comparable: spec, weights, preprocessing, stored dtype, and the
+    run's ``precision`` (float32, or the bfloat16/float16 autocast on a GPU: the embeddings
+    differ) and ``decoder_plugin`` (``environment.decoder_plugin``: which plugin decodes lossy
+    DICOMs). None leaves a key out (callers that embed no store rows)."""
     spec = model.spec
-    return {
+    out = {
         "spec": _spec_dict(spec),
         "layer": getattr(spec, "layer", None),
         "weights": getattr(spec, "weights", None),
@@ -141,3 +148,8 @@ def backbone_provenance(model, config, dtype: str) -> dict:
         "preprocess_fingerprint": config.fingerprint(),
         "dtype": dtype,
     }
+    if precision is not None:
+        out["precision"] = precision
+    if decoder_plugin is not None:
+        out["decoder_plugin"] = decoder_plugin
+    return out

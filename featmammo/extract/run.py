@@ -18,12 +18,15 @@ from ..hashing import keyed_hash, read_key
 from .environment import (
     _cudnn_benchmark,
     _threads,
+    decoder_plugin,
     default_threads,
     resolve_decoder,
     resolve_precision,
     resolve_workers,
+    run_environment,
 )
-from .loading import check_roi_masks
+from .files import file_identities
+from .loading import _mask_column, check_roi_masks
 from .loop import Plan, _Loop, plan_work
 from .models import (
     DEFAULT_BACKBONES,
@@ -157,14 +160,16 @@ def extract(
     summary.max_failures = max_failures
     summary.exceeded_max_failures = max_failures is not None and summary.n_failed > max_failures
     log.info(
-        "extract %s: %d done, %d skipped, %d failed in %.1f s (%.2f images/s)",
-        store_path, summary.n_done, summary.n_skipped, summary.n_failed, summary.seconds,
-        summary.images_per_s,
+        "extract %s: %d done, %d skipped, %d images failed (%d image x backbone pairs), "
+        "%d re-embedded because their files changed, in %.1f s (%.2f images/s)",
+        store_path, summary.n_done, summary.n_skipped, summary.n_failed, summary.n_failures,
+        summary.n_reembedded, summary.seconds, summary.images_per_s,
     )  # fmt: skip
     nothing_done = not summary.n_done and not summary.n_skipped
     if summary.n_failed and nothing_done and not summary.stopped_early:
         raise AllImagesFailed(
-            f"{store_path}: every image failed ({summary.n_failed} of {summary.n_images}; "
+            f"{store_path}: every image failed ({summary.n_failed} of {summary.n_images} images, "
+            f"{summary.n_failures} image x backbone pairs; "
             f"first: {_first_failure(summary)}); the failures are recorded in the store "
             "(featmammo info STORE)",
             summary,
@@ -188,8 +193,14 @@ def _run(
         check_roi_masks(df, preprocess, "manifest")
     _check_hybrid_preprocess(preprocess, models)
     config = _resolve_preprocess(preprocess, models)
+    plugin = decoder_plugin(dec)
     entries = [
-        fstore.BackboneEntry(name, int(m.spec.dim), backbone_provenance(m, config, dtype), dtype)
+        fstore.BackboneEntry(
+            name,
+            int(m.spec.dim),
+            backbone_provenance(m, config, dtype, precision=prec, decoder_plugin=plugin),
+            dtype,
+        )  # fmt: skip
         for name, m in models.items()
     ]
     identities = {e.name: e.identity for e in entries}
@@ -204,13 +215,17 @@ def _run(
         ),
     }
     names = list(models)
+    with ranks.busy():  # the files behind each row: every rank digests its share
+        meta = meta.assign(file_identity=_file_identities(ranks, df, config, key))
 
     def prepare_and_plan() -> Plan:
-        fstore.prepare(store_path, ids, meta, entries, store_prov, compression=compression)
+        st = fstore.prepare(store_path, ids, meta, entries, store_prov, compression=compression)
         merged = fstore.consolidate(store_path)
         if merged:
             log.info("merged %d shards left by an interrupted run", merged)
-        return plan_work(store_path, ids, names, batch_size)
+        plan = plan_work(store_path, ids, names, batch_size)
+        plan.n_reembedded = len(getattr(st, "changed_images", None) or ())
+        return plan
 
     def between_batches() -> None:
         ranks.beat()
@@ -229,7 +244,7 @@ def _run(
             decoder=dec, plan=plan, between=between_batches if world > 1 else None,
         )  # fmt: skip
         summary = _merge_summaries(ranks.gather("summary", loop.run()))
-        summary.n_skipped = plan.n_skipped
+        summary.n_skipped, summary.n_reembedded = plan.n_skipped, plan.n_reembedded
         summary.seconds = time.perf_counter() - t0
 
         def finish() -> None:
@@ -241,17 +256,21 @@ def _run(
                 "batch_size": batch_size,
                 "workers": n_workers,
                 "decoder": dec,
+                "decoder_plugin": plugin,
+                **run_environment(dev),
                 "backbones": names,
                 "n_done": summary.n_done,
                 "n_failed": summary.n_failed,
                 "n_skipped": summary.n_skipped,
+                "n_reembedded": summary.n_reembedded,
                 "seconds": round(summary.seconds, 3),
             }
             fstore.consolidate(
                 store_path,
                 store_provenance_update={"runs": [run_record], "manifest_hash": mhash},
                 backbone_provenance_update={
-                    name: {"devices": [dev.type], "decoders": [dec], "precision": prec}
+                    # precision is part of the entry's identity, fixed when it was created
+                    name: {"devices": [dev.type], "decoders": [dec]}
                     for name in names
                 },
             )
@@ -260,6 +279,22 @@ def _run(
         with ranks.busy():
             ranks.share("final", finish)  # every rank returns once the store is whole
     return summary
+
+
+def _file_identities(ranks: Ranks, df: pd.DataFrame, config, key: bytes | None) -> list[str]:
+    """Each manifest row's ``file_identity`` (``featmammo.extract.files``); under torchrun every
+    rank digests every ``world``-th row and all ranks get the whole list."""
+    paths = df["path"].astype(str).tolist()
+    col = _mask_column(df) if config.uses_mask else None
+    masks = df[col].fillna("").astype(str).tolist() if col else None
+    r, w = ranks.rank, ranks.world
+    part = file_identities(paths[r::w], masks[r::w] if masks else None, key=key,
+                           threads=max(2, torch.get_num_threads()))  # fmt: skip
+    parts = ranks.gather("file_identity", part)
+    out = [""] * len(paths)
+    for k, got in enumerate(parts):
+        out[k::w] = got
+    return out
 
 
 def _check_same_identities(per_rank: list) -> None:
@@ -273,7 +308,7 @@ def _check_same_identities(per_rank: list) -> None:
                 f"{[n for n, _ in mine]} on rank {r}"
             )
         for (name, a), (_, b) in zip(ref, mine, strict=True):
-            if fstore.backbone_identity(a) == fstore.backbone_identity(b):
+            if not _differences(a, b):
                 continue
             said = "; ".join(
                 f"{k} {_short(_field(a, k))} on rank 0, {_short(_field(b, k))} on rank {r}"
@@ -289,7 +324,7 @@ def _check_same_identities(per_rank: list) -> None:
 def _differences(a: dict, b: dict) -> list[str]:
     """The identity keys (``spec.seed`` for a field of a dict) where two provenances differ."""
     out = []
-    for k in fstore.IDENTITY_KEYS:
+    for k in dict.fromkeys((*fstore.IDENTITY_KEYS, "precision", "decoder_plugin")):
         x, y = a.get(k), b.get(k)
         if isinstance(x, dict) and isinstance(y, dict):
             out += [f"{k}.{s}" for s in sorted(set(x) | set(y)) if x.get(s) != y.get(s)]

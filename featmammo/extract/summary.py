@@ -16,6 +16,8 @@ class ExtractSummary:
     n_done: int = 0  # images newly embedded by this run (every requested backbone)
     n_skipped: int = 0  # images already done for every requested backbone
     n_failed: int = 0  # images with at least one failure in this run
+    # images embedded before whose files changed since (file_identity): pending again, redone
+    n_reembedded: int = 0
     failures: list[dict] = field(default_factory=list)  # image_id, path, backbone, reason
     seconds: float = 0.0
     device: str = "cpu"
@@ -28,11 +30,20 @@ class ExtractSummary:
     stopped_early: bool = False
 
     @property
+    def n_failures(self) -> int:
+        """Image x backbone failures (``featmammo info`` counts these); ``n_failed``: images."""
+        return len(self.failures)
+
+    @property
     def images_per_s(self) -> float:
         return (self.n_done + self.n_failed) / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "images_per_s": round(self.images_per_s, 3)}
+        return {
+            **dataclasses.asdict(self),
+            "n_failures": self.n_failures,
+            "images_per_s": round(self.images_per_s, 3),
+        }
 
 
 def _first_failure(summary: ExtractSummary) -> str:
@@ -48,6 +59,7 @@ def _merge_summaries(parts: list[ExtractSummary]) -> ExtractSummary:
         out.n_done += s.n_done
         out.n_skipped += s.n_skipped
         out.n_failed += s.n_failed
+        out.n_reembedded = max(out.n_reembedded, s.n_reembedded)
         out.failures += s.failures
         out.stopped_early |= s.stopped_early
     out.n_images = parts[0].n_images
