@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import sys
-import time
-
 import click
 
 from .options import (
+    bar_enabled,
     decoder_option,
     device_option,
     echo_json,
     json_option,
     no_cache_option,
     output_option,
+    progress,
+    stage,
     weights_option,
     workers_option,
 )
+from .preprocess_options import image_size_option, windowing_option
 
 
 @click.command("extract")
@@ -35,12 +34,7 @@ from .options import (
     "or hybrid:RUN_DIR/checkpoint.pt. All run on the same decoded batch.",
 )
 @weights_option
-@click.option(
-    "--image-size",
-    default=None,
-    type=click.IntRange(min=8),
-    help="Side of the input [default: 224, or the hybrid: checkpoint's].",
-)
+@image_size_option(default=None, help_suffix=" [default: 224, or the hybrid: checkpoint's]")
 @click.option(
     "--resize",
     type=click.Choice(["area", "bilinear", "bicubic", "nearest"]),
@@ -53,13 +47,7 @@ from .options import (
     default="backbone",
     show_default=True,
 )
-@click.option(
-    "--windowing",
-    type=click.Choice(["none", "voi", "window", "percentile"]),
-    default="none",
-    show_default=True,
-    help="DICOM pixel policy passed to the reader.",
-)
+@windowing_option()
 @click.option("--crop", type=click.Choice(["breast", "none"]), default="breast", show_default=True)
 @click.option(
     "--ddsm-calibration",
@@ -121,9 +109,12 @@ def command(
 ) -> None:  # fmt: skip
     """Embed every image of MANIFEST with every backbone into the HDF5 store -o STORE.h5.
 
-    Rerunning the same command resumes (finished images are skipped); a store made with other
-    weights or preprocessing is refused. Under `torchrun --nproc-per-node N` the images are split
-    across processes into one store. Exits non-zero when every image failed.
+    Rerunning the same command resumes (finished images are skipped; an image whose file content
+    changed since it was embedded is embedded again); a backbone already stored with other
+    weights, preprocessing, precision or DICOM decoder plugin is refused (or stored apart with
+    --backbone-suffix). Under `torchrun --nproc-per-node N` rank 0 decides the work and every
+    process takes its share into one store; a failing process stops them all with its error.
+    Exits non-zero when every image failed.
     """
     from featmammo.devices import torchrun_env
     from featmammo.extract import AllImagesFailed, extract, hybrid_preprocess
@@ -141,23 +132,17 @@ def command(
         windowing=windowing, ddsm_calibration=ddsm_calibration,
     )  # fmt: skip
     rank = torchrun_env().rank
-    show_bar = rank == 0 and not as_json and sys.stderr.isatty()
-    bar = None
-    if show_bar:
-        bar = click.progressbar(
-            length=1, label="extract", file=sys.stderr, show_pos=True,
-            item_show_func=lambda rate: f"{rate:.2f} images/s" if rate else None,
-        )  # fmt: skip
-    lines = BarLines(bar) if bar is not None else None
+    talk = rank == 0 and not as_json
+    if talk:
+        stage(f"extract: {manifest} x {', '.join(backbones)} -> {output}")
     all_failed = None
     try:
-        with lines if lines is not None else _nothing():
+        with progress("extract", unit="images", show=talk and bar_enabled()) as update:
             summary = extract(
                 manifest, output, backbones=backbones, weights=weights, preprocess=config,
                 batch_size=batch_size, workers=workers, device=device,
                 max_failures=max_failures, dtype=dtype, hash_ids=hash_ids,
-                backbone_suffix=backbone_suffix, compression=compression,
-                progress=lines.progress if lines is not None else None,
+                backbone_suffix=backbone_suffix, compression=compression, progress=update,
                 cache=False if no_cache else None, decoder=decoder,
             )  # fmt: skip
     except AllImagesFailed as exc:
@@ -220,58 +205,3 @@ def _refuse_folder(manifest: str) -> None:
         "your data).",
         param_hint="MANIFEST",
     )
-
-
-@contextlib.contextmanager
-def _nothing():
-    yield
-
-
-class BarLines(logging.Filter):
-    """Keeps a progress bar and log lines on separate lines.
-
-    click draws the bar with a carriage return and no newline; a log record written while the bar
-    is on screen would continue the bar's line. While active (a context manager), this filter sits
-    on the ``featmammo`` logger's handlers and ends the bar's line before each record; the bar is
-    redrawn below at the next update, and its line is ended once when the run finishes.
-    ``progress(n, total)`` is the callback ``extract`` calls after each batch (it sizes the bar on
-    first use: the total is known inside extract).
-    """
-
-    def __init__(self, bar):
-        super().__init__()
-        self.bar = bar
-        self.open = False  # the bar's line is on screen without its newline
-        self.started = False
-        self.t0 = time.monotonic()
-        self.n = 0
-        self._handlers: list = []
-
-    def filter(self, record) -> bool:
-        self.end_line()
-        return True
-
-    def end_line(self) -> None:
-        if self.open:
-            self.bar.render_finish()  # click's line end (and the cursor shown again)
-            self.open = False
-
-    def progress(self, n: int, total: int) -> None:
-        if not self.started:
-            self.bar.length = max(1, total)
-            self.started = True
-        self.n += n
-        rate = self.n / max(time.monotonic() - self.t0, 1e-9)
-        self.bar.update(n, current_item=rate)
-        self.open = True
-
-    def __enter__(self):
-        self._handlers = list(logging.getLogger("featmammo").handlers)
-        for h in self._handlers:
-            h.addFilter(self)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handlers:
-            h.removeFilter(self)
-        self.end_line()

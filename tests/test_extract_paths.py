@@ -8,7 +8,6 @@ Tiny PNG phantoms at 32-64 px and probe backbones (a few flops) keep these fast.
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import pickle
 
@@ -342,40 +341,6 @@ def test_predict_warns_when_the_model_has_no_normal_class(caplog):
     assert "has no normal class" in caplog.text
     assert warn_missing_classes(["benign", "malignant"], ["normal", "abnormal"], "x") == []
     assert warn_missing_classes(["normal"], ["normal", "benign", "malignant"], "x") == []
-
-
-class _FakeBar:
-    def __init__(self, out):
-        self.out, self.length = out, None
-
-    def update(self, n, current_item=None):
-        self.out.write(f"\r[bar {n}]")
-
-    def render_finish(self):
-        self.out.write("\n")
-
-
-def test_progress_bar_and_log_lines_do_not_merge():
-    from featmammo.cli.extract import BarLines
-
-    out = io.StringIO()
-    logger = logging.getLogger("featmammo")
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        with BarLines(_FakeBar(out)) as lines:
-            lines.progress(2, 4)
-            logging.getLogger("featmammo.extract").warning("one image failed")
-            lines.progress(2, 4)
-            logging.getLogger("featmammo.extract").info("extract done")
-        logger.info("after")
-    finally:
-        logger.removeHandler(handler)
-    text = out.getvalue()
-    assert text == "\r[bar 2]\nWARNING one image failed\n\r[bar 2]\nINFO extract done\nINFO after\n"
-    assert not handler.filters  # the filter is gone after the run
 
 
 # ----------------------------------------------------------------------------- DDSM calibration
