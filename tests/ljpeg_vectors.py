@@ -95,21 +95,25 @@ def _canonical(lengths: dict[int, int]):
     return bits, order, codes
 
 
+def _bits(values: np.ndarray, nbits: np.ndarray) -> np.ndarray:
+    """MSB-first bits (uint8 0/1) of (value, length) pairs, concatenated, no padding."""
+    n = nbits.astype(np.int64)
+    total = int(n.sum())
+    owner = np.repeat(np.arange(values.size), n)
+    k = np.arange(total) - np.repeat(np.cumsum(n) - n, n)
+    shift = (n[owner] - 1 - k).astype(np.uint64)
+    return ((values[owner] >> shift) & np.uint64(1)).astype(np.uint8)
+
+
 def _pack(values: np.ndarray, nbits: np.ndarray) -> bytes:
     """MSB-first bit packing of (value, length) pairs, padded with 1s, 0xFF stuffed."""
     chunks = []
     carry_bits = np.zeros(0, np.uint8)
     step = 1 << 20
     for start in range(0, values.size, step):
-        v = values[start : start + step]
-        n = nbits[start : start + step].astype(np.int64)
-        total = int(n.sum())
-        owner = np.repeat(np.arange(v.size), n)
-        ends = np.cumsum(n)
-        k = np.arange(total) - np.repeat(ends - n, n)
-        shift = (n[owner] - 1 - k).astype(np.uint64)
-        bits = ((v[owner] >> shift) & np.uint64(1)).astype(np.uint8)
-        bits = np.concatenate([carry_bits, bits])
+        bits = np.concatenate(
+            [carry_bits, _bits(values[start : start + step], nbits[start : start + step])]
+        )
         whole = bits.size - bits.size % 8
         chunks.append(np.packbits(bits[:whole]))
         carry_bits = bits[whole:]
@@ -123,34 +127,39 @@ def _pack(values: np.ndarray, nbits: np.ndarray) -> bytes:
     return stuffed.tobytes()
 
 
-def encode(
-    img: np.ndarray,
-    predictor: int,
-    precision: int,
-    *,
-    first_row: str = "pvrg",
-    swap: bool = False,
-) -> bytes:
-    """A lossless JPEG (SOF3) stream of ``img`` (uint16 (H, W)); DDSM-style for ``"pvrg"``.
+def _table_codes(bits, huffval) -> dict[int, tuple[int, int]]:
+    """{symbol: (code, length)} of a DHT table (BITS[16], HUFFVAL), canonical (T.81 Annex C)."""
+    codes = {}
+    code = 0
+    k = 0
+    for length in range(1, 17):
+        for _ in range(bits[length - 1]):
+            codes.setdefault(int(huffval[k]), (code, length))
+            k += 1
+            code += 1
+        code <<= 1
+    return codes
 
-    ``swap=True``: the SOF says height=W, width=H and the stream holds the same row-major pixel
-    sequence in that geometry (reshape, never transpose), as in many DDSM files.
-    """
-    img = np.asarray(img)
-    if img.ndim != 2 or not 2 <= precision <= 16 or not 1 <= predictor <= 7:
-        raise ValueError("bad vector parameters")
-    if img.size and int(img.max()) >= 1 << precision:
-        raise ValueError("pixel values exceed the precision")
-    h, w = img.shape
-    coded = img.reshape(w, h) if swap else img
-    d = residuals(coded, predictor, precision, first_row).ravel()
+
+def code_words(img, predictor: int, precision: int, first_row: str = "pvrg", table=None):
+    """(values uint64, lengths, BITS, HUFFVAL) of every sample's code and extra bits; the table
+    is built from the residual statistics unless ``table`` = (BITS, HUFFVAL) is given. A
+    residual whose category the given table lacks raises KeyError."""
+    d = residuals(img, predictor, precision, first_row).ravel()
     mag = np.abs(d)
     ssss = np.zeros(d.shape, np.int64)
     nz = mag > 0
     ssss[nz] = np.floor(np.log2(mag[nz])).astype(np.int64) + 1
     ssss[d == 32768] = 16
-    freqs = {int(s): int(c) for s, c in enumerate(np.bincount(ssss, minlength=17)) if c}
-    bits, huffval, codes = _canonical(_huffman_lengths(freqs))
+    if table is None:
+        freqs = {int(s): int(c) for s, c in enumerate(np.bincount(ssss, minlength=17)) if c}
+        bits, huffval, codes = _canonical(_huffman_lengths(freqs))
+    else:
+        bits, huffval = list(table[0]), list(table[1])
+        codes = _table_codes(bits, huffval)
+        missing = set(np.unique(ssss).tolist()) - set(codes)
+        if missing:
+            raise KeyError(f"the table has no code for categories {sorted(missing)}")
     code_of = np.zeros(17, np.uint64)
     len_of = np.zeros(17, np.int64)
     for s, (c, n) in codes.items():
@@ -159,7 +168,38 @@ def encode(
     extra_len = np.where(ssss == 16, 0, ssss)
     values = (code_of[ssss] << extra_len.astype(np.uint64)) | extra.astype(np.uint64)
     values[ssss == 16] = code_of[16]
-    nbits = len_of[ssss] + extra_len
+    return values, len_of[ssss] + extra_len, bits, huffval
+
+
+def coded_bits(img, predictor: int, precision: int, table) -> np.ndarray:
+    """The entropy-coded bits (uint8 0/1, unstuffed, no padding) of ``img`` in ``table``."""
+    values, nbits, _, _ = code_words(img, predictor, precision, table=table)
+    return _bits(values, nbits)
+
+
+def encode(
+    img: np.ndarray,
+    predictor: int,
+    precision: int,
+    *,
+    first_row: str = "pvrg",
+    swap: bool = False,
+    table=None,
+) -> bytes:
+    """A lossless JPEG (SOF3) stream of ``img`` (uint16 (H, W)); DDSM-style for ``"pvrg"``.
+
+    ``swap=True``: the SOF says height=W, width=H and the stream holds the same row-major pixel
+    sequence in that geometry (reshape, never transpose), as in many DDSM files. ``table``:
+    (BITS, HUFFVAL) to use instead of the optimal table for the image.
+    """
+    img = np.asarray(img)
+    if img.ndim != 2 or not 2 <= precision <= 16 or not 1 <= predictor <= 7:
+        raise ValueError("bad vector parameters")
+    if img.size and int(img.max()) >= 1 << precision:
+        raise ValueError("pixel values exceed the precision")
+    h, w = img.shape
+    coded = img.reshape(w, h) if swap else img
+    values, nbits, bits, huffval = code_words(coded, predictor, precision, first_row, table)
     body = _pack(values, nbits)
     sof_h, sof_w = coded.shape
     out = bytearray(b"\xff\xd8")

@@ -68,6 +68,7 @@ from .ljpeg_markers import (  # noqa: F401  (re-exported: featmammo.io.ljpeg kee
     _huffman_codes,
     _stuff,
     _unstuff,
+    entropy_segment_end,
     parse_header,
 )
 from .ljpeg_pvrg import (  # noqa: F401
@@ -80,6 +81,7 @@ from .ljpeg_pvrg import (  # noqa: F401
     pvrg_from_standard,
     spliced_stream,
 )
+from .ljpeg_verify import check_size, padded_for_c, residuals_u16, verify_coded  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +98,23 @@ def _gunzipped(data: bytes, path) -> tuple[bytes, bool]:
         raise ImageReadError(path, f"corrupt gzip data ({exc})") from None
 
 
-def decode_standard(data: bytes, path) -> np.ndarray:
-    """A plain T.81 decode (imagecodecs' jpegsof3) in the SOF geometry; no PVRG correction."""
+def _table(info: dict, path) -> tuple[list[int], bytes]:
+    """The scan's Huffman table, which must be the file's only one: the C decoder uses the first
+    table it meets whatever the scan selects."""
+    table = info.get("huffman_table")
+    if table is None:
+        raise ImageReadError(path, "lossless JPEG scan without its Huffman table (DHT)")
+    if info.get("huffman_tables", 1) != 1:
+        raise ImageReadError(
+            path,
+            f"lossless JPEG with {info['huffman_tables']} Huffman tables; a DDSM file has one",
+        )
+    return table
+
+
+def _c_decode(stream: bytes, info: dict, path) -> np.ndarray:
+    """imagecodecs' jpegsof3 decode (T.81) of ``stream``, whose header ``info`` was validated,
+    in the SOF geometry, as uint16; the stream is padded so the decoder stays in its buffer."""
     try:
         import imagecodecs
     except ImportError:  # pragma: no cover - imagecodecs is a declared dependency
@@ -105,99 +122,94 @@ def decode_standard(data: bytes, path) -> np.ndarray:
             path, "reading .LJPEG needs the imagecodecs package (pip install imagecodecs)"
         ) from None
     try:
-        out = imagecodecs.jpegsof3_decode(data)
+        out = np.asarray(imagecodecs.jpegsof3_decode(padded_for_c(stream, info)))
     except Exception as exc:  # Jpegsof3Error on corrupt streams
         raise ImageReadError(path, f"cannot decode lossless JPEG data ({exc})") from None
-    return np.asarray(out)
+    h, w = info["height"], info["width"]
+    if out.shape != (h, w):
+        raise ImageReadError(path, f"decoded shape {out.shape} does not match the SOF {h} x {w}")
+    return out if out.dtype == np.uint16 else out.astype(np.uint16)
 
 
-def _end_has_eoi(data: bytes) -> bool:
-    tail = data[-64:].rstrip(b"\x00 \r\n\t")
-    return tail.endswith(b"\xff\xd9")
+def decode_standard(data: bytes, path) -> np.ndarray:
+    """A plain T.81 decode (imagecodecs' jpegsof3) in the SOF geometry; no PVRG correction and
+    no check that the data is consumed exactly (:func:`decode_ljpeg` does both). For P <= 8
+    the values are uint8."""
+    info = parse_header(data, path)
+    _table(info, path)
+    out = _c_decode(data, info, path)
+    return out.astype(np.uint8) if info["precision"] <= 8 else out
 
 
 def decode_ljpeg(data: bytes, path="<bytes>", *, method: str = "auto") -> tuple[np.ndarray, dict]:
     """(pixels uint16 in the SOF geometry, header info) of a PVRG lossless JPEG stream.
 
     ``method``: ``auto`` (the row-0 splice, else re-integration), ``splice`` or ``reintegrate``
-    (both exact; for tests and benchmarks). ``info["pvrg_method"]`` says which ran.
+    (both exact; for tests and benchmarks). ``info["pvrg_method"]`` says which ran. The pixels
+    returned are checked to be exactly what the entropy-coded segment encodes, all of it
+    (:mod:`featmammo.io.ljpeg_verify`); anything else is an ImageReadError.
     """
+    if method not in ("auto", "splice", "reintegrate"):
+        raise ConfigError(f"method must be auto, splice or reintegrate; got {method!r}")
     data, gz = _gunzipped(data, path)
     info = parse_header(data, path)
     info["gzipped"] = gz
-    if not _end_has_eoi(data):
-        raise ImageReadError(
-            path, "truncated lossless JPEG: the data does not end with an EOI marker (0xFFD9)"
-        )
-    # The C decoder trusts the header: a damaged SOF claiming far more pixels than the data can
-    # hold makes it read past its buffer (a crash, not an error). Every sample costs at least
-    # the shortest Huffman code, so check that first.
-    table = info.get("huffman_table")
-    if table is None:
-        raise ImageReadError(path, "lossless JPEG scan without its Huffman table (DHT)")
-    shortest = next((n + 1 for n, c in enumerate(table[0]) if c), None)
-    if shortest is None:
-        raise ImageReadError(path, "empty Huffman table (DHT)")
-    coded_bits = 8 * (len(data) - info["scan_offset"])
-    if coded_bits < shortest * info["height"] * info["width"]:
-        raise ImageReadError(
-            path,
-            f"the header says {info['height']} x {info['width']} pixels but the file holds only "
-            f"{coded_bits:,} bits of coded data (at least {shortest} per pixel): truncated or a "
-            "damaged header",
-        )
-    h, w = info["height"], info["width"]
-    predictor = info["predictor"]
-    row0 = None
+    _table(info, path)
+    start = info["scan_offset"]
+    coded = _unstuff(data[start : entropy_segment_end(data, start, path)])
+    check_size(info, coded.size, path)
+    predictor, precision = info["predictor"], info["precision"]
     info["pvrg_method"] = "standard" if predictor in STANDARD_AGREES else None
-    if method not in ("auto", "splice", "reintegrate"):
-        raise ConfigError(f"method must be auto, splice or reintegrate; got {method!r}")
-    original = data
+    pixels = None
     if predictor not in STANDARD_AGREES and method != "reintegrate":
         try:
-            spliced = spliced_stream(data, info)
+            spliced = spliced_stream(data, info, coded)
         except ValueError as exc:
             raise ImageReadError(
                 path, f"corrupt lossless JPEG data in the first row ({exc})"
             ) from None
         if spliced is not None:
-            data, row0 = spliced
-            info["pvrg_method"] = "splice"
+            stream, row0 = spliced
+            std = _c_decode(stream, info, path)
+            if np.array_equal(std[0], np.asarray(row0, np.uint16)):
+                pixels = std
+                info["pvrg_method"] = "splice"
+            else:
+                # the spliced stream did not decode to the row it was built from (damaged data,
+                # or a splice bug); re-integration from the original stream is exact too
+                if method == "splice":
+                    raise ImageReadError(path, "the re-coded first row did not decode as built")
+                info["pvrg_method"] = "reintegrate (splice check failed)"
         elif method == "splice":
             raise ImageReadError(path, "the Huffman table cannot code the re-predicted first row")
-    if info["pvrg_method"] is None and info["precision"] <= 8:
-        # the decoder returns uint8 for P <= 8: the values a PVRG stream wraps to are lost, so
-        # the residuals cannot be recovered from a standard decode.
+    if pixels is None:
+        if info["pvrg_method"] is None and precision <= 8:
+            # the decoder returns uint8 for P <= 8: the values a PVRG stream wraps to are lost,
+            # so the residuals cannot be recovered from a standard decode.
+            raise ImageReadError(
+                path,
+                f"{precision}-bit lossless JPEG with predictor {predictor} whose Huffman table "
+                "cannot code the re-predicted first row: not supported (DDSM files are 12- or "
+                "16-bit)",
+            )
+        pixels = pvrg_from_standard(_c_decode(data, info, path), predictor, precision)
+        if info["pvrg_method"] is None:
+            info["pvrg_method"] = "reintegrate"
+    verify_coded(pixels, info, coded, path)
+    top = int(pixels.max())
+    if top >> precision:
+        # a valid code stream, but of values the header's precision cannot hold (T.81 A.1.1):
+        # damaged coded data (or a header with the wrong precision)
         raise ImageReadError(
             path,
-            f"{info['precision']}-bit lossless JPEG with predictor {predictor} whose Huffman "
-            "table cannot code the re-predicted first row: not supported (DDSM files are 12- "
-            "or 16-bit)",
+            f"corrupt lossless JPEG data: decoded values reach {top}, beyond the {precision}-bit "
+            "precision of the header",
         )
-    std = decode_standard(data, path)
-    if std.shape != (h, w):
-        raise ImageReadError(path, f"decoded shape {std.shape} does not match the SOF {h} x {w}")
-    if std.dtype != np.uint16:
-        std = std.astype(np.uint16)
-    if info["pvrg_method"] == "splice":
-        if np.array_equal(std[0], np.asarray(row0, np.uint16)):
-            return std, info
-        # Never silently wrong: the spliced stream did not decode to the row it was built from.
-        # Re-integration from the original stream is exact too; it is used and the reason logged.
+    if info["pvrg_method"] == "reintegrate (splice check failed)":  # the data is sound: a bug
         logger.warning(
-            "%s: the re-coded first row did not decode as built; re-integrating instead", path
+            "%s: the re-coded first row did not decode as built; re-integrated instead", path
         )
-        if method == "splice":
-            raise ImageReadError(path, "the re-coded first row did not decode as built")
-        std = decode_standard(original, path)
-        if std.shape != (h, w):
-            raise ImageReadError(path, f"decoded shape {std.shape} does not match the SOF")
-        std = std.astype(np.uint16, copy=False)
-        info["pvrg_method"] = "reintegrate (splice check failed)"
-        return pvrg_from_standard(std, predictor, info["precision"]), info
-    if info["pvrg_method"] is None:
-        info["pvrg_method"] = "reintegrate"
-    return pvrg_from_standard(std, predictor, info["precision"]), info
+    return pixels, info
 
 
 def _ics_geometry(p: Path) -> tuple[tuple[int, int], dict, dict]:

@@ -1,5 +1,11 @@
 """Lossless JPEG syntax for :mod:`featmammo.io.ljpeg`: the SOF3/DHT/SOS header, Huffman tables
-(codes and 16-bit lookup tables), the end of the entropy-coded segment and byte (un)stuffing."""
+(codes and 16-bit lookup tables), the end of the entropy-coded segment and byte (un)stuffing.
+
+The header is parsed strictly enough that the C decoder (imagecodecs' jpegsof3) can only ever see
+the same frame, table and scan start as this parser: it uses the first Huffman table of the file
+whatever the scan selects and overruns its arrays on a table of more than 17 codes, so exactly one
+table of at most 17 codes (categories 0..16, each once, a valid prefix code) is accepted, and a
+second SOI inside the header (which it would read as a segment length) is refused."""
 
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ def parse_header(data: bytes, path) -> dict:
         raise ImageReadError(path, "not a JPEG stream (no SOI marker 0xFFD8 at the start)")
     info: dict = {"restart_interval": 0}
     tables: dict[int, tuple[list[int], bytes]] = {}
+    n_tables = 0
     i, n = 2, len(data)
     while True:
         while i < n and data[i] != 0xFF:  # tolerate stray bytes between segments
@@ -46,7 +53,9 @@ def parse_header(data: bytes, path) -> dict:
             raise ImageReadError(path, "truncated lossless JPEG: no start-of-scan (SOS) marker")
         marker = data[i]
         i += 1
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # SOI, TEM, RSTn: no length
+        if marker == 0xD8:
+            raise ImageReadError(path, "corrupt lossless JPEG header: a second SOI marker")
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length
             continue
         if marker == 0xD9:
             raise ImageReadError(path, "lossless JPEG ends (EOI) before any scan")
@@ -85,6 +94,8 @@ def parse_header(data: bytes, path) -> dict:
                 values = bytes(seg[j + 17 : j + 17 + sum(counts)])
                 if len(values) < sum(counts):
                     raise ImageReadError(path, "corrupt Huffman table (DHT) segment")
+                _check_table(counts, values, path)
+                n_tables += 1
                 if tc_th >> 4 == 0:  # DC/lossless tables only
                     tables[tc_th & 0x0F] = (counts, values)
                 j += 17 + sum(counts)
@@ -106,8 +117,68 @@ def parse_header(data: bytes, path) -> dict:
                 )
             info.update(predictor=predictor, point_transform=pt, scan_offset=i + length)
             info["huffman_table"] = tables.get(seg[2] >> 4)
+            info["huffman_tables"] = n_tables
             return info
         i += length
+
+
+def _check_table(counts: list[int], values: bytes, path) -> None:
+    """A lossless Huffman table: at most 17 codes for the categories 0..16, each once, and no
+    more codes of any length than the bits allow (the C decoder trusts all of this)."""
+    total = sum(counts)
+    if total == 0:
+        raise ImageReadError(path, "empty Huffman table (DHT)")
+    if total > 17:
+        raise ImageReadError(
+            path, f"corrupt Huffman table (DHT): {total} codes, a lossless table has at most 17"
+        )
+    if max(values) > 16 or len(set(values)) != len(values):
+        raise ImageReadError(
+            path,
+            "corrupt Huffman table (DHT): difference categories must be 0..16, each listed once",
+        )
+    room = 1
+    for count in counts:  # codes left at each length (Kraft inequality)
+        room = 2 * room - count
+        if room < 0:
+            raise ImageReadError(path, "corrupt Huffman table (DHT): more codes than bits allow")
+
+
+def entropy_segment_end(data: bytes, start: int, path) -> int:
+    """End (exclusive) of the entropy-coded segment that starts at ``start``.
+
+    The segment runs to the first 0xFF that is not a stuffed 0xFF 0x00; that marker (after any
+    0xFF fill bytes) must be EOI, and only NUL or white-space bytes may follow it. Anything else
+    (a restart or other marker inside the data, a missing EOI, data after the EOI) is an
+    ImageReadError naming what was found.
+    """
+    a = np.frombuffer(data, np.uint8, offset=start)
+    ff = np.flatnonzero(a[:-1] == 0xFF)
+    real = ff[a[ff + 1] != 0x00]
+    if real.size == 0:
+        raise ImageReadError(
+            path, "truncated lossless JPEG: the coded data does not end with an EOI marker (0xFFD9)"
+        )
+    end = int(real[0])
+    k = end
+    while k + 1 < a.size and a[k + 1] == 0xFF:  # fill bytes before the marker
+        k += 1
+    marker = int(a[k + 1]) if k + 1 < a.size else None
+    if marker != 0xD9:
+        what = "the end of the file" if marker is None else f"marker 0xFF{marker:02X}"
+        raise ImageReadError(
+            path,
+            f"corrupt lossless JPEG: {what} at byte {start + k:,} inside the coded data (the "
+            "coded data must run to one EOI marker, 0xFFD9)",
+        )
+    rest = bytes(a[k + 2 :])
+    if rest.strip(b"\x00 \t\r\n"):
+        raise ImageReadError(
+            path,
+            f"corrupt lossless JPEG: {len(rest):,} bytes of other data after the first EOI marker "
+            f"(byte {start + k + 1:,})",
+        )
+    return start + end
 
 
 def _huffman_codes(table) -> tuple[dict[int, tuple[int, int]], np.ndarray, np.ndarray]:

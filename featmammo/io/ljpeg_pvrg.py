@@ -6,30 +6,16 @@ from __future__ import annotations
 import numpy as np
 
 from .ljpeg_markers import _entropy_end, _huffman_codes, _stuff, _unstuff
+from .ljpeg_verify import residuals_u16
 
 STANDARD_AGREES = frozenset({1, 4, 5})  # predictors whose first-row prediction is PVRG's too
 
 
 def _residuals(std: np.ndarray, predictor: int, half: int) -> np.ndarray:
     """The coded residuals (uint16, modulo 2**16) of a standard T.81 decode ``std``: the pixel
-    minus its T.81 prediction from the decoded neighbours; predictors 6 and 7."""
-    d = std.astype(np.int32)
-    d[0, 0] -= half
-    d[0, 1:] -= std[0, :-1]  # T.81 first row: the left neighbour
-    d[1:, 0] -= std[:-1, 0]  # first column: the pixel above
-    if predictor == 7:  # (Ra + Rb) >> 1
-        t = np.add(std[1:, :-1], std[:-1, 1:], dtype=np.int32)
-        t >>= 1
-    elif predictor == 6:  # Rb + ((Ra - Rc) >> 1)
-        t = np.subtract(std[1:, :-1], std[:-1, :-1], dtype=np.int32)
-        t >>= 1
-        t += std[:-1, 1:]
-    else:  # pragma: no cover - callers only pass 6 and 7
-        raise ValueError(predictor)
-    d[1:, 1:] -= t
-    del t
-    d &= 0xFFFF
-    return d.astype(np.uint16)
+    minus its T.81 prediction from the decoded neighbours."""
+    precision = half.bit_length()
+    return residuals_u16(std, predictor, precision, first_row="standard").reshape(std.shape)
 
 
 def pvrg_from_standard(std: np.ndarray, predictor: int, precision: int) -> np.ndarray:
@@ -187,16 +173,20 @@ def _encode_bits(diffs: list[int], codes) -> str | None:
     return "".join(parts)
 
 
-def spliced_stream(data: bytes, info: dict) -> tuple[bytes, list[int]] | None:
+def spliced_stream(
+    data: bytes, info: dict, unstuffed: np.ndarray | None = None
+) -> tuple[bytes, list[int]] | None:
     """A standard T.81 stream whose plain decode is PVRG's image, and PVRG's row 0 (to check);
-    None when the file's Huffman table cannot code the new row-0 residuals."""
+    None when the file's Huffman table cannot code the new row-0 residuals. ``unstuffed``: the
+    scan's entropy-coded bytes without stuffing, when the caller has them already."""
     table = info.get("huffman_table")
     if table is None:
         return None
     codes, lut_len, lut_sym = _huffman_codes(table)
     start = info["scan_offset"]
-    end = _entropy_end(data, start)
-    u = _unstuff(data[start:end])
+    if unstuffed is None:
+        unstuffed = _unstuff(data[start : _entropy_end(data, start)])
+    u = unstuffed
     w = info["width"]
     half = 1 << (info["precision"] - 1)
     diffs, bitpos = _decode_row0(u, w, lut_len, lut_sym)
