@@ -116,3 +116,12 @@ def test_ranks_disagreeing_on_precision_are_named():
     with pytest.raises(ConfigError, match="precision 'bfloat16' on rank 0, 'float16' on rank 1"):
         run_mod._check_same_identities([[("alexnet", a)], [("alexnet", b)]])
     run_mod._check_same_identities([[("alexnet", a)], [("alexnet", dict(a))]])
+
+
+def test_what_the_reader_applied_is_counted_per_run(manifest, tmp_path):
+    path = tmp_path / "s.h5"
+    s = extract(manifest, path, backbones=["alexnet"], **FAST)
+    assert s.windowing_applied == {"none": 4}  # PGMs: no VOI tags, the stored range
+    assert store.open(path).provenance["runs"][-1]["windowing_applied"] == {"none": 4}
+    s = extract(manifest, path, backbones=["alexnet"], **FAST)
+    assert s.windowing_applied == {}  # nothing read

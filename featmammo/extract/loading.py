@@ -20,29 +20,36 @@ MASK_ROI_MODES = ROI_MASK_MODES
 _mask_column = mask_column
 
 
-def _prepare(item, config, laterality, mask, cache, decoder: str = "cpu") -> np.ndarray:
-    """One (3, S, S) float32 input: a path (read through the prepared-image cache, decoded by
-    ``decoder``), a 2-D pixel array (preprocessed here) or an already preprocessed (3, H, W) array
-    (used as is)."""
+def _prepare(item, config, laterality, mask, cache, decoder: str = "cpu") -> tuple:
+    """``(x, read)``: one (3, H, W) float32 input and what the read did to it
+    (``windowing_applied``, ``inverted``, ...: ``featmammo.preprocess.READ_META``; ``{}`` for an
+    array). ``item``: a path
+    (read through the prepared-image cache, decoded by ``decoder``), a 2-D pixel array
+    (preprocessed here) or an already preprocessed (3, H, W) array (used as is)."""
     if isinstance(item, np.ndarray):
         if item.ndim == 3 and item.shape[0] == 3:
-            return np.ascontiguousarray(item, dtype=np.float32)
+            return np.ascontiguousarray(item, dtype=np.float32), {}
         from ..preprocess import preprocess as run_preprocess
 
-        return run_preprocess(item, config, laterality=laterality)
+        return run_preprocess(item, config, laterality=laterality), {}
     # the lesion mask is read only by the ROI modes that use it: ``full`` never opens it
     mask = mask if config.uses_mask else None
-    return _load_prepared(item, config, laterality, mask, cache, decoder)
+    got = _load_prepared(item, config, laterality, mask, cache, decoder, True)
+    return got if isinstance(got, tuple) else (got, {})
 
 
-def _load_prepared(path, config, laterality, mask, cache, decoder: str = "cpu") -> np.ndarray:
+def _load_prepared(
+    path, config, laterality, mask, cache, decoder: str = "cpu", with_meta: bool = False
+):
     """Decoded, cropped, sided and resized once per image and config (``featmammo.prepared``),
-    normalised here; bit-identical to ``load_and_preprocess``. ``cache=False``: no cache."""
+    normalised here; bit-identical to ``load_and_preprocess``. ``cache=False``: no cache.
+    ``with_meta``: ``(array, read meta)``."""
     from ..prepared import prepare_image
 
     return prepare_image(
-        path, config, laterality=laterality, roi_mask_path=mask, cache=cache, decoder=decoder
-    )
+        path, config, laterality=laterality, roi_mask_path=mask, cache=cache, decoder=decoder,
+        with_meta=with_meta,
+    )  # fmt: skip
 
 
 class _Images(torch.utils.data.Dataset):
@@ -60,16 +67,16 @@ class _Images(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         item = self.items[i]
         try:
-            x = _prepare(
+            x, read = _prepare(
                 item, self.config, self.lateralities[i] or None, self.masks[i] or None,
                 self.cache, self.decoder,
             )  # fmt: skip
             if x.ndim != 3 or x.shape[0] != 3:
                 where = item if not isinstance(item, np.ndarray) else f"image {i}"
                 raise ImageReadError(where, f"preprocess returned shape {x.shape}")
-            return i, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), None
+            return i, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), None, read
         except FeatmammoError as exc:
-            return i, None, exc
+            return i, None, exc, {}
 
 
 def _reason(exc: FeatmammoError) -> str:
@@ -78,10 +85,11 @@ def _reason(exc: FeatmammoError) -> str:
 
 
 def _collate(items):
-    ok = [(i, x) for i, x, _ in items if x is not None]
-    failed = [(i, e) for i, x, e in items if x is None]
+    """``(ok indices, stacked tensor or None, [(index, error)], {index: read meta})``."""
+    ok = [(i, x) for i, x, _, _ in items if x is not None]
+    failed = [(i, e) for i, x, e, _ in items if x is None]
     batch = torch.stack([x for _, x in ok]) if ok else None
-    return [i for i, _ in ok], batch, failed
+    return [i for i, _ in ok], batch, failed, {i: m for i, x, _, m in items if x is not None}
 
 
 def _prefetched(loader, enabled: bool):
@@ -141,7 +149,8 @@ def _loader(
     prefetch: bool = True,
     context: str | None = None,
 ):
-    """Batches ``(ok_indices, tensor or None, [(index, error)])`` in the order of ``batches``:
+    """Batches ``(ok_indices, tensor or None, [(index, error)], {index: read meta})`` in the order
+    of ``batches``:
     DataLoader worker processes when ``workers > 0`` (started with ``context``, see
     :func:`_worker_context`), else the main process with a read-ahead thread (``prefetch``).
     Pinned host memory on CUDA, for asynchronous copies."""

@@ -127,12 +127,18 @@ class _Loop:
         self.last_log = self.t_start
 
         def launch(b):
-            ok_idx, batch, _failed = b
+            ok_idx, batch = b[0], b[1]
             todo = [nm for j, nm in enumerate(names) if batch is not None and need[ok_idx, j].any()]
             return _forward_all(self.models, todo, batch, self.dev, self.prec)
 
         with _open_writer(self.store_path, self.rank, self.consolidate_every) as writer:
-            for (ok_idx, _batch, failed), outputs in _pipelined(batches, launch):
+            for (ok_idx, _batch, failed, read), outputs in _pipelined(batches, launch):
+                for meta in read.values():
+                    applied = meta.get("windowing_applied")
+                    if applied:
+                        summary.windowing_applied[applied] = (
+                            summary.windowing_applied.get(applied, 0) + 1
+                        )
                 self._finish(writer, ok_idx, failed, outputs.result())
                 if self.between is not None:
                     self.between()

@@ -263,6 +263,7 @@ def _run(
                 "n_failed": summary.n_failed,
                 "n_skipped": summary.n_skipped,
                 "n_reembedded": summary.n_reembedded,
+                "windowing_applied": summary.windowing_applied,
                 "seconds": round(summary.seconds, 3),
             }
             fstore.consolidate(

@@ -65,7 +65,7 @@ def embed_stream(
     def launch(b):
         return _forward_all(models, names, b[1], dev, prec)
 
-    for (ok_idx, _batch, failed), outputs in _pipelined(
+    for (ok_idx, _batch, failed, _read), outputs in _pipelined(
         _loader(dataset, batches, n_workers, dev, context=context), launch
     ):
         res = outputs.result()

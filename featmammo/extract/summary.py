@@ -19,6 +19,8 @@ class ExtractSummary:
     # images embedded before whose files changed since (file_identity): pending again, redone
     n_reembedded: int = 0
     failures: list[dict] = field(default_factory=list)  # image_id, path, backbone, reason
+    # images read by this run per pixel policy the reader applied (voi_lut, window, none, ...)
+    windowing_applied: dict = field(default_factory=dict)
     seconds: float = 0.0
     device: str = "cpu"
     precision: str = "float32"
@@ -61,6 +63,8 @@ def _merge_summaries(parts: list[ExtractSummary]) -> ExtractSummary:
         out.n_failed += s.n_failed
         out.n_reembedded = max(out.n_reembedded, s.n_reembedded)
         out.failures += s.failures
+        for k, v in s.windowing_applied.items():
+            out.windowing_applied[k] = out.windowing_applied.get(k, 0) + v
         out.stopped_early |= s.stopped_early
     out.n_images = parts[0].n_images
     return out
