@@ -143,6 +143,37 @@ def _set_options(f):
     return f
 
 
+def _mask_options(f):
+    """--mask-dir / --no-masks: where a set's lesion geometry is written as ROI mask PNGs."""
+    f = click.option(
+        "--no-masks", is_flag=True, help="Write no ROI masks (roi_mask_path stays empty)."
+    )(f)
+    return click.option(
+        "--mask-dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Where the lesion outlines/boxes/circles are written as ROI mask PNGs for "
+        "--roi crop|patch (default: <output stem>.masks/ beside the manifest).",
+    )(f)
+
+
+def _masks(output, mask_dir, no_masks):
+    from featmammo.datasets.masks import default_mask_dir
+
+    if no_masks:
+        return None
+    return mask_dir if mask_dir is not None else default_mask_dir(output)
+
+
+def _mask_lines(summary: dict) -> list[str]:
+    if not summary.get("mask_dir"):
+        return []
+    return [
+        f"masks      {summary['mask_dir']}: {summary['masks_written']} written, "
+        f"{summary['masks_reused']} reused, {len(summary['mask_errors'])} errors"
+    ]
+
+
 def _run(ctx, build, output, as_json, max_rows, fail_on_unresolved, lines=None) -> None:
     from featmammo.datasets.base import format_summary
 
@@ -160,15 +191,28 @@ def _run(ctx, build, output, as_json, max_rows, fail_on_unresolved, lines=None) 
     type=click.Path(exists=True, dir_okay=False),
     help="Info.txt (default: found under ROOT).",
 )
-def mias(ctx, root, output, info, fail_on_unresolved, max_rows, as_json) -> None:
+@_mask_options
+def mias(
+    ctx, root, output, info, mask_dir, no_masks, fail_on_unresolved, max_rows, as_json
+) -> None:
     """Manifest of mini-MIAS (mdbNNN.pgm + Info.txt).
 
     Label: any SEVERITY M -> malignant, else B -> benign; NORM -> normal. The two films of a woman
-    (mdb001/mdb002, ...) share a patient_id.
+    (mdb001/mdb002, ...) share a patient_id; laterality from the file number (Info.txt: even =
+    left, odd = right), view MLO. The abnormality circles (origin bottom-left) become ROI masks.
     """
     from featmammo.datasets.mias import build_mias
 
-    _run(ctx, lambda: build_mias(root, info=info), output, as_json, max_rows, fail_on_unresolved)
+    masks = _masks(output, mask_dir, no_masks)
+    _run(
+        ctx,
+        lambda: build_mias(root, info=info, mask_dir=masks),
+        output,
+        as_json,
+        max_rows,
+        fail_on_unresolved,
+        _mask_lines,
+    )
 
 
 @command.command("inbreast")
@@ -179,21 +223,27 @@ def mias(ctx, root, output, info, fail_on_unresolved, max_rows, as_json) -> None
     help="INbreast.xls/.csv (default: found under ROOT).",
 )
 @birads_option
-def inbreast(ctx, root, output, table, birads_map, fail_on_unresolved, max_rows, as_json) -> None:
-    """Manifest of INbreast (AllDICOMs/ + INbreast.xls or its CSV export).
+@_mask_options
+def inbreast(
+    ctx, root, output, table, birads_map, mask_dir, no_masks, fail_on_unresolved, max_rows, as_json
+) -> None:
+    """Manifest of INbreast (AllDICOMs/ + INbreast.xls or its CSV export + AllXML/).
 
     Labels are a BI-RADS proxy (recorded in label_rule): 1 -> normal, 2-3 -> benign,
-    4-6 -> malignant unless --birads-map says otherwise.
+    4-6 -> malignant unless --birads-map says otherwise. The XML lesion outlines (masses,
+    calcifications, others) become ROI masks.
     """
     from featmammo.datasets.inbreast import build_inbreast
 
+    masks = _masks(output, mask_dir, no_masks)
     _run(
         ctx,
-        lambda: build_inbreast(root, table=table, birads_map=birads_map),
+        lambda: build_inbreast(root, table=table, birads_map=birads_map, mask_dir=masks),
         output,
         as_json,
         max_rows,
         fail_on_unresolved,
+        _mask_lines,
     )
 
 
@@ -205,23 +255,36 @@ def inbreast(ctx, root, output, table, birads_map, fail_on_unresolved, max_rows,
     help="breast-level_annotations.csv (default: found under ROOT).",
 )
 @birads_option
+@_mask_options
 def vindr(
-    ctx, root, output, annotations, birads_map, fail_on_unresolved, max_rows, as_json
+    ctx,
+    root,
+    output,
+    annotations,
+    birads_map,
+    mask_dir,
+    no_masks,
+    fail_on_unresolved,
+    max_rows,
+    as_json,
 ) -> None:
     """Manifest of VinDr-Mammo (images/<study>/<image>.dicom + breast-level_annotations.csv).
 
     Labels are a BI-RADS proxy: 1 -> normal, 2-3 -> benign, 4-5 -> malignant unless
-    --birads-map says otherwise. The official split is kept; patient_id = study_id.
+    --birads-map says otherwise. The official split is kept; patient_id = exam_id = study_id.
+    The finding boxes of finding_annotations.csv become ROI masks.
     """
     from featmammo.datasets.vindr import build_vindr
 
+    masks = _masks(output, mask_dir, no_masks)
     _run(
         ctx,
-        lambda: build_vindr(root, annotations=annotations, birads_map=birads_map),
+        lambda: build_vindr(root, annotations=annotations, birads_map=birads_map, mask_dir=masks),
         output,
         as_json,
         max_rows,
         fail_on_unresolved,
+        _mask_lines,
     )
 
 
@@ -232,16 +295,36 @@ def vindr(
     type=click.Path(exists=True, dir_okay=False),
     help="train.csv (default: found under ROOT).",
 )
-def rsna(ctx, root, output, table, fail_on_unresolved, max_rows, as_json) -> None:
+@click.option(
+    "--exclude-implants",
+    is_flag=True,
+    help="Leave out images with implant=1 (listed as excluded; always counted in the summary).",
+)
+def rsna(ctx, root, output, table, exclude_implants, fail_on_unresolved, max_rows, as_json) -> None:
     """Manifest of the RSNA screening challenge data (train_images/<patient>/<image>.dcm +
     train.csv).
 
     Label: cancer=1 -> malignant; biopsy=1 and cancer=0 -> benign; else normal. site_id and
-    machine_id are kept as columns.
+    machine_id are kept as columns. When an image exists as .dcm and .png, the .dcm is used.
     """
     from featmammo.datasets.rsna import build_rsna
 
-    _run(ctx, lambda: build_rsna(root, table=table), output, as_json, max_rows, fail_on_unresolved)
+    def lines(summary: dict) -> list[str]:
+        n = summary["implants"]
+        return [
+            f"implants   {n['images']} image(s) of {n['patients']} patient(s)"
+            + (" left out" if summary["exclude_implants"] else " kept")
+        ]
+
+    _run(
+        ctx,
+        lambda: build_rsna(root, table=table, exclude_implants=exclude_implants),
+        output,
+        as_json,
+        max_rows,
+        fail_on_unresolved,
+        lines,
+    )
 
 
 @command.command("cmmd")
@@ -278,14 +361,7 @@ def cmmd(ctx, root, output, table, fail_on_unresolved, max_rows, as_json) -> Non
     show_default=True,
     help="Overlays whose pathology is UNPROVEN: left out (listed), or counted as benign/malignant.",
 )
-@click.option(
-    "--mask-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Where the overlay outlines are written as ROI mask PNGs (default: <output stem>.masks/ "
-    "beside the manifest).",
-)
-@click.option("--no-masks", is_flag=True, help="Write no ROI masks (roi_mask_path stays empty).")
+@_mask_options
 @click.option(
     "--case-types",
     default=None,
@@ -312,12 +388,9 @@ def ddsm(
     BENIGN_WITHOUT_CALLBACK -> benign, UNPROVEN by --unproven; views without an overlay in abnormal
     cases by --unverified-views. Overlay outlines become ROI masks for --roi crop|patch.
     """
-    from featmammo.datasets.ddsm import build_ddsm, default_mask_dir
+    from featmammo.datasets.ddsm import build_ddsm
 
-    if no_masks:
-        masks = None
-    else:
-        masks = mask_dir if mask_dir is not None else default_mask_dir(output)
+    masks = _masks(output, mask_dir, no_masks)
 
     def lines(summary: dict) -> list[str]:
         out = [
@@ -327,12 +400,7 @@ def ddsm(
         ]
         if summary["excluded"]:
             out.append(f"excluded   {len(summary['excluded'])} view(s) (unverified/unproven)")
-        if summary["mask_dir"]:
-            out.append(
-                f"masks      {summary['mask_dir']}: {summary['masks_written']} written, "
-                f"{summary['masks_reused']} reused, {len(summary['mask_errors'])} errors"
-            )
-        return out
+        return out + _mask_lines(summary)
 
     _run(
         ctx,
@@ -355,16 +423,44 @@ def ddsm(
 
 @command.command("ddsm-patches")
 @_set_options
-def ddsm_patches(ctx, root, output, fail_on_unresolved, max_rows, as_json) -> None:
+@click.option(
+    "--patch-splits",
+    type=click.Choice(["combined", "official"]),
+    default="combined",
+    show_default=True,
+    help="combined: cv10 + test10 -> test, as the set's README says they should be (its cv10 "
+    "holds calcifications only, test10 masses only); official: cv10 -> val, test10 -> test as "
+    "distributed.",
+)
+@click.option(
+    "--corrupt-records",
+    type=click.Choice(["skip", "stop"]),
+    default="skip",
+    show_default=True,
+    help="A damaged TFRecord record (CRC, framing, not a tf.train.Example): skip it and list it "
+    "as unresolved, or stop at the first.",
+)
+def ddsm_patches(
+    ctx, root, output, patch_splits, corrupt_records, fail_on_unresolved, max_rows, as_json
+) -> None:
     """Manifest of the Kaggle DDSM patch set (training10_*.tfrecords + cv10/test10 .npy pairs),
     one row per patch; a row's path is FILE#INDEX.
 
-    Codes 0-4 -> normal / benign / malignant (abnormality_type calc/mass); splits training10 ->
-    train, cv10 -> val, test10 -> test. The set records no patient: patient_id = the patch.
+    Codes 0-4 -> normal / benign / malignant (abnormality_type calc/mass); training10 -> train,
+    cv10/test10 by --patch-splits. The set records no patient: patient_id = the patch.
     """
     from featmammo.datasets.ddsm_patches import build_ddsm_patches
 
-    _run(ctx, lambda: build_ddsm_patches(root), output, as_json, max_rows, fail_on_unresolved)
+    _run(
+        ctx,
+        lambda: build_ddsm_patches(
+            root, patch_splits=patch_splits, corrupt_records=corrupt_records
+        ),
+        output,
+        as_json,
+        max_rows,
+        fail_on_unresolved,
+    )
 
 
 @command.command("merge")

@@ -545,3 +545,34 @@ def test_cli_cbis_and_audit(tmp_path, real_headers, case_rows, cbis_csv_dir):
     preds.to_csv(tmp_path / "predictions.csv", index=False)
     res = runner.invoke(audit_cmd, [str(tmp_path / "predictions.csv"), "--enforce"])
     assert res.exit_code == 1 and "patient(s) in folds 0 and 1: p1" in res.output
+
+
+@pytest.mark.parametrize("cut", ["P_00820 RIGHT MLO", "P_00173 RIGHT CC"])
+def test_a_case_csv_row_cut_short_unresolves_its_image(
+    tmp_path, real_headers, case_rows, cbis_csv_dir, cut
+):
+    """A truncated case CSV: the cut row is never padded (its pathology could be the malignant
+    one); its image is listed with the file and line, even when another complete row names the
+    same image (P_00173 RIGHT CC carries two masses), and the other images resolve."""
+    root = tmp_path / "download"
+    make_tree(root, "classic", real_headers, case_rows)
+    csvs = write_filtered_csvs(tmp_path / "csvs", cbis_csv_dir, case_rows)
+    mass_test = csvs / CSV_NAMES[("mass", "test")]
+    header, rows = case_rows
+    k = max(i for i, r in enumerate(rows) if " ".join(c.strip() for c in r[:4:2] + r[3:4]) == cut)
+    rows = rows[:k] + rows[k + 1 :] + [rows[k]]
+    last = rows[-1]
+    image_id = f"{last[0]}_{last[2].strip().upper()}_{last[3].strip().upper()}"
+    with open(mass_test, "w", newline="") as f:  # the last row cut after its 9th cell
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows[:-1])
+        w.writerow(last[:9])
+    start = mass_test.read_text().count("\n") - 0  # the cut row is the file's last line
+    df, summary = build_cbis_ddsm(root, csv_dir=csvs)
+    assert image_id not in set(df["image_id"]) and len(df) == 7
+    (u,) = summary["unresolved_rows"]
+    assert u["image_id"] == image_id and u["csv"] == f"{mass_test.name}:{start}"
+    assert "cut short" in u["reason"] and "label cannot be decided" in u["reason"]
+    assert summary["unresolved_reasons"] == {"CSV row cut short": 1}
+    assert set(df["exam_id"]) == set(df["patient_id"])

@@ -376,3 +376,5 @@ def test_cli_ddsm_patches_and_merge_with_ddsm(tree, tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["sources"] == {"ddsm": 5, "ddsm-patches": 3}
+    # the patch set was cut from DDSM normals and CBIS-DDSM lesions: the same films
+    assert any("ddsm and ddsm-patches come from the same films" in n for n in summary["notes"])

@@ -69,10 +69,12 @@ mdb006 F NORM
 """
 
 
-def _mias(root, info=MIAS_INFO, films=("mdb001", "mdb002", "mdb003", "mdb004", "mdb005")):
+def _mias(
+    root, info=MIAS_INFO, films=("mdb001", "mdb002", "mdb003", "mdb004", "mdb005"), size=(16, 16)
+):
     for name in films:
         root.mkdir(parents=True, exist_ok=True)
-        PILImage.fromarray(np.full((16, 16), 7, np.uint8)).save(root / f"{name}.pgm")
+        PILImage.fromarray(np.full(size, 7, np.uint8)).save(root / f"{name}.pgm")
     _write(root / "Info.txt", info)
     return root
 

@@ -7,9 +7,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from featmammo.datasets.ddsm_patches import NO_PATIENT_NOTE, build_ddsm_patches
+from featmammo.datasets.ddsm_patches import NO_PATIENT_NOTE, SPLIT_CAVEAT, build_ddsm_patches
 from featmammo.datasets.manifest import read_manifest, write_manifest
-from featmammo.errors import ImageReadError, ManifestError
+from featmammo.errors import ConfigError, ImageReadError, ManifestError
 from featmammo.io import read_image
 from featmammo.io import tfrecord as tfr
 
@@ -47,7 +47,7 @@ def _tree(root):
 
 def test_build_rows_labels_splits_and_paths(tmp_path):
     t0, t1, cv, te = _tree(tmp_path)
-    df, summary = build_ddsm_patches(tmp_path)
+    df, summary = build_ddsm_patches(tmp_path, patch_splits="official")
     assert len(df) == 6 + 2 + 4 + 3
     assert summary["splits"] == {"test": 3, "train": 8, "val": 4}
     assert summary["labels"] == {"benign": 4, "malignant": 5, "normal": 6}
@@ -89,15 +89,73 @@ def test_unknown_code_and_contradicting_label_normal_stop_with_the_record(tmp_pa
         build_ddsm_patches(tmp_path)
 
 
-def test_corrupt_record_is_an_error_naming_file_and_record(tmp_path):
+def test_patch_splits_combined_by_default_with_the_authors_caveat(tmp_path):
+    _tree(tmp_path)
+    df, summary = build_ddsm_patches(tmp_path)
+    assert summary["patch_splits"] == "combined"
+    assert summary["splits"] == {"test": 4 + 3, "train": 8}  # cv10 + test10 -> test, no val
+    assert set(df.loc[df["record_file"] == "cv10_data.npy", "split"]) == {"test"}
+    assert SPLIT_CAVEAT in summary["notes"] and "should be combined" in SPLIT_CAVEAT
+    assert any("no val rows" in n for n in summary["notes"])
+    _, official = build_ddsm_patches(tmp_path, patch_splits="official")
+    assert SPLIT_CAVEAT in official["notes"]
+    assert any("val holds calcifications only" in n for n in official["notes"])
+    with pytest.raises(ConfigError, match="patch_splits"):
+        build_ddsm_patches(tmp_path, patch_splits="mine")
+
+
+def _flip(path, byte):
+    raw = bytearray(path.read_bytes())
+    raw[byte] ^= 1
+    path.write_bytes(bytes(raw))
+
+
+def test_a_corrupt_record_is_listed_and_the_rest_kept(tmp_path):
+    """A data CRC failure in one record: that record listed (file, record, offset), the records
+    after it kept and readable; --corrupt-records stop keeps the old stop."""
     p = tmp_path / "training10_2.tfrecords"
-    _tfrecord(p, [0, 1, 2])
-    raw = bytearray(p.read_bytes())
-    raw[len(raw) // 3 * 2 + 40] ^= 1  # a data byte of record 2
-    p.write_bytes(bytes(raw))
-    with pytest.raises(ImageReadError, match="record 2 at byte .*data CRC mismatch") as info:
-        build_ddsm_patches(tmp_path)
+    imgs = _tfrecord(p, [0, 1, 2, 3])
+    size = len(p.read_bytes()) // 4
+    _flip(p, size + 40)  # a data byte of record 1
+    other = _tfrecord(tmp_path / "training10_3.tfrecords", [4], seed=3)
+    df, summary = build_ddsm_patches(tmp_path)
+    assert list(df["record_index"]) == ["0", "2", "3", "0"]
+    (bad,) = summary["unresolved_rows"]
+    assert bad["where"] == f"{p}#1" and bad["image_id"] == "training10_2-00001"
+    assert bad["reason"] == f"record 1 at byte {size}: data CRC mismatch (corrupt record)"
+    assert any("1 damaged record(s) left out" in n for n in summary["notes"])
+    by = df.set_index("image_id")
+    np.testing.assert_array_equal(read_image(by.loc["training10_2-00003", "path"]).pixels, imgs[3])
+    np.testing.assert_array_equal(read_image(by.loc["training10_3-00000", "path"]).pixels, other[0])
+    with pytest.raises(ImageReadError, match="record 1 at byte .*data CRC mismatch") as info:
+        build_ddsm_patches(tmp_path, corrupt_records="stop")
     assert info.value.path == str(p)
+
+
+def test_a_damaged_header_ends_the_file_but_keeps_the_records_before(tmp_path):
+    p = tmp_path / "training10_0.tfrecords"
+    imgs = _tfrecord(p, [0, 1, 2, 3])
+    size = len(p.read_bytes()) // 4
+    _flip(p, 2 * size + 3)  # the length field of record 2
+    df, summary = build_ddsm_patches(tmp_path)
+    assert list(df["record_index"]) == ["0", "1"]
+    (bad,) = summary["unresolved_rows"]
+    assert bad["where"] == f"{p}#2" and "corrupt record header" in bad["reason"]
+    assert "records after it cannot be located" in bad["reason"]
+    np.testing.assert_array_equal(read_image(df["path"].iloc[1]).pixels, imgs[1])
+    with pytest.raises(ImageReadError, match="record 2 at byte .*corrupt record header"):
+        read_image(f"{p}#3")
+    # a record that is no tf.train.Example: listed in skip mode, a stop otherwise
+    from featmammo.io.tfrecord import frame_record
+
+    q = tmp_path / "training10_1.tfrecords"
+    q.write_bytes(frame_record(b"\xff\xff\xff") + p.read_bytes()[:size])
+    df, summary = build_ddsm_patches(tmp_path)
+    assert f"{q}#0" in {u["where"] for u in summary["unresolved_rows"]}
+    assert "training10_1-00001" in set(df["image_id"])
+    p.unlink()
+    with pytest.raises(ManifestError, match=r"training10_1.tfrecords#0: record is not a tf.train"):
+        build_ddsm_patches(tmp_path, corrupt_records="stop")
 
 
 def test_unpaired_and_mismatched_npy_are_listed_not_dropped(tmp_path):
@@ -111,8 +169,32 @@ def test_unpaired_and_mismatched_npy_are_listed_not_dropped(tmp_path):
     assert len(df) == 1
     reasons = [u["reason"] for u in summary["unresolved_rows"]]
     assert "cv10_labels.npy not found beside it" in reasons
-    assert "3 patches but 2 labels in test10_labels.npy" in reasons
+    assert (
+        "length mismatch: test10_data.npy holds 3 patches but test10_labels.npy 2 labels" in reasons
+    )
     assert summary["ignored_files"] == [str(tmp_path / "other.tfrecords")]
+
+
+def test_length_mismatch_alone_says_so_not_no_patches(tmp_path):
+    _npy(tmp_path, "test10", [0, 1, 2])
+    np.save(tmp_path / "test10_labels.npy", np.array([0, 1]))
+    with pytest.raises(ManifestError, match=r"none usable: .*length mismatch: test10_data.npy"):
+        build_ddsm_patches(tmp_path)
+
+
+def test_float_patches_are_listed_up_front(tmp_path):
+    """A float32 cv10_data.npy would build rows whose every read fails: its dtype is checked
+    while building and the pair listed with the reason."""
+    _npy(tmp_path, "test10", [0, 2])
+    data = np.load(tmp_path / "test10_data.npy").astype(np.float32)
+    np.save(tmp_path / "cv10_data.npy", data)
+    np.save(tmp_path / "cv10_labels.npy", np.array([0, 1]))
+    df, summary = build_ddsm_patches(tmp_path)
+    assert set(df["record_file"]) == {"test10_data.npy"}
+    (bad,) = summary["unresolved_rows"]
+    assert bad["where"].endswith("cv10_data.npy") and "dtype float32" in bad["reason"]
+    for row in df.itertuples():
+        read_image(row.path)  # every row it keeps reads
 
 
 def test_empty_root_is_an_error(tmp_path):

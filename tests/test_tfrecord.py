@@ -181,3 +181,85 @@ def test_npy_records(tmp_path):
     p.write_bytes(p.read_bytes()[:-300])  # truncated
     with pytest.raises(ImageReadError):
         read_image(f"{p}#4")
+
+
+# ------------------------------------------------------------------------------------------------
+# Frames written without the project's serializer: every byte built here from the TFRecord and
+# protobuf wire-format specifications, CRCs from google_crc32c directly.
+# ------------------------------------------------------------------------------------------------
+def _masked(crc: int) -> int:
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _frame_by_hand(data: bytes) -> bytes:
+    import google_crc32c
+
+    length = struct.pack("<Q", len(data))
+    return (
+        length
+        + struct.pack("<I", _masked(google_crc32c.value(length)))
+        + data
+        + struct.pack("<I", _masked(google_crc32c.value(data)))
+    )
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while n >= 0x80:
+        out += bytes([n & 0x7F | 0x80])
+        n >>= 7
+    return out + bytes([n])
+
+
+# tf.train.Example{features{feature{key: "label" value{int64_list{value: [2]}}}}}, byte by byte:
+# Int64List 0a 01 02 (field 1 packed, 1 byte); Feature 1a 03 .. (field 3 = int64_list);
+# map entry 0a 05 "label" 12 05 ..; Features 0a 0e ..; Example 0a 10 ..
+LABEL_2 = b"\x0a\x10\x0a\x0e\x0a\x05label\x12\x05\x1a\x03\x0a\x01\x02"
+
+
+def _ld(field: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (wire type 2)."""
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _example_by_hand(image: bytes, label: int, extra_first: bool) -> bytes:
+    def entry(key: bytes, feature: bytes) -> bytes:  # Features.feature map entry (field 1)
+        return _ld(1, _ld(1, key) + _ld(2, feature))
+
+    def int64s(*values: int) -> bytes:  # Feature.int64_list (3) of Int64List.value (1), packed
+        return _ld(3, _ld(1, b"".join(_varint(v) for v in values)))
+
+    feats = [
+        entry(b"label", int64s(label)),
+        entry(b"label_normal", int64s(int(label > 0))),
+        entry(b"image", _ld(1, _ld(1, image))),  # Feature.bytes_list (1) of BytesList.value (1)
+    ]
+    if extra_first:  # map order is not fixed; an unknown feature holding a float_list (2)
+        feats.insert(0, entry(b"note", _ld(2, _ld(1, struct.pack("<f", 0.5)))))
+    return _ld(1, b"".join(feats))  # Example.features (field 1)
+
+
+def test_hand_built_frames_read_exactly(tmp_path):
+    """A TFRecord file whose frames and tf.train.Example bytes were built by hand reads back
+    exactly through the reader, the manifest builder and read_image."""
+    from featmammo.datasets.ddsm_patches import build_ddsm_patches
+
+    assert tfr.parse_example(LABEL_2) == {"label": [2]}
+    rng = np.random.default_rng(7)
+    imgs = [rng.integers(0, 256, (299, 299), dtype=np.uint8) for _ in range(3)]
+    codes = [0, 4, 1]
+    p = tmp_path / "training10_0.tfrecords"
+    p.write_bytes(
+        b"".join(
+            _frame_by_hand(_example_by_hand(im.tobytes(), c, extra_first=k == 1))
+            for k, (im, c) in enumerate(zip(imgs, codes, strict=True))
+        )
+    )
+    assert [tfr.parse_example(d)["label"] for _, _, d in tfr.iter_records(p)] == [[0], [4], [1]]
+    df, summary = build_ddsm_patches(tmp_path)
+    assert list(df["label"]) == ["normal", "malignant", "benign"]
+    assert list(df["label_normal"]) == ["0", "1", "1"] and summary["unresolved"] == 0
+    for row, im in zip(df.itertuples(), imgs, strict=True):
+        np.testing.assert_array_equal(read_image(row.path).pixels, im)
+    # the project's writer gives the very bytes built by hand for the same record
+    assert tfr.frame_record(LABEL_2) == _frame_by_hand(LABEL_2)

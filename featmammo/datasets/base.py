@@ -18,6 +18,7 @@ builder lists each row it could not turn into a manifest row.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -70,12 +71,51 @@ def abs_root(root, what: str) -> Path:
 # --------------------------------------------------------------------------------------------
 class Table:
     """A source table read as stripped strings: ``df``, ``lines`` (the file line of each row;
-    for spreadsheets the sheet row, header = 1) and ``path``; :meth:`where` names a row."""
+    for spreadsheets the sheet row, header = 1) and ``path``; :meth:`where` names a row.
 
-    def __init__(self, path: Path, df: pd.DataFrame, lines: list[int]):
+    Rows cut short (a truncated CSV) are not in ``df``: they are ``short_rows`` (see
+    :func:`~featmammo.datasets.manifest.read_csv_strings`), which a builder lists with
+    :meth:`cut_rows`; ``notes`` says when the file's last line has no line break."""
+
+    def __init__(
+        self, path: Path, df: pd.DataFrame, lines: list[int], short_rows=(), notes=(),
+        no_final_newline: bool = False,
+    ):  # fmt: skip
         self.path = path
         self.df = df
         self.lines = lines
+        self.short_rows = list(short_rows)
+        self.notes = list(notes)
+        self.no_final_newline = no_final_newline
+
+    @contextlib.contextmanager
+    def last_row_guard(self, pos: int, unresolved: list[dict], image_id: str = ""):
+        """Around the handling of row ``pos``: a ManifestError on the file's last row when that
+        line has no line break (the file was most likely cut inside its last cell: ``trai`` for
+        ``training``) lists the row as unresolved instead of stopping; any other stands."""
+        try:
+            yield
+        except ManifestError as exc:
+            if not (self.no_final_newline and pos == len(self.df) - 1):
+                raise
+            unresolved.append(
+                {
+                    "image_id": image_id,
+                    "where": self.where(pos),
+                    "reason": f"{exc} (the file's last line, without a line break: cut short?)",
+                }
+            )
+
+    def cut_rows(self, id_column: str | None = None) -> list[dict]:
+        """The rows cut short as unresolved rows (``image_id`` from ``id_column`` when the row
+        still holds it, ``where`` = file and line, ``reason``)."""
+        pos = list(self.df.columns).index(id_column) if id_column in self.df.columns else None
+        out = []
+        for r in self.short_rows:
+            iid = r["cells"][pos] if pos is not None and pos < len(r["cells"]) else ""
+            out.append({"image_id": iid, "where": f"{self.path}: line {r['line']}",
+                        "reason": r["reason"]})  # fmt: skip
+        return out
 
     def where(self, pos: int) -> str:
         return f"{self.path}: line {self.lines[pos]}"
@@ -116,7 +156,11 @@ def read_table(path, what: str) -> Table:
     if ext in (".xls", ".xlsx"):
         engine = "xlrd" if ext == ".xls" else "openpyxl"
         try:
-            raw = pd.read_excel(p, sheet_name=0, dtype=object, header=None, engine=engine)
+            if ext == ".xls":
+                cells = _xls_cells(p)
+            else:
+                raw = pd.read_excel(p, sheet_name=0, dtype=object, header=None, engine=engine)
+                cells = [[_cell(v) for v in row] for row in raw.itertuples(index=False)]
         except ImportError as exc:
             raise ManifestError(
                 f"{p}: reading {ext} needs the '{engine}' package (pip install {engine}), "
@@ -124,7 +168,6 @@ def read_table(path, what: str) -> Table:
             ) from exc
         except Exception as exc:  # noqa: BLE001 - any reader failure names the file
             raise ManifestError(f"{p}: cannot read {what} ({type(exc).__name__}: {exc})") from exc
-        cells = [[_cell(v) for v in row] for row in raw.itertuples(index=False)]
         keep = [i for i, row in enumerate(cells) if any(row)]
         if not keep:
             raise ManifestError(f"{p}: empty {what}")
@@ -139,8 +182,45 @@ def read_table(path, what: str) -> Table:
     delimiter = ","
     if "," not in first:
         delimiter = next((d for d in (";", "\t") if d in first), ",")
-    df, lines = read_csv_strings(p, delimiter=delimiter)
-    return Table(p, df, lines)
+    df, lines = read_csv_strings(p, delimiter=delimiter, short_rows="list")
+    notes = []
+    if df.attrs.get("no_final_newline") and lines:
+        notes.append(
+            f"{p.name}: the last line (line {lines[-1]}) has no line break: if the file was cut "
+            "short there, its last cell may be cut too (check that row)"
+        )
+    return Table(
+        p, df, lines, df.attrs.get("short_rows", ()), notes, bool(df.attrs.get("no_final_newline"))
+    )
+
+
+def _xls_cells(p: Path) -> list[list[str]]:
+    """The first sheet of a BIFF ``.xls`` through xlrd itself (pandas' xlrd engine is
+    deprecated): numbers without a spurious ``.0``, date cells as ISO dates, empty cells ``""``."""
+    import xlrd
+
+    book = xlrd.open_workbook(str(p), on_demand=True)
+    try:
+        sheet = book.sheet_by_index(0)
+        out = []
+        for r in range(sheet.nrows):
+            row = []
+            for c in sheet.row(r):
+                if c.ctype == xlrd.XL_CELL_DATE:
+                    d = xlrd.xldate_as_datetime(c.value, book.datemode)
+                    row.append(d.date().isoformat() if d.time().isoformat() == "00:00:00"
+                               else d.isoformat())  # fmt: skip
+                elif c.ctype in (xlrd.XL_CELL_EMPTY, xlrd.XL_CELL_BLANK, xlrd.XL_CELL_ERROR):
+                    row.append("")
+                elif c.ctype == xlrd.XL_CELL_BOOLEAN:
+                    row.append(str(bool(c.value)))
+                else:
+                    row.append(_cell(c.value))
+            out.append(row)
+    finally:
+        book.release_resources()
+    width = max((len(r) for r in out), default=0)
+    return [r + [""] * (width - len(r)) for r in out]
 
 
 def _cell(v) -> str:
@@ -253,10 +333,31 @@ def birads_label(category: str, mapping: dict[str, str]) -> str | None:
     return mapping.get(category, mapping.get(category[:1]))
 
 
+def birads_decision(value, mapping: dict[str, str], where: str, unknown: str) -> tuple[str, str]:
+    """(category, label or ``exclude``) of a table's BI-RADS cell ``value``; a ManifestError
+    naming ``where`` when the cell holds no category (``unknown``: the message's start, e.g.
+    ``"unknown BI-RADS value '7' (expected 1-6)"``) or the map has no entry for it."""
+    cat = birads_category(value)
+    if cat is None:
+        raise ManifestError(f"{where}: {unknown}")
+    label = birads_label(cat, mapping)
+    if label is None:
+        raise ManifestError(f"{where}: BI-RADS {cat} has no entry in the BI-RADS map")
+    return cat, label
+
+
 def birads_rule(mapping: dict[str, str]) -> str:
     """``BI-RADS proxy (not pathology): 1=normal, 2=benign, ...`` for ``label_rule``."""
     body = ", ".join(f"{k}={v}" for k, v in sorted(mapping.items()))
     return f"BI-RADS proxy (assessment, not pathology): {body}"
+
+
+#: what the summaries of the digital sets (DICOM: VinDr, RSNA, INbreast, CMMD) tell their users
+WINDOWING_NOTE = (
+    "digital mammograms: extract/train read the DICOMs with --windowing auto by default (the "
+    "file's VOI LUT or window when present, else the stored range; MONOCHROME1 inverted); "
+    "--windowing none reads the raw stored values"
+)
 
 
 def side_files(output) -> tuple[Path, Path]:

@@ -213,6 +213,7 @@ def resolve_images(images: pd.DataFrame, index: FileIndex) -> tuple[pd.DataFrame
         )
         out.append(rec)
     cols = REQUIRED_COLUMNS + [
+        "exam_id",
         "abnormality_type",
         "pathology",
         "label_rule",
@@ -267,6 +268,7 @@ def build_cbis_ddsm(
     wanted.discard("")
     index = build_index(root, wanted_series=wanted, cache=cache, walk=w)
     df, unresolved, counts = resolve_images(images, index)
+    df = _drop_cut(df, cases.attrs.get("cut_rows", []), unresolved)
     if df.empty:
         reasons = Counter(_reason_kind(u["reason"]) for u in unresolved)
         hint = (
@@ -345,7 +347,39 @@ def build_cbis_ddsm(
     return df, summary
 
 
+def _drop_cut(df: pd.DataFrame, cut_rows: list[dict], unresolved: list[dict]) -> pd.DataFrame:
+    """Images with an abnormality row cut short (a truncated CSV) leave the manifest: their label
+    cannot be decided from the rows that remain (the cut one may be the malignant lesion). Each
+    cut row is listed, with the image it belongs to when its patient/side/view survived."""
+    drop = set()
+    for c in cut_rows:
+        key = bool(c["patient_id"] and c["laterality"] and c["view"])
+        hit = (
+            (df["patient_id"] == c["patient_id"])
+            & (df["laterality"] == c["laterality"])
+            & (df["view"] == c["view"])
+            if key
+            else pd.Series(False, index=df.index)
+        )
+        ids = list(df.loc[hit, "image_id"])
+        drop.update(ids)
+        side = "LEFT" if c["laterality"] == "L" else "RIGHT"
+        own = f"{c['patient_id']}_{side}_{c['view']}" if key else ""
+        unresolved.append(
+            {
+                "image_id": ids[0] if ids else own,
+                "subject": c["patient_id"],
+                "csv": c["csv"],
+                "reason": c["reason"]
+                + ("; the image's label cannot be decided without it" if key else ""),
+            }
+        )
+    return df[~df["image_id"].isin(drop)].reset_index(drop=True) if drop else df
+
+
 def _reason_kind(reason: str) -> str:
+    if "cut short" in reason:
+        return "CSV row cut short"
     if "not found under ROOT" in reason:
         return "series not found under ROOT"
     if reason.startswith("metadata.csv lists"):

@@ -142,12 +142,27 @@ def read_case_csvs(csv_files: dict[tuple[str, str], Path]) -> pd.DataFrame:
     mass_shape, mass_margins, calc_type, calc_distribution, assessment, subtlety, subject,
     study_uid, series_uid, crop_subject, crop_study_uid, crop_series_uid, crop_file,
     mask_study_uid, mask_series_uid, mask_file, path_error``. Raises ManifestError (file + line) on
-    missing columns, unknown pathology or laterality.
+    missing columns, unknown pathology or laterality. A row cut short (a truncated CSV) is not
+    padded: it is left out and described in ``attrs["cut_rows"]`` (patient, side, view where the
+    row still holds them, ``csv``, ``reason``) for the builder to list with its image.
     """
     all_rows: list[dict] = []
+    cut_rows: list[dict] = []
     density_zero = 0
     for (subset, split), path in sorted(csv_files.items()):
-        df, lines = read_csv_strings(path)
+        df, lines = read_csv_strings(path, short_rows="list")
+        for r in df.attrs.get("short_rows", ()):
+            cells = dict(zip(df.columns, r["cells"], strict=False))
+            side = cells.get("left or right breast", "").upper()
+            cut_rows.append(
+                {
+                    "patient_id": cells.get("patient_id", ""),
+                    "laterality": side[:1] if side in ("LEFT", "RIGHT") else "",
+                    "view": cells.get("image view", "").upper(),
+                    "csv": f"{path.name}:{r['line']}",
+                    "reason": f"{path}: line {r['line']}: {r['reason']}",
+                }
+            )
         missing = [c for c in CASE_COLUMNS if c not in df.columns]
         density_col = next((c for c in DENSITY_COLUMNS if c in df.columns), None)
         if density_col is None:
@@ -223,6 +238,7 @@ def read_case_csvs(csv_files: dict[tuple[str, str], Path]) -> pd.DataFrame:
         )
     cases = pd.DataFrame(all_rows, dtype=object)
     cases.attrs["density_zero"] = density_zero
+    cases.attrs["cut_rows"] = cut_rows
     if density_zero:
         log.warning(
             "%d abnormality rows have density 0 (not a BI-RADS density): left empty", density_zero
@@ -331,6 +347,7 @@ def images_from_cases(
                 ),
                 "label": "malignant" if "MALIGNANT" in pathologies else "benign",
                 "patient_id": chosen["patient_id"],
+                "exam_id": chosen["patient_id"],
                 "laterality": chosen["laterality"],
                 "view": chosen["view"],
                 "split": split,

@@ -13,6 +13,8 @@ Rules (documented choices):
 - The image's label is its breast's ``classification``. An image whose breast has no clinical
   row is an unresolved row (not assumed normal); a clinical row without any image is an
   unresolved row; an unreadable DICOM or one without a side in its header too.
+- ``exam_id`` = ``ID1`` (one exam per patient). A clinical row cut short (a truncated CSV
+  export) is listed (unresolved), and its breast's images say so, never padded.
 - ``image_id`` = ``<ID1>_<side>_<view>`` (``_2``, ``_3``... when a breast view has several
   files, in path order). No official split (``split`` empty).
 """
@@ -26,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from featmammo.datasets.base import (
+    WINDOWING_NOTE,
     abs_root,
     find_file,
     manifest_frame,
@@ -46,7 +49,16 @@ TABLE_NAMES = [
 ]
 CLASSIFICATIONS = {"benign": "benign", "malignant": "malignant"}
 LABEL_RULE = "clinical classification of the image's breast (Benign/Malignant; biopsy-based)"
-EXTRA_COLUMNS = ["label_rule", "abnormality", "subtype", "age", "number", "study_uid", "series_uid"]
+EXTRA_COLUMNS = [
+    "label_rule",
+    "exam_id",
+    "abnormality",
+    "subtype",
+    "age",
+    "number",
+    "study_uid",
+    "series_uid",
+]
 HEADER_TAGS = [
     "PatientID",
     "ImageLaterality",
@@ -97,39 +109,48 @@ def build_cmmd(root, *, table=None) -> tuple[pd.DataFrame, dict]:
     c_age = t.column("Age", required=False)
     c_num = t.column("number", required=False)
     breasts: dict[tuple[str, str], dict] = {}
+    unresolved = t.cut_rows(c_id)
+    # a breast whose clinical row was cut short: its images say so instead of "no clinical row"
+    ci, cs = list(t.df.columns).index(c_id), list(t.df.columns).index(c_side)
+    cut = {
+        (r["cells"][ci], r["cells"][cs].upper()[:1]): f"{t.path}: line {r['line']}"
+        for r in t.short_rows
+        if len(r["cells"]) > max(ci, cs)
+    }
     for pos, rec in enumerate(t.rows()):
-        where = t.where(pos)
-        pid = rec[c_id]
-        if not pid:
-            continue
-        side = rec[c_side].upper()[:1]
-        if side not in ("L", "R"):
-            raise ManifestError(f"{where}: unknown LeftRight {rec[c_side]!r} (expected L or R)")
-        label = CLASSIFICATIONS.get(rec[c_cls].strip().lower())
-        if label is None:
-            raise ManifestError(
-                f"{where}: unknown classification {rec[c_cls]!r} (expected Benign or Malignant)"
-            )
-        if (pid, side) in breasts:
-            raise ManifestError(
-                f"{where}: second row for {pid} side {side} "
-                f"(first at line {breasts[(pid, side)]['line']})"
-            )
-        breasts[(pid, side)] = {
-            "label": label,
-            "where": where,
-            "line": t.lines[pos],
-            "abnormality": rec[c_abn] if c_abn else "",
-            "subtype": rec[c_sub] if c_sub else "",
-            "age": rec[c_age] if c_age else "",
-            "number": rec[c_num] if c_num else "",
-        }
+        with t.last_row_guard(pos, unresolved, rec[c_id]):
+            where = t.where(pos)
+            pid = rec[c_id]
+            if not pid:
+                continue
+            side = rec[c_side].upper()[:1]
+            if side not in ("L", "R"):
+                raise ManifestError(f"{where}: unknown LeftRight {rec[c_side]!r} (expected L or R)")
+            label = CLASSIFICATIONS.get(rec[c_cls].strip().lower())
+            if label is None:
+                raise ManifestError(
+                    f"{where}: unknown classification {rec[c_cls]!r} (expected Benign or Malignant)"
+                )
+            if (pid, side) in breasts:
+                raise ManifestError(
+                    f"{where}: second row for {pid} side {side} "
+                    f"(first at line {breasts[(pid, side)]['line']})"
+                )
+            breasts[(pid, side)] = {
+                "label": label,
+                "where": where,
+                "line": t.lines[pos],
+                "abnormality": rec[c_abn] if c_abn else "",
+                "subtype": rec[c_sub] if c_sub else "",
+                "age": rec[c_age] if c_age else "",
+                "number": rec[c_num] if c_num else "",
+            }
     if not breasts:
-        raise ManifestError(f"{t.path}: no clinical row with an ID1")
-    ids = {pid for pid, _ in breasts}
+        raise ManifestError(f"{t.path}: no usable clinical row with an ID1")
+    ids = {pid for pid, _ in breasts} | {pid for pid, _ in cut}
 
     dicoms = list(walk_files(root, (".dcm",)))
-    rows, unresolved = [], []
+    rows = []
     seen_breasts: set[tuple[str, str]] = set()
     for path in dicoms:
         where = str(path)
@@ -153,12 +174,18 @@ def build_cmmd(root, *, table=None) -> tuple[pd.DataFrame, dict]:
             continue
         breast = breasts.get((pid, h["laterality"]))
         if breast is None:
+            cut_at = cut.get((pid, h["laterality"]))
             unresolved.append(
                 {
                     "image_id": "",
                     "where": where,
-                    "reason": f"no clinical row for {pid or '(no patient id)'} side "
-                    f"{h['laterality']} (not assumed normal)",
+                    "reason": (
+                        f"no clinical row for {pid or '(no patient id)'} side "
+                        f"{h['laterality']} (not assumed normal)"
+                        if cut_at is None
+                        else f"no clinical row for {pid} side {h['laterality']}: its row at "
+                        f"{cut_at} is cut short (not assumed normal)"
+                    ),
                 }
             )
             continue
@@ -174,6 +201,7 @@ def build_cmmd(root, *, table=None) -> tuple[pd.DataFrame, dict]:
                 "split": "",
                 "source": SOURCE,
                 "label_rule": LABEL_RULE,
+                "exam_id": pid,
                 "abnormality": breast["abnormality"],
                 "subtype": breast["subtype"],
                 "age": breast["age"],
@@ -210,7 +238,11 @@ def build_cmmd(root, *, table=None) -> tuple[pd.DataFrame, dict]:
         source=SOURCE,
         label_rule=LABEL_RULE,
         unresolved=unresolved,
-        notes=["side from the DICOM header; breasts without a clinical row are not labelled"],
+        notes=[
+            "side from the DICOM header; breasts without a clinical row are not labelled",
+            WINDOWING_NOTE,
+        ]
+        + t.notes,
         reason_kind=_reason_kind,
         table=str(t.path),
         clinical_rows=len(breasts),

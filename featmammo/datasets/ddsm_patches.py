@@ -9,20 +9,34 @@ Rules (documented choices):
 
 - A row's ``path`` addresses one patch: ``<file>#<index>`` (0-based record / array index),
   readable by :func:`featmammo.io.read_image`. TFRecords are streamed record by record (CRCs
-  checked; a corrupt record stops the build with an ImageReadError naming the file, the record
-  and its byte offset); ``.npy`` data arrays are only memory-mapped to check their shape and
-  count, never loaded. Memory stays flat whatever the set's size.
+  checked); ``.npy`` data arrays are only memory-mapped to check their shape, dtype and count,
+  never loaded. Memory stays flat whatever the set's size.
+- Damage (``corrupt_records``, CLI ``--corrupt-records``): ``skip`` (default) lists each unusable
+  record as an unresolved row naming the file, the record and its byte offset and goes on: past a
+  record whose data CRC fails or that is not a ``tf.train.Example`` with one ``label``; a damaged
+  or truncated record header ends that file (where the next record starts is unknown: the
+  records before it stay, the rest is one listed entry). ``stop`` raises the first damage
+  (ImageReadError naming the file, record and offset). A ``.npy`` pair that cannot be used --
+  unreadable, not ``(N, H, W[, 1])``, not uint8/uint16 patches (a float32 copy: every read
+  would fail), labels not ``(N,)`` integer codes, or a length mismatch -- is one unresolved
+  entry saying which, never a guess.
 - Label codes: 0 normal; 1 benign calcification, 2 benign mass, 3 malignant calcification,
   4 malignant mass -> ``label`` normal/benign/malignant and ``abnormality_type`` calc/mass
   (empty for normal). Any other code stops the build naming the file and record. A record whose
   ``label_normal`` contradicts its code (``label_normal`` must be 0 for code 0, else 1) stops too.
-- Splits: ``training10*`` -> train, ``cv10*`` -> val, ``test10*`` -> test (from the file name).
+- Splits (``patch_splits``, CLI ``--patch-splits``): ``training10*`` -> train always. The set's
+  own README says its test/validation split "was done incorrectly": ``test10`` holds only masses
+  and ``cv10`` only calcifications among the abnormal patches, and they "should be combined".
+  ``combined`` (the default) puts ``cv10`` and ``test10`` together as ``test`` (both lesion types;
+  no ``val`` rows: a validation split is then drawn from the training rows); ``official`` keeps
+  ``cv10`` -> val and ``test10`` -> test as distributed (a model chosen on val has seen
+  calcifications only, and test scores masses only). The summary says which, with the caveat.
   Other ``.tfrecords`` / ``*_data.npy`` files are listed in the summary and left out.
 - The set records no patient, no source image and no laterality/view: ``patient_id`` is the
   patch's own id, so patient-grouped CV cannot keep a woman's patches (or the augmented copies
   of one lesion) together; the summary says so. Its counts are compared with the published ones.
-- A ``*_data.npy`` without its ``*_labels.npy`` (or the reverse), or a pair whose lengths
-  differ, is an unresolved entry (listed with the reason), never a guess.
+- A ``*_data.npy`` without its ``*_labels.npy`` (or the reverse) is an unresolved entry too.
+  When nothing usable is found the error says what was found and why none of it could be used.
 """
 
 from __future__ import annotations
@@ -53,6 +67,19 @@ LABEL_RULE = (
     "3 malignant calcification, 4 malignant mass"
 )
 SPLIT_PREFIXES = (("training10", "train"), ("cv10", "val"), ("test10", "test"))
+PATCH_SPLITS = ("combined", "official")
+CORRUPT_POLICIES = ("skip", "stop")
+SPLIT_CAVEAT = (
+    "the set's own README says its test/validation split was done incorrectly: test10 holds only "
+    "masses and cv10 only calcifications among the abnormal patches, and they should be combined"
+)
+SPLIT_NOTES = {
+    "combined": "--patch-splits combined: cv10 + test10 -> test (masses and calcifications); no "
+    "val rows: a validation split is drawn from the training rows",
+    "official": "--patch-splits official: cv10 -> val holds calcifications only and test10 -> test "
+    "masses only: a model chosen on val never saw a mass there, and test scores masses only "
+    "(--patch-splits combined merges them into one test split)",
+}
 # The counts the set's files hold as written (DATASETS.md); the README says 55,890 for training.
 PUBLISHED = {"train": 55885, "val": 7682, "test": 7682}
 EXTRA_COLUMNS = [
@@ -72,12 +99,13 @@ NO_PATIENT_NOTE = (
 )
 
 
-def split_of(name: str) -> str | None:
-    """``train``/``val``/``test`` from a file name (``training10_3.tfrecords`` -> train)."""
+def split_of(name: str, patch_splits: str = "official") -> str | None:
+    """``train``/``val``/``test`` from a file name (``training10_3.tfrecords`` -> train); with
+    ``patch_splits="combined"``, ``cv10`` files are ``test`` too."""
     low = name.lower()
     for prefix, split in SPLIT_PREFIXES:
         if low.startswith(prefix):
-            return split
+            return "test" if split == "val" and patch_splits == "combined" else split
     return None
 
 
@@ -128,63 +156,104 @@ def _check_label_normal(value, code: int, where: str):
     return value
 
 
-def _tfrecord_rows(path: Path, split: str) -> list[dict]:
+def _tfrecord_rows(path: Path, split: str, unresolved: list, corrupt: str) -> list[dict]:
+    from featmammo.errors import ImageReadError
     from featmammo.io import tfrecord
 
     rows = []
     stem = path.name.split(".")[0]
-    for index, _offset, data in tfrecord.iter_records(path):
-        where = f"{path}#{index}"
-        try:
-            ex = tfrecord.parse_example(data)
-        except tfrecord.ExampleParseError as exc:
-            raise ManifestError(f"{where}: record is not a tf.train.Example ({exc})") from None
-        del data
-        labels = ex.get("label")
-        if not labels or len(labels) != 1:
-            raise ManifestError(
-                f"{where}: the record has no single 'label' value (features: "
-                f"{', '.join(sorted(ex)) or 'none'})"
-            )
-        code = _code(labels[0], where)
-        ln = ex.get("label_normal")
-        label_normal = _check_label_normal(ln[0] if ln else None, code, where)
-        rows.append(_row(path, index, code, label_normal, split, stem))
+    try:
+        records = tfrecord.iter_records(path, errors="raise" if corrupt == "stop" else "yield")
+        for index, offset, data in records:
+            where = f"{path}#{index}"
+            if isinstance(data, ImageReadError):
+                unresolved.append(_damaged(path, index, offset, data.reason))
+                continue
+            try:
+                ex = tfrecord.parse_example(data)
+            except tfrecord.ExampleParseError as exc:
+                problem = f"record is not a tf.train.Example ({exc})"
+                if corrupt == "stop":
+                    raise ManifestError(f"{where}: {problem}") from None
+                unresolved.append(_damaged(path, index, offset, problem))
+                continue
+            del data
+            labels = ex.get("label")
+            if not labels or len(labels) != 1:
+                problem = (
+                    "the record has no single 'label' value (features: "
+                    f"{', '.join(sorted(ex)) or 'none'})"
+                )
+                if corrupt == "stop":
+                    raise ManifestError(f"{where}: {problem}")
+                unresolved.append(_damaged(path, index, offset, problem))
+                continue
+            code = _code(labels[0], where)
+            ln = ex.get("label_normal")
+            label_normal = _check_label_normal(ln[0] if ln else None, code, where)
+            rows.append(_row(path, index, code, label_normal, split, stem))
+    except ImageReadError as exc:
+        if corrupt == "stop" or exc.path != str(path):
+            raise
+        # the file cannot be opened at all (gzip-compressed, unreadable): one listed entry
+        unresolved.append({"image_id": "", "where": str(path), "reason": exc.reason})
     return rows
 
 
-def _npy_rows(data_path: Path, labels_path: Path, split: str, unresolved: list) -> list[dict]:
+def _damaged(path: Path, index: int, offset: int, problem: str) -> dict:
+    if problem.startswith(f"record {index} at byte"):
+        problem = problem.split(": ", 1)[1]
+    if "record header" in problem or "past the end" in problem:
+        problem += "; the records after it cannot be located (the file is read up to here)"
+    return {
+        "image_id": f"{path.name.split('.')[0]}-{index:05d}",
+        "where": f"{path}#{index}",
+        "reason": f"record {index} at byte {offset}: {problem}",
+    }
+
+
+def _load(path: Path, **kwargs) -> tuple[np.ndarray | None, str]:
     try:
-        data = np.load(data_path, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - ValueError/OSError on a damaged header
-        raise ManifestError(f"{data_path}: not a readable .npy array ({exc})") from None
-    shape = data.shape
+        return np.load(path, allow_pickle=False, **kwargs), ""
+    except Exception as exc:  # noqa: BLE001 - ValueError/OSError/EOFError on a damaged file
+        return None, f"{path.name}: not a readable .npy array ({exc})"
+
+
+def _npy_rows(data_path: Path, labels_path: Path, split: str, unresolved: list) -> list[dict]:
+    def unusable(reason: str) -> list:
+        unresolved.append({"image_id": "", "where": str(data_path), "reason": reason})
+        return []
+
+    data, problem = _load(data_path, mmap_mode="r")
+    if data is None:
+        return unusable(problem)
+    shape, dtype = data.shape, data.dtype
     del data
     if not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
-        raise ManifestError(
-            f"{data_path}: array of shape {shape}; expected (N, H, W) or (N, H, W, 1) patches"
+        return unusable(
+            f"{data_path.name}: array of shape {shape}; expected (N, H, W) or (N, H, W, 1) patches"
         )
-    try:
-        labels = np.load(labels_path, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001
-        raise ManifestError(f"{labels_path}: not a readable .npy array ({exc})") from None
+    if dtype not in (np.uint8, np.uint16):
+        return unusable(
+            f"{data_path.name}: patches of dtype {dtype}; the reader takes uint8 or uint16 "
+            "(every read of this file would fail: convert it, e.g. to uint8 as distributed)"
+        )
+    labels, problem = _load(labels_path)
+    if labels is None:
+        return unusable(problem)
     labels = np.asarray(labels)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1 or labels.dtype.kind not in "iuf":
-        raise ManifestError(
-            f"{labels_path}: labels of shape {labels.shape} dtype {labels.dtype}; "
+        return unusable(
+            f"{labels_path.name}: labels of shape {labels.shape} dtype {labels.dtype}; "
             "expected (N,) integer codes"
         )
     if labels.shape[0] != shape[0]:
-        unresolved.append(
-            {
-                "image_id": "",
-                "where": str(data_path),
-                "reason": f"{shape[0]} patches but {labels.shape[0]} labels in {labels_path.name}",
-            }
+        return unusable(
+            f"length mismatch: {data_path.name} holds {shape[0]} patches but "
+            f"{labels_path.name} {labels.shape[0]} labels"
         )
-        return []
     stem = _NPY_RE.match(data_path.name).group("stem")
     rows = []
     for index, value in enumerate(labels.tolist()):
@@ -211,8 +280,20 @@ def _find(root: Path) -> tuple[list[Path], dict[str, dict[str, Path]]]:
     return tfrecords, npys
 
 
-def build_ddsm_patches(root) -> tuple[pd.DataFrame, dict]:
-    """A manifest of the Kaggle DDSM patch set under ``root``: (DataFrame, summary)."""
+def build_ddsm_patches(
+    root, *, patch_splits: str = "combined", corrupt_records: str = "skip"
+) -> tuple[pd.DataFrame, dict]:
+    """A manifest of the Kaggle DDSM patch set under ``root``: (DataFrame, summary).
+
+    ``patch_splits``: ``combined`` (cv10 + test10 -> test) or ``official`` (cv10 -> val);
+    ``corrupt_records``: ``skip`` (list damaged records, go on) or ``stop``. See the module
+    docstring."""
+    from featmammo.errors import ConfigError
+
+    if patch_splits not in PATCH_SPLITS:
+        raise ConfigError(f"patch_splits={patch_splits!r}: expected one of {PATCH_SPLITS}")
+    if corrupt_records not in CORRUPT_POLICIES:
+        raise ConfigError(f"corrupt_records={corrupt_records!r}: expected {CORRUPT_POLICIES}")
     root = abs_root(root, "DDSM patch set")
     tfrecords, npys = _find(root)
     rows: list[dict] = []
@@ -220,17 +301,17 @@ def build_ddsm_patches(root) -> tuple[pd.DataFrame, dict]:
     ignored: list[str] = []
     per_file: dict[str, int] = {}
     for path in tfrecords:
-        split = split_of(path.name)
+        split = split_of(path.name, patch_splits)
         if split is None:
             ignored.append(str(path))
             continue
-        got = _tfrecord_rows(path, split)
+        got = _tfrecord_rows(path, split, unresolved, corrupt_records)
         per_file[str(path)] = len(got)
         rows.extend(got)
     for key, pair in sorted(npys.items()):
         data_path, labels_path = pair.get("data"), pair.get("labels")
         name = Path(key).name
-        split = split_of(name)
+        split = split_of(name, patch_splits)
         if split is None:
             ignored.extend(str(p) for p in pair.values())
             continue
@@ -245,24 +326,30 @@ def build_ddsm_patches(root) -> tuple[pd.DataFrame, dict]:
         per_file[str(data_path)] = len(got)
         rows.extend(got)
     if not rows:
-        raise ManifestError(
-            f"{root}: no patches found (expected training10_*.tfrecords and/or "
-            "cv10_data.npy + cv10_labels.npy, test10_data.npy + test10_labels.npy)"
-        )
+        raise ManifestError(_nothing_found(root, tfrecords, npys, ignored, unresolved))
     df = manifest_frame(rows, EXTRA_COLUMNS)
     del rows
     split_counts = df["split"].value_counts().to_dict()
     codes = df.groupby(["split", "label_code"]).size()
-    notes = [NO_PATIENT_NOTE]
-    for split, expected in PUBLISHED.items():
+    notes = [NO_PATIENT_NOTE, SPLIT_CAVEAT, SPLIT_NOTES[patch_splits]]
+    published = dict(PUBLISHED)
+    if patch_splits == "combined":
+        published = {"train": PUBLISHED["train"], "test": PUBLISHED["val"] + PUBLISHED["test"]}
+    for split, expected in published.items():
         n = int(split_counts.get(split, 0))
         if n and n != expected:
             notes.append(f"{split}: {n:,} patches; the published files hold {expected:,}")
     if ignored:
         notes.append(f"{len(ignored)} file(s) whose name gives no split were left out")
+    damaged = sum(1 for u in unresolved if "#" in u["where"])
+    if damaged:
+        notes.append(
+            f"{damaged} damaged record(s) left out and listed (--corrupt-records stop stops "
+            "at the first)"
+        )
     notes.append(
         "normals (DDSM, tiled) and abnormals (CBIS-DDSM ROIs, augmented) were made by two "
-        "pipelines: a classifier can learn the source; test10's abnormals are masses only"
+        "pipelines: a classifier can learn the source"
     )
     summary = summarize(
         df,
@@ -271,6 +358,9 @@ def build_ddsm_patches(root) -> tuple[pd.DataFrame, dict]:
         label_rule=LABEL_RULE,
         unresolved=unresolved,
         notes=notes,
+        patch_splits=patch_splits,
+        split_caveat=SPLIT_CAVEAT,
+        corrupt_records=corrupt_records,
         files=per_file,
         label_codes={f"{s}:{int(c)}": int(n) for (s, c), n in codes.items()},
         ignored_files=ignored,
@@ -278,4 +368,33 @@ def build_ddsm_patches(root) -> tuple[pd.DataFrame, dict]:
     return df, summary
 
 
-__all__ = ["CODES", "LABEL_RULE", "SOURCE", "build_ddsm_patches", "split_of"]
+def _nothing_found(root, tfrecords, npys, ignored, unresolved) -> str:
+    """Why no patch made it: nothing named like the set, or what was wrong with what was."""
+    if not unresolved:
+        what = (
+            f"; {len(ignored)} file(s) whose name gives no split (training10_*, cv10_*, test10_*)"
+            if ignored
+            else ""
+        )
+        return (
+            f"{root}: no patches found (expected training10_*.tfrecords and/or "
+            "cv10_data.npy + cv10_labels.npy, test10_data.npy + test10_labels.npy)" + what
+        )
+    shown = "; ".join(f"{u['where']}: {u['reason']}" for u in unresolved[:3])
+    more = f"; and {len(unresolved) - 3} more" if len(unresolved) > 3 else ""
+    return (
+        f"{root}: no usable patch: {len(tfrecords)} TFRecord file(s) and {len(npys)} .npy "
+        f"pair(s) found, none usable: {shown}{more}"
+    )
+
+
+__all__ = [
+    "CODES",
+    "CORRUPT_POLICIES",
+    "LABEL_RULE",
+    "PATCH_SPLITS",
+    "SOURCE",
+    "SPLIT_CAVEAT",
+    "build_ddsm_patches",
+    "split_of",
+]

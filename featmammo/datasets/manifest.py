@@ -25,6 +25,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 import pandas as pd
 
 from featmammo.atomic import atomic_write
@@ -94,7 +95,9 @@ def container_file(path) -> Path:
 # --------------------------------------------------------------------------------------------
 # CSV reading with exact line numbers
 # --------------------------------------------------------------------------------------------
-def read_csv_strings(path, *, delimiter: str = ",") -> tuple[pd.DataFrame, list[int]]:
+def read_csv_strings(
+    path, *, delimiter: str = ",", short_rows: str = "error"
+) -> tuple[pd.DataFrame, list[int]]:
     """Read a CSV as strings: no NA conversion, cells and header stripped, blank records skipped.
 
     ``delimiter``: ``,`` (a one-column header holding ``;``/tab/``|`` is then refused with a
@@ -103,40 +106,62 @@ def read_csv_strings(path, *, delimiter: str = ",") -> tuple[pd.DataFrame, list[
     Returns the frame and, for each row, the CSV line number where its record starts (header = line
     1). Quoted cells may span lines (the CBIS-DDSM CSVs carry newlines inside path cells), so line
     numbers are tracked by the csv reader rather than computed from the row index.
+
+    A row is never padded: a row with more fields than the header is a ManifestError naming the
+    line; a row with fewer (a file cut short, a half-finished download: the missing cells would
+    silently read as empty, or a cut cell as another value) and a last row that ends inside a
+    quoted cell are ``short_rows="error"``: one ManifestError naming the file and every such
+    line; ``short_rows="list"``: left out of the frame and described in
+    ``df.attrs["short_rows"]`` (``[{"line", "fields", "expected", "cells", "reason"}]``) for the
+    caller to list. ``df.attrs["no_final_newline"]`` is True when the file's last line has no
+    line break (a cut inside the last cell cannot be told from its value; callers say so).
     """
+    if short_rows not in ("error", "list"):
+        raise ValueError(f"short_rows={short_rows!r}: expected 'error' or 'list'")
     path = Path(path)
+    short: list[dict] = []
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f, delimiter=delimiter)
-            header: list[str] | None = None
-            records: list[list[str]] = []
-            lines: list[int] = []
-            start = 1
-            for record in reader:
-                if not record or all(not cell.strip() for cell in record):
-                    start = reader.line_num + 1
-                    continue
-                cells = [cell.strip() for cell in record]
-                if header is None:
-                    header = cells
-                else:
-                    if len(cells) > len(header):
-                        raise ManifestError(
-                            f"{path}: line {start}: {len(cells)} fields, header has {len(header)}"
-                        )
-                    cells += [""] * (len(header) - len(cells))
-                    records.append(cells)
-                    lines.append(start)
-                start = reader.line_num + 1
+            text = f.read()
     except UnicodeDecodeError as exc:
         raise ManifestError(
             f"{path}: cannot read CSV: not UTF-8 text ({exc}); "
             "save it as UTF-8 (Excel: 'CSV UTF-8')"
         ) from exc
-    except (OSError, csv.Error) as exc:
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read CSV ({exc})") from exc
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        header: list[str] | None = None
+        last_start = 0
+        records: list[list[str]] = []
+        lines: list[int] = []
+        start = 1
+        for record in reader:
+            if not record or all(not cell.strip() for cell in record):
+                start = reader.line_num + 1
+                continue
+            cells = [cell.strip() for cell in record]
+            last_start = start
+            if header is None:
+                header = cells
+            else:
+                if len(cells) > len(header):
+                    raise ManifestError(
+                        f"{path}: line {start}: {len(cells)} fields, header has {len(header)}"
+                    )
+                if len(cells) < len(header):
+                    short.append(_short_row(start, cells, len(header), "cut short"))
+                else:
+                    records.append(cells)
+                    lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as exc:
         raise ManifestError(f"{path}: cannot read CSV ({exc})") from exc
     if header is None:
         raise ManifestError(f"{path}: empty CSV (no header)")
+    if lines and lines[-1] == last_start and _ends_inside_quotes(text, last_start, delimiter):
+        short.append(_short_row(lines.pop(), records.pop(), len(header), "ends inside a quote"))
     # Unnamed columns (trailing separators from spreadsheet exports): dropped when every cell is
     # empty, an error otherwise (their values would have no column to go to).
     unnamed = [i for i, c in enumerate(header) if c == ""]
@@ -162,8 +187,52 @@ def read_csv_strings(path, *, delimiter: str = ",") -> tuple[pd.DataFrame, list[
                 f"{_SEP_NAMES[sep]}-separated; featmammo reads comma-separated CSV "
                 "(re-save it with commas)"
             )
+    # trailing unnamed (empty) columns: a row short only by them is complete
+    named = len(header)
+    trailing = not unnamed or unnamed == list(range(named, named + len(unnamed)))
+    for row in [
+        r for r in short if trailing and r["fields"] >= named and r["reason"][:7] == "row has"
+    ]:
+        short.remove(row)
+        records.append(row["cells"][:named] + [""] * (named - len(row["cells"][:named])))
+        lines.append(row["line"])
+    if len(lines) > 1 and lines != sorted(lines):
+        order = sorted(range(len(lines)), key=lines.__getitem__)
+        records, lines = [records[i] for i in order], [lines[i] for i in order]
+    if short and short_rows == "error":
+        shown = "; ".join(f"line {r['line']}: {r['reason']}" for r in short[:MAX_REPORTED_ERRORS])
+        more = f"; and {len(short) - MAX_REPORTED_ERRORS} more" if len(short) > 10 else ""
+        raise ManifestError(f"{path}: {len(short)} row(s) cut short, never padded: {shown}{more}")
     df = pd.DataFrame(records, columns=header, dtype=object)
+    df.attrs["short_rows"] = short
+    df.attrs["no_final_newline"] = bool(text) and not text.endswith(("\n", "\r"))
     return df, lines
+
+
+def _short_row(line: int, cells: list[str], expected: int, how: str) -> dict:
+    if how == "cut short":
+        reason = (
+            f"row has {len(cells)} of {expected} fields: cut short (file truncated or a "
+            "half-finished download?); not padded, not used"
+        )
+    else:
+        reason = (
+            "the file ends inside a quoted cell of this row: cut short (file truncated?); not used"
+        )
+    return {"line": line, "fields": len(cells), "expected": expected, "cells": cells,
+            "reason": reason}  # fmt: skip
+
+
+def _ends_inside_quotes(text: str, line: int, delimiter: str) -> bool:
+    """Whether the record starting at ``line`` (the last one) runs into the end of the file inside
+    an open quoted cell (the lenient reader then returns the cut cell as a value)."""
+    tail = "".join(io.StringIO(text, newline="").readlines()[line - 1 :])
+    try:
+        for _ in csv.reader(io.StringIO(tail, newline=""), delimiter=delimiter, strict=True):
+            pass
+    except csv.Error as exc:
+        return "unexpected end of data" in str(exc)
+    return False
 
 
 _SEP_NAMES = {";": "semicolon", "\t": "tab", "|": "pipe"}
@@ -261,8 +330,18 @@ def read_manifest(
     check_paths: bool = True,
     base_dir=None,
     require_labels: bool = True,
+    numeric: bool = True,
 ) -> pd.DataFrame:
     """Read and validate a manifest; returns a new DataFrame with ``REQUIRED_COLUMNS`` first.
+
+    Column types: the required columns, path columns, ``label_rule`` and identifier columns
+    (names ending in ``id``, ``ids``, ``_uid``, ``_file``) are text (``str``); any other extra
+    column whose every non-empty cell is a plain decimal number (``535``, ``-2``, ``50.0``,
+    ``1e-3``; no leading zero such as ``0012``, which stays text) is numeric
+    (:func:`numeric_columns`): pandas' nullable ``Int64`` when every value is a whole number
+    written without a point, else ``float64``; an empty cell is missing (``<NA>`` / ``NaN``).
+    ``numeric=False`` keeps every column text (what a tool
+    that rewrites manifests, e.g. ``merge``, wants).
 
     ``path_or_df``: a CSV path or a DataFrame. Needs at least ``path`` and (unless
     ``require_labels=False``, for unlabeled prediction sets) ``label``. Missing columns are derived:
@@ -421,8 +500,44 @@ def read_manifest(
 
     problems.raise_if_any()
     df = df[REQUIRED_COLUMNS + [c for c in df.columns if c not in REQUIRED_COLUMNS]].astype(str)
+    if numeric:
+        df = numeric_columns(df)
     df.attrs["manifest_path"] = None if lines is None else where
     return df
+
+
+_NUMBER_RE = re.compile(r"^[-+]?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?$")
+_INTEGER_RE = re.compile(r"^[-+]?(?:0|[1-9]\d*)$")
+
+
+def is_text_column(name: str) -> bool:
+    """Columns that stay text whatever they hold: required, path, ``label_rule``, identifiers."""
+    low = str(name).lower()
+    return (
+        name in REQUIRED_COLUMNS
+        or name in path_columns([name])
+        or low == "label_rule"
+        or low.endswith(("id", "ids", "_uid", "_file", "_files"))
+    )
+
+
+def numeric_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every extra column of plain numbers converted (see :func:`read_manifest`):
+    ``Int64`` for whole numbers, ``float64`` otherwise, empty cells missing. Text columns (see
+    :func:`is_text_column`) and columns with any other value are left as they are."""
+    out = df.copy()
+    for col in df.columns:
+        if is_text_column(col):
+            continue
+        values = ["" if _is_missing(v) else str(v).strip() for v in df[col]]
+        present = [v for v in values if v != ""]
+        if not present or not all(_NUMBER_RE.match(v) for v in present):
+            continue
+        if all(_INTEGER_RE.match(v) for v in present) and all(abs(int(v)) < 2**63 for v in present):
+            out[col] = pd.array([int(v) if v else pd.NA for v in values], dtype="Int64")
+        else:
+            out[col] = np.array([float(v) if v else np.nan for v in values], dtype=np.float64)
+    return out
 
 
 def _resolve(p: str, base_dir) -> str:

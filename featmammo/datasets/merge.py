@@ -11,8 +11,9 @@ Rules (documented choices):
   ``prefix_ids=True``, which writes every id as ``<source>/<image_id>``.
 - ``patient_id`` values shared by different sources are different women in different sets: they
   are prefixed ``<source>:`` (said in the notes), so the leakage audit does not join them. (The
-  original DDSM and CBIS-DDSM hold the same films under different ids: a woman can be in both,
-  and no id links them; the notes say so when both are merged.)
+  original DDSM and CBIS-DDSM hold the same films under different ids, and the Kaggle patch set
+  was cut from DDSM normals and CBIS-DDSM lesions: a woman can be in two of them, and no id links
+  them; the notes say so for every such pair merged, :data:`SAME_FILMS`.)
 - The summary has labels per source; the audit flags a label whose every image comes from one
   source that no other label uses (a classifier can learn the pipeline), and the notes name every
   label that comes from a single source.
@@ -32,7 +33,15 @@ from featmammo.errors import ManifestError
 
 log = logging.getLogger(__name__)
 
-SAME_FILMS = {frozenset({"ddsm", "cbis-ddsm"}), frozenset({"ddsm", "cbis-ddsm-jpeg"})}
+#: sources made from the same films (under different ids): CBIS-DDSM is a curated subset of the
+#: original DDSM, and the Kaggle patch set was cut from DDSM normals and CBIS-DDSM lesions
+SAME_FILMS = {
+    frozenset({"ddsm", "cbis-ddsm"}),
+    frozenset({"ddsm", "cbis-ddsm-jpeg"}),
+    frozenset({"ddsm-patches", "ddsm"}),
+    frozenset({"ddsm-patches", "cbis-ddsm"}),
+    frozenset({"ddsm-patches", "cbis-ddsm-jpeg"}),
+}
 
 
 def merge_manifests(
@@ -45,7 +54,7 @@ def merge_manifests(
     frames, names = [], []
     for item in inputs:
         name = "DataFrame" if isinstance(item, pd.DataFrame) else str(Path(item))
-        df = read_manifest(item, check_paths=check_paths)
+        df = read_manifest(item, check_paths=check_paths, numeric=False)
         df["_input"] = name
         frames.append(df)
         names.append(name)
@@ -84,8 +93,8 @@ def merge_manifests(
     for pair in SAME_FILMS:
         if pair <= set(sources):
             notes.append(
-                f"{' and '.join(sorted(pair))} hold the same films under different ids: a woman "
-                "can be in both and no split can be proven patient-disjoint across them"
+                f"{' and '.join(sorted(pair))} come from the same films under different ids: a "
+                "woman can be in both and no split can be proven patient-disjoint across them"
             )
     by_label = {
         lab: sorted(merged.loc[merged["label"] == lab, "source"].unique())

@@ -10,9 +10,19 @@ Rules (documented choices):
 - Image-level label: any SEVERITY M -> ``malignant``, else any B -> ``benign``; CLASS NORM ->
   ``normal``.
 - Films come in consecutive pairs, the two breasts of one woman: ``patient_id`` =
-  ``mdb001-002`` for mdb001 and mdb002 (so a patient-grouped split keeps them together).
-- Laterality and view are not in ``Info.txt``: left empty. ``x``/``y`` are as written in
-  ``Info.txt`` (MIAS documents the origin at the image's bottom-left corner, not the top-left).
+  ``exam_id`` = ``mdb001-002`` for mdb001 and mdb002 (so a patient-grouped split keeps them
+  together; one exam per woman).
+- Laterality from the file number, as ``Info.txt``'s notes say: "each pair represents the left
+  (even filename numbers) and right mammograms (odd filename numbers)" -> even ``L``, odd ``R``.
+  View ``MLO`` (mini-MIAS holds mediolateral oblique films only).
+- Lesion geometry: ``x``, ``y``, ``radius`` are the numbers ``Info.txt`` gives for the film's
+  primary abnormality (the first malignant, else the first; empty when the line gives none:
+  widely distributed calcifications), ``circles`` all of them (``x y radius``, ``;``-joined,
+  empty entries where omitted). MIAS puts the origin at the image's **bottom-left** corner; the
+  masks flip it: row = height - 1 - y (height read from the PGM header, 1024 for every mini-MIAS
+  film). With ``mask_dir``, each circle becomes a mask ``<mask_dir>/<ref>.<k>.png`` (pixels within
+  ``radius`` of the centre); ``roi_mask_path`` is the primary one, ``roi_mask_paths`` all, so
+  ``--roi crop|patch`` runs on MIAS. A circle without coordinates is in ``mask_errors``.
 - No official split (``split`` empty).
 - A film in the table without its PGM is an unresolved row (reason given); PGMs not in the table
   are counted in the summary.
@@ -27,6 +37,13 @@ from pathlib import Path
 import pandas as pd
 
 from featmammo.datasets.base import abs_root, find_file, manifest_frame, summarize, walk_files
+from featmammo.datasets.masks import (
+    MaskGeometryError,
+    MaskWriter,
+    disk_mask,
+    mask_notes,
+    no_masks_summary,
+)
 from featmammo.errors import ManifestError
 
 log = logging.getLogger(__name__)
@@ -38,14 +55,20 @@ SEVERITIES = {"B": "benign", "M": "malignant"}
 LABEL_RULE = "image-level: any SEVERITY M -> malignant, else B -> benign; CLASS NORM -> normal"
 EXTRA_COLUMNS = [
     "label_rule",
+    "exam_id",
     "background",
     "abnormality_class",
     "severity",
     "x",
     "y",
     "radius",
+    "circles",
     "n_abnormalities",
+    "roi_mask_path",
+    "roi_mask_paths",
 ]
+VIEW = "MLO"
+LATERALITY_RULE = "Info.txt: even file numbers are left breasts, odd ones right"
 _REF_RE = re.compile(r"^mdb(\d{3})$", re.IGNORECASE)
 
 
@@ -112,12 +135,60 @@ def _label(lines: list[dict], where: str) -> str:
     return "malignant" if "M" in sev else "benign"
 
 
-def build_mias(root, *, info=None) -> tuple[pd.DataFrame, dict]:
+def laterality_of(ref: str) -> str:
+    """``L`` for an even file number (``mdb002``), ``R`` for an odd one (``mdb001``)."""
+    m = _REF_RE.match(ref)
+    if m is None:
+        raise ValueError(f"{ref!r} is not a mini-MIAS reference (mdbNNN)")
+    return "R" if int(m.group(1)) % 2 else "L"
+
+
+def _pgm_size(path: Path) -> tuple[int, int]:
+    """(rows, columns) from the PGM header (no pixels read)."""
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(path) as im:
+            w, h = im.size
+    except Exception as exc:  # noqa: BLE001 - any unreadable header is one listed mask error
+        raise MaskGeometryError(f"cannot read the image size from {path.name} ({exc})") from None
+    return h, w
+
+
+def _film_masks(ref, path, abn, writer: MaskWriter | None, info_path) -> list[str]:
+    if writer is None or not abn:
+        return []
+    size: list = []
+
+    def make(ln):
+        if not (ln["x"] and ln["y"] and ln["radius"]):
+            raise MaskGeometryError("Info.txt gives no centre/radius for this abnormality")
+        if not size:
+            size.append(_pgm_size(path))
+        h, w = size[0]
+        x, y, r = float(ln["x"]), float(ln["y"]), float(ln["radius"])
+        return disk_mask([(x, h - 1 - y, r)], (h, w))  # origin bottom-left -> row from the top
+
+    return [
+        writer.write(
+            f"{ref}.{k}.png",
+            lambda ln=ln: make(ln),
+            sources=[info_path],
+            image_id=ref,
+            what=f"{info_path.name} line {ln['line']}",
+        )
+        for k, ln in enumerate(abn, start=1)
+    ]
+
+
+def build_mias(root, *, info=None, mask_dir=None) -> tuple[pd.DataFrame, dict]:
     """A manifest of a mini-MIAS folder: (DataFrame, summary). ``info``: the ``Info.txt``
-    (default: found under ``root`` by name, any case)."""
+    (default: found under ``root`` by name, any case); ``mask_dir``: where the abnormality
+    circles are written as ROI mask PNGs (None: no masks)."""
     root = abs_root(root, "mini-MIAS")
     info_path = find_file(root, ["Info.txt"], "mini-MIAS Info.txt", info)
     films = read_info(info_path)
+    writer = MaskWriter(mask_dir) if mask_dir is not None else None
     pgms: dict[str, Path] = {}
     for path in walk_files(root, (".pgm",)):
         if _REF_RE.match(path.stem):
@@ -136,24 +207,33 @@ def build_mias(root, *, info=None) -> tuple[pd.DataFrame, dict]:
             )
             continue
         abn = [ln for ln in film["lines"] if ln["class"] != "NORM"]
+        primary = next((k for k, ln in enumerate(abn) if ln["severity"] == "M"), 0)
+        masks = _film_masks(ref, path, abn, writer, info_path)
+        lead = abn[primary] if abn else {"x": "", "y": "", "radius": ""}
         rows.append(
             {
                 "image_id": ref,
                 "path": str(path),
                 "label": label,
                 "patient_id": patient,
-                "laterality": "",
-                "view": "",
+                "laterality": laterality_of(ref),
+                "view": VIEW,
                 "split": "",
                 "source": SOURCE,
                 "label_rule": LABEL_RULE,
+                "exam_id": patient,
                 "background": film["background"],
                 "abnormality_class": ";".join(ln["class"] for ln in abn) or "NORM",
                 "severity": ";".join(ln["severity"] for ln in abn),
-                "x": ";".join(ln["x"] for ln in abn),
-                "y": ";".join(ln["y"] for ln in abn),
-                "radius": ";".join(ln["radius"] for ln in abn),
+                "x": lead["x"],
+                "y": lead["y"],
+                "radius": lead["radius"],
+                "circles": ";".join(
+                    " ".join(ln[k] for k in ("x", "y", "radius")).strip() for ln in abn
+                ),
                 "n_abnormalities": len(abn),
+                "roi_mask_path": masks[primary] if masks else "",
+                "roi_mask_paths": ";".join(masks),
             }
         )
     extra_files = sorted(set(pgms) - set(films))
@@ -163,6 +243,7 @@ def build_mias(root, *, info=None) -> tuple[pd.DataFrame, dict]:
             f"{root}: none of the {len(films)} films in {info_path} has its PGM under ROOT "
             f"(found {len(pgms)} mdbNNN.pgm files)"
         )
+    masks = writer.summary() if writer is not None else no_masks_summary()
     summary = summarize(
         df,
         root=root,
@@ -170,18 +251,22 @@ def build_mias(root, *, info=None) -> tuple[pd.DataFrame, dict]:
         label_rule=LABEL_RULE,
         unresolved=unresolved,
         notes=[
-            "laterality/view are not recorded in Info.txt (left empty); x/y origin is the "
-            "bottom-left corner",
+            f"laterality from the file number ({LATERALITY_RULE}); view MLO (mini-MIAS films "
+            "are all mediolateral oblique)",
+            "x/y as Info.txt writes them: origin at the bottom-left corner (the masks flip y)",
             "consecutive films mdbNNN/mdbNNN+1 are one woman's two breasts (one patient_id)",
         ]
+        + mask_notes(masks)
         + (
             [f"{len(extra_files)} PGM file(s) not in Info.txt (not in the manifest)"]
             if extra_files
             else []
         ),
         info=str(info_path),
+        laterality_rule=LATERALITY_RULE,
         films_in_table=len(films),
         pgm_files=len(pgms),
         pgm_not_in_table=extra_files,
+        **masks,
     )
     return df, summary

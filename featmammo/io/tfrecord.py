@@ -104,32 +104,52 @@ def _read_data(p: Path, f, index: int, offset: int, length: int, check_crc: bool
     return data
 
 
-def iter_records(path, *, check_crc: bool = True) -> Iterator[tuple[int, int, bytes]]:
-    """Yield ``(index, byte offset, data)`` for every record, streaming, CRCs checked."""
+def iter_records(
+    path, *, check_crc: bool = True, errors: str = "raise"
+) -> Iterator[tuple[int, int, bytes | ImageReadError]]:
+    """Yield ``(index, byte offset, data)`` for every record, streaming, CRCs checked.
+
+    ``errors="raise"``: the first damaged record raises its ImageReadError. ``errors="yield"``:
+    a damaged record is yielded as ``(index, offset, error)`` instead of its data and the scan
+    goes on -- past a record whose data CRC fails (its length is known), but not past a damaged
+    or truncated header (where the next record starts is then unknown: that error is the last
+    item). Opening the file still raises."""
+    if errors not in ("raise", "yield"):
+        raise ValueError(f"errors={errors!r}: expected 'raise' or 'yield'")
     p, f, size = _open(path)
     with f:
         index = 0
         offset = 0
         while True:
-            length = _read_header(p, f, index, offset, size)
+            try:
+                length = _read_header(p, f, index, offset, size)
+            except ImageReadError as exc:
+                if errors == "raise":
+                    raise
+                yield index, offset, exc
+                return
             if length is None:
                 return
-            data = _read_data(p, f, index, offset, length, check_crc)
+            try:
+                data = _read_data(p, f, index, offset, length, check_crc)
+            except ImageReadError as exc:
+                if errors == "raise":
+                    raise
+                data = exc
+                f.seek(offset + _HEADER.size + length + _FOOTER.size)
             yield index, offset, data
             offset += _HEADER.size + length + _FOOTER.size
             index += 1
 
 
-_OFFSETS: dict[tuple, np.ndarray] = {}
+_OFFSETS: dict[tuple, tuple[np.ndarray, ImageReadError | None]] = {}
 _OFFSETS_LOCK = threading.Lock()
 _OFFSETS_MAX_FILES = 64
 
 
-def record_offsets(path) -> np.ndarray:
-    """Byte offsets (int64) of every record, from the headers only (length CRCs checked).
-
-    Cached per (resolved path, size, mtime_ns): a rewritten file is rescanned.
-    """
+def _scan_offsets(path) -> tuple[np.ndarray, ImageReadError | None]:
+    """(offsets of the records before any damage, the damage or None); cached per (resolved
+    path, size, mtime_ns): a rewritten file is rescanned."""
     p, f, size = _open(path)
     with f:
         st = os.fstat(f.fileno())
@@ -139,21 +159,35 @@ def record_offsets(path) -> np.ndarray:
         if cached is not None:
             return cached
         offsets = []
+        damage = None
         index = offset = 0
         while True:
-            length = _read_header(p, f, index, offset, size)
+            try:
+                length = _read_header(p, f, index, offset, size)
+            except ImageReadError as exc:
+                damage = exc
+                break
             if length is None:
                 break
             offsets.append(offset)
             offset += _HEADER.size + length + _FOOTER.size
             f.seek(offset)
             index += 1
-    arr = np.asarray(offsets, dtype=np.int64)
+    result = (np.asarray(offsets, dtype=np.int64), damage)
     with _OFFSETS_LOCK:
         if len(_OFFSETS) >= _OFFSETS_MAX_FILES:
             _OFFSETS.pop(next(iter(_OFFSETS)))
-        _OFFSETS[key] = arr
-    return arr
+        _OFFSETS[key] = result
+    return result
+
+
+def record_offsets(path) -> np.ndarray:
+    """Byte offsets (int64) of every record, from the headers only (length CRCs checked; a
+    damaged or truncated header raises its ImageReadError). Cached per file identity."""
+    offsets, damage = _scan_offsets(path)
+    if damage is not None:
+        raise damage
+    return offsets
 
 
 def count_records(path) -> int:
@@ -162,10 +196,16 @@ def count_records(path) -> int:
 
 
 def read_record(path, index: int, *, check_crc: bool = True) -> bytes:
-    """The data of record ``index`` (0-based), CRC checked; ImageReadError when out of range."""
-    offsets = record_offsets(path)
+    """The data of record ``index`` (0-based), CRC checked; ImageReadError when out of range.
+
+    A record before a damaged header stays readable (the file's intact records are usable, as
+    a manifest built with damaged records skipped expects); one at or past it raises the damage.
+    """
+    offsets, damage = _scan_offsets(path)
     index = int(index)
     if not 0 <= index < offsets.size:
+        if damage is not None and index >= offsets.size:
+            raise damage
         raise ImageReadError(
             path, f"record index {index} out of range: the file holds {offsets.size} records"
         )
