@@ -247,3 +247,11 @@ def test_merge_notes_same_films_for_the_patch_set(tmp_path):
         frames[source].to_csv(tmp_path / f"{source}.csv", index=False)
     _, summary = merge_manifests([tmp_path / "ddsm-patches.csv", tmp_path / "cbis-ddsm.csv"])
     assert any("cbis-ddsm and ddsm-patches come from the same films" in n for n in summary["notes"])
+
+
+def test_vindr_and_rsna_summaries_tell_about_windowing(tmp_path):
+    from featmammo.datasets.base import WINDOWING_NOTE
+
+    assert "--windowing auto" in WINDOWING_NOTE and "--windowing none" in WINDOWING_NOTE
+    assert WINDOWING_NOTE in build_vindr(_vindr(tmp_path / "v"))[1]["notes"]
+    assert WINDOWING_NOTE in build_rsna(_rsna(tmp_path / "r"))[1]["notes"]

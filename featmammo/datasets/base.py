@@ -352,11 +352,15 @@ def birads_rule(mapping: dict[str, str]) -> str:
     return f"BI-RADS proxy (assessment, not pathology): {body}"
 
 
-#: what the summaries of the digital sets (DICOM: VinDr, RSNA, INbreast, CMMD) tell their users
+#: what the VinDr-Mammo and RSNA summaries tell their users about reading the pixels (the
+#: pixels helper's wording)
 WINDOWING_NOTE = (
-    "digital mammograms: extract/train read the DICOMs with --windowing auto by default (the "
-    "file's VOI LUT or window when present, else the stored range; MONOCHROME1 inverted); "
-    "--windowing none reads the raw stored values"
+    "Pixels: these are digital mammograms whose DICOM headers carry their display window "
+    "(WindowCenter / WindowWidth, VOILUTFunction; some files a VOI LUT, some MONOCHROME1). "
+    "`featmammo extract` reads them with `--windowing auto` (the default): each file's own VOI "
+    "LUT or first window, else its stored range; MONOCHROME1 inverted; what was applied is "
+    "recorded per image (meta `windowing_applied`). `--windowing none` would embed the raw stored "
+    "values instead."
 )
 
 

@@ -28,7 +28,6 @@ from pathlib import Path
 import pandas as pd
 
 from featmammo.datasets.base import (
-    WINDOWING_NOTE,
     abs_root,
     find_file,
     manifest_frame,
@@ -240,7 +239,6 @@ def build_cmmd(root, *, table=None) -> tuple[pd.DataFrame, dict]:
         unresolved=unresolved,
         notes=[
             "side from the DICOM header; breasts without a clinical row are not labelled",
-            WINDOWING_NOTE,
         ]
         + t.notes,
         reason_kind=_reason_kind,

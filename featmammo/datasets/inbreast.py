@@ -44,7 +44,6 @@ import numpy as np
 import pandas as pd
 
 from featmammo.datasets.base import (
-    WINDOWING_NOTE,
     abs_root,
     birads_decision,
     birads_rule,
@@ -307,7 +306,6 @@ def build_inbreast(
         unresolved=unresolved,
         notes=[
             "labels are a BI-RADS proxy (assessment category), not biopsy results",
-            WINDOWING_NOTE,
         ]
         + (
             [f"{len(not_in_table)} DICOM(s) without a table row (not in the manifest)"]
