@@ -17,9 +17,12 @@ MODELS = "models"
 
 
 def model_filename(features: str, head: str) -> str:
-    """``<features>__<head>.joblib`` with characters unsafe in file names replaced."""
+    """``<features>__<head>.skops`` (:func:`featmammo.heads.save`'s format) with characters unsafe
+    in file names replaced."""
+    from ..heads.io import MODEL_SUFFIX
+
     safe = re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{features}__{head}")
-    return f"{safe}.joblib"
+    return f"{safe}{MODEL_SUFFIX}"
 
 
 #: what a fit writes into RUN_DIR (replaced as a whole by the next fit into the same folder)
