@@ -17,15 +17,18 @@ Rules (documented choices):
   View ``MLO`` (mini-MIAS holds mediolateral oblique films only).
 - Lesion geometry: ``x``, ``y``, ``radius`` are the numbers ``Info.txt`` gives for the film's
   primary abnormality (the first malignant, else the first; empty when the line gives none:
-  widely distributed calcifications), ``circles`` all of them (``x y radius``, ``;``-joined,
-  empty entries where omitted). MIAS puts the origin at the image's **bottom-left** corner; the
-  masks flip it: row = height - 1 - y (height read from the PGM header, 1024 for every mini-MIAS
-  film). With ``mask_dir``, each circle becomes a mask ``<mask_dir>/<ref>.<k>.png`` (pixels within
-  ``radius`` of the centre); ``roi_mask_path`` is the primary one, ``roi_mask_paths`` all, so
-  ``--roi crop|patch`` runs on MIAS. A circle without coordinates is in ``mask_errors``.
+  widely distributed calcifications; all three or none: a line with only some is kept without
+  any and listed in ``incomplete_coordinates``), ``circles`` all of them (``x y radius``,
+  ``;``-joined, empty entries where omitted). MIAS puts the origin at the image's
+  **bottom-left** corner; the masks flip it: row = height - 1 - y (height read from the PGM
+  header, 1024 for every mini-MIAS film). With ``mask_dir``, each circle becomes a mask
+  ``<mask_dir>/<ref>.<k>.png`` (pixels within ``radius`` of the centre); ``roi_mask_path`` is the
+  primary one, ``roi_mask_paths`` all, so ``--roi crop|patch`` runs on MIAS. A circle without
+  coordinates is in ``mask_errors``.
 - No official split (``split`` empty).
 - A film in the table without its PGM is an unresolved row (reason given); PGMs not in the table
-  are counted in the summary.
+  are counted in the summary. A malformed or incomplete last line of an ``Info.txt`` that does
+  not end with a line break (a truncated file) is an unresolved row, not a stop or a guess.
 """
 
 from __future__ import annotations
@@ -72,57 +75,93 @@ LATERALITY_RULE = "Info.txt: even file numbers are left breasts, odd ones right"
 _REF_RE = re.compile(r"^mdb(\d{3})$", re.IGNORECASE)
 
 
-def read_info(path) -> dict[str, dict]:
+def read_info(path, cut: list[dict] | None = None) -> dict[str, dict]:
     """Parse ``Info.txt`` -> ``{refnum: {"background", "lines": [{class, severity, x, y, radius,
-    line}]}}`` in file order. Raises ManifestError (file + line) on an unknown value."""
+    line, coordinates}]}}`` in file order. Raises ManifestError (file + line) on an unknown value.
+
+    Coordinates are all three numbers or none: a line with some of them (or text in their place)
+    keeps none, and says so in ``coordinates`` (never a half-filled circle). ``cut``: when given,
+    the file's last table line, if the file does not end with a line break and that line is
+    malformed or its coordinates incomplete (most likely a truncated file), is appended there
+    (``{"image_id", "where", "reason"}``) instead of raising or being used.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="latin-1")
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read Info.txt ({exc})") from exc
     films: dict[str, dict] = {}
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    lines = text.splitlines()
+    last = max((k for k, ln in enumerate(lines, 1) if ln.split()), default=0)
+    open_end = bool(text) and not text.endswith(("\n", "\r")) and cut is not None
+    for lineno, line in enumerate(lines, start=1):
         tokens = line.split()
-        where = f"{path}: line {lineno}"
-        if tokens and not _REF_RE.match(tokens[0]) and tokens[0].lower().startswith("mdb"):
-            # a table line with a mangled reference (mdb02, mdb004,D,NORM): never skipped silently
-            raise ManifestError(
-                f"{where}: {tokens[0]!r} is not a reference number (expected mdbNNN followed by "
-                "space-separated fields)"
-            )
-        if not tokens or not _REF_RE.match(tokens[0]):
+        if not tokens or not tokens[0].lower().startswith("mdb"):
             continue
-        ref = tokens[0].lower()
-        if len(tokens) < 3:
-            raise ManifestError(f"{where}: expected 'REFNUM BG CLASS ...', got {line.strip()!r}")
-        bg, cls = tokens[1].upper(), tokens[2].upper()
-        if bg not in BACKGROUNDS:
-            raise ManifestError(f"{where}: unknown background {tokens[1]!r} (expected F, G or D)")
-        if cls not in CLASSES:
-            raise ManifestError(
-                f"{where}: unknown class {tokens[2]!r} (expected one of {', '.join(CLASSES)})"
-            )
-        sev = tokens[3].upper() if len(tokens) > 3 else ""
-        if cls == "NORM":
-            if sev:
-                raise ManifestError(f"{where}: a NORM film with severity {tokens[3]!r}")
-        elif sev not in SEVERITIES:
-            what = f"unknown severity {tokens[3]!r}" if sev else "no severity"
-            raise ManifestError(f"{where}: {what} for class {cls} (expected B or M)")
-        nums = [t if t.replace(".", "", 1).isdigit() else "" for t in tokens[4:7]]
-        nums += [""] * (3 - len(nums))
+        try:
+            parsed = _info_line(path, lineno, line, tokens)
+        except ManifestError as exc:
+            if not (open_end and lineno == last):
+                raise
+            cut.append(_cut(path, lineno, tokens, str(exc)))
+            continue
+        ref, bg, entry = parsed
+        if open_end and lineno == last and entry["coordinates"]:
+            cut.append(_cut(path, lineno, tokens, entry["coordinates"]))
+            continue
         film = films.setdefault(ref, {"background": bg, "lines": []})
         if film["background"] != bg:
             raise ManifestError(
-                f"{where}: background {bg} differs from {film['background']} on an earlier line"
+                f"{path}: line {lineno}: background {bg} differs from {film['background']} on "
+                "an earlier line"
             )
-        film["lines"].append(
-            {"class": cls, "severity": sev, "x": nums[0], "y": nums[1], "radius": nums[2]}
-        )
-        film["lines"][-1]["line"] = lineno
+        film["lines"].append(entry)
     if not films:
         raise ManifestError(f"{path}: no table line ('mdbNNN BG CLASS ...') in the file")
     return films
+
+
+def _cut(path, lineno: int, tokens: list[str], problem: str) -> dict:
+    return {
+        "image_id": tokens[0].lower(),
+        "where": f"{path}: line {lineno}",
+        "reason": f"{problem} (the file's last line, without a line break: cut short?)",
+    }
+
+
+def _info_line(path, lineno: int, line: str, tokens: list[str]) -> tuple[str, str, dict]:
+    where = f"{path}: line {lineno}"
+    if not _REF_RE.match(tokens[0]):
+        # a table line with a mangled reference (mdb02, mdb004,D,NORM): never skipped silently
+        raise ManifestError(
+            f"{where}: {tokens[0]!r} is not a reference number (expected mdbNNN followed by "
+            "space-separated fields)"
+        )
+    if len(tokens) < 3:
+        raise ManifestError(f"{where}: expected 'REFNUM BG CLASS ...', got {line.strip()!r}")
+    bg, cls = tokens[1].upper(), tokens[2].upper()
+    if bg not in BACKGROUNDS:
+        raise ManifestError(f"{where}: unknown background {tokens[1]!r} (expected F, G or D)")
+    if cls not in CLASSES:
+        raise ManifestError(
+            f"{where}: unknown class {tokens[2]!r} (expected one of {', '.join(CLASSES)})"
+        )
+    sev = tokens[3].upper() if len(tokens) > 3 else ""
+    if cls == "NORM":
+        if sev:
+            raise ManifestError(f"{where}: a NORM film with severity {tokens[3]!r}")
+    elif sev not in SEVERITIES:
+        what = f"unknown severity {tokens[3]!r}" if sev else "no severity"
+        raise ManifestError(f"{where}: {what} for class {cls} (expected B or M)")
+    given = tokens[4:7]
+    numeric = [t for t in given if t.replace(".", "", 1).isdigit()]
+    problem = ""
+    if given and len(numeric) < 3:
+        problem = f"line {lineno}: incomplete coordinates {' '.join(given)!r} (expected X Y RADIUS)"
+    nums = given if len(numeric) == 3 else ["", "", ""]
+    entry = {"class": cls, "severity": sev, "x": nums[0], "y": nums[1], "radius": nums[2],
+             "line": lineno, "coordinates": problem}  # fmt: skip
+    return tokens[0].lower(), bg, entry
 
 
 def _label(lines: list[dict], where: str) -> str:
@@ -187,13 +226,20 @@ def build_mias(root, *, info=None, mask_dir=None) -> tuple[pd.DataFrame, dict]:
     circles are written as ROI mask PNGs (None: no masks)."""
     root = abs_root(root, "mini-MIAS")
     info_path = find_file(root, ["Info.txt"], "mini-MIAS Info.txt", info)
-    films = read_info(info_path)
+    cut: list[dict] = []
+    films = read_info(info_path, cut)
     writer = MaskWriter(mask_dir) if mask_dir is not None else None
     pgms: dict[str, Path] = {}
     for path in walk_files(root, (".pgm",)):
         if _REF_RE.match(path.stem):
             pgms.setdefault(path.stem.lower(), path)
-    rows, unresolved = [], []
+    rows, unresolved = [], list(cut)
+    incomplete = [
+        {"image_id": ref, "where": f"{info_path}: {ln['coordinates']}"}
+        for ref, film in films.items()
+        for ln in film["lines"]
+        if ln["coordinates"]
+    ]
     for ref, film in films.items():
         where = f"{info_path}: line {film['lines'][0]['line']}"
         label = _label(film["lines"], where)
@@ -258,12 +304,21 @@ def build_mias(root, *, info=None, mask_dir=None) -> tuple[pd.DataFrame, dict]:
         ]
         + mask_notes(masks)
         + (
+            [
+                f"{len(incomplete)} line(s) with incomplete coordinates: kept without any "
+                "(listed in incomplete_coordinates)"
+            ]  # fmt: skip
+            if incomplete
+            else []
+        )
+        + (
             [f"{len(extra_files)} PGM file(s) not in Info.txt (not in the manifest)"]
             if extra_files
             else []
         ),
         info=str(info_path),
         laterality_rule=LATERALITY_RULE,
+        incomplete_coordinates=incomplete,
         films_in_table=len(films),
         pgm_files=len(pgms),
         pgm_not_in_table=extra_files,
