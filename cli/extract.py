@@ -73,6 +73,16 @@ from .preprocess_options import image_size_option, windowing_option
 @decoder_option
 @device_option
 @click.option(
+    "--precision",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default="auto",
+    show_default=True,
+    help="Arithmetic of the forward passes: auto = float32 on the CPU, bfloat16 autocast on a GPU "
+    "that supports it (else float16). Part of each backbone's identity in the store: resume a "
+    "store made on a CPU on a GPU with --precision float32 (or store the GPU run apart with "
+    "--backbone-suffix).",
+)
+@click.option(
     "--max-failures",
     type=click.IntRange(min=0),
     default=None,
@@ -104,8 +114,8 @@ from .preprocess_options import image_size_option, windowing_option
 @json_option
 def command(
     manifest, output, backbones, weights, image_size, resize, normalize, windowing, crop,
-    ddsm_calibration, roi, batch_size, workers, no_cache, decoder, device, max_failures, dtype,
-    hash_ids, backbone_suffix, compression, as_json,
+    ddsm_calibration, roi, batch_size, workers, no_cache, decoder, device, precision, max_failures,
+    dtype, hash_ids, backbone_suffix, compression, as_json,
 ) -> None:  # fmt: skip
     """Embed every image of MANIFEST with every backbone into the HDF5 store -o STORE.h5.
 
@@ -140,7 +150,7 @@ def command(
         with progress("extract", unit="images", show=talk and bar_enabled()) as update:
             summary = extract(
                 manifest, output, backbones=backbones, weights=weights, preprocess=config,
-                batch_size=batch_size, workers=workers, device=device,
+                batch_size=batch_size, workers=workers, device=device, precision=precision,
                 max_failures=max_failures, dtype=dtype, hash_ids=hash_ids,
                 backbone_suffix=backbone_suffix, compression=compression, progress=update,
                 cache=False if no_cache else None, decoder=decoder,

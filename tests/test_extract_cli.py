@@ -87,3 +87,14 @@ def test_re_embedded_images_are_said(tmp_path):
     assert "3 images: 1 done, 2 skipped, 0 images failed (0 image x backbone pairs); " in r.output
     assert "1 re-embedded because their files changed" in r.output
     assert os.path.exists(out)
+
+
+def test_precision_is_a_flag(tmp_path):
+    manifest = _manifest(tmp_path / "set", n=2, bad=False)
+    out = tmp_path / "s.h5"
+    cmd = ["extract", str(manifest), "-o", str(out), "-b", "alexnet", *ARGS]
+    r = CliRunner().invoke(cli, [*cmd, "--precision", "bfloat16"])
+    assert r.exit_code != 0 and "only used on CUDA" in str(r.exception)
+    r = CliRunner().invoke(cli, [*cmd, "--precision", "float32"])
+    assert r.exit_code == 0, r.output
+    assert "float32" in r.output
