@@ -19,8 +19,9 @@ def command(store_path: str, as_json: bool, max_failures_shown: int) -> None:
     """
     from featmammo.store import open as open_store
 
-    st = open_store(store_path)
-    summary = st.summary()
+    with open_store(store_path) as st:
+        summary = st.summary()
+        pending_rows = st.pending_shard_rows() if summary["pending_shards"] else 0
     if as_json:
         keys = ("n_images", "backbones", "n_done", "failed", "provenance")
         echo_json({k: summary[k] for k in keys})
@@ -52,13 +53,25 @@ def command(store_path: str, as_json: bool, max_failures_shown: int) -> None:
             f"(size {pre.get('image_size')}, {pre.get('resize')}, {pre.get('normalize')}, "
             f"crop {pre.get('crop')}, roi {pre.get('roi')})  devices {bp.get('devices', [])}"
         )
-    if summary["pending_shards"]:
+    click.echo(
+        f"format     {summary['format_version']} (uuid {summary['store_uuid'] or '-'}, "
+        f"{summary['segments']} segment files)"
+    )
+    if summary["writing"]:
         click.echo(
-            f"unmerged   {summary['pending_shards']} shards of an interrupted extraction "
-            "(rerun the same extract command to merge them)"
+            f"running    an extraction is writing this store now (its lock is held); "
+            f"{summary['pending_shards']} shards ({pending_rows} rows) written, not merged yet"
+        )
+    elif summary["pending_shards"]:
+        click.echo(
+            f"unmerged   {summary['pending_shards']} shards ({pending_rows} rows) of an "
+            "interrupted extraction (rerun the same extract command to merge them)"
         )
     fails = summary["failed"]
-    click.echo(f"failed     {len(fails)}")
+    click.echo(
+        f"failed     {len(fails)} (image x backbone) on {summary['failed_images']} distinct "
+        "image(s)"
+    )
     for rec in fails[:max_failures_shown]:
         where = rec["path"] or rec["image_id"]
         click.echo(f"  {rec['backbone']}: {where}: {rec['reason']}")

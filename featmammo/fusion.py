@@ -53,6 +53,8 @@ class FusedFeatures:
     blocks: dict[str, slice]
     provenance: dict[str, Any] = field(default_factory=dict)
     features: str = ""
+    #: images this features set alone could use (``fuse_many`` keeps those every set can use)
+    n_usable: int | None = None
 
     @property
     def backbones(self) -> list[str]:
@@ -210,17 +212,29 @@ def fuse(
     preprocessing agree; blocks of different backbones must share one preprocess fingerprint unless
     ``require_same_preprocess=False`` (then the mismatch is logged as a warning).
     """
+    store_list = _store_list(stores)
+    names = resolve_features(features, _available(store_list))
+    return _fuse(store_list, names, features, require_same_preprocess, check_blocks=True)
+
+
+def _store_list(stores) -> list:
     store_list = list(stores) if isinstance(stores, (list, tuple)) else [stores]
     if not store_list:
         raise ConfigError("fuse: no stores given")
+    return store_list
 
+
+def _available(store_list) -> list[str]:
     available: list[str] = []
     for s in store_list:
         for b in s.backbones:
             if b not in available:
                 available.append(b)
-    names = resolve_features(features, available)
+    return available
 
+
+def _fuse(store_list, names, features, require_same_preprocess, *, check_blocks) -> FusedFeatures:
+    """:func:`fuse` of resolved ``names`` (``check_blocks``: their preprocessing must agree)."""
     # per backbone: the stores that hold it; same name in two stores must have the same provenance
     sources: dict[str, list[int]] = {}
     provenance: dict[str, Any] = {}
@@ -242,25 +256,10 @@ def fuse(
         sources[name] = holders
         provenance[name] = ref_prov
 
-    # preprocessing must agree across blocks of different backbones
-    fps = {n: preprocess_fingerprint(provenance[n]) for n in names}
-    if len(names) > 1:
-        first = names[0]
-        for n in names[1:]:
-            if fps[n] != fps[first] or fps[n] is None:
-                where_a = _store_name(store_list[sources[first][0]], sources[first][0])
-                where_b = _store_name(store_list[sources[n][0]], sources[n][0])
-                msg = (
-                    f"preprocessing differs between {where_a} backbone {first!r} "
-                    f"(fingerprint {fps[first]}) and {where_b} backbone {n!r} "
-                    f"(fingerprint {fps[n]})"
-                )
-                if fps[n] is None or fps[first] is None:
-                    msg = msg.replace("differs", "cannot be verified (missing fingerprint)")
-                if require_same_preprocess:
-                    raise StoreError(msg + "; re-extract with one preprocessing config")
-                log.warning("%s; fusing anyway (require_same_preprocess=False)", msg)
+    if check_blocks:
+        _check_preprocess(store_list, names, sources, provenance, require_same_preprocess)
 
+    # per backbone: id -> (store index, row) for done rows; first store wins on duplicates
     # per backbone: id -> (store index, row) for done rows; first store wins on duplicates
     located: dict[str, dict[str, tuple[int, int]]] = {}
     all_ids: set[str] = set()
@@ -311,35 +310,49 @@ def fuse(
             f"in {[_store_name(s, i) for i, s in enumerate(store_list)]}"
         )
 
-    # gather blocks (one array read per store and backbone)
+    # gather blocks straight into the one output matrix: rows are read in bounded blocks (only
+    # the rows kept), so memory is the result plus one block, not the stores' matrices too
     blocks: dict[str, slice] = {}
-    parts: list[np.ndarray] = []
+    dims = {}
+    for name in names:
+        got = {
+            int(store_list[si].dim(name)) if hasattr(store_list[si], "dim") else None
+            for si in sources[name]
+        }
+        got.discard(None)
+        if len(got) > 1:
+            raise StoreError(f"backbone {name!r}: stores disagree on the dimension ({sorted(got)})")
+        dims[name] = got.pop() if got else None
+    X = None
     col = 0
     for name in names:
         loc = located[name]
-        arrays = {si: np.asarray(store_list[si].array(name)) for si in sources[name]}
-        dims = {a.shape[1] for a in arrays.values()}
-        if len(dims) != 1:
-            raise StoreError(
-                f"backbone {name!r}: stores disagree on the dimension ({sorted(dims)})"
-            )
-        dim = dims.pop()
-        block = np.empty((len(ids_sorted), dim), dtype=np.float32)
-        for si, arr in arrays.items():
-            pos = [k for k, i in enumerate(ids_sorted) if loc[i][0] == si]
-            if pos:
-                rows = [loc[ids_sorted[k]][1] for k in pos]
-                block[pos] = arr[rows]
-        bad = ~np.isfinite(block).all(axis=1)
-        if bad.any():
-            raise StoreError(
-                f"backbone {name!r}: non-finite embedding for done image id(s) "
-                f"{list(ids_sorted[bad][:5])}"
-            )
-        parts.append(block)
+        dim = dims[name]
+        for si in sources[name]:
+            pos = np.array([k for k, i in enumerate(ids_sorted) if loc[i][0] == si], dtype=np.int64)
+            if not pos.size:
+                continue
+            rows = np.array([loc[ids_sorted[k]][1] for k in pos], dtype=np.int64)
+            for p_blk, x_blk in _row_blocks(store_list[si], name, rows, pos):
+                if dim is None:
+                    dim = x_blk.shape[1]
+                elif x_blk.shape[1] != dim:
+                    raise StoreError(
+                        f"backbone {name!r}: stores disagree on the dimension "
+                        f"({sorted({dim, x_blk.shape[1]})})"
+                    )
+                if X is None or X.shape[1] < col + dim:
+                    X = _widen(X, len(ids_sorted), col + dim + _rest_dims(names, name, dims))
+                bad = ~np.isfinite(x_blk).all(axis=1)
+                if bad.any():
+                    raise StoreError(
+                        f"backbone {name!r}: non-finite embedding for done image id(s) "
+                        f"{list(ids_sorted[p_blk[bad]][:5])}"
+                    )
+                X[p_blk, col : col + dim] = x_blk
         blocks[name] = slice(col, col + dim)
         col += dim
-    X = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+    X = X[:, :col] if X.shape[1] != col else X
 
     meta = _joined_meta(store_list, ids_sorted)
     provenance["_stores"] = {n: [_store_name(store_list[i], i) for i in sources[n]] for n in names}
@@ -352,6 +365,118 @@ def fuse(
         provenance=provenance,
         features=features,
     )
+
+
+def fuse_many(
+    stores: Any | Sequence[Any],
+    features: Sequence[str],
+    *,
+    require_same_preprocess: bool = True,
+) -> dict[str, FusedFeatures]:
+    """Several features sets of the same stores, sharing one matrix (``fit``'s case).
+
+    Returns ``{features string: FusedFeatures}``. Every result has the same rows: the ids done
+    for every backbone any set uses (``n_usable`` says how many the set alone could use). The
+    backbones are read once into one matrix ordered so that each set's blocks are contiguous
+    where possible; each result's ``X`` is then a view of its columns (no copy): resnet50,
+    alexnet and their hybrid together hold the hybrid's bytes once, not twice. A set whose
+    blocks cannot be contiguous gets its own copy. Checks are those of :func:`fuse`, per set.
+    """
+    store_list = _store_list(stores)
+    available = _available(store_list)
+    sets = {f: resolve_features(f, available) for f in dict.fromkeys(features)}
+    if not sets:
+        raise ConfigError("fuse_many: no features sets given")
+    union: list[str] = []
+    for f in sorted(sets, key=lambda f: -len(sets[f])):  # the widest set's order first
+        union += [n for n in sets[f] if n not in union]
+    whole = _fuse(store_list, union, "+".join(union), require_same_preprocess, check_blocks=False)
+    out = {}
+    for f, names in sets.items():
+        sources = {n: [i for i, s in enumerate(store_list) if n in s.backbones] for n in names}
+        _check_preprocess(store_list, names, sources, whole.provenance, require_same_preprocess)
+        spans = [whole.blocks[n] for n in names]
+        if all(a.stop == b.start for a, b in zip(spans, spans[1:], strict=False)):
+            X = whole.X[:, spans[0].start : spans[-1].stop]  # a view
+        else:
+            X = np.concatenate([whole.X[:, sl] for sl in spans], axis=1)
+        blocks, col = {}, 0
+        for n, sl in zip(names, spans, strict=True):
+            blocks[n] = slice(col, col + (sl.stop - sl.start))
+            col = blocks[n].stop
+        prov = {n: whole.provenance[n] for n in names}
+        prov["_stores"] = {n: whole.provenance["_stores"][n] for n in names}
+        usable = set.intersection(*(_done_ids(store_list, n) for n in names))
+        out[f] = FusedFeatures(
+            ids=whole.ids,
+            X=X,
+            meta=whole.meta,
+            blocks=blocks,
+            provenance=prov,
+            features=f,
+            n_usable=len(usable),
+        )
+    return out
+
+
+def _done_ids(store_list, name: str) -> set:
+    ids = set()
+    for s in store_list:
+        if name in s.backbones:
+            ids |= set(np.asarray(s.ids).astype(str)[np.asarray(s.done(name), dtype=bool)])
+    return ids
+
+
+def _check_preprocess(store_list, names, sources, provenance, require_same_preprocess) -> None:
+    """Blocks of different backbones must share one preprocessing fingerprint."""
+    fps = {n: preprocess_fingerprint(provenance[n]) for n in names}
+    if len(names) > 1:
+        first = names[0]
+        for n in names[1:]:
+            if fps[n] != fps[first] or fps[n] is None:
+                where_a = _store_name(store_list[sources[first][0]], sources[first][0])
+                where_b = _store_name(store_list[sources[n][0]], sources[n][0])
+                msg = (
+                    f"preprocessing differs between {where_a} backbone {first!r} "
+                    f"(fingerprint {fps[first]}) and {where_b} backbone {n!r} "
+                    f"(fingerprint {fps[n]})"
+                )
+                if fps[n] is None or fps[first] is None:
+                    msg = msg.replace("differs", "cannot be verified (missing fingerprint)")
+                if require_same_preprocess:
+                    raise StoreError(msg + "; re-extract with one preprocessing config")
+                log.warning("%s; fusing anyway (require_same_preprocess=False)", msg)
+
+
+def _row_blocks(store: Any, name: str, rows: np.ndarray, pos: np.ndarray):
+    """``(positions, embeddings)`` of store ``rows`` in bounded blocks, read in row order.
+
+    Uses ``store.blocks(name, rows=...)`` (featmammo stores); any other object needs
+    ``array(name)`` only (the whole matrix, then the rows).
+    """
+    order = np.argsort(rows, kind="stable")
+    rows, pos = rows[order], pos[order]
+    reader = getattr(store, "blocks", None)
+    if reader is None:
+        yield pos, np.asarray(store.array(name), dtype=np.float32)[rows]
+        return
+    done = 0
+    for r, x in reader(name, rows=rows):
+        yield pos[done : done + len(r)], np.asarray(x, dtype=np.float32)
+        done += len(r)
+
+
+def _rest_dims(names, current, dims) -> int:
+    after = names[names.index(current) + 1 :]
+    return sum(dims.get(n) or 0 for n in after)
+
+
+def _widen(X, n: int, width: int) -> np.ndarray:
+    """The output matrix, allocated once when every width is known (grown only if one was not)."""
+    out = np.empty((n, width), dtype=np.float32)
+    if X is not None:
+        out[:, : X.shape[1]] = X
+    return out
 
 
 def _joined_meta(store_list: Sequence[Any], ids: np.ndarray) -> pd.DataFrame:

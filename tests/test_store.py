@@ -68,9 +68,9 @@ def test_write_open_roundtrip(small_store):
     assert list(st.ids) == list(meta["image_id"])
     assert st.backbones == ["toy", "hybrid:runs/x/checkpoint.pt"]
     assert st.meta.index.name == "image_id"
-    assert list(st.meta.columns[:7]) == store.META_COLUMNS
+    assert list(st.meta.columns[:8]) == store.META_COLUMNS
     assert st.meta.loc["img03", "label"] == "malignant"
-    assert st.meta.loc["img03", "density"] == "4"  # extras kept, as strings
+    assert st.meta.loc["img03", "density"] == 4  # extras kept, numbers as numbers
     assert st.done("toy").tolist() == [True, True, True, True, False, False]
     x = st.array("toy")
     assert x.dtype == np.float32 and x.shape == (6, 3)
@@ -99,7 +99,7 @@ def test_write_open_roundtrip(small_store):
 def test_layout_readable_with_plain_h5py(small_store):
     st, a, _, _ = small_store
     with h5py.File(st.path, "r") as f:
-        assert f.attrs["format"] == "featmammo.store" and f.attrs["format_version"] == 1
+        assert f.attrs["format"] == "featmammo.store" and f.attrs["format_version"] == 2
         ids = f["ids"].asstr()[()]
         assert ids[0] == "img00"
         assert json.loads(f.attrs["backbones"])[1] == "hybrid:runs/x/checkpoint.pt"
@@ -229,13 +229,46 @@ def test_shards_merge_idempotent_and_identity_checked(tmp_path, rng):
     assert not store.parts_dir(path).exists()
 
 
-def test_lock_refuses_second_writer(tmp_path):
+def _hold_lock(path, ready, release) -> None:
+    with store.lock(path):
+        os.write(ready, b"x")
+        os.read(release, 1)
+
+
+def test_lock_refuses_a_second_process_and_is_reentrant_within_one(tmp_path):
     path = tmp_path / "l.h5"
     with store.lock(path):
-        second = store.lock(path)
+        assert store.is_locked(path)
         with pytest.raises(StoreError, match="another featmammo process"):
-            second.__enter__()
-    with store.lock(path):  # released
+            store.lock(path).__enter__()  # a second run in this process: refused too
+        # the run's own writers re-enter it
+        store.prepare(path, ["a"], None, [_entry()], {"id_hashing": None})
+    assert not store.is_locked(path)
+    path.unlink()
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            _hold_lock(path, w1, r2)
+        finally:
+            os._exit(0)
+    try:
+        os.read(r1, 1)  # the child holds the lock
+        assert store.is_locked(path)
+        writers = (
+            lambda: store.lock(path).__enter__(),
+            lambda: store.write(path, ["a"], None, {}, {}),
+            lambda: store.prepare(path, ["a"], None, [_entry()], {"id_hashing": None}),
+        )
+        for writer in writers:
+            with pytest.raises(StoreError, match="another featmammo process"):
+                writer()
+        assert not path.exists()
+    finally:
+        os.write(w2, b"x")
+        os.waitpid(pid, 0)
+    with store.lock(path):  # released with the process
         pass
 
 
@@ -293,3 +326,31 @@ def test_reading_a_store_does_not_import_torch(small_store):
     r = subprocess.run([sys.executable, "-c", code, str(st.path)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
+
+
+def test_precision_and_decoder_plugin_are_identity_keys_that_keep_old_identities(
+    tmp_path, monkeypatch
+):
+    base = _prov() | {"dtype": "float32"}
+    plain = store.backbone_identity(base)
+    assert store.backbone_identity(base | {"precision": "float32"}) == plain
+    assert store.backbone_identity(base | {"decoder_plugin": "pylibjpeg"}) == plain
+    assert store.backbone_identity(base | {"precision": "bfloat16"}) != plain
+    assert store.backbone_identity(base | {"decoder_plugin": "JPEG2000=gdcm"}) != plain
+    # an entry a bfloat16 run made before precision was an identity key is resumed, not refused
+    from featmammo.store import schema
+
+    path = tmp_path / "bf16.h5"
+    meta = _meta(4)
+    bf16 = store.BackboneEntry("toy", 3, _prov() | {"precision": "bfloat16"})
+    legacy = schema.backbone_identity
+    monkeypatch.setattr(schema, "backbone_identity", lambda p: legacy(p, legacy=True))
+    store.prepare(path, meta["image_id"], meta, [bf16], {"id_hashing": None})
+    old_identity = store.open(path).identity("toy")
+    monkeypatch.undo()
+    assert old_identity != bf16.identity
+    st = store.prepare(path, meta["image_id"], meta, [bf16], {"id_hashing": None})
+    assert st.identity("toy") == bf16.identity
+    fp32 = store.BackboneEntry("toy", 3, _prov() | {"precision": "float32"})
+    with pytest.raises(StoreError, match=r"precision \('bfloat16' -> 'float32'\)"):
+        store.prepare(path, meta["image_id"], meta, [fp32], {"id_hashing": None})

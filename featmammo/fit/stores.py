@@ -29,35 +29,52 @@ class FiniteStoreView:
 
     Extraction records NaN/inf embeddings as failed, but a store written by other code may hold
     them as done; such rows are left out (and counted in the report) instead of stopping the run.
-    Everything else is delegated to the wrapped store; arrays are read once and cached.
+    Everything else is delegated to the wrapped store. No matrix is kept: the finiteness of each
+    backbone's done rows is checked once, block by block, and only the (N,) mask is cached, so
+    fusing through the view holds the fused features and one block, not the store's matrices too.
     """
 
     def __init__(self, store):
         self._store = store
-        self._arrays: dict = {}
         self._finite: dict = {}
 
     def __getattr__(self, name):
         return getattr(self._store, name)
 
-    def _load(self, name: str) -> None:
-        if name not in self._arrays:
-            x = np.asarray(self._store.array(name))
-            self._arrays[name] = x
-            self._finite[name] = np.isfinite(x).all(axis=1) if x.size else np.ones(len(x), bool)
+    def _mask(self, name: str) -> np.ndarray:
+        if name not in self._finite:
+            done = np.asarray(self._store.done(name), dtype=bool)
+            finite = np.ones(done.shape[0], dtype=bool)
+            rows = np.flatnonzero(done)
+            reader = getattr(self._store, "blocks", None)
+            if reader is not None:
+                for r, x in reader(name, rows=rows):
+                    finite[r] = np.isfinite(x).all(axis=1) if x.size else True
+            elif rows.size:
+                x = np.asarray(self._store.array(name))
+                finite = np.isfinite(x).all(axis=1) if x.size else finite
+            self._finite[name] = finite
+        return self._finite[name]
 
     def array(self, name: str, *args, **kwargs):
-        self._load(name)
-        return self._arrays[name]
+        return self._store.array(name, *args, **kwargs)
+
+    def blocks(self, name: str, *args, **kwargs):
+        reader = getattr(self._store, "blocks", None)
+        if reader is None:  # a store object with array() only
+            rows = kwargs.get("rows", args[0] if args else None)
+            x = np.asarray(self._store.array(name))
+            rows = np.arange(len(x)) if rows is None else np.asarray(rows)
+            yield rows, x[rows]
+            return
+        yield from reader(name, *args, **kwargs)
 
     def done(self, name: str) -> np.ndarray:
-        self._load(name)
-        return np.asarray(self._store.done(name), dtype=bool) & self._finite[name]
+        return np.asarray(self._store.done(name), dtype=bool) & self._mask(name)
 
     def non_finite(self, name: str) -> np.ndarray:
         """Rows marked done in the store whose embedding holds NaN or inf."""
-        self._load(name)
-        return np.asarray(self._store.done(name), dtype=bool) & ~self._finite[name]
+        return np.asarray(self._store.done(name), dtype=bool) & ~self._mask(name)
 
 
 def _exclusions(views, used: Sequence[str], kept_ids) -> list[dict]:

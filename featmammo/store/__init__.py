@@ -5,10 +5,19 @@ manifest's per-image metadata, one embedding matrix per backbone, a done/failed 
 backbone with the failure reason, and provenance. Reading needs only h5py, numpy and pandas
 (``featmammo.store.open``); plain h5py works too, with the layout below.
 
-HDF5 layout (format ``featmammo.store``, ``format_version`` 1)
+HDF5 layout (format ``featmammo.store``, ``format_version`` 2)
 -------------------------------------------------------------
+``STORE.h5`` is the one path a user opens. Since format version 2 it is an index over immutable
+segment files in ``STORE.h5.segments/`` (``featmammo.store.index``): the ids, the metadata and
+the embeddings are HDF5 virtual datasets mapping row ranges of the segments, so plain h5py reads
+them as one array each (relative paths: keep ``STORE.h5`` and its ``.segments`` folder together;
+``featmammo store pack STORE -o OUT`` makes one self-contained file for sharing).
+
 ``/`` attributes
-    ``format`` = "featmammo.store", ``format_version`` = 1,
+    ``format`` = "featmammo.store", ``format_version`` = 2 (1: an older self-contained store,
+    still read, upgraded when extended), ``store_uuid`` (32 hex: the store's identity; shards and
+    segments carry it), ``generation`` (counts the main file's versions), ``compression``,
+    ``segments`` (JSON: the segment files and what each holds; absent in a self-contained file),
     ``provenance``: JSON text (featmammo / torch / torchvision / pydicom / h5py / numpy versions,
     ``manifest_hash`` (of the latest manifest), ``manifest_hashes`` (all manifests merged in),
     ``created`` / ``updated`` (UTC ISO times), ``id_hashing`` (null, or
@@ -18,8 +27,10 @@ HDF5 layout (format ``featmammo.store``, ``format_version`` 1)
 ``/ids``  (N,) variable-length UTF-8 strings: the image ids, unique.
 ``/meta/<column>``  (N,) variable-length UTF-8 strings, one dataset per metadata column, in the
     order given by the JSON list in ``/meta`` attribute ``columns``: ``label``, ``patient_id``,
-    ``laterality``, ``view``, ``split``, ``source``, ``path``, then any extra manifest columns.
-    Missing values are empty strings.
+    ``laterality``, ``view``, ``split``, ``source``, ``path``, ``file_identity`` (an opaque
+    signature of the image file the row was embedded from), then any extra manifest columns.
+    Missing values are empty strings. (``Store.meta`` returns extra columns whose every value is a
+    plain number as numbers.)
 ``/backbones/<key>``  one group per backbone. ``<key>`` is the backbone name percent-encoded
     (``urllib.parse.quote(name, safe="")``, so ``hybrid:runs/a/checkpoint.pt`` becomes
     ``hybrid%3Aruns%2Fa%2Fcheckpoint.pt``); the real name is the group attribute ``name``.
@@ -29,10 +40,13 @@ HDF5 layout (format ``featmammo.store``, ``format_version`` 1)
     ``layer``, ``weights``, ``weights_sha256``, ``preprocess`` (config dict),
     ``preprocess_fingerprint``, ``dtype``, ``devices``, ``precision``).
     Datasets:
-    ``embeddings``  (N, dim) float32 or float16, chunked (rows of 64 x dim), gzip/lzf or none;
-                    rows that are not done hold NaN (pending/failed rows are never meaningful).
+    ``embeddings``  (N, dim) float32 or float16 (segments: chunked rows of 64 x dim, gzip/lzf or
+                    none); rows that are not done read as NaN (pending/failed rows are never
+                    meaningful).
     ``status``      (N,) int8: 0 = pending, 1 = done, 2 = failed.
     ``reason``      (N,) variable-length UTF-8: why a row failed ("" otherwise).
+``/index/...``  where each row's id/metadata and embedding live (segment number, position);
+    bookkeeping for featmammo, absent in a self-contained file.
 Row i of every dataset belongs to ``/ids[i]``.
 
 Plain h5py::
@@ -46,27 +60,31 @@ Plain h5py::
 
 Crash safety and cost
 ---------------------
-The main file is only ever replaced whole and atomically: a new version is written to
-``STORE.h5.tmp`` in the same folder, fsynced and ``os.replace``-d over ``STORE.h5`` (then the folder
-is fsynced). An extraction hands each finished batch to a background writer
+Nothing is ever changed in place. A new segment is written under a unique temporary name through
+``featmammo.store.files.write_h5`` (a full disk is a ``StoreSpaceError``, never a crash), fsynced
+and renamed; then a new main file is written the same way and ``os.replace``-d over ``STORE.h5``
+(the folder is fsynced). An extraction hands each finished batch to a background writer
 (``featmammo.store.writer.BackgroundWriter``) that writes it as a shard (``STORE.h5.parts/*.npz``:
-temporary name, fsync, rename) and merges shards into the main file (``consolidate``) on a geometric
-schedule: only once the pending shards hold as many bytes as the main file, and not past a quarter
-of the run's expected bytes; the run ends with one final merge. Every merge copies the main file, so
-the copies form a geometric series: the bytes an extraction writes stay within about 3x the final
-store size however large it grows (merging every N batches made them grow with its square). A merged
-shard is deleted only after the new main file is in place, and merging is idempotent. A ``kill -9``
-at any moment therefore leaves a readable main file plus durable shards, which the next run merges
-before it starts; shards whose backbone identity does not match the store are ignored (logged),
-never merged. Readers see a consistent store at all times: the main file as of the last merge (rows
-still in shards read as pending; ``Store.pending_shards()`` counts the shards). A writer holds
-``STORE.h5.lock`` (``flock``; the file stays, the lock dies with the process) so two extractions
-never write one store.
+temporary name, fsync, rename) and merges shards into the store (``consolidate``) every
+``merge_bytes``: a merge writes the merged rows once, as one new segment, and a main file of a
+few bytes per row, so a step costs the new rows, not the store (a rerun with nothing to do
+writes a main file; appending 1% writes about 1% plus the main file). A merged shard is deleted
+only after the new main file is in place (the main file names the shards it merged, so a rerun
+never merges them twice). A ``kill -9`` at any moment therefore leaves a readable main file plus
+durable shards, which the next run merges before it starts. Shards and segments carry the store's
+UUID: what belongs to no live store (a store deleted while a run was interrupted) is discarded
+with a warning, never merged; shards whose backbone identity does not match the store are ignored
+(logged). ``Store`` is one consistent snapshot (it holds its files open); rows still in shards
+read as pending (``Store.pending_shards()``; ``featmammo info`` says whether a run is writing
+the store now). A writer holds ``STORE.h5.lock`` (``flock``; the lock dies with the process) so
+two processes never write one store; a symlinked store is written through to its target.
 
-Modules: ``schema`` (format constants, names, identities, HDF5 building blocks), ``reader``
-(``Store``, ``open``), ``create`` (``write``, ``prepare``), ``shards`` (``write_shard``,
-``consolidate``, ``cleanup_parts``), ``writer`` (``BackgroundWriter``), ``mainfile`` (atomic
-replacement of the main file), ``locking`` (``lock``), ``faults`` (the test-only SIGKILL seam).
+Modules: ``schema`` (format constants, names, identities, HDF5 building blocks), ``index`` (the
+main file: state, virtual datasets, commit), ``segments`` (segment files, garbage collection),
+``reader`` (``Store``, ``open``), ``create`` (``write``, ``prepare``), ``shards``
+(``write_shard``, ``consolidate``, ``cleanup_parts``), ``writer`` (``BackgroundWriter``),
+``compaction`` (``compact``, ``pack``), ``files`` (guarded atomic HDF5 writes, free-space checks),
+``locking`` (``lock``), ``faults`` (the test-only SIGKILL seam).
 
 Identifiers
 -----------
@@ -79,10 +97,11 @@ different key. No DICOM header field enters a store: metadata comes from the man
 
 from __future__ import annotations
 
+from .compaction import compact, pack
 from .create import prepare, write
 from .faults import fault_point
-from .locking import lock
-from .reader import Store, open
+from .locking import is_locked, lock
+from .reader import Store, open, store_bytes
 from .schema import (
     CHUNK_ROWS,
     COMPRESSIONS,
@@ -91,9 +110,11 @@ from .schema import (
     FAILED,
     FORMAT,
     FORMAT_VERSION,
+    IDENTITY_DEFAULTS,
     IDENTITY_KEYS,
     META_COLUMNS,
     PENDING,
+    READABLE_VERSIONS,
     STATUS_NAMES,
     BackboneEntry,
     backbone_identity,
@@ -101,6 +122,8 @@ from .schema import (
     nonfinite_reason,
     package_versions,
     parts_dir,
+    resolve,
+    segments_dir,
     storable_rows,
     utcnow,
 )
@@ -115,9 +138,11 @@ __all__ = [
     "FAILED",
     "FORMAT",
     "FORMAT_VERSION",
+    "IDENTITY_DEFAULTS",
     "IDENTITY_KEYS",
     "META_COLUMNS",
     "PENDING",
+    "READABLE_VERSIONS",
     "STATUS_NAMES",
     "BackboneEntry",
     "BackgroundWriter",
@@ -125,17 +150,23 @@ __all__ = [
     "backbone_identity",
     "backbone_key",
     "cleanup_parts",
+    "compact",
     "consolidate",
     "fault_point",
+    "is_locked",
     "list_shards",
     "lock",
     "nonfinite_reason",
     "open",
+    "pack",
     "package_versions",
     "parts_dir",
     "prepare",
+    "resolve",
+    "segments_dir",
     "shard_bytes",
     "storable_rows",
+    "store_bytes",
     "utcnow",
     "write",
     "write_shard",

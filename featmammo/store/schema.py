@@ -7,6 +7,7 @@ shared by the reader, the writers and the shard merger; nothing here writes a fi
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,15 +22,31 @@ from ..errors import StoreError
 from ..hashing import fingerprint
 
 FORMAT = "featmammo.store"
-FORMAT_VERSION = 1
+#: version 2: the main file is an index over immutable segment files (virtual datasets), with a
+#: store UUID; version 1 (one self-contained file) is still read, and upgraded when extended
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+SEGMENT_FORMAT = "featmammo.store-segment"
+#: required per-image metadata columns, always text; ``file_identity`` is an opaque string the
+#: extraction computes per image file (a row whose path or file identity changed is re-embedded)
 META_COLUMNS = ["label", "patient_id", "laterality", "view", "split", "source", "path"]
+META_COLUMNS.append("file_identity")
+#: the oldest HDF5 file format objects are written in (readable by HDF5 >= 1.10, which VDS needs)
+LIBVER = ("earliest", "v110")
 PENDING, DONE, FAILED = 0, 1, 2
 STATUS_NAMES = {PENDING: "pending", DONE: "done", FAILED: "failed"}
 CHUNK_ROWS = 64
 COMPRESSIONS = ("gzip", "lzf", "none")
 DTYPES = ("float32", "float16")
 # provenance keys that decide whether two embedding matrices are comparable
-IDENTITY_KEYS = ("spec", "layer", "weights", "weights_sha256", "preprocess", "dtype")
+IDENTITY_KEYS = (
+    *("spec", "layer", "weights", "weights_sha256", "preprocess", "dtype"),
+    *("precision", "decoder_plugin"),
+)
+#: identity keys added after the first stores: in the fingerprint only when not at the value every
+#: earlier store was made with (float32 on the CPU; the pylibjpeg plugins of the standard install),
+#: so existing entries keep their identity
+IDENTITY_DEFAULTS = {"precision": "float32", "decoder_plugin": "pylibjpeg"}
 
 _STR = h5py.string_dtype("utf-8")
 
@@ -43,15 +60,36 @@ def backbone_key(name: str) -> str:
     return quote(str(name), safe="")
 
 
-def backbone_identity(provenance: Mapping) -> str:
-    """Fingerprint of what makes two embedding matrices comparable (weights, spec, preprocess)."""
-    return fingerprint({k: provenance.get(k) for k in IDENTITY_KEYS})
+def backbone_identity(provenance: Mapping, *, legacy: bool = False) -> str:
+    """Fingerprint of what makes two embedding matrices comparable (weights, spec, preprocess,
+    dtype, autocast precision, DICOM decoder plugin).
+
+    ``legacy``: the fingerprint entries had before the keys of ``IDENTITY_DEFAULTS`` existed.
+    """
+    ident = {k: provenance.get(k) for k in IDENTITY_KEYS if k not in IDENTITY_DEFAULTS}
+    if not legacy:
+        for k, default in IDENTITY_DEFAULTS.items():
+            if provenance.get(k) not in (None, default):
+                ident[k] = provenance[k]
+    return fingerprint(ident)
+
+
+def resolve(path) -> Path:
+    """The file a store path names: symlinks followed, so writers write through to the target
+    (the link stays a link) and every alias of one store shares its lock, shards and segments."""
+    return Path(os.path.realpath(os.fspath(path)))
 
 
 def parts_dir(path) -> Path:
     """Folder of the durable per-batch shards of a store being extracted."""
-    p = Path(path)
+    p = resolve(path)
     return p.with_name(p.name + ".parts")
+
+
+def segments_dir(path) -> Path:
+    """Folder of the immutable segment files the main file (the index) reads through."""
+    p = resolve(path)
+    return p.with_name(p.name + ".segments")
 
 
 def package_versions() -> dict:
@@ -159,28 +197,28 @@ class BackboneEntry:
         return backbone_identity(self.provenance)
 
 
-def _write_new_file(
-    tmp: Path,
+def _write_new_file_into(
+    f: h5py.File,
     ids: np.ndarray,
     meta: pd.DataFrame,
     entries: Sequence[BackboneEntry],
     store_provenance: dict,
     compression: str | None,
 ) -> None:
+    """A self-contained store (format version 2 without segments) in the open, empty file ``f``."""
     n = len(ids)
-    with h5py.File(tmp, "w", libver="latest") as f:
-        f.attrs["format"] = FORMAT
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["provenance"] = _json_attr(store_provenance)
-        f.attrs["backbones"] = json.dumps([e.name for e in entries])
-        _create_str(f, "ids", ids)
-        g = f.create_group("meta")
-        g.attrs["columns"] = json.dumps(list(meta.columns))
-        for c in meta.columns:
-            _create_str(g, c, meta[c].to_numpy())
-        bg = f.create_group("backbones")
-        for e in entries:
-            _create_backbone(bg, e, n, compression)
+    f.attrs["format"] = FORMAT
+    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["provenance"] = _json_attr(store_provenance)
+    f.attrs["backbones"] = json.dumps([e.name for e in entries])
+    _create_str(f, "ids", ids)
+    g = f.create_group("meta")
+    g.attrs["columns"] = json.dumps(list(meta.columns))
+    for c in meta.columns:
+        _create_str(g, c, meta[c].to_numpy())
+    bg = f.create_group("backbones")
+    for e in entries:
+        _create_backbone(bg, e, n, compression)
 
 
 def _create_backbone(bg, e: BackboneEntry, n: int, compression) -> h5py.Group:
@@ -202,9 +240,10 @@ def _create_backbone(bg, e: BackboneEntry, n: int, compression) -> h5py.Group:
     g.create_dataset(
         "status", shape=(n,), maxshape=(None,), dtype=np.int8, chunks=(1024,), fillvalue=PENDING
     )
-    g.create_dataset("reason", shape=(n,), maxshape=(None,), dtype=_STR, chunks=(CHUNK_ROWS,))
-    if n:
-        g["reason"][:] = np.full(n, "", dtype=object)
+    g.create_dataset(
+        "reason", shape=(n,), maxshape=(None,), dtype=_STR, chunks=(max(1, min(n, 4096)),),
+        compression="gzip",
+    )  # fmt: skip
     return g
 
 
@@ -230,4 +269,6 @@ def _write_rows(g: h5py.Group, rows, emb, status, reason) -> None:
     for r0, r1, p0, p1 in _runs(rows):
         ds_e[r0:r1] = emb[p0:p1].astype(ds_e.dtype, copy=False)
         ds_s[r0:r1] = status[p0:p1]
-        ds_r[r0:r1] = reason[p0:p1]
+    said = np.flatnonzero(reason != "")
+    if said.size:  # only non-empty reasons: an unwritten string reads as "" and costs nothing
+        ds_r[rows[said]] = reason[said]

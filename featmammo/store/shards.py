@@ -1,13 +1,20 @@
-"""Durable per-batch shards and their merge into the main file (``consolidate``)."""
+"""Durable per-batch shards and their merge into the store (``consolidate``).
+
+A shard (``STORE.h5.parts/<time>-<pid>-<random>.npz``, zlib level 1) records one finished group
+of batches: ids, per backbone the embeddings, status and reasons, the backbone identity the rows
+were computed under, and the UUID of the store it was written for. ``consolidate`` turns pending
+shards into one new segment file plus a new main file; it never rewrites existing rows' bytes, so
+a merge costs the rows merged (and the small index), however large the store is.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
 import uuid
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,10 +23,34 @@ import numpy as np
 from ..atomic import atomic_write
 from ..errors import StoreError
 from .faults import fault_point
-from .mainfile import copy_and_modify
-from .schema import IDENTITY_KEYS, _json_attr, _write_rows, parts_dir, utcnow
+from .files import check_space, is_space_error, space_error, write_h5
+from .index import Segment, State, commit, editing, read_ids
+from .locking import mutation
+from .schema import DONE, FAILED, IDENTITY_KEYS, backbone_key, parts_dir, resolve, utcnow
+from .segments import collect, create_embeddings, new_segment_path, start_segment
 
 log = logging.getLogger("featmammo.store")
+
+#: backbone provenance keys holding lists merged across runs (union, sorted), not replaced
+MERGED_LISTS = ("devices", "decoders")
+
+
+def store_uuid_of(path) -> str:
+    """The UUID of the store at ``path`` ('' for a format-1 store or no store)."""
+    import h5py
+
+    try:
+        with h5py.File(resolve(path), "r") as f:
+            return str(f.attrs.get("store_uuid", ""))
+    except (OSError, ValueError):
+        return ""
+
+
+def _savez(fh, payload: dict) -> None:
+    with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        for k, v in payload.items():
+            with z.open(k + ".npy", "w", force_zip64=True) as m:
+                np.lib.format.write_array(m, np.asanyarray(v), allow_pickle=False)
 
 
 def write_shard(
@@ -29,41 +60,55 @@ def write_shard(
     identities: Mapping[str, str],
     *,
     dtypes: Mapping[str, str] | None = None,
+    store_uuid: str | None = None,
 ) -> Path:
     """Durably record one finished batch for the store at ``path``.
 
     ``blocks[name] = (embeddings (n, D), status (n,) int, reasons (n,) str)`` for ``ids``;
     ``identities[name]`` is the backbone identity the rows were computed under (checked at merge).
     ``dtypes[name]`` (optional) is the store's dtype of that backbone: the shard then holds the
-    embeddings already cast to it (the merge casts the same way, so nothing changes but the bytes).
-    The shard appears under its final name only once its bytes are on disk
-    (``featmammo.atomic.atomic_write``: temporary name, fsync, rename, fsync of the folder).
+    embeddings already cast to it. ``store_uuid``: the store the rows belong to (read from the
+    store when not given); a merge into any other store discards the shard. The shard appears
+    under its final name only once its bytes are on disk (``featmammo.atomic.atomic_write``).
+    A full disk raises StoreSpaceError.
     """
     d = parts_dir(path)
     names = list(blocks)
+    if store_uuid is None:
+        store_uuid = store_uuid_of(path)
     payload = {
         "ids": np.asarray([str(i) for i in ids], dtype=str),
         "names": np.asarray(names, dtype=str),
         "identities": np.asarray([identities[n] for n in names], dtype=str),
+        "store_uuid": np.asarray(str(store_uuid)),
     }
+    raw = 0
     for j, n in enumerate(names):
         emb, status, reason = blocks[n]
         emb = np.asarray(emb)
         if dtypes and dtypes.get(n):
             emb = emb.astype(dtypes[n], copy=False)
+        raw += emb.nbytes
         payload[f"emb{j}"] = emb
         payload[f"status{j}"] = np.asarray(status, dtype=np.int8)
         payload[f"reason{j}"] = np.asarray([str(r) for r in reason], dtype=str)
     # time-ordered unique name: merge order is write order (a later shard wins on the same image)
     stem = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     final = d / f"{stem}.npz"
+    d.mkdir(parents=True, exist_ok=True)
+    check_space(path, d, raw + (1 << 20), "writing a shard")
 
     def _write(fh) -> None:
-        np.savez(fh, **payload)
+        _savez(fh, payload)
         fh.flush()
         fault_point("shard-tmp")  # bytes written under the temporary name, not yet renamed
 
-    atomic_write(final, _write)
+    try:
+        atomic_write(final, _write)
+    except OSError as exc:
+        if is_space_error(exc):
+            raise space_error(path, exc, raw, d, "writing a shard") from exc
+        raise
     return final
 
 
@@ -82,48 +127,189 @@ def shard_bytes(path) -> int:
     return total
 
 
-def _read_shard(p: Path) -> dict | None:
+def shard_header(p: Path) -> dict | None:
+    """A shard's ids, names, identities, store UUID, statuses and reasons (no embeddings)."""
     try:
         with np.load(p, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            head = {k: z[k] for k in z.files if not k.startswith("emb")}
     except Exception as exc:  # a complete shard never fails; a foreign file might
         log.warning("ignoring unreadable shard %s (%s)", p, exc)
         return None
+    head["store_uuid"] = str(head["store_uuid"]) if "store_uuid" in head else ""
+    return head
 
 
-# rows gathered from consecutive shards before they are written: whole chunks are then compressed
-# and written once (batch-sized writes into 64-row chunks wrote each chunk twice or more)
-MERGE_BUFFER_BYTES = 256 << 20
-#: backbone provenance keys holding lists merged across runs (union, sorted), not replaced
-MERGED_LISTS = ("devices", "decoders")
+def _shard_time_ns(p: Path) -> int:
+    try:
+        return int(p.name.split("-", 1)[0])
+    except ValueError:
+        return 0
 
 
-class _MergeBuffer:
-    """Shard rows per backbone, written sorted in contiguous runs; a later shard wins a row."""
+def _belongs(p: Path, head: dict, state: State) -> bool:
+    if head["store_uuid"]:
+        return head["store_uuid"] == state.uuid
+    # written by a featmammo that put no UUID in shards: it belongs to the format-1 store this
+    # index was upgraded from, if it predates the upgrade
+    return bool(state.legacy_before_ns) and _shard_time_ns(p) < state.legacy_before_ns
 
-    def __init__(self, groups, limit: int = MERGE_BUFFER_BYTES):
-        self.groups, self.limit = groups, limit
-        self.parts: dict[str, list] = {}
-        self.nbytes = 0
 
-    def add(self, name, rows, emb, status, reason) -> None:
-        self.parts.setdefault(name, []).append((rows, emb, status, reason))
-        self.nbytes += emb.nbytes
-        if self.nbytes >= self.limit:
-            self.flush()
+def merge_shards(path, state: State, files, shard_paths: Sequence[Path]) -> list:
+    """Merge ``shard_paths`` into ``state`` (a new segment written; the index not yet).
 
-    def flush(self) -> None:
-        for name, parts in self.parts.items():
-            rows = np.concatenate([p[0] for p in parts])
-            emb = np.concatenate([p[1] for p in parts])
-            status = np.concatenate([p[2] for p in parts])
-            reason = np.concatenate([np.asarray(p[3], dtype=object) for p in parts])
-            # the last occurrence of each row wins (shards are in write order); sorted by row
-            _, last = np.unique(rows[::-1], return_index=True)
-            take = rows.size - 1 - last
-            _write_rows(self.groups[name], rows[take], emb[take], status[take], reason[take])
-        self.parts.clear()
-        self.nbytes = 0
+    Returns the shard files consumed (merged, or discarded as foreign, stale or unreadable).
+    """
+    consumed: list[Path] = []
+    done_before = set(state.merged_shards)
+    index = None
+    plans: dict[str, list] = {}  # backbone -> [(rows, shard number, block j, k in shard)]
+    heads = []
+    for p in shard_paths:
+        if p.name in done_before:  # merged by a commit killed before it deleted the shard
+            consumed.append(p)
+            continue
+        head = shard_header(p)
+        consumed.append(p)
+        if head is None:
+            continue
+        if not _belongs(p, head, state):
+            log.warning(
+                "%s: discarding shard %s: written for another store (UUID %s, this store's is "
+                "%s), e.g. one deleted while a run was interrupted; its rows are not merged",
+                path,
+                p.name,
+                head["store_uuid"] or "none",
+                state.uuid,
+            )
+            continue
+        if index is None:
+            index = {i: k for k, i in enumerate(read_ids(state, files))}
+        sid = [str(i) for i in head["ids"]]
+        missing = [i for i in sid if i not in index]
+        if missing:
+            log.warning(
+                "shard %s: %d images not in the store (e.g. %r); skipped",
+                p,
+                len(missing),
+                missing[0],
+            )
+        keep = np.array([i in index for i in sid], dtype=bool)
+        rows = np.array([index[i] for i in sid if i in index], dtype=np.int64)
+        si = len(heads)
+        heads.append((p, head, keep))
+        for j, (name, ident) in enumerate(zip(head["names"], head["identities"], strict=True)):
+            b = state.blocks.get(str(name))
+            if b is None or b.identity != str(ident):
+                log.warning("shard %s: backbone %r does not match the store; skipped", p, name)
+                continue
+            k = np.flatnonzero(keep)
+            plans.setdefault(str(name), []).append((rows, np.full(rows.size, si), j, k))
+    if not plans:
+        return consumed
+    # per backbone the last write of each row wins (shards are in write order)
+    winners = {}
+    for name, parts in plans.items():
+        rows = np.concatenate([q[0] for q in parts])
+        src = np.concatenate([q[1] for q in parts])
+        blk = np.concatenate([np.full(q[0].size, q[2]) for q in parts])
+        kin = np.concatenate([q[3] for q in parts])
+        _, last = np.unique(rows[::-1], return_index=True)
+        take = rows.size - 1 - last  # sorted by row
+        status = np.array(
+            [
+                heads[s][1][f"status{j}"][k]
+                for s, j, k in zip(src[take], blk[take], kin[take], strict=True)
+            ],
+            dtype=np.int8,
+        )
+        winners[name] = (rows[take], src[take], blk[take], kin[take], status)
+    new_done = {n: w[0][w[4] == DONE] for n, w in winners.items() if (w[4] == DONE).any()}
+    seg_no = None
+    if new_done:
+        target, rel = new_segment_path(state)
+        needed = sum(
+            r.size * state.blocks[n].dim * np.dtype(state.blocks[n].dtype).itemsize
+            for n, r in new_done.items()
+        ) + (1 << 20)
+
+        def build(f) -> None:
+            start_segment(f, state)
+            ds = {}
+            for n, r in new_done.items():
+                b = state.blocks[n]
+                ds[n] = create_embeddings(
+                    f, backbone_key(n), n, r, b.dim, b.dtype, state.compression
+                )
+            for si, (p, _head, _keep) in enumerate(heads):
+                wanted = [
+                    (n, w)
+                    for n, w in winners.items()
+                    if n in ds and ((w[1] == si) & (w[4] == DONE)).any()
+                ]
+                if not wanted:
+                    continue
+                with np.load(p, allow_pickle=False) as z:
+                    for n, w in wanted:
+                        sel = np.flatnonzero((w[1] == si) & (w[4] == DONE))
+                        j = int(w[2][sel[0]])
+                        emb = z[f"emb{j}"]
+                        dst = np.searchsorted(new_done[n], w[0][sel])
+                        _write_runs(ds[n], dst, emb[w[3][sel]])
+
+        write_h5(target, build, store=path, needed=needed, what="merging shards", fault="segment")
+        seg_no = state.add_segment(
+            Segment(rel, None, [], {n: int(r.size) for n, r in new_done.items()})
+        )
+    for name, (rows, src, blk, kin, status) in winners.items():
+        b = state.blocks[name]
+        done = status == DONE
+        failed = status == FAILED
+        if done.any():
+            r = rows[done]
+            b.status[r] = DONE
+            b.reason[r] = ""
+            b.seg[r] = seg_no
+            b.pos[r] = np.searchsorted(new_done[name], r)
+        for i in np.flatnonzero(failed):
+            r = int(rows[i])
+            head = heads[int(src[i])][1]
+            b.status[r] = FAILED
+            b.reason[r] = str(head[f"reason{int(blk[i])}"][int(kin[i])])
+            b.seg[r] = -1
+    return consumed
+
+
+def _write_runs(ds, dst: np.ndarray, values: np.ndarray) -> None:
+    """``ds[dst] = values`` for ascending-ish ``dst``, as contiguous slices."""
+    order = np.argsort(dst, kind="stable")
+    dst, values = dst[order], values[order]
+    brk = np.flatnonzero(np.diff(dst) != 1) + 1
+    starts = np.concatenate([[0], brk])
+    stops = np.concatenate([brk, [dst.size]])
+    for a, b in zip(starts, stops, strict=True):
+        ds[int(dst[a]) : int(dst[b - 1]) + 1] = values[a:b].astype(ds.dtype, copy=False)
+
+
+def apply_provenance(path, state: State, store_update, backbone_update) -> None:
+    if store_update:
+        sp = state.provenance
+        for k, v in store_update.items():
+            if k == "runs":
+                sp["runs"] = list(sp.get("runs", [])) + list(v)
+            else:
+                sp[k] = v
+        sp["updated"] = utcnow()
+    for name, upd in (backbone_update or {}).items():
+        b = state.blocks.get(name)
+        if b is None:
+            continue
+        for k, v in upd.items():
+            if k in IDENTITY_KEYS:
+                raise StoreError(f"{path}: {k} is part of the identity of {name!r}; not updated")
+            if k in MERGED_LISTS:  # what every run used, accumulated
+                b.provenance[k] = sorted(set(b.provenance.get(k, [])) | set(v))
+            else:
+                b.provenance[k] = v
 
 
 def consolidate(
@@ -134,86 +320,64 @@ def consolidate(
     max_shards: int | None = None,
     shards: Sequence[Path] | None = None,
 ) -> int:
-    """Merge the durable shards of ``path`` into the main file atomically; return how many merged.
+    """Merge the durable shards of ``path`` into the store atomically; return how many merged.
 
-    Shards whose backbone identity differs from the store's entry of that name, or that name
-    backbones/images the store lacks, are skipped with a warning (and removed, being unusable).
-    Optionally updates the store-level provenance and per-backbone provenance in the same step.
-    ``shards`` merges only those shard files (default: every complete shard, in write order).
-    Each call copies the main file once: call it on a schedule whose copies stay a bounded
-    multiple of the final size (``featmammo.store.writer.BackgroundWriter``), not every N batches.
+    The rows go into one new segment file and a new main file replaces the old one; nothing
+    already stored is rewritten. Shards written for another store (another UUID), whose backbone
+    identity differs from the store's entry of that name, or that name images the store lacks,
+    are skipped with a warning (and removed, being unusable). Optionally updates the store-level
+    provenance and per-backbone provenance in the same step. ``shards`` merges only those shard
+    files (default: every complete shard, in write order). Takes the store's lock.
     """
     path = Path(path)
     if not path.exists():
         raise StoreError(f"{path}: no such store to merge shards into")
-    shard_paths = list_shards(path) if shards is None else sorted(Path(p) for p in shards)
-    if max_shards is not None:
-        shard_paths = shard_paths[:max_shards]
-    if not shard_paths and not store_provenance_update and not backbone_provenance_update:
-        return 0
-    merged = []
+    real = resolve(path)
+    with mutation(real):
+        shard_paths = list_shards(real) if shards is None else sorted(Path(p) for p in shards)
+        if max_shards is not None:
+            shard_paths = shard_paths[:max_shards]
+        if not shard_paths and not store_provenance_update and not backbone_provenance_update:
+            return 0
+        with editing(real) as (state, files):
+            state.upgrade()
+            consumed = merge_shards(path, state, files, shard_paths)
+            apply_provenance(path, state, store_provenance_update, backbone_provenance_update)
+            if consumed:
+                state.merged_shards = [p.name for p in consumed]
+            commit(state, store=path, fault="consolidate", what="merging shards")
+        for p in consumed:  # only after the merged data is durable in the store
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        collect(real, state)
+        from .compaction import maybe_compact
 
-    def modify(f):
-        ids = f["ids"].asstr()[()]
-        index = {i: k for k, i in enumerate(ids)}
-        groups = {str(f["backbones"][k].attrs["name"]): f["backbones"][k] for k in f["backbones"]}
-        buffer = _MergeBuffer(groups)
-        for p in shard_paths:
-            shard = _read_shard(p)
-            merged.append(p)
-            if shard is None:
-                continue
-            sid = [str(i) for i in shard["ids"]]
-            missing = [i for i in sid if i not in index]
-            if missing:
-                log.warning("shard %s: %d images not in the store (e.g. %r); skipped", p,
-                            len(missing), missing[0])  # fmt: skip
-            keep = np.array([i in index for i in sid], dtype=bool)
-            rows = np.array([index[i] for i in sid if i in index], dtype=np.int64)
-            for j, (name, ident) in enumerate(
-                zip(shard["names"], shard["identities"], strict=True)
-            ):
-                g = groups.get(str(name))
-                if g is None or str(g.attrs["identity"]) != str(ident):
-                    log.warning("shard %s: backbone %r does not match the store; skipped", p, name)
-                    continue
-                buffer.add(
-                    str(name), rows, shard[f"emb{j}"][keep], shard[f"status{j}"][keep],
-                    shard[f"reason{j}"][keep],
-                )  # fmt: skip
-        buffer.flush()
-        if store_provenance_update:
-            sp = json.loads(f.attrs["provenance"])
-            for k, v in store_provenance_update.items():
-                if k == "runs":
-                    sp["runs"] = list(sp.get("runs", [])) + list(v)
-                else:
-                    sp[k] = v
-            sp["updated"] = utcnow()
-            f.attrs["provenance"] = _json_attr(sp)
-        for name, upd in (backbone_provenance_update or {}).items():
-            g = groups.get(name)
-            if g is None:
-                continue
-            bp = json.loads(g.attrs["provenance"])
-            for k, v in upd.items():
-                if k in IDENTITY_KEYS:
-                    raise StoreError(
-                        f"{path}: {k} is part of the identity of {name!r}; not updated"
-                    )
-                if k in MERGED_LISTS:  # what every run used, accumulated
-                    bp[k] = sorted(set(bp.get(k, [])) | set(v))
-                else:
-                    bp[k] = v
-            g.attrs["provenance"] = _json_attr(bp)
+        maybe_compact(path)
+    if consumed:
+        log.debug("store %s: merged %d shards", path, len(consumed))
+    return len(consumed)
 
-    copy_and_modify(path, modify, fault="consolidate")
-    for p in merged:  # only after the merged data is durable in the main file
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
-    if merged:
-        log.debug("store %s: merged %d shards", path, len(merged))
-    return len(merged)
+
+def discard_foreign_shards(path, keep_uuid: str | None) -> int:
+    """Delete shards not written for the store ``keep_uuid`` (None: every shard), with a warning."""
+    gone = []
+    for p in list_shards(path):
+        head = shard_header(p)
+        if head is not None and keep_uuid and head["store_uuid"] == keep_uuid:
+            continue
+        gone.append(p)
+    if gone:
+        log.warning(
+            "%s: discarding %d shard(s) left by an interrupted run of a store that no longer "
+            "exists at this path (e.g. %s); their rows are never merged into this store",
+            path,
+            len(gone),
+            gone[0].name,
+        )
+        for p in gone:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+    return len(gone)
 
 
 def cleanup_parts(path) -> None:

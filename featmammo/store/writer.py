@@ -1,24 +1,17 @@
-"""Writing an extraction's batches off the forward loop, at a cost linear in the store's size.
+"""Writing an extraction's batches off the forward loop, at a cost in proportion to the new rows.
 
 :class:`BackgroundWriter` takes finished batches (``submit`` returns at once), writes each as a
 durable shard in a background thread and, on the process that owns the main file, merges shards
-into it on a geometric schedule:
+into the store (``featmammo.store.consolidate``) once they hold ``merge_bytes``: a merge writes
+the merged rows as one new segment file plus a new (small) main file and rewrites nothing that
+was stored before, so merging often costs no more than merging once. The default threshold
+(``max(MERGE_MIN_BYTES, expected / MERGES_PER_RUN)`` of shard bytes) lets readers see the store
+grow in about 16 steps and keeps a run's segment files few. The caller's final
+``featmammo.store.consolidate`` (with the run's provenance) merges the rest.
 
-* a merge happens only once the pending shards hold at least ``growth`` times the main file's
-  bytes, so the main file (at least) doubles between merges and the copies every merge makes form
-  a geometric series: they add up to about the final size, not to its square;
-* no scheduled merge once more than ``merge_until`` (a quarter) of the bytes this run is expected
-  to write (the store's rows not done yet, times their width) would be merged: every merged byte is
-  copied once more by each later merge, the final one included, so late merges cost the most and
-  buy the least (readers see the store grow through its first quarter, then whole at the end);
-* the caller's final ``featmammo.store.consolidate`` (with the run's provenance) merges the rest.
-
-Total bytes written: the main file as ``prepare`` wrote it, the shards (about 1x: raw, so more
-where the store's compression shrinks embeddings), the rows merged into the main file (1x) and the
-copies (a geometric series bounded by about half the final size): 2.5-2.7x the final store size
-measured at 10k and 100k rows (``benchmarks/store_write.py``), however large it grows. Readers see a
-consistent store all along (the main file, replaced atomically; rows still in shards read as
-pending). Crash safety is the shards' and ``consolidate``'s (see ``featmammo.store``).
+Bytes written by a fresh run: the shards (zlib level 1: about the stored size), the segments (1x)
+and the indexes (a few bytes per row each): about 2x the final store, flat in its size
+(``benchmarks/store_write.py``). Memory: one shard at a time, whatever the store's size.
 """
 
 from __future__ import annotations
@@ -44,16 +37,19 @@ log = logging.getLogger("featmammo.store")
 _STOP = object()
 SCAN_INTERVAL_S = 0.5  # how often the shard folder is listed to decide on a merge
 GROUP_MAX_ROWS = 4096  # at most this many rows (waiting batches) in one shard
+MERGE_MIN_BYTES = 32 << 20  # no scheduled merge of less than this many shard bytes
+MERGES_PER_RUN = 16  # scheduled merges of a run (readers see the store grow in as many steps)
 
 
 class BackgroundWriter:
     """Write an extraction's batches to the store at ``store_path`` from background threads.
 
-    ``consolidate``: merge shards into the main file on the geometric schedule (the process that
-    owns the main file, rank 0); other ranks only write shards. ``max_pending``: batches that may
-    wait for the writer before ``submit`` blocks (bounds memory). ``growth`` and ``merge_until``
-    shape the schedule (module docstring); ``growth=0, merge_until=None`` merges after every batch
-    (fault-injection tests). The store must exist (``featmammo.store.prepare``).
+    ``consolidate``: merge shards into the store on the schedule (the process that owns the
+    main file, rank 0); other ranks only write shards. ``max_pending``: batches that may wait for
+    the writer before ``submit`` blocks (bounds memory). ``merge_bytes``: shard bytes that start
+    a merge (default: module docstring), scaled by ``growth``; ``growth=0`` merges after every
+    batch (fault-injection tests). ``merge_until`` (a fraction of the run's expected bytes, or
+    None): no scheduled merge past it. The store must exist (``featmammo.store.prepare``).
     """
 
     def __init__(
@@ -63,19 +59,24 @@ class BackgroundWriter:
         consolidate: bool = True,
         max_pending: int = 4,
         growth: float = 1.0,
-        merge_until: float | None = 0.25,
+        merge_until: float | None = None,
+        merge_bytes: int | None = None,
     ):
         self.path = Path(store_path)
         if max_pending < 1:
             raise StoreError(f"{self.path}: max_pending must be >= 1, not {max_pending}")
-        st = Store(self.path)
-        self._dims = {n: st.dim(n) for n in st.backbones}
-        self._dtypes = {n: st.dtype(n) for n in st.backbones}
-        # bytes this run is expected to write: every row not done yet, of every backbone
-        self.expected_bytes = sum(
-            int((st.status(n) != DONE).sum()) * st.dim(n) * np.dtype(st.dtype(n)).itemsize
-            for n in st.backbones
-        )
+        with Store(self.path) as st:
+            self._dims = {n: st.dim(n) for n in st.backbones}
+            self._dtypes = {n: st.dtype(n) for n in st.backbones}
+            self.store_uuid = st.uuid
+            # bytes this run is expected to write: every row not done yet, of every backbone
+            self.expected_bytes = sum(
+                int((st.status(n) != DONE).sum()) * st.dim(n) * np.dtype(st.dtype(n)).itemsize
+                for n in st.backbones
+            )
+        if merge_bytes is None:
+            merge_bytes = max(MERGE_MIN_BYTES, self.expected_bytes // MERGES_PER_RUN)
+        self.merge_bytes = int(merge_bytes)
         self.consolidate = bool(consolidate)
         self.growth = float(growth)
         self.merge_until = merge_until
@@ -193,7 +194,14 @@ class BackgroundWriter:
                 rows += len(nxt[0])
             try:
                 ids, blocks, identities = _concat(group)
-                p = write_shard(self.path, ids, blocks, identities, dtypes=self._dtypes)
+                p = write_shard(
+                    self.path,
+                    ids,
+                    blocks,
+                    identities,
+                    dtypes=self._dtypes,
+                    store_uuid=self.store_uuid,
+                )
                 self.n_batches += len(group)
                 self.n_shards += 1
                 size = p.stat().st_size
@@ -238,7 +246,7 @@ class BackgroundWriter:
             self.bytes_merged >= self.merge_until * self.expected_bytes
         ):
             return False  # past the scheduled part: only the final merge remains
-        threshold = self.growth * self.path.stat().st_size
+        threshold = self.growth * self.merge_bytes
         # listing thousands of shards after every batch would cost O(n^2): list the folder when
         # this writer's own shards alone could have reached the threshold, else twice a second
         # (for the shards of other ranks)
@@ -248,12 +256,7 @@ class BackgroundWriter:
         self._last_scan, self._own_since_scan = time.monotonic(), 0
         _, pending = self._pending()
         self._pending_at_scan = pending
-        if pending == 0 or pending < threshold:
-            return False
-        if self.merge_until is not None:
-            # late merges are the expensive ones: leave the rest to the final merge
-            return self.bytes_merged + pending <= self.merge_until * self.expected_bytes
-        return True
+        return pending > 0 and pending >= threshold
 
     def _start_merge(self) -> None:
         shards, pending = self._pending()
@@ -266,8 +269,11 @@ class BackgroundWriter:
                 self.n_merges += 1
                 log.debug(
                     "%s: merged %d shards (%d bytes) in %.2f s",
-                    self.path, len(shards), pending, time.perf_counter() - t0,
-                )  # fmt: skip
+                    self.path,
+                    len(shards),
+                    pending,
+                    time.perf_counter() - t0,
+                )
             except BaseException as exc:
                 self._error = exc
                 log.error("%s: background merge: %s", self.path, exc)
