@@ -353,6 +353,14 @@ def test_cbis_metadata_csv_variants(synth_cbis, tmp_path):
         assert len(df) == 4 and summary["unresolved"] == 0
         assert summary["skipped_files"] == []  # the listed folders were enough
         assert summary["layout"] == "nbia-descriptive"
+    # a metadata.csv cut short (half-downloaded): the cut row is listed, never padded, and its
+    # series is found by the header scan
+    cut = meta.rstrip("\n")
+    (root / "Metadata.CSV").write_text(cut[: cut.rindex(",")] + "\n")
+    df, summary = build_cbis_ddsm(root, csv_dir=root, cache=False)
+    assert len(df) == 4 and summary["unresolved"] == 0
+    reasons = {Path(s["path"]).name: s["reason"] for s in summary["skipped_files"]}
+    assert "cut short" in reasons[f"Metadata.CSV: line {len(rows) + 1}"]
 
 
 # --------------------------------------------------------------------------- image variants

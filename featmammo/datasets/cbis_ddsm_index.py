@@ -253,7 +253,8 @@ def build_index(
         series[rec["series_uid"]].append(rec)
 
     for meta_csv in sorted(metadata):
-        mdf, _ = read_csv_strings(meta_csv)
+        mdf, _ = read_csv_strings(meta_csv, short_rows="list")
+        _skip_cut(meta_csv, mdf, skipped)  # their series are then found by the header scan
         # column names as NBIA writes them, matched ignoring case, spaces and underscores
         canon = {re.sub(r"[\s_]+", "", c).lower(): c for c in mdf.columns}
         mdf = mdf.rename(
@@ -307,8 +308,15 @@ def build_index(
     return FileIndex(dict(series), layout, "cbis-ddsm", skipped, missing_folders, stats)
 
 
+def _skip_cut(table: Path, df, skipped: list) -> None:
+    """Rows of an index CSV cut short (a truncated download): listed as skipped, never padded."""
+    for r in df.attrs.get("short_rows", ()):
+        skipped.append({"path": f"{table}: line {r['line']}", "reason": r["reason"]})
+
+
 def _index_jpeg(info_csv: Path, w: _Walk, series: dict, skipped: list) -> None:
-    df, lines = read_csv_strings(info_csv)
+    df, lines = read_csv_strings(info_csv, short_rows="list")
+    _skip_cut(info_csv, df, skipped)
     need = [c for c in ("image_path", "SeriesInstanceUID") if c not in df.columns]
     if need:
         raise ManifestError(
