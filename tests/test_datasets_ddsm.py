@@ -273,6 +273,26 @@ def test_a_bad_overlay_is_one_listed_view_not_a_stop(tree, old, new, match):
     assert "C_1465_1.LEFT_CC" not in set(df["image_id"]) and len(df) == 4
 
 
+def test_an_ics_cut_inside_its_last_view_line_lists_that_view(tree):
+    """A truncated .ics whose last view line stops mid-number ('30' of '3024'): that view is
+    listed (its geometry is not trusted), the case's other views are built."""
+    from featmammo.io.ddsm import read_ics
+
+    ics = next(tree.rglob("A-0002-1.ics"))
+    text = ics.read_text().rstrip("\n")
+    ics.write_text(text[: text.rindex("PIXELS_PER_LINE 30") + len("PIXELS_PER_LINE 3")])
+    info = read_ics(ics)
+    assert "RIGHT_MLO" not in info["views"] and "RIGHT_MLO" in info["cut_views"]
+    _put(ics.parent / "A_0002_1.RIGHT_MLO.LJPEG", LJPEG)
+    df, summary = build_ddsm(tree)
+    rows = {u["image_id"]: u for u in summary["unresolved_rows"]}
+    assert "ends inside the RIGHT_MLO line" in rows["A_0002_1.RIGHT_MLO"]["reason"]
+    assert summary["unresolved_reasons"][".ics cut short"] == 1
+    assert {"A_0002_1.LEFT_CC", "A_0002_1.RIGHT_CC"} <= set(df["image_id"])
+    ics.write_text(text + "\n")  # complete again: the view is read
+    assert read_ics(ics)["views"]["RIGHT_MLO"]["pixels_per_line"] == 30
+
+
 @pytest.mark.parametrize(
     "sub, n",
     [

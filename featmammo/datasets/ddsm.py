@@ -246,7 +246,12 @@ def build_ddsm(
             continue
         case = ics.get("case") or folder.name
         stem = case.replace("-", "_")
-        for view in sorted(set(c["ljpeg"]) - set(ics["views"])):
+        cut_views = ics.get("cut_views", {})
+        for view in sorted(set(c["ljpeg"]) & set(cut_views)):
+            unresolved.append(
+                {"image_id": f"{stem}.{view}", "where": str(ics_path), "reason": cut_views[view]}
+            )
+        for view in sorted(set(c["ljpeg"]) - set(ics["views"]) - set(cut_views)):
             unresolved.append(
                 {
                     "image_id": f"{stem}.{view}",
@@ -450,6 +455,8 @@ def _reason_kind(reason: str) -> str:
         return "case type unknown"
     if reason.startswith("overlay:"):
         return "unreadable overlay"
+    if "cut short" in reason:
+        return ".ics cut short"
     return "unreadable .ics"
 
 

@@ -26,6 +26,7 @@ from featmammo.errors import ConfigError, ManifestError
 
 VIEW_NAMES = ("LEFT_CC", "LEFT_MLO", "RIGHT_CC", "RIGHT_MLO")
 _VIEW_RE = re.compile(r"^(LEFT|RIGHT)_[A-Z]+$")
+_VIEW_END = ("OVERLAY", "NON_OVERLAY")
 _CASE_RE = re.compile(r"^([A-Da-d])[-_](\d{4})[-_](\d+)")
 
 # The four calibrations DDSM published (grey level GL -> optical density OD), keyed by
@@ -104,8 +105,11 @@ def read_ics(path) -> dict:
     ``sequence`` (``SELECTED``/``SEQUENCE`` or None) and ``views``: ``{"LEFT_CC": {"lines",
     "pixels_per_line", "bits_per_pixel", "resolution", "overlay"}, ...}`` (``lines`` = rows,
     ``pixels_per_line`` = columns). Each view dict is also available at the top level
-    (``info["LEFT_CC"]``). Raises ManifestError naming the file (and line) when the file is
-    missing, has no view lines, or a view line lacks LINES / PIXELS_PER_LINE.
+    (``info["LEFT_CC"]``). A file that ends inside its last view line (no line break and no
+    ``OVERLAY``/``NON_OVERLAY``: a truncated download) leaves that view out of ``views`` and names
+    it in ``cut_views`` (view -> reason), since its numbers may be cut. Raises ManifestError
+    naming the file (and line) when the file is missing, has no view lines, or a view line lacks
+    LINES / PIXELS_PER_LINE.
     """
     p = Path(os.fspath(path))
     text = read_text(p, ".ics file")
@@ -133,7 +137,10 @@ def read_ics(path) -> dict:
         "DIGITIZER": "digitizer",
         "FILM_TYPE": "film_type",
     }
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    lines = text.splitlines()
+    last = max((k for k, ln in enumerate(lines, 1) if ln.split()), default=0)
+    open_end = bool(text) and not text.endswith(("\n", "\r"))
+    for lineno, line in enumerate(lines, start=1):
         tokens = line.split()
         if not tokens:
             continue
@@ -144,8 +151,18 @@ def read_ics(path) -> dict:
         elif head in ("SELECTED", "SEQUENCE") and len(tokens) == 1:
             info["sequence"] = head
         elif _VIEW_RE.match(head) and len(tokens) > 1:
+            if open_end and lineno == last and tokens[-1].upper() not in _VIEW_END:
+                # the file stops inside its last view line (a truncated download): its numbers
+                # may be cut ('3024' -> '30'), so this view's geometry is not trusted
+                info.setdefault("cut_views", {})[head] = (
+                    f"{p}: line {lineno}: the file ends inside the {head} line (no line break, "
+                    "no OVERLAY/NON_OVERLAY): cut short?"
+                )
+                continue
             info["views"][head] = _view_line(p, lineno, head, tokens[1:])
     if not info["views"]:
+        if info.get("cut_views"):
+            raise ManifestError(next(iter(info["cut_views"].values())))
         raise ManifestError(
             f"{p}: no view lines (e.g. 'LEFT_CC LINES 4696 PIXELS_PER_LINE 3024 ...') in the .ics"
         )
