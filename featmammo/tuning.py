@@ -26,15 +26,28 @@ xgboost        max_depth 2, 4 x learning_rate 0.1, 0.3 (rounds: early stop)   de
 refine-mlp     weight_decay 1e-2, 1e-4 x dropout 0.5, 0.2                      wd 1e-2, 1e-4
 =============  ==============================================================  =============
 
-Speed (exact shortcuts, not approximations): per inner fold the block scaling is fitted once and
-shared by every head and grid point; logreg and svm-linear are fitted on the training rows
-projected on their own row space (an L2-penalised linear model's weights lie in that span, so the
-solution and its predictions are the same; a 6,144-d problem on ~500 rows becomes ~500-d);
-svm-rbf and k-NN use one squared-distance matrix per inner fold (precomputed kernels / distances)
-for every C, gamma and k; logreg is warm-started along its C path. XGBoost's number of rounds and
-the MLPs' epochs come from early stopping on held-out patients inside each fit. One approximation:
-the rf grid is scored with 100 trees per forest (``RF_TUNING_TREES``; the number of trees hardly
-changes which max_features / min_samples_leaf wins), and the chosen point is refit with 300.
+Speed (exact shortcuts, used only where exact for the head's actual parameters --
+:func:`shortcut`; any other parameters go through the head's real pipeline): per inner fold the
+block scaling is fitted once and shared by every head and grid point (it is what each pipeline's
+own scaler fits on those rows); an L2-penalised logreg or svm-linear is fitted on the training
+rows projected on their own row space (its weights lie in that span, so the solution and its
+predictions are the same; a 6,144-d problem on ~500 rows becomes ~500-d); svm-rbf with a numeric
+gamma and k-NN with uniform weights and the Euclidean metric use one squared-distance matrix per
+inner fold (precomputed kernels / distances) for every C, gamma and k. Refused, for instance: an
+L1 or elastic-net logreg (out-of-fold probabilities up to 0.6 off through the projection), k-NN
+with distance weights (0.02 off: the squared distances weight differently), gamma "scale". No warm
+start along the C path (from the previous C's optimum lbfgs stopped up to 0.04 away).
+XGBoost's number of rounds and the MLPs' epochs come from early stopping on held-out patients
+inside each fit. One approximation: the rf grid is scored with 100 trees per forest
+(``RF_TUNING_TREES``; the number of trees hardly changes which max_features / min_samples_leaf
+wins), and the chosen point is refit with 300.
+
+What the tuning could not do is written into tuning.csv's ``note`` column (:data:`NOTE_KINDS`):
+an outer fold that ran untuned because its inner CV was impossible (:func:`untuned_row`), grid
+points dropped (k-NN asking for more neighbours than an inner training side holds), early stopping
+skipped in inner fits or in the refit (:func:`refit_note`), fits that failed, nan scores, and a
+grid where every point scored nan (the head then runs at its defaults). :func:`read_this_first`
+turns the notes into the report's "read this first" lines.
 """
 
 from __future__ import annotations
@@ -79,7 +92,9 @@ DEFAULT_METRIC = "balanced_accuracy"
 INNER_CV = 3
 #: trees per forest while scoring the rf grid (the chosen point is refit with the default 300)
 RF_TUNING_TREES = 100
-TUNING_COLUMNS = ("features", "head", "fold", "params", "inner_score", "chosen")
+#: tuning.csv's columns; ``note``: what the reader must know about a row ("" when nothing;
+#: "KIND: text" parts joined by "; ", kinds in :data:`NOTE_KINDS`; :func:`read_this_first`)
+TUNING_COLUMNS = ("features", "head", "fold", "params", "inner_score", "chosen", "note")
 
 
 def resolve_grids(spec="default") -> dict[str, dict[str, list]]:
@@ -174,8 +189,9 @@ def proba_in(model, X, classes: Sequence[str]) -> np.ndarray:
 
 
 class _FoldData:
-    """One inner fold: block scaling fitted on its training rows, and (lazily) the row-space
-    projection and the squared distances shared by every head and grid point."""
+    """One inner fold: block scaling fitted on its training rows (exactly what each head's
+    pipeline fits on them), and (lazily) the row-space projection and the squared distances
+    shared by every head and grid point that may use them (:func:`shortcut`)."""
 
     def __init__(self, X, y, groups, tr, va, blocks, balance):
         from .heads.scaling import BlockScaler
@@ -231,12 +247,20 @@ class InnerCV:
 
     def oof_proba(self, head: str, points: list[dict], base: dict, classes, seed: int):
         """Pooled inner out-of-fold probabilities of every grid point: list of (n, K) arrays."""
+        return [p for p, _ in self.oof_proba_notes(head, points, base, classes, seed)]
+
+    def oof_proba_notes(self, head: str, points: list[dict], base: dict, classes, seed: int):
+        """Like :meth:`oof_proba`, with each point's notes: list of ``(proba, {note: n_fits})``
+        (early stopping skipped, a failed fit...; the proba rows of a failed fit are nan)."""
         out = [np.full((len(self.y), len(classes)), np.nan) for _ in points]
+        notes: list[dict[str, int]] = [{} for _ in points]
         for i in range(len(self.inner)):
             fd = self.fold(i)
-            for j, p in enumerate(_fit_points(head, points, base, fd, classes, seed)):
+            for j, (p, fit_notes) in enumerate(_fit_points(head, points, base, fd, classes, seed)):
                 out[j][fd.va] = p
-        return out
+                for n in fit_notes:
+                    notes[j][n] = notes[j].get(n, 0) + 1
+        return list(zip(out, notes, strict=True))
 
 
 def _clf(head: str, params: dict, seed: int):
@@ -246,73 +270,169 @@ def _clf(head: str, params: dict, seed: int):
     return heads.make(head, seed=seed, **params).steps[-1][1]
 
 
+#: the exact shortcuts (see :func:`shortcut`)
+SHORTCUTS = ("row-space", "kernel", "distance")
+
+
+def _inner(clf):
+    """The estimator a head's wrapper (calibration, prior correction) wraps, else ``clf``."""
+    inner = clf.get_params(deep=False).get("estimator") if hasattr(clf, "get_params") else None
+    return clf if inner is None else inner
+
+
+def shortcut(head: str, clf) -> str | None:
+    """The exact speed-up the tuning may use for this classifier *with its actual parameters*, or
+    None: then every grid point is fitted by the head's real pipeline (on the inner fold's
+    block-scaled rows, which is what the pipeline's own scaler gives).
+
+    - ``row-space`` (logreg, svm-linear): an **L2**-penalised linear model's weights lie in the
+      span of its training rows, so fitting on the rows projected on that span gives the same
+      model and predictions. Refused for an L1 / elastic-net penalty or no penalty (C infinite).
+    - ``kernel`` (svm-rbf): one squared-distance matrix per inner fold, exp(-gamma D) as a
+      precomputed kernel. Only for ``kernel="rbf"`` with a numeric gamma (``"scale"``/``"auto"``
+      depend on each calibration fold's rows).
+    - ``distance`` (knn): precomputed squared Euclidean distances give the same neighbours, so
+      only for uniform weights (distance weights need the distances themselves) and the
+      Euclidean metric (minkowski with p=2, no metric_params).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.svm import SVC, LinearSVC
+
+    est = _inner(clf)
+    p = est.get_params(deep=False)
+    if head == "logreg" and type(est) is LogisticRegression:
+        l2 = p.get("penalty") in ("l2", "deprecated") and p.get("l1_ratio") in (None, 0, 0.0)
+        return "row-space" if l2 and np.isfinite(float(p["C"])) else None
+    if head == "svm-linear" and type(est) is LinearSVC:
+        return "row-space" if p["penalty"] == "l2" and np.isfinite(float(p["C"])) else None
+    if head == "svm-rbf" and type(est) is SVC:
+        numeric = not isinstance(p["gamma"], str)
+        return "kernel" if p["kernel"] == "rbf" and numeric else None
+    if head == "knn" and type(est) is KNeighborsClassifier:
+        euclid = p["metric"] in ("euclidean", "l2") or (p["metric"] == "minkowski" and p["p"] == 2)
+        exact = p["weights"] == "uniform" and euclid and not p.get("metric_params")
+        return "distance" if exact else None
+    return None
+
+
 def _fit_points(head, points, base, fd: _FoldData, classes, seed):
-    """Validation probabilities of every grid point on one inner fold (exact shortcuts)."""
-    from .heads import fit_head
+    """``(validation probabilities, notes)`` of every grid point on one inner fold: through the
+    exact shortcut the classifier's parameters allow (:func:`shortcut`), else its real pipeline.
+    A fit that fails (ValueError, a linear-algebra or floating-point error) gives nan
+    probabilities and a ``failed`` note instead of stopping the run."""
+    from .heads import fit_head, fit_notes
 
     out = []
-    if head in ("logreg", "svm-linear"):
-        Z_tr, Z_va = fd.projected()
-        clf = None
-        for p in points:
-            params = {**base, **p}
-            if head == "logreg" and clf is not None and set(p) == {"C"}:
-                clf.set_params(C=p["C"])  # warm start along the C path
-            else:
-                clf = _clf(head, params, seed)
-                if head == "logreg":
-                    clf.set_params(warm_start=True)
-            clf.fit(Z_tr, fd.y_tr)
-            out.append(proba_in(clf, Z_va, classes))
-        return out
-    if head in ("svm-rbf", "knn"):
-        D_tr, D_va = fd.sq_distances()
-        for p in points:
-            params = {**base, **p}
-            clf = _clf(head, params, seed)
-            if head == "knn":
-                if clf.get_params().get("metric") not in ("minkowski", "euclidean") or (
-                    clf.get_params().get("metric") == "minkowski" and clf.get_params()["p"] != 2
-                ):
-                    clf.fit(fd.S_tr, fd.y_tr)  # another metric: no shortcut
-                    out.append(proba_in(clf, fd.S_va, classes))
-                    continue
-                clf.set_params(metric="precomputed")
-                clf.fit(D_tr, fd.y_tr)
-                out.append(proba_in(clf, D_va, classes))
-                continue
-            gamma = clf.get_params()["estimator"].get_params()["gamma"]
-            if isinstance(gamma, str):  # "scale"/"auto" follow each calibration fold's rows
-                clf.fit(fd.S_tr, fd.y_tr)
-                out.append(proba_in(clf, fd.S_va, classes))
-                continue
-            clf.set_params(estimator__kernel="precomputed")
-            clf.fit(np.exp(-float(gamma) * D_tr), fd.y_tr)
-            out.append(proba_in(clf, np.exp(-float(gamma) * D_va), classes))
-        return out
     for p in points:
         params = {**base, **p}
         if head == "rf" and "n_estimators" not in params:
             params["n_estimators"] = RF_TUNING_TREES  # the refit uses the head's 300 trees
         clf = _clf(head, params, seed)
-        fit_head(clf, fd.S_tr, fd.y_tr, fd.g_tr)
-        out.append(proba_in(clf, fd.S_va, classes))
+        kind = shortcut(head, clf)
+        try:
+            if kind == "row-space":
+                # no warm start along the C path: from the previous C's optimum lbfgs stops
+                # within its tolerance but up to 0.04 away in probability (measured at C=100)
+                Z_tr, Z_va = fd.projected()
+                fit_head(clf, Z_tr, fd.y_tr, fd.g_tr)
+                out.append((proba_in(clf, Z_va, classes), []))
+            elif kind == "kernel":
+                D_tr, D_va = fd.sq_distances()
+                gamma = float(_inner(clf).get_params()["gamma"])
+                clf.set_params(estimator__kernel="precomputed")
+                fit_head(clf, np.exp(-gamma * D_tr), fd.y_tr, fd.g_tr)
+                out.append((proba_in(clf, np.exp(-gamma * D_va), classes), []))
+            elif kind == "distance":
+                D_tr, D_va = fd.sq_distances()
+                clf.set_params(estimator__metric="precomputed")
+                fit_head(clf, D_tr, fd.y_tr, fd.g_tr)
+                out.append((proba_in(clf, D_va, classes), []))
+            else:  # the real pipeline on the fold's block-scaled rows
+                fit_head(clf, fd.S_tr, fd.y_tr, fd.g_tr)
+                out.append((proba_in(clf, fd.S_va, classes), fit_notes(clf)))
+        except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
+            log.warning("tuning %s %s: the fit failed (%s: %s); scored nan",
+                        head, p, type(exc).__name__, exc)  # fmt: skip
+            out.append(
+                (np.full((len(fd.va), len(classes)), np.nan), [f"failed: {type(exc).__name__}"])
+            )
     return out
 
 
-def _feasible(head: str, points: list[dict], inner: InnerCV) -> list[dict]:
-    """Drop k-NN points asking for more neighbours than the smallest inner training side holds
-    (the same for every features set: it depends on the splits only)."""
+# ----------------------------------------------------------------------- notes in tuning.csv
+#: kinds of note in tuning.csv's ``note`` column ("KIND: text", several joined by "; ")
+NOTE_KINDS = (
+    "untuned",
+    "grid points dropped",
+    "early stopping skipped",
+    "fit failed",
+    "nan score",
+    "all-NaN grid",
+)
+
+
+def _note(kind: str, text: str) -> str:
+    assert kind in NOTE_KINDS, kind
+    return f"{kind}: {text}".replace(";", ",")
+
+
+def add_note(row: dict, note: str) -> dict:
+    """``row`` (a tuning.csv row) with ``note`` appended to its ``note`` (joined by "; ")."""
+    old = row.get("note") or ""
+    row["note"] = f"{old}; {note}" if old and note else (old or note)
+    return row
+
+
+def untuned_row(reason: str) -> dict:
+    """The tuning.csv row of a head that ran untuned at its defaults because the inner CV was
+    impossible (``reason``, e.g. "CV fold 2's training side has 2 patient(s), fewer than
+    --inner-cv 3"): ``params`` "{}", ``inner_score`` nan, ``chosen`` True, ``note``
+    "untuned: REASON". The caller adds ``features``, ``head`` and ``fold``."""
+    return {
+        "params": "{}",
+        "inner_score": float("nan"),
+        "chosen": True,
+        "note": _note("untuned", reason),
+    }
+
+
+def refit_note(model) -> str:
+    """The note for the chosen row when the refit of the chosen point (``model``, fitted) skipped
+    its early stopping (:func:`featmammo.heads.fit_notes`), else ""."""
+    from .heads import fit_notes
+
+    return "; ".join(_note("early stopping skipped", f"the refit: {n}") for n in fit_notes(model))
+
+
+def _feasible(head: str, points: list[dict], inner: InnerCV) -> tuple[list[dict], list[dict]]:
+    """``(points to run, rows for points dropped)``: k-NN points asking for more neighbours than
+    the smallest inner training side holds are dropped (the same for every features set: it
+    depends on the splits only); when every point is, one with that many neighbours is run."""
     if head != "knn":
-        return points
+        return points, []
     n_min = min(len(tr) for tr, _ in inner.inner)
     kept = [p for p in points if int(p.get("n_neighbors", 0)) <= n_min]
-    if len(kept) < len(points):
-        log.info(
-            "knn: grid points with more than %d neighbours dropped (inner training sides of %d)",
-            n_min, n_min,
-        )  # fmt: skip
-    return kept or [{**points[0], "n_neighbors": n_min}]
+    dropped = [
+        {
+            "params": params_json(p),
+            "inner_score": float("nan"),
+            "chosen": False,
+            "note": _note(
+                "grid points dropped",
+                f"n_neighbors {p['n_neighbors']} is more than the {n_min} rows of the smallest "
+                "inner training side",
+            ),
+        }
+        for p in points
+        if p not in kept
+    ]
+    if dropped:
+        log.info("knn: %d grid point(s) with more than %d neighbours dropped (inner training "
+                 "sides of %d rows)", len(dropped), n_min, n_min)  # fmt: skip
+    if not kept:
+        kept = [{**points[0], "n_neighbors": n_min}]
+    return kept, dropped
 
 
 def tune(
@@ -326,23 +446,117 @@ def tune(
     seed: int = 0,
 ) -> tuple[dict, list[dict]]:
     """Tune ``head`` on ``inner``: ``(chosen params, rows)`` with one row per grid point
-    (``params``: JSON, ``inner_score``, ``chosen``). A grid of one point (every parameter fixed by
-    the user) is scored too, so ``inner_score`` always says what the inner CV saw."""
+    (``params``: JSON, ``inner_score``, ``chosen``, ``note``). A grid of one point (every
+    parameter fixed by the user) is scored too, so ``inner_score`` always says what the inner CV
+    saw. ``note`` ("" when nothing happened; kinds in :data:`NOTE_KINDS`) records a grid point
+    dropped (k-NN), early stopping skipped in some inner fits, a failed fit, a nan score; when
+    every point scores nan the head's defaults are used and one more row (``params`` "{}",
+    ``chosen``, note ``all nan``) says so."""
     if metric not in METRICS:
         raise ConfigError(f"--tune-metric {metric!r}: choose one of {', '.join(METRICS)}")
     base = dict(base or {})
-    points = _feasible(head, grid_points(grid, base), inner)
+    points, dropped = _feasible(head, grid_points(grid, base), inner)
     t0 = time.perf_counter()
-    probas = inner.oof_proba(head, points, base, classes, seed)
-    scores = [score(metric, inner.y, p, classes) for p in probas]
+    results = inner.oof_proba_notes(head, points, base, classes, seed)
+    n_fits = len(inner.inner)
+    rows = []
+    scores = []
+    for p, (proba, fit_notes) in zip(points, results, strict=True):
+        s = score(metric, inner.y, proba, classes) if np.isfinite(proba).all() else np.nan
+        scores.append(s)
+        row = {"params": params_json(p), "inner_score": float(s), "chosen": False, "note": ""}
+        for text, count in fit_notes.items():
+            if text.startswith("failed: "):
+                add_note(row, _note("fit failed", f"{text[len('failed: '):]} in {count} of "
+                                              f"{n_fits} inner fits"))  # fmt: skip
+            else:
+                add_note(
+                    row, _note("early stopping skipped", f"{count} of {n_fits} inner fits: {text}")
+                )
+        if not np.isfinite(s) and not any(t.startswith("failed") for t in fit_notes):
+            add_note(row, _note("nan score", f"the inner {metric} is not finite"))
+        rows.append(row)
     finite = [s if np.isfinite(s) else -np.inf for s in scores]
-    best = int(np.argmax(finite))  # first maximum: the more regularised point wins ties
+    if np.isfinite(scores).any():
+        best = int(np.argmax(finite))  # first maximum: the more regularised point wins ties
+        rows[best]["chosen"] = True
+        chosen = points[best]
+    else:
+        chosen = {}
+        why = f"every grid point scored nan ({metric}), the head ran at its defaults"
+        rows.append(
+            {"params": "{}", "inner_score": float("nan"), "chosen": True,
+             "note": _note("all-NaN grid", why)}
+        )  # fmt: skip
+        log.warning("tuning %s: every grid point scored nan; the head runs at its defaults", head)
     log.debug(
-        "tuned %s over %d point(s) in %.1f s: %s (%s %.4f)",
-        head, len(points), time.perf_counter() - t0, points[best], metric, scores[best],
+        "tuned %s over %d point(s) in %.1f s: %s (%s %s)",
+        head, len(points), time.perf_counter() - t0, chosen, metric, max(finite),
     )  # fmt: skip
-    rows = [
-        {"params": params_json(p), "inner_score": float(s), "chosen": j == best}
-        for j, (p, s) in enumerate(zip(points, scores, strict=True))
-    ]
-    return points[best], rows
+    return chosen, [*rows, *dropped]
+
+
+# ------------------------------------------------------------------------- read this first
+def _is_true(v) -> bool:
+    return str(v).strip().lower() in ("true", "1", "1.0")
+
+
+def _fold_list(folds) -> str:
+    def key(v):
+        return (1, 0) if str(v) == "test" else (0, int(v) if str(v).isdigit() else 0)
+
+    names = [("the final refit" if str(f) == "test" else f"fold {f}") for f in
+             sorted(set(map(str, folds)), key=key)]  # fmt: skip
+    return ", ".join(names)
+
+
+def read_this_first(tuning_df) -> list[str]:
+    """The tuning events a reader must see before the results, from tuning.csv's ``note``
+    column (one line each, grouped over features sets and folds): outer folds that ran untuned,
+    dropped grid points, skipped early stopping, failed fits, nan scores, all-nan grids. An empty
+    list when nothing happened (or the file predates the ``note`` column)."""
+    if tuning_df is None or "note" not in tuning_df.columns or not len(tuning_df):
+        return []
+    events: dict[tuple[str, str, str], dict] = {}
+    for r in tuning_df.itertuples(index=False):
+        note = r.note
+        if note is None or (isinstance(note, float) and np.isnan(note)) or not str(note).strip():
+            continue
+        for part in str(note).split("; "):
+            kind, _, text = part.partition(": ")
+            if kind not in NOTE_KINDS:
+                continue
+            if kind in ("untuned", "all-NaN grid"):
+                key = (kind, "", text)
+            else:
+                key = (kind, str(r.head), f"{r.params}: {text}" if r.params != "{}" else text)
+            e = events.setdefault(key, {"heads": set(), "features": set(), "folds": set()})
+            e["heads"].add(str(r.head))
+            e["features"].add(str(r.features))
+            e["folds"].add(str(r.fold))
+    n_features = tuning_df["features"].nunique()
+    n_heads = tuning_df["head"].nunique()
+    lines = []
+    order = {k: i for i, k in enumerate(NOTE_KINDS)}
+    for (kind, _, text), e in sorted(events.items(), key=lambda kv: order[kv[0][0]]):
+        who = (
+            "every head"
+            if len(e["heads"]) == n_heads and n_heads > 1
+            else ", ".join(sorted(e["heads"]))
+        )
+        feats = (
+            "every features set"
+            if len(e["features"]) == n_features
+            else ", ".join(sorted(e["features"]))
+        )
+        where = f"{_fold_list(e['folds'])} ({feats})"
+        if kind == "untuned":
+            lines.append(
+                f"Tuning: {where}, {who} ran **untuned**, at the head's defaults: the inner CV "
+                f"was impossible ({text}); those predictions are not tuned like the others."
+            )
+        elif kind == "all-NaN grid":
+            lines.append(f"Tuning: {who}, {where}: {text}.")
+        else:
+            lines.append(f"Tuning ({kind}): {who}, {where}: {text}.")
+    return lines

@@ -12,7 +12,7 @@ from test_fit_cli import _cli, _prov, _write_store
 
 from featmammo import store
 from featmammo.fit import caveats_from_stores
-from featmammo.tuning import GRIDS, TUNING_COLUMNS
+from featmammo.tuning import GRIDS, TUNING_COLUMNS, read_this_first
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,13 @@ def test_tuning_csv_contract(tuned):
     assert len(chosen) == 3 * 2 * 4 and (chosen == 1).all()  # one chosen row each
     for p in tun["params"]:
         assert p == json.dumps(json.loads(p), sort_keys=True)  # JSON, sorted keys
-    assert tun["inner_score"].between(0, 1).all()
+    # a score is missing only where the note says why: knn's k=40 is more than the inner
+    # training sides of this small run hold
+    noted = tun["note"].fillna("") != ""
+    assert tun.loc[~noted, "inner_score"].between(0, 1).all()
+    assert tun.loc[tun["inner_score"].isna(), "note"].str.startswith("grid points dropped").all()
+    assert (tun["head"][noted] == "knn").all() and noted.any()
+    assert any("Tuning (grid points dropped): knn" in line for line in read_this_first(tun))
     # the same grid for every features set
     points = tun.groupby(["head", "fold", "features"])["params"].apply(tuple)
     for (head, fold), by_features in points.groupby(level=[0, 1]):
@@ -45,7 +51,7 @@ def test_tuning_csv_contract(tuned):
     assert [json.loads(p)["C"] for p in logreg["params"]] == GRIDS["logreg"]["C"]
     # the chosen point is the best inner score (first on ties) and the saved model uses it
     for (f, h, k), g in tun.groupby(["features", "head", "fold"]):
-        assert g["chosen"].to_numpy().argmax() == g["inner_score"].to_numpy().argmax()
+        assert g["chosen"].to_numpy().argmax() == np.nanargmax(g["inner_score"].to_numpy())
         if k == "test":
             side = json.loads((run / "models" / f"{f}__{h}.json").read_text())
             assert side["tuned_params"] == json.loads(g.loc[g["chosen"], "params"].iloc[0])

@@ -77,14 +77,15 @@ def test_params_are_routed_and_seeded():
     svm = heads.make("svm-linear", seed=7, C=0.25)
     assert svm[-1].estimator.C == 0.25 and svm[-1].estimator.random_state == 7
     rf = heads.make("rf", seed=5, n_estimators=11)
-    assert rf[-1].n_estimators == 11 and rf[-1].random_state == 5
+    assert rf[-1].estimator.n_estimators == 11 and rf[-1].estimator.random_state == 5
     xgb = heads.make("xgboost", seed=2, max_depth=2, class_weight=None)
     assert xgb[-1].estimator.max_depth == 2 and xgb[-1].class_weight is None
     assert xgb[-1].estimator.tree_method == "hist"
     for name in ALL_HEADS:
         assert isinstance(heads.make(name), Pipeline)
         assert heads.describe(name).imbalance
-    assert heads.describe("knn").imbalance.startswith("none")
+        assert heads.describe(name).decision == heads.DECISION_RULE  # one rule for every head
+    assert "prior" in heads.describe("knn").imbalance
 
 
 def test_xgboost_device_resolution(monkeypatch):
@@ -150,7 +151,9 @@ def test_balanced_classifier_weights_and_label_encoding():
         np.testing.assert_allclose(seen["w"][seen["y"] == k].sum(), len(y) / 3)
     assert set(clf.predict(X)) <= set(LABELS)
     BalancedClassifier(Recording(), class_weight=None).fit(X, y)
-    np.testing.assert_array_equal(seen["w"], 1.0)
+    assert seen["w"].item() is None  # unweighted: no sample_weight at all
+    BalancedClassifier(Recording(), balance="prior").fit(X, y)  # weights at predict time only
+    assert seen["w"].item() is None
 
 
 def test_block_options_build_block_transformers(data):
@@ -172,7 +175,7 @@ def test_save_load_round_trip_and_tamper_detection(tmp_path, data):
         tmp_path / "models" / "xgb",
         {"head": "xgboost", "features": "hybrid", "store_fingerprint": "abc123"},
     )
-    assert path.name == "xgb.joblib" and path.with_suffix(".json").exists()
+    assert path.name == "xgb.skops" and path.with_suffix(".json").exists()
     loaded, sidecar = heads.load(path)
     np.testing.assert_array_equal(loaded.predict_proba(Xte), model.predict_proba(Xte))
     assert sidecar["features"] == "hybrid" and sidecar["store_fingerprint"] == "abc123"

@@ -16,12 +16,12 @@ import logging
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import sklearn_heads  # noqa: F401  (registration order: the scikit-learn heads first)
 from .registry import register
+from .wrappers import class_weights
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,11 @@ class RefineMLPClassifier(ClassifierMixin, BaseEstimator):
     ``batch_norm``, ``learning_rate``, ``weight_decay`` (AdamW), ``batch_size``, ``max_epochs``,
     ``patience`` (epochs without validation-loss improvement before stopping; the best epoch's
     weights are kept), ``validation_fraction`` (0 disables early stopping), ``class_weight``
-    (``"balanced"``, dict label -> weight, or None), ``standardize`` (z-score inputs with training
+    (``"balanced"``, dict label -> weight, or None), ``balance`` (``"weights"``: the class
+    weights weight the cross-entropy; ``"prior"``: plain cross-entropy, and ``predict_proba``
+    multiplies the probabilities by the class weights and renormalises -- the training prior
+    divided out, as :class:`~featmammo.heads.wrappers.BalancedClassifier` does; the
+    ``refine-mlp`` head uses ``"prior"``), ``standardize`` (z-score inputs with training
     statistics; off by default: inside :func:`featmammo.heads.make` the pipeline's block-balanced
     scaling is the input, and re-standardising would undo the block balance), ``device``
     (``auto``/``cpu``/``cuda``; :func:`featmammo.devices.resolve_device`), ``n_jobs`` (torch CPU
@@ -57,6 +61,7 @@ class RefineMLPClassifier(ClassifierMixin, BaseEstimator):
         device: str = "auto",
         n_jobs: int | None = None,
         random_state: int | None = 0,
+        balance: str = "weights",
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.dropout = dropout
@@ -72,6 +77,7 @@ class RefineMLPClassifier(ClassifierMixin, BaseEstimator):
         self.device = device
         self.n_jobs = n_jobs
         self.random_state = random_state
+        self.balance = balance
 
     # ---------------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -121,6 +127,8 @@ class RefineMLPClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"batch_size must be >= 2; got {self.batch_size}")
         if int(self.max_epochs) < 1:
             raise ValueError(f"max_epochs must be >= 1; got {self.max_epochs}")
+        if self.balance not in ("weights", "prior"):
+            raise ValueError(f"balance must be 'weights' or 'prior'; got {self.balance!r}")
 
     def _split(self, y_enc: np.ndarray, groups, seed: int):
         """Train/validation indices holding out whole patients; no validation when too few."""
@@ -160,16 +168,10 @@ class RefineMLPClassifier(ClassifierMixin, BaseEstimator):
             self.scale_ = np.ones(X.shape[1], dtype=np.float32)
         Xs = (X - self.mean_) / self.scale_
 
-        if self.class_weight is None:
-            cw = np.ones(len(self.classes_))
-        elif isinstance(self.class_weight, dict):
-            cw = np.array([float(self.class_weight.get(c, 1.0)) for c in self.classes_])
-        elif self.class_weight == "balanced":
-            cw = compute_class_weight("balanced", classes=np.arange(len(self.classes_)), y=y_enc)
-        else:
-            raise ValueError(
-                f"class_weight must be 'balanced', a dict or None; got {self.class_weight!r}"
-            )
+        cw = class_weights(y_enc, len(self.classes_), self.class_weight, self.classes_)
+        self.class_weight_ = cw
+        if self.balance == "prior":
+            cw = np.ones(len(self.classes_))  # plain cross-entropy; the prior goes at predict
 
         seed = 0 if self.random_state is None else int(self.random_state)
         train_idx, val_idx = self._split(y_enc, groups, seed)
@@ -257,6 +259,9 @@ class RefineMLPClassifier(ClassifierMixin, BaseEstimator):
         with torch.no_grad(), self._threads():
             logits = net(torch.from_numpy(np.ascontiguousarray(Xs)))
             proba = torch.softmax(logits.double(), dim=1).numpy()
+        if getattr(self, "balance", "weights") == "prior":  # models saved before: "weights"
+            proba = proba * self.class_weight_
+            proba /= proba.sum(axis=1, keepdims=True)
         return proba
 
     def predict(self, X):
@@ -267,11 +272,12 @@ class RefineMLPClassifier(ClassifierMixin, BaseEstimator):
 @register(
     "refine-mlp",
     description="torch MLP refinement head (BatchNorm, dropout, early stopping; CPU or CUDA)",
-    imbalance="class-weighted cross-entropy (class_weight='balanced')",
-    probabilities="native (softmax)",
+    imbalance="trained with plain cross-entropy; class_weight='balanced' divides the training "
+    "prior out of the probabilities (balance='prior')",
+    probabilities="softmax, prior-corrected",
     aliases=("mlp-torch",),
 )
 def _refine_mlp(*, seed: int = 0, **params):
     from .registry import set_routed_params
 
-    return set_routed_params(RefineMLPClassifier(random_state=seed), params)
+    return set_routed_params(RefineMLPClassifier(random_state=seed, balance="prior"), params)

@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class HeadInfo:
-    """A head's name, imbalance handling and probability source (for docs and reports)."""
+    """A head's name, imbalance handling, probability source and decision rule (for docs and
+    reports). ``decision`` says how its predicted class follows from its probabilities: for every
+    built-in head the argmax of class-balanced probabilities (:data:`DECISION_RULE`)."""
 
     name: str
     builder: Callable = field(repr=False)
@@ -30,6 +32,15 @@ class HeadInfo:
     imbalance: str = ""
     probabilities: str = ""
     aliases: tuple[str, ...] = ()
+    decision: str = ""
+
+
+#: the one decision rule of the built-in heads
+DECISION_RULE = (
+    "argmax of class-balanced probabilities: the head's probabilities are those of a model "
+    "trained as if every class had the prior 1/K (balanced class weights, or the training prior "
+    "divided out), so no class wins by being common; the predicted class is the most probable one"
+)
 
 
 _REGISTRY: dict[str, HeadInfo] = {}
@@ -43,13 +54,20 @@ def register(
     imbalance: str,
     probabilities: str,
     aliases: tuple[str, ...] = (),
+    decision: str = DECISION_RULE,
 ):
-    """Decorator: register ``builder(*, seed, **params) -> classifier`` under ``name``."""
+    """Decorator: register ``builder(*, seed, **params) -> classifier`` under ``name``.
+
+    ``decision``: how the predicted class follows from the probabilities (default: the argmax of
+    class-balanced probabilities, :data:`DECISION_RULE`; a head registered with another rule must
+    say so, since ``fit`` compares heads on the argmax of their probabilities)."""
 
     def deco(builder: Callable) -> Callable:
         if name in _REGISTRY or name in _ALIASES:
             raise ConfigError(f"head {name!r} is registered twice")
-        _REGISTRY[name] = HeadInfo(name, builder, description, imbalance, probabilities, aliases)
+        _REGISTRY[name] = HeadInfo(
+            name, builder, description, imbalance, probabilities, aliases, decision
+        )
         for a in aliases:
             _ALIASES[a] = name
         return builder
@@ -79,7 +97,7 @@ def canonical_name(name: str) -> str:
 
 
 def describe(name: str) -> HeadInfo:
-    """The :class:`HeadInfo` of a head (imbalance handling, probability source)."""
+    """The :class:`HeadInfo` of a head (imbalance handling, probability source, decision rule)."""
     return _REGISTRY[canonical_name(name)]
 
 
@@ -138,6 +156,21 @@ def fit_head(model, X, y, groups=None):
         key = f"{model.steps[-1][0]}__groups" if hasattr(model, "steps") else "groups"
         return model.fit(X, y, **{key: np.asarray(groups)})
     return model.fit(X, y)
+
+
+def fit_notes(model) -> list[str]:
+    """What a fitted head could not do as configured, one sentence each (empty when nothing):
+    today, early stopping skipped because the training rows had too few patients per class for
+    a patient hold-out (the head then trained for all its rounds / epochs)."""
+    clf = model.steps[-1][1] if hasattr(model, "steps") else model
+    fraction = float(getattr(clf, "validation_fraction", 0) or 0)
+    held_out = getattr(clf, "validation_index_", None)
+    if fraction > 0 and held_out is not None and len(held_out) == 0:
+        return [
+            f"too few patients per class for a {100 * fraction:.0f}% patient hold-out, so no "
+            "early stopping: trained for every round / epoch"
+        ]
+    return []
 
 
 def set_routed_params(estimator, params: dict, inner: str | None = None):

@@ -50,6 +50,12 @@ class BlockScaler(TransformerMixin, BaseEstimator):
     in distances or in an L2 penalty, and a one-block set (a single backbone) is scaled by the same
     rule as a hybrid, so a given C / alpha / gamma regularises both alike. ``blocks``: mapping
     name -> slice or (start, stop) (``FusedFeatures.blocks``), or None for one block.
+
+    Constant columns (constant on the rows ``fit`` sees: dead units of a random-weight AlexNet
+    are ~40 % of its columns) carry no information: they are set to 0 (on new rows too, so a
+    value a column never showed in training cannot move a distance), and a block's width counts
+    only its varying columns, so every block gets exactly 1/B of the variance; a block with no
+    varying column is left out of B (``n_informative_``: varying columns per block).
     """
 
     def __init__(self, blocks=None, balance: bool = True):
@@ -61,13 +67,21 @@ class BlockScaler(TransformerMixin, BaseEstimator):
         self.blocks_ = _normalise_blocks(self.blocks, X.shape[1])
         self.mean_ = X.mean(axis=0)
         std = X.std(axis=0)
-        std[std < 10 * np.finfo(X.dtype).eps] = 1.0
+        # constant up to rounding: a spread below what float error alone could make of the mean
+        eps = np.finfo(X.dtype).eps
+        constant = std <= 10 * eps * np.maximum(np.abs(self.mean_), 1.0)
+        std[constant] = 1.0
         self.scale_ = std
-        factor = np.ones(X.shape[1], dtype=X.dtype)
+        factor = np.where(constant, 0.0, 1.0).astype(X.dtype)
+        widths = [int((~constant[start:stop]).sum()) for _, start, stop in self.blocks_]
+        self.n_informative_ = {
+            name: w for (name, _, _), w in zip(self.blocks_, widths, strict=True)
+        }
         if self.balance:
-            n_blocks = len(self.blocks_)
-            for _, start, stop in self.blocks_:
-                factor[start:stop] = 1.0 / np.sqrt(n_blocks * (stop - start))
+            n_blocks = sum(w > 0 for w in widths)
+            for (_, start, stop), width in zip(self.blocks_, widths, strict=True):
+                if width:
+                    factor[start:stop] /= np.sqrt(n_blocks * width)
         self.factor_ = factor
         return self
 

@@ -1,8 +1,11 @@
 """Small meta-estimators shared by the heads, and the patient hold-out used for early stopping.
 
-:class:`BalancedClassifier` gives any classifier whose ``fit`` accepts ``sample_weight`` (XGBoost,
-scikit-learn's MLP) balanced class weights, and encodes labels to 0..K-1 for estimators that need
-integers (XGBoost) while ``predict`` returns the original labels (strings included). With
+:class:`BalancedClassifier` gives any classifier class-balanced probabilities, in one of two ways
+(``balance``): ``"weights"``, balanced class weights as sample weights in the training loss (an
+estimator whose ``fit`` accepts ``sample_weight``), or ``"prior"``, training unweighted and
+dividing the training prior out of the predicted probabilities (any estimator; post-hoc logit
+adjustment). It encodes labels to 0..K-1 for estimators that need integers (XGBoost) while
+``predict`` returns the original labels (strings included). With
 ``validation_fraction > 0`` it early-stops the inner estimator on a validation set of whole
 **patients** (``fit(X, y, groups=patient_ids)``): XGBoost through ``eval_set`` and
 ``early_stopping_rounds``, scikit-learn's MLP epoch by epoch through ``partial_fit``. Without
@@ -51,20 +54,42 @@ def patient_holdout(y_enc: np.ndarray, groups, fraction: float, seed: int):
     return train, val
 
 
+def class_weights(y_enc, n_classes: int, class_weight, classes, sample_weight=None) -> np.ndarray:
+    """Per-class weights of integer-encoded labels: ``"balanced"`` -> n / (K n_k) as
+    scikit-learn's ``class_weight="balanced"`` (0 for an absent class; with ``sample_weight`` the
+    counts are weighted, so a weight of 2 acts like a repeated sample), a dict label -> weight
+    (1 for a label it does not name), None -> ones."""
+    if class_weight is None:
+        return np.ones(n_classes)
+    if isinstance(class_weight, str) and class_weight == "balanced":
+        totals = np.bincount(y_enc, weights=sample_weight, minlength=n_classes).astype(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(totals > 0, totals.sum() / (n_classes * totals), 0.0)
+    if isinstance(class_weight, dict):
+        return np.array([float(class_weight.get(c, 1.0)) for c in classes])
+    raise ValueError(f"class_weight must be 'balanced', a dict or None; got {class_weight!r}")
+
+
 def _weighted_log_loss(proba: np.ndarray, y_enc: np.ndarray, w: np.ndarray) -> float:
     p = np.clip(proba[np.arange(len(y_enc)), y_enc], 1e-12, 1.0)
     return float(np.sum(-np.log(p) * w) / np.sum(w))
 
 
 class BalancedClassifier(ClassifierMixin, BaseEstimator):
-    """Fit ``estimator`` on integer-encoded labels with per-sample weights from ``class_weight``.
+    """Class-balanced probabilities from ``estimator``, fitted on integer-encoded labels.
 
     ``class_weight``: ``"balanced"`` (weight n / (K * n_k) for class k, as scikit-learn's
-    ``class_weight="balanced"``), a dict label -> weight, or None (no weighting). A
-    ``sample_weight`` passed to :meth:`fit` multiplies the class weights.
+    ``class_weight="balanced"``), a dict label -> weight, or None (no balancing).
+    ``balance``: ``"weights"`` -- the class weights are sample weights of the training loss (a
+    ``sample_weight`` passed to :meth:`fit` multiplies them); ``"prior"`` -- the estimator is
+    trained unweighted and :meth:`predict_proba` multiplies its probabilities by the class weights
+    and renormalises, which with ``"balanced"`` divides the training prior out (as if every class
+    had the prior 1/K). A model that fits its training rows closely (fully grown trees,
+    memorised points, long boosting) loses the effect of loss weights; the prior correction keeps
+    it, and suits estimators without ``sample_weight`` (k-NN).
     ``validation_fraction``: fraction of the patients held out for early stopping (0: none);
-    ``patience``: epochs / boosting rounds without improvement of the weighted validation loss
-    before stopping; ``random_state`` seeds the patient hold-out.
+    ``patience``: epochs / boosting rounds without improvement of the (training-weighted)
+    validation loss before stopping; ``random_state`` seeds the patient hold-out.
     """
 
     def __init__(
@@ -74,31 +99,26 @@ class BalancedClassifier(ClassifierMixin, BaseEstimator):
         validation_fraction: float = 0.0,
         patience: int = 10,
         random_state=0,
+        balance: str = "weights",
     ):
         self.estimator = estimator
         self.class_weight = class_weight
         self.validation_fraction = validation_fraction
         self.patience = patience
         self.random_state = random_state
+        self.balance = balance
 
     def _weights(self, y_enc, sample_weight):
+        """The training sample weights (class weights folded in under ``balance="weights"``);
+        sets ``class_weight_`` (one weight per class)."""
         sw = np.ones(len(y_enc)) if sample_weight is None else np.asarray(sample_weight, float)
         if sw.shape != y_enc.shape:
             raise ValueError(f"sample_weight has shape {sw.shape}; expected {y_enc.shape}")
-        if self.class_weight is None:
-            return sw
-        # class totals are *weighted* counts, so a weight of 2 acts like a repeated sample
-        totals = np.bincount(y_enc, weights=sw, minlength=len(self.classes_))
-        if self.class_weight == "balanced":
-            with np.errstate(divide="ignore"):
-                per_class = np.where(totals > 0, totals.sum() / (len(totals) * totals), 0.0)
-        elif isinstance(self.class_weight, dict):
-            per_class = np.array([float(self.class_weight.get(c, 1.0)) for c in self.classes_])
-        else:
-            raise ValueError(
-                f"class_weight must be 'balanced', a dict or None; got {self.class_weight!r}"
-            )
-        return sw * per_class[y_enc]
+        if self.balance not in ("weights", "prior"):
+            raise ValueError(f"balance must be 'weights' or 'prior'; got {self.balance!r}")
+        per_class = class_weights(y_enc, len(self.classes_), self.class_weight, self.classes_, sw)
+        self.class_weight_ = per_class
+        return sw * per_class[y_enc] if self.balance == "weights" else sw
 
     def fit(self, X, y, sample_weight=None, groups=None):
         """Fit; ``groups`` (patient ids) make the early-stopping hold-out patient-disjoint."""
@@ -130,7 +150,10 @@ class BalancedClassifier(ClassifierMixin, BaseEstimator):
         if split is None:
             if is_xgb:
                 self.estimator_.set_params(early_stopping_rounds=None)
-            self.estimator_.fit(X, y_enc, sample_weight=weights)
+            if np.all(weights == 1.0):  # also for estimators without sample_weight (k-NN)
+                self.estimator_.fit(X, y_enc)
+            else:
+                self.estimator_.fit(X, y_enc, sample_weight=weights)
             return self
         tr, va = split
         self.validation_index_ = va
@@ -180,9 +203,19 @@ class BalancedClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X):
         check_is_fitted(self)
         X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
-        proba = np.asarray(self.estimator_.predict_proba(X), dtype=np.float64)
-        if proba.ndim == 1:  # defensive: some binary estimators return P(class 1) only
-            proba = np.column_stack([1.0 - proba, proba])
+        raw = np.asarray(self.estimator_.predict_proba(X), dtype=np.float64)
+        if raw.ndim == 1:  # defensive: some binary estimators return P(class 1) only
+            raw = np.column_stack([1.0 - raw, raw])
+        # columns follow the estimator's classes (a class absent from its training rows: 0)
+        proba = np.zeros((raw.shape[0], len(self.classes_)))
+        seen = getattr(self.estimator_, "classes_", np.arange(raw.shape[1]))
+        proba[:, np.asarray(seen, dtype=int)] = raw
+        if getattr(self, "balance", "weights") == "prior":  # models saved before: "weights"
+            proba *= self.class_weight_
+            total = proba.sum(axis=1, keepdims=True)
+            proba = np.where(
+                total > 0, proba / np.where(total > 0, total, 1.0), 1.0 / proba.shape[1]
+            )
         return proba
 
     def predict(self, X):

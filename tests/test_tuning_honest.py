@@ -1,0 +1,234 @@
+"""Honest tuning: the inner-CV shortcuts are used only where they are exact for the head's actual
+parameters (else the real pipeline), and what the tuning could not do lands in tuning.csv's
+``note`` column and in :func:`featmammo.tuning.read_this_first`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_tuning import BLOCKS, LABELS, _data
+
+from featmammo import heads, tuning
+from featmammo.splits import grouped_kfold
+
+CLASSES = list(LABELS)
+
+# every parameter combination the shortcuts accept that a user can reach through --head-param or
+# a tune_grid table (each list is one call: several points share a fold, as in tune())
+ACCEPTED = [
+    ("logreg", [{"C": c} for c in tuning.GRIDS["logreg"]["C"]]),
+    ("logreg", [{"C": 1.0, "solver": "newton-cholesky"}, {"C": 1.0, "fit_intercept": False}]),
+    ("logreg", [{"C": 1.0, "class_weight": None}, {"C": 1.0, "solver": "newton-cg"}]),
+    ("svm-linear", [{"C": c} for c in tuning.GRIDS["svm-linear"]["C"]]),
+    ("svm-linear", [{"C": 0.3, "loss": "hinge", "dual": True}, {"C": 0.3, "fit_intercept": False}]),
+    ("svm-rbf", tuning.grid_points(tuning.GRIDS["svm-rbf"])),
+    ("knn", [{"n_neighbors": k} for k in tuning.GRIDS["knn"]["n_neighbors"]]),
+    ("knn", [{"n_neighbors": 7, "metric": "euclidean"}, {"n_neighbors": 7, "p": 2}]),
+]
+# parameters where a shortcut would not be exact: L1 / elastic-net / no penalty, a gamma that
+# follows each calibration fold's rows, another kernel, distance weights, another metric
+REFUSED = [
+    ("logreg", {"C": 1.0, "l1_ratio": 1.0, "solver": "saga", "max_iter": 3000}),
+    ("logreg", {"C": 1.0, "l1_ratio": 0.5, "solver": "saga", "max_iter": 3000}),
+    ("logreg", {"C": float("inf")}),
+    ("svm-linear", {"C": 0.3, "penalty": "l1", "dual": False}),
+    ("svm-rbf", {"C": 1.0, "gamma": "scale"}),
+    ("svm-rbf", {"C": 1.0, "gamma": 0.5, "kernel": "poly"}),
+    ("knn", {"n_neighbors": 7, "weights": "distance"}),
+    ("knn", {"n_neighbors": 7, "p": 1}),
+    ("knn", {"n_neighbors": 7, "metric": "manhattan"}),
+    ("rf", {"n_estimators": 20}),  # no shortcut for the others: the real pipeline always
+    ("xgboost", {"n_estimators": 20, "device": "cpu", "n_jobs": 1}),
+]
+
+
+@pytest.fixture(scope="module")
+def fold_data():
+    X, y, g = _data(n=150, d=60, seed=3)
+    inner = grouped_kfold(y, g, 3, seed=0)
+    return X, y, g, inner
+
+
+def _pipeline_oof(head, params, X, y, g, inner):
+    """Out-of-fold probabilities of the real pipeline (heads.make + fit_head with the patients)."""
+    out = np.zeros((len(y), len(CLASSES)))
+    for tr, va in inner:
+        model = heads.make(head, blocks=BLOCKS, **params)
+        heads.fit_head(model, X[tr], y[tr], g[tr])
+        out[va] = tuning.proba_in(model, X[va], CLASSES)
+    return out
+
+
+@pytest.mark.parametrize("head, points", ACCEPTED, ids=lambda v: str(v)[:60])
+def test_every_accepted_shortcut_gives_the_real_pipelines_predictions(head, points, fold_data):
+    X, y, g, inner = fold_data
+    for p in points:
+        assert tuning.shortcut(head, heads.make(head, **p)[-1]) in tuning.SHORTCUTS, p
+    cv = tuning.InnerCV(X, y, g, inner, blocks=BLOCKS)
+    fast = cv.oof_proba(head, points, {}, CLASSES, seed=0)
+    for p, f in zip(points, fast, strict=True):
+        slow = _pipeline_oof(head, p, X, y, g, inner)
+        # the same optimum up to the solvers' tolerance (the pipeline fits float32 rows)
+        tol = 3e-3 if head in ("logreg", "svm-linear") else 1e-6
+        np.testing.assert_allclose(f, slow, atol=tol, err_msg=f"{head} {p}")
+
+
+@pytest.mark.parametrize("head, params", REFUSED, ids=lambda v: str(v)[:60])
+def test_refused_parameters_go_through_the_real_pipeline(head, params, fold_data, monkeypatch):
+    X, y, g, inner = fold_data
+    assert tuning.shortcut(head, heads.make(head, **params)[-1]) is None
+    cv = tuning.InnerCV(X, y, g, inner, blocks=BLOCKS)
+
+    def no_shortcut(self):
+        raise AssertionError("a refused shortcut was used")
+
+    monkeypatch.setattr(tuning._FoldData, "projected", no_shortcut)
+    monkeypatch.setattr(tuning._FoldData, "sq_distances", no_shortcut)
+    (fast,) = cv.oof_proba(head, [params], {}, CLASSES, seed=0)
+    slow = _pipeline_oof(head, params, X, y, g, inner)
+    np.testing.assert_allclose(fast, slow, atol=1e-9)
+
+
+def test_the_l1_and_distance_weight_shortcuts_were_far_off(fold_data):
+    """Why the refusals matter: forced through the shortcut, an L1 logreg and a distance-weighted
+    k-NN give other probabilities than their real pipelines (issue 16: up to 0.35 and 0.02)."""
+    X, y, g, inner = fold_data
+    cv = tuning.InnerCV(X, y, g, inner, blocks=BLOCKS)
+    l1 = {"C": 1.0, "l1_ratio": 1.0, "solver": "saga", "max_iter": 3000}
+    fd = cv.fold(0)
+    tr, va = inner[0]
+    Z_tr, Z_va = fd.projected()
+    forced = heads.make("logreg", **l1)[-1].fit(Z_tr, y[tr])
+    real = heads.make("logreg", blocks=BLOCKS, **l1).fit(X[tr], y[tr])
+    diff = np.abs(forced.predict_proba(Z_va) - real.predict_proba(X[va])).max()
+    assert diff > 0.05, diff
+    D_tr, D_va = fd.sq_distances()
+    knn = {"n_neighbors": 7, "weights": "distance"}
+    forced = heads.make("knn", **knn)[-1].set_params(estimator__metric="precomputed")
+    forced.fit(D_tr, y[tr])
+    real = heads.make("knn", blocks=BLOCKS, **knn).fit(X[tr], y[tr])
+    diff = np.abs(forced.predict_proba(D_va) - real.predict_proba(X[va])).max()
+    assert diff > 1e-3, diff
+
+
+def test_the_svm_shortcuts_pass_the_patients_to_the_calibration(fold_data, monkeypatch):
+    """Patient-grouped calibration folds inside the tuning too (the shortcut fits get groups)."""
+    X, y, g, inner = fold_data
+    seen = []
+    real_fit = heads.PatientCalibratedClassifier.fit
+
+    def spy(self, X, y, groups=None):
+        seen.append(groups)
+        return real_fit(self, X, y, groups=groups)
+
+    monkeypatch.setattr(heads.PatientCalibratedClassifier, "fit", spy)
+    cv = tuning.InnerCV(X, y, g, inner, blocks=BLOCKS)
+    cv.oof_proba("svm-linear", [{"C": 0.1}], {}, CLASSES, seed=0)
+    cv.oof_proba("svm-rbf", [{"C": 1.0, "gamma": 0.5}], {}, CLASSES, seed=0)
+    assert len(seen) == 6
+    for groups, (tr, _) in zip(seen, inner + inner, strict=True):
+        np.testing.assert_array_equal(groups, g[tr])
+
+
+# ------------------------------------------------------------------------ notes in tuning.csv
+def test_dropped_knn_points_are_rows_with_a_note(fold_data):
+    X, y, g, inner = fold_data
+    cv = tuning.InnerCV(X, y, g, inner, blocks=BLOCKS)
+    n_min = min(len(tr) for tr, _ in inner)
+    chosen, rows = tuning.tune(
+        cv, "knn", {"n_neighbors": [n_min + 50, 10, 5]}, classes=CLASSES, seed=0
+    )
+    assert [json.loads(r["params"])["n_neighbors"] for r in rows] == [10, 5, n_min + 50]
+    dropped = rows[-1]
+    assert np.isnan(dropped["inner_score"]) and not dropped["chosen"]
+    assert dropped["note"].startswith("grid points dropped: ") and str(n_min) in dropped["note"]
+    assert all(r["note"] == "" for r in rows[:2])
+    assert sum(r["chosen"] for r in rows) == 1
+
+
+def test_skipped_early_stopping_is_noted(fold_data):
+    X, y, g, inner = fold_data
+    one_patient_each = np.array([f"P{i % 3}" for i in range(len(y))], dtype=object)  # 3 big ones
+    y3 = LABELS[np.arange(len(y)) % 3]
+    cv = tuning.InnerCV(
+        X,
+        y3,
+        one_patient_each,
+        [(np.arange(0, 100), np.arange(100, 150)), (np.arange(50, 150), np.arange(0, 50))],
+    )
+    chosen, rows = tuning.tune(
+        cv, "xgboost", {"max_depth": [2]}, classes=CLASSES,
+        base={"device": "cpu", "n_jobs": 1, "n_estimators": 5},
+    )  # fmt: skip
+    assert rows[0]["note"].startswith("early stopping skipped: 2 of 2 inner fits: too few pat")
+    model = heads.make("xgboost", device="cpu", n_jobs=1, n_estimators=5)
+    heads.fit_head(model, X, y3, one_patient_each)
+    assert heads.fit_notes(model) and tuning.refit_note(model).startswith(
+        "early stopping skipped: "
+    )
+    heads.fit_head(model, X, y3, np.array([f"P{i}" for i in range(len(y))]))
+    assert heads.fit_notes(model) == [] and tuning.refit_note(model) == ""
+
+
+def test_failed_fits_and_an_all_nan_grid_fall_back_to_the_defaults(fold_data):
+    X, y, g, inner = fold_data
+    cv = tuning.InnerCV(X, y, g, inner, blocks=BLOCKS)
+    # liblinear has no elastic net: every fit raises ValueError
+    chosen, rows = tuning.tune(
+        cv, "logreg", {"C": [1.0, 10.0]}, classes=CLASSES,
+        base={"solver": "liblinear", "l1_ratio": 0.5},
+    )  # fmt: skip
+    assert chosen == {}
+    assert [r["chosen"] for r in rows] == [False, False, True]
+    assert all(r["note"].startswith("fit failed: ValueError in 3 of 3 inner") for r in rows[:2])
+    assert rows[2]["params"] == "{}" and rows[2]["note"].startswith("all-NaN grid: ")
+
+
+def test_nan_scores_are_noted(fold_data, monkeypatch):
+    X, y, g, inner = fold_data
+    cv = tuning.InnerCV(X, y, g, inner, blocks=BLOCKS)
+    real = tuning.score
+    calls = iter([np.nan, 0.5])
+    monkeypatch.setattr(tuning, "score", lambda *a, **k: next(calls))
+    chosen, rows = tuning.tune(cv, "logreg", {"C": [1.0, 10.0]}, classes=CLASSES)
+    assert chosen == {"C": 10.0} and rows[0]["note"].startswith("nan score: ")
+    monkeypatch.setattr(tuning, "score", real)
+
+
+def test_read_this_first_groups_the_notes():
+    rows = []
+    for f in ("resnet50", "hybrid"):
+        for h in ("logreg", "knn"):
+            rows.append(
+                {
+                    "features": f,
+                    "head": h,
+                    "fold": "2",
+                    **tuning.untuned_row("CV fold 2's training side has 2 patient(s)"),
+                }
+            )
+            rows.append({"features": f, "head": h, "fold": "1", "params": '{"C": 1.0}',
+                         "inner_score": 0.6, "chosen": True, "note": ""})  # fmt: skip
+        note = "grid points dropped: n_neighbors 40 is more than the 33 rows"
+        rows.append({"features": f, "head": "knn", "fold": "1", "params": '{"n_neighbors": 40}',
+                     "inner_score": np.nan, "chosen": False, "note": note})  # fmt: skip
+    df = pd.DataFrame(rows, columns=list(tuning.TUNING_COLUMNS))
+    lines = tuning.read_this_first(df)
+    assert len(lines) == 2, lines
+    assert "fold 2 (every features set), every head ran **untuned**" in lines[0]
+    assert "2 patient(s)" in lines[0]
+    assert lines[1].startswith("Tuning (grid points dropped): knn, fold 1 (every features set)")
+    assert '{"n_neighbors": 40}' in lines[1]
+    # written and read back as fit and the report do (empty notes come back as nan or "")
+    for kw in ({}, {"keep_default_na": False}):
+        from io import StringIO
+
+        buf = StringIO()
+        df.to_csv(buf, index=False, na_rep="nan")
+        assert tuning.read_this_first(pd.read_csv(StringIO(buf.getvalue()), **kw)) == lines
+    # a tuning.csv from before the note column: nothing to say
+    assert tuning.read_this_first(df.drop(columns="note")) == []
+    assert tuning.read_this_first(None) == []
