@@ -82,6 +82,7 @@ from .preprocess import (
     _has_path,
     _normalize_laterality,
     finish,
+    load_and_preprocess,
     load_prepared,
 )
 
@@ -654,6 +655,10 @@ def prepare_image(
     """
     config = config or PreprocessConfig()
     store = _resolve_cache(cache)
+    if store is None and not with_meta:
+        return load_and_preprocess(
+            path, config, laterality=laterality, roi_mask_path=roi_mask_path, decoder=decoder
+        )
     if store is None:
         prepared = load_prepared(
             path, config, laterality=laterality, roi_mask_path=roi_mask_path, decoder=decoder
