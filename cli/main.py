@@ -27,6 +27,7 @@ COMMANDS = {
     "train": "train",
     "explain": "explain",
     "cache": "cache",
+    "store": "store",
 }
 
 

@@ -435,7 +435,8 @@ def save(model, path, sidecar: dict | None = None) -> Path:
     )
     text = json.dumps(info, indent=2, sort_keys=True, default=str) + "\n"
     atomic_write(sidecar_path, lambda f: f.write(text.encode()))
-    log.info("saved head to %s (sha256 %s…)", model_path, digest[:12])
+    # the folder may be a fit's staging folder: name the file only (fit names the run folder)
+    log.debug("saved head %s (sha256 %s…)", model_path.name, digest[:12])
     return model_path
 
 
