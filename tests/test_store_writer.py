@@ -281,3 +281,32 @@ def test_featmammo_store_attribute_without_importing_the_submodule(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
+
+
+def test_row_meta_written_with_a_batch_lands_in_those_rows(tmp_path):
+    """Per-image facts known only once an image is read (extract: how it was windowed)."""
+    import h5py
+
+    path = tmp_path / "m.h5"
+    ids, e = _prepare(path)
+    x = _embeddings()
+    with BackgroundWriter(path, growth=0) as w:
+        for a in (0, 4):
+            rows = list(range(a, a + 4))
+            block = (x[rows], [1] * 4, [""] * 4)
+            how = {"windowing_applied": ["voi_lut" if r % 2 else "none" for r in rows]}
+            w.submit([ids[r] for r in rows], {"toy": block}, {"toy": e.identity}, row_meta=how)
+        with pytest.raises(StoreError, match="row_meta lengths"):
+            w.submit(ids[:2], {"toy": (x[:2], [1, 1], ["", ""])}, {"toy": e.identity},
+                     row_meta={"windowing_applied": ["none"]})  # fmt: skip
+    store.consolidate(path)
+    st = store.open(path)
+    got = st.meta["windowing_applied"].tolist()
+    assert got == ["voi_lut" if r % 2 else "none" for r in range(8)] + [""] * (N - 8)
+    assert st.meta["path"].tolist() == [f"/d/{i}.png" for i in ids]  # the rest kept
+    np.testing.assert_array_equal(st.array("toy", rows=np.arange(8)), x[:8])
+    with h5py.File(path) as f:
+        assert f["meta/windowing_applied"].asstr()[1] == "voi_lut"
+    with pytest.raises(StoreError, match="cannot change the manifest's columns"):
+        store.write_shard(path, ids[:1], {"toy": (x[:1], [1], [""])}, {"toy": e.identity},
+                          row_meta={"label": ["malignant"]})  # fmt: skip

@@ -24,10 +24,25 @@ from ..atomic import atomic_write
 from ..errors import StoreError
 from .faults import fault_point
 from .files import check_space, is_space_error, space_error, write_h5
-from .index import Segment, State, commit, editing, read_ids
+from .index import Segment, State, commit, editing, gather, meta_dataset, read_ids
 from .locking import mutation
-from .schema import DONE, FAILED, IDENTITY_KEYS, backbone_key, parts_dir, resolve, utcnow
-from .segments import collect, create_embeddings, new_segment_path, start_segment
+from .schema import (
+    DONE,
+    FAILED,
+    IDENTITY_KEYS,
+    META_COLUMNS,
+    backbone_key,
+    parts_dir,
+    resolve,
+    utcnow,
+)
+from .segments import (
+    collect,
+    create_embeddings,
+    new_segment_path,
+    start_segment,
+    write_rows_part,
+)
 
 log = logging.getLogger("featmammo.store")
 
@@ -61,6 +76,7 @@ def write_shard(
     *,
     dtypes: Mapping[str, str] | None = None,
     store_uuid: str | None = None,
+    row_meta: Mapping[str, Sequence] | None = None,
 ) -> Path:
     """Durably record one finished batch for the store at ``path``.
 
@@ -68,7 +84,9 @@ def write_shard(
     ``identities[name]`` is the backbone identity the rows were computed under (checked at merge).
     ``dtypes[name]`` (optional) is the store's dtype of that backbone: the shard then holds the
     embeddings already cast to it. ``store_uuid``: the store the rows belong to (read from the
-    store when not given); a merge into any other store discards the shard. The shard appears
+    store when not given); a merge into any other store discards the shard. ``row_meta``: per-image
+    metadata known only now (``{column: one string per id}``), written into those rows by the
+    merge. The shard appears
     under its final name only once its bytes are on disk (``featmammo.atomic.atomic_write``).
     A full disk raises StoreSpaceError.
     """
@@ -82,6 +100,16 @@ def write_shard(
         "identities": np.asarray([identities[n] for n in names], dtype=str),
         "store_uuid": np.asarray(str(store_uuid)),
     }
+    columns = list(row_meta or {})
+    fixed = [c for c in columns if c in META_COLUMNS]
+    if fixed:
+        raise StoreError(f"{path}: row_meta cannot change the manifest's columns {fixed}")
+    payload["meta_columns"] = np.asarray(columns, dtype=str)
+    for j, c in enumerate(columns):
+        vals = [str(v) for v in row_meta[c]]
+        if len(vals) != len(payload["ids"]):
+            raise StoreError(f"{path}: row_meta {c!r} has {len(vals)} values for {len(ids)} ids")
+        payload[f"meta{j}"] = np.asarray(vals, dtype=str)
     raw = 0
     for j, n in enumerate(names):
         emb, status, reason = blocks[n]
@@ -163,6 +191,7 @@ def merge_shards(path, state: State, files, shard_paths: Sequence[Path]) -> list
     done_before = set(state.merged_shards)
     index = None
     plans: dict[str, list] = {}  # backbone -> [(rows, shard number, block j, k in shard)]
+    metaplans: dict[str, list] = {}  # metadata column -> [(rows, values)]
     heads = []
     for p in shard_paths:
         if p.name in done_before:  # merged by a commit killed before it deleted the shard
@@ -197,6 +226,8 @@ def merge_shards(path, state: State, files, shard_paths: Sequence[Path]) -> list
         rows = np.array([index[i] for i in sid if i in index], dtype=np.int64)
         si = len(heads)
         heads.append((p, head, keep))
+        for j, c in enumerate(head.get("meta_columns", ())):
+            metaplans.setdefault(str(c), []).append((rows, head[f"meta{j}"][keep]))
         for j, (name, ident) in enumerate(zip(head["names"], head["identities"], strict=True)):
             b = state.blocks.get(str(name))
             if b is None or b.identity != str(ident):
@@ -204,7 +235,7 @@ def merge_shards(path, state: State, files, shard_paths: Sequence[Path]) -> list
                 continue
             k = np.flatnonzero(keep)
             plans.setdefault(str(name), []).append((rows, np.full(rows.size, si), j, k))
-    if not plans:
+    if not plans and not metaplans:
         return consumed
     # per backbone the last write of each row wins (shards are in write order)
     winners = {}
@@ -224,8 +255,9 @@ def merge_shards(path, state: State, files, shard_paths: Sequence[Path]) -> list
         )
         winners[name] = (rows[take], src[take], blk[take], kin[take], status)
     new_done = {n: w[0][w[4] == DONE] for n, w in winners.items() if (w[4] == DONE).any()}
+    meta_rows, meta_values, columns = _row_meta(state, files, metaplans)
     seg_no = None
-    if new_done:
+    if new_done or meta_rows.size:
         target, rel = new_segment_path(state)
         needed = sum(
             r.size * state.blocks[n].dim * np.dtype(state.blocks[n].dtype).itemsize
@@ -234,6 +266,10 @@ def merge_shards(path, state: State, files, shard_paths: Sequence[Path]) -> list
 
         def build(f) -> None:
             start_segment(f, state)
+            if meta_rows.size:
+                ids = gather(state.n, state.row_seg, state.row_pos, files, lambda s: "ids",
+                             rows=meta_rows, strings=True)  # fmt: skip
+                write_rows_part(f, meta_rows, ids, meta_values, columns)
             ds = {}
             for n, r in new_done.items():
                 b = state.blocks[n]
@@ -258,8 +294,17 @@ def merge_shards(path, state: State, files, shard_paths: Sequence[Path]) -> list
 
         write_h5(target, build, store=path, needed=needed, what="merging shards", fault="segment")
         seg_no = state.add_segment(
-            Segment(rel, None, [], {n: int(r.size) for n, r in new_done.items()})
+            Segment(
+                rel,
+                int(meta_rows.size) if meta_rows.size else None,
+                list(columns) if meta_rows.size else [],
+                {n: int(r.size) for n, r in new_done.items()},
+            )
         )
+        if meta_rows.size:
+            state.columns = list(columns)
+            state.row_seg[meta_rows] = seg_no
+            state.row_pos[meta_rows] = np.arange(meta_rows.size)
     for name, (rows, src, blk, kin, status) in winners.items():
         b = state.blocks[name]
         done = status == DONE
@@ -277,6 +322,25 @@ def merge_shards(path, state: State, files, shard_paths: Sequence[Path]) -> list
             b.reason[r] = str(head[f"reason{int(blk[i])}"][int(kin[i])])
             b.seg[r] = -1
     return consumed
+
+
+def _row_meta(state: State, files, metaplans: dict) -> tuple[np.ndarray, dict, list]:
+    """Rows given metadata by shards, their complete records (the stored values, the shards' on
+    top; the last shard wins a row) and the columns they have."""
+    if not metaplans:
+        return np.zeros(0, np.int64), {}, list(state.columns)
+    rows = np.unique(np.concatenate([r for parts in metaplans.values() for r, _ in parts]))
+    columns = list(state.columns) + [c for c in metaplans if c not in state.columns]
+    values = {}
+    for c in columns:
+        if c in state.columns:
+            values[c] = gather(state.n, state.row_seg, state.row_pos, files,
+                               meta_dataset(state, c), rows=rows, strings=True)  # fmt: skip
+        else:
+            values[c] = np.full(rows.size, "", dtype=object)
+        for r, v in metaplans.get(c, ()):  # in write order: later shards overwrite
+            values[c][np.searchsorted(rows, r)] = v.astype(object)
+    return rows, values, columns
 
 
 def _write_runs(ds, dst: np.ndarray, values: np.ndarray) -> None:

@@ -104,11 +104,16 @@ class BackgroundWriter:
         ids: Sequence[str],
         blocks: Mapping[str, tuple],
         identities: Mapping[str, str],
+        *,
+        row_meta: Mapping[str, Sequence] | None = None,
     ) -> None:
         """Queue one finished batch: ``blocks[name] = (emb (n, D), status (n,), reasons (n,))``.
 
-        Returns at once unless ``max_pending`` batches are already waiting. The arrays are copied,
-        so the caller may reuse its buffers. Raises the first error of the background threads.
+        ``row_meta``: per-image facts known only once the images were read (``{column: one
+        string per id}``); the merge writes them into those rows' metadata (a new column reads ""
+        for the other rows). Returns at once unless ``max_pending`` batches are already waiting.
+        The arrays are copied, so the caller may reuse its buffers. Raises the first error of the
+        background threads.
         """
         self._raise()
         if self._closed:
@@ -134,8 +139,14 @@ class BackgroundWriter:
                     f"{self._dims[name]}"
                 )
             batch[name] = (emb, status, reasons)
+        meta = None
+        if row_meta:
+            meta = {str(c): [str(v) for v in vals] for c, vals in row_meta.items()}
+            bad = {c: len(v) for c, v in meta.items() if len(v) != len(ids)}
+            if bad:
+                raise StoreError(f"{self.path}: row_meta lengths {bad} do not match {len(ids)} ids")
         if batch:
-            self._queue.put((ids, batch, {n: str(identities[n]) for n in batch}))
+            self._queue.put((ids, batch, {n: str(identities[n]) for n in batch}, meta))
 
     def close(self) -> None:
         """Wait for every submitted batch (and a merge in progress); raise a background error.
@@ -187,21 +198,17 @@ class BackgroundWriter:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is _STOP or nxt[2] != item[2]:
+                if nxt is _STOP or nxt[2] != item[2] or _keys(nxt[3]) != _keys(item[3]):
                     carry = nxt
                     break
                 group.append(nxt)
                 rows += len(nxt[0])
             try:
-                ids, blocks, identities = _concat(group)
+                ids, blocks, identities, meta = _concat(group)
                 p = write_shard(
-                    self.path,
-                    ids,
-                    blocks,
-                    identities,
-                    dtypes=self._dtypes,
-                    store_uuid=self.store_uuid,
-                )
+                    self.path, ids, blocks, identities, dtypes=self._dtypes,
+                    store_uuid=self.store_uuid, row_meta=meta,
+                )  # fmt: skip
                 self.n_batches += len(group)
                 self.n_shards += 1
                 size = p.stat().st_size
@@ -282,8 +289,13 @@ class BackgroundWriter:
         self._merge.start()
 
 
-def _concat(group: list) -> tuple[list[str], dict, dict]:
-    """One shard's ids and blocks from batches with the same backbones (in submit order)."""
+def _keys(meta) -> tuple:
+    return tuple(sorted(meta)) if meta else ()
+
+
+def _concat(group: list) -> tuple[list[str], dict, dict, dict | None]:
+    """One shard's ids, blocks and row metadata from batches with the same backbones and
+    metadata columns (in submit order)."""
     if len(group) == 1:
         return group[0]
     ids = [i for g in group for i in g[0]]
@@ -295,4 +307,7 @@ def _concat(group: list) -> tuple[list[str], dict, dict]:
             np.concatenate([p[1] for p in parts]),
             [r for p in parts for r in p[2]],
         )
-    return ids, blocks, group[0][2]
+    meta = None
+    if group[0][3]:
+        meta = {c: [v for g in group for v in g[3][c]] for c in group[0][3]}
+    return ids, blocks, group[0][2], meta
