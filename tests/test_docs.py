@@ -130,6 +130,14 @@ def _flag_names(token: str) -> list[str]:
     return names
 
 
+def _known(flag: str, known: set[str]) -> bool:
+    """``flag`` is an option, or short options written together (``-vv``, ``-vq``) as click
+    accepts them."""
+    if flag in known:
+        return True
+    return not flag.startswith("--") and len(flag) > 2 and all(f"-{c}" in known for c in flag[1:])
+
+
 def _params(command: click.Command) -> set[str]:
     names = {"--help", "-h"}
     for p in command.params:
@@ -148,7 +156,7 @@ def check_command(text: str) -> list[str]:
     # options before the command belong to the group
     while i < len(tokens) and tokens[i].startswith("-"):
         for flag in _flag_names(tokens[i]):
-            if flag not in _params(cli):
+            if not _known(flag, _params(cli)):
                 problems.append(f"`featmammo` has no option {flag}")
         i += 1
     current: click.Command = cli
@@ -182,7 +190,7 @@ def _check_flags(tokens: list[str], command: click.Command, where: str) -> list[
     problems = []
     for token in tokens:
         for flag in _flag_names(token):
-            if flag not in known:
+            if not _known(flag, known):
                 options = ", ".join(sorted(o for o in known if o.startswith("--")))
                 problems.append(f"`{where}` has no option {flag} (its options: {options})")
     return problems
@@ -227,7 +235,7 @@ def command_problems(path: Path, text: str | None = None) -> list[str]:
                 lone_ok = _all_flags() | _script_flags(text)
             for token in snippet.text.split():
                 for flag in _flag_names(token):
-                    if flag not in lone_ok:
+                    if not _known(flag, lone_ok):
                         out.append(
                             f"{where}: no featmammo command (nor a script this page names) has "
                             f"the option {flag}\n    in: `{snippet.text}`"
@@ -346,7 +354,7 @@ def test_checker_reports_missing_flag_with_file_and_line():
         "And `featmammo extract m.csv -o s.h5 --bogus`, or `featmammo frobnicate x`, `--tune-grd`\n"
         "Fine: `featmammo -v extract m.csv -o s.h5 [--weights imagenet|random|PATH]`,\n"
         "`featmammo manifest <set>`, `featmammo COMMAND --help`, `featmammo cache info|clear`,\n"
-        "`featmammo.fit.fit`, `pip install featmammo[gpu]`.\n"
+        "`featmammo.fit.fit`, `pip install featmammo[gpu]`, `featmammo -vv fit`, `-vq`.\n"
         "```python\nfeatmammo fit --not-checked-in-python\n```\n"
     )
     problems = command_problems(page, text)
