@@ -269,13 +269,20 @@ def test_table_without_the_needed_category_falls_back_to_reintegration():
     np.testing.assert_array_equal(out, img)
     with pytest.raises(ImageReadError, match="cannot code the re-predicted first row"):
         lj.decode_ljpeg(encode(img, 2, 12), method="splice")
-    # 8-bit: the splice works when the table allows it; re-integration cannot (uint8 decode)
+    # 8-bit: the splice when the table allows it, else re-integration of a decode with 16-bit
+    # values (the C decoder keeps 8 bits for P <= 8: it decodes with the SOF saying P = 9)
     img8 = phantom(24, 16, 8)
     out8, info8 = lj.decode_ljpeg(encode(img8, 7, 8))
     assert info8["pvrg_method"] == "splice"
     np.testing.assert_array_equal(out8, img8)
-    with pytest.raises(ImageReadError, match="8-bit lossless JPEG with predictor 2 whose Huffman"):
-        lj.decode_ljpeg(encode(_row0_needs_a_missing_category(8), 2, 8))
+    for bits in (8, 6, 2):
+        img = _row0_needs_a_missing_category(bits)
+        for predictor in (2, 3, 6, 7):
+            out, info = lj.decode_ljpeg(encode(img, predictor, bits), method="reintegrate")
+            np.testing.assert_array_equal(out, img)
+        out, info = lj.decode_ljpeg(encode(img, 2, bits))
+        assert info["pvrg_method"] == "reintegrate"
+        np.testing.assert_array_equal(out, img)
 
 
 def test_a_failed_splice_check_is_logged_and_reintegrated(monkeypatch, caplog):

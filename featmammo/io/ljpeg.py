@@ -28,16 +28,21 @@ How a file becomes an :class:`~featmammo.io.images.Image` (exact stored values, 
    reshaped to (LINES, PIXELS_PER_LINE) of the sibling ``.ics`` (many SOFs have width and height
    swapped). Never transposed. ``meta["sof_swapped"]`` records it.
 
-``read_ljpeg`` needs the ``.ics`` (``A_0002_1.LEFT_CC.LJPEG`` -> ``A-0002-1.ics`` in the same
-folder) for the geometry, unless ``shape`` is given. A file whose data does not end in an EOI
-marker is refused as truncated (jpegsof3 refuses such a stream too; the check gives the clearer
-message). P <= 8 with predictors 2, 3, 6, 7 needs the splice (a standard decode comes back as
-uint8, losing the wrapped values re-integration needs); DDSM files are 12- or 16-bit.
-Optical density is never applied here (see :func:`featmammo.io.ddsm.optical_density`).
+5. Damaged files (:mod:`featmammo.io.ljpeg_verify`): the coded data is checked against the
+   header before decoding, the C decoder gets a zero-padded stream it cannot read out of, and the
+   image returned is re-encoded and compared bit for bit with the whole entropy-coded segment,
+   which must run to one EOI; any difference is an ImageReadError naming the pixel and byte.
 
-Steps 1 and 3 live beside this reader (every name stays importable from here):
-:mod:`featmammo.io.ljpeg_markers` (header, Huffman tables, entropy segment, byte stuffing) and
-:mod:`featmammo.io.ljpeg_pvrg` (re-integration and the row-0 splice).
+``read_ljpeg`` needs the ``.ics`` (``A_0002_1.LEFT_CC.LJPEG`` -> ``A-0002-1.ics`` in the same
+folder) for the geometry, unless ``shape`` is given. For P <= 8 the C decoder keeps only 8 bits
+of each value, which re-integration cannot use; it then decodes with the SOF precision raised to
+9 and a point transform that keeps the first prediction (16-bit values). Optical density is never
+applied here (see :func:`featmammo.io.ddsm.optical_density`).
+
+Steps 1, 3 and 5 live beside this reader (every name stays importable from here):
+:mod:`featmammo.io.ljpeg_markers` (header, Huffman tables, entropy segment, byte stuffing),
+:mod:`featmammo.io.ljpeg_pvrg` (re-integration and the row-0 splice) and
+:mod:`featmammo.io.ljpeg_verify`.
 """
 
 from __future__ import annotations
@@ -131,6 +136,22 @@ def _c_decode(stream: bytes, info: dict, path) -> np.ndarray:
     return out if out.dtype == np.uint16 else out.astype(np.uint16)
 
 
+def _standard_16(data: bytes, info: dict, path) -> np.ndarray:
+    """A T.81 decode of ``data`` with 16-bit values (modulo 2**16) whatever the precision. For
+    P <= 8 the C decoder keeps 8 bits, so it decodes a copy whose SOF says P = 9 and whose scan
+    says point transform 9 - P: jpegsof3 uses the point transform only for the first
+    prediction, 2**(P' - 1 - Pt) = 2**(P-1), the true one. (Were that to change, the bit-for-bit
+    check after decoding would refuse the file, not return other pixels.)"""
+    precision = info["precision"]
+    if precision > 8:
+        return _c_decode(data, info, path)
+    d = bytearray(data)
+    d[info["sof_offset"]] = 9
+    al = info["sos_al_offset"]
+    d[al] = (d[al] & 0xF0) | (9 - precision)
+    return _c_decode(bytes(d), info, path)
+
+
 def decode_standard(data: bytes, path) -> np.ndarray:
     """A plain T.81 decode (imagecodecs' jpegsof3) in the SOF geometry; no PVRG correction and
     no check that the data is consumed exactly (:func:`decode_ljpeg` does both). For P <= 8
@@ -183,16 +204,7 @@ def decode_ljpeg(data: bytes, path="<bytes>", *, method: str = "auto") -> tuple[
         elif method == "splice":
             raise ImageReadError(path, "the Huffman table cannot code the re-predicted first row")
     if pixels is None:
-        if info["pvrg_method"] is None and precision <= 8:
-            # the decoder returns uint8 for P <= 8: the values a PVRG stream wraps to are lost,
-            # so the residuals cannot be recovered from a standard decode.
-            raise ImageReadError(
-                path,
-                f"{precision}-bit lossless JPEG with predictor {predictor} whose Huffman table "
-                "cannot code the re-predicted first row: not supported (DDSM files are 12- or "
-                "16-bit)",
-            )
-        pixels = pvrg_from_standard(_c_decode(data, info, path), predictor, precision)
+        pixels = pvrg_from_standard(_standard_16(data, info, path), predictor, precision)
         if info["pvrg_method"] is None:
             info["pvrg_method"] = "reintegrate"
     verify_coded(pixels, info, coded, path)

@@ -85,7 +85,7 @@ def parse_header(data: bytes, path) -> dict:
                 raise ImageReadError(path, f"invalid lossless JPEG precision {p}")
             if h == 0 or w == 0:
                 raise ImageReadError(path, f"invalid lossless JPEG size {h} x {w}")
-            info.update(precision=p, height=h, width=w)
+            info.update(precision=p, height=h, width=w, sof_offset=i + 2)
         elif marker == 0xC4:
             j = 0
             while j + 17 <= len(seg):
@@ -116,6 +116,7 @@ def parse_header(data: bytes, path) -> dict:
                     path, "lossless JPEG with restart markers (DRI) is not a DDSM file"
                 )
             info.update(predictor=predictor, point_transform=pt, scan_offset=i + length)
+            info["sos_al_offset"] = i + 7  # the Ah/Al byte
             info["huffman_table"] = tables.get(seg[2] >> 4)
             info["huffman_tables"] = n_tables
             return info
