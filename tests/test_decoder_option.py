@@ -21,7 +21,7 @@ import featmammo.extract as fx  # noqa: E402
 import featmammo.io as fio  # noqa: E402
 import featmammo.io.decoders as fdec  # noqa: E402
 from featmammo import store  # noqa: E402
-from featmammo.errors import ConfigError  # noqa: E402
+from featmammo.errors import ConfigError, StoreError  # noqa: E402
 from featmammo.preprocess import PreprocessConfig  # noqa: E402
 
 CFG = PreprocessConfig(image_size=32)
@@ -113,8 +113,8 @@ def test_the_decoder_reaches_read_image_and_the_provenance(tmp_path, spy, monkey
     assert st.provenance["runs"][-1]["decoder"] == "cpu"
     cpu_fp = prov["preprocess_fingerprint"]
 
-    # a second run with the GPU decoder chosen (faked): the argument reaches read_image, the
-    # store accepts it as the same backbone and merges the decoders like the devices
+    # a second run with the GPU decoder chosen (faked): the argument reaches read_image; the
+    # preprocessing fingerprint is the same, the embeddings too (PNGs: no JPEG 2000 here)
     monkeypatch.setattr(fdec, "nvimagecodec_status", lambda: (True, "faked"))
     spy.clear()
     (tmp_path / "more").mkdir()
@@ -125,13 +125,17 @@ def test_the_decoder_reaches_read_image_and_the_provenance(tmp_path, spy, monkey
     st2 = store.open(tmp_path / "t.h5")
     assert st2.backbone_provenance("p")["preprocess_fingerprint"] == cpu_fp
     assert np.array_equal(st2.array("p")[:3], st.array("p"))  # same pixels, same embeddings
-    # rerun on the first store (nothing left to embed): decoders accumulate
+    assert "JPEG2000=nvimagecodec" in st2.backbone_provenance("p")["decoder_plugin"]
+    # but which decoder reads lossy JPEG 2000 is part of the entry's identity (a GPU wavelet may
+    # round otherwise): the first store refuses it, naming the field, or takes it under a suffix
+    with pytest.raises(StoreError, match="decoder_plugin"):
+        fx.extract(manifest, tmp_path / "s.h5", backbones=[_probe()], preprocess=CFG,
+                   **{**FAST, "decoder": "nvimagecodec"})  # fmt: skip
     fx.extract(manifest, tmp_path / "s.h5", backbones=[_probe()], preprocess=CFG,
-               **{**FAST, "decoder": "nvimagecodec"})  # fmt: skip
-    assert store.open(tmp_path / "s.h5").backbone_provenance("p")["decoders"] == [
-        "cpu",
-        "nvimagecodec",
-    ]
+               backbone_suffix="-nv", **{**FAST, "decoder": "nvimagecodec"})  # fmt: skip
+    st = store.open(tmp_path / "s.h5")
+    assert st.backbone_provenance("p-nv")["decoders"] == ["nvimagecodec"]
+    assert st.backbone_provenance("p")["decoders"] == ["cpu"]
 
 
 def test_embed_and_the_prepared_cache_pass_the_decoder(tmp_path, spy, fake_gpu_decoder):

@@ -179,9 +179,6 @@ def test_replaced_images_are_embedded_again_with_their_new_pixels(tmp_path):
     assert (s.n_done, s.n_skipped, s.n_reembedded) == (0, N, 0)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs store's prepare: file_identity decides over path (inbox-store.md)"
-)
 def test_a_copied_dataset_is_not_embedded_again(tmp_path):
     manifest = _dataset(tmp_path / "data")
     path = tmp_path / "s.h5"

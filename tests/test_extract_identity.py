@@ -31,9 +31,6 @@ def manifest(tmp_path):
     return _dataset(tmp_path / "data", n=4)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs store's IDENTITY_KEYS + precision/decoder_plugin (inbox-store.md)"
-)
 def test_a_bfloat16_run_is_refused_into_a_float32_entry(manifest, tmp_path, monkeypatch):
     path = tmp_path / "s.h5"
     extract(manifest, path, backbones=["alexnet"], **FAST)
@@ -51,9 +48,6 @@ def test_a_bfloat16_run_is_refused_into_a_float32_entry(manifest, tmp_path, monk
     assert st.provenance["runs"][-1]["precision"] == "bfloat16"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs store's IDENTITY_KEYS + precision/decoder_plugin (inbox-store.md)"
-)
 def test_another_decoder_plugin_is_another_identity(manifest, tmp_path, monkeypatch):
     path = tmp_path / "s.h5"
     extract(manifest, path, backbones=["alexnet"], **FAST)
@@ -73,9 +67,6 @@ def test_another_decoder_plugin_is_another_identity(manifest, tmp_path, monkeypa
         extract(manifest, path, backbones=["alexnet"], **FAST)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs store's IDENTITY_KEYS + precision/decoder_plugin (inbox-store.md)"
-)
 def test_entries_made_before_these_keys_keep_their_identity():
     """A float32 run with the standard plugins has the identity an entry made before precision
     and decoder_plugin were recorded had: existing stores are resumed, not refused."""

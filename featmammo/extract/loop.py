@@ -53,16 +53,17 @@ class Plan:
 
 def plan_work(store_path, ids: np.ndarray, names: list, batch_size: int) -> Plan:
     """Which manifest rows still need which backbone, cut into the run's fixed batches."""
-    st = fstore.open(store_path)
-    index = {i: k for k, i in enumerate(st.ids)}
-    rows = np.array([index[i] for i in ids], dtype=np.int64)  # store row per manifest row
-    # True where (manifest row, backbone) still needs an embedding (pending or failed before)
-    need = np.stack([st.status(nm)[rows] != fstore.DONE for nm in names], axis=1)
+    with fstore.open(store_path) as st:
+        index = {i: k for k, i in enumerate(st.ids)}
+        rows = np.array([index[i] for i in ids], dtype=np.int64)  # store row per manifest row
+        # True where (manifest row, backbone) still needs an embedding (pending or failed before)
+        need = np.stack([st.status(nm)[rows] != fstore.DONE for nm in names], axis=1)
+        dtypes = {nm: st.dtype(nm) for nm in names}
     n = len(ids)
     chunks = [np.arange(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
     return Plan(
         need=need,
-        dtypes={nm: st.dtype(nm) for nm in names},
+        dtypes=dtypes,
         batches=[c for c in chunks if need[c].any()],
         n_skipped=int((~need.any(axis=1)).sum()),
     )

@@ -219,12 +219,13 @@ def _run(
         meta = meta.assign(file_identity=_file_identities(ranks, df, config, key))
 
     def prepare_and_plan() -> Plan:
-        st = fstore.prepare(store_path, ids, meta, entries, store_prov, compression=compression)
-        merged = fstore.consolidate(store_path)
-        if merged:
-            log.info("merged %d shards left by an interrupted run", merged)
+        # prepare merges the shards an interrupted run left, before it compares file identities
+        with fstore.prepare(
+            store_path, ids, meta, entries, store_prov, compression=compression
+        ) as st:
+            n_changed = len(st.changed_images)
         plan = plan_work(store_path, ids, names, batch_size)
-        plan.n_reembedded = len(getattr(st, "changed_images", None) or ())
+        plan.n_reembedded = n_changed
         return plan
 
     def between_batches() -> None:
