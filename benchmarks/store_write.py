@@ -160,12 +160,18 @@ def _run(fs, path: Path, ids, meta, dim, batch, kind, seed) -> dict:
     """What an extraction does with the store; returns the rows embedded and merges made."""
     entry = _entry(fs, dim)
     sp = {"manifest_hash": f"m{len(ids)}", "id_hashing": None}
-    st = fs.prepare(path, ids, meta, [entry], sp, compression="gzip")
+    fs.prepare(path, ids, meta, [entry], sp, compression="gzip").close()
     fs.consolidate(path)  # shards of an interrupted run (none here)
     st = fs.open(path)
     done = st.done("sim")
     index = {i: k for k, i in enumerate(st.ids)}
     todo = [i for i in ids if not done[index[i]]]
+    st.close()
+    del st, index
+    # the writer's own memory: from here to the end (the manifest and the caller's lists stay)
+    hwm_before = _status_kb("VmHWM")
+    _reset_peak()
+    rss_writer = _status_kb("VmRSS")
     rng = np.random.default_rng(seed)
     ok = np.ones(batch, np.int8)
     merges = 0
@@ -187,7 +193,13 @@ def _run(fs, path: Path, ids, meta, dim, batch, kind, seed) -> dict:
         backbone_provenance_update={"sim": {"devices": ["cpu"]}},
     )
     fs.cleanup_parts(path)
-    return {"embedded": len(todo), "merges": merges + 1}
+    peak = _status_kb("VmHWM")
+    return {
+        "embedded": len(todo),
+        "merges": merges + 1,
+        "writer_peak_over_start_mb": round((peak - rss_writer) / 1024, 1),
+        "process_peak_kb": max(peak, hwm_before),
+    }
 
 
 def _write_case(spec: dict) -> dict:
@@ -202,6 +214,7 @@ def _write_case(spec: dict) -> dict:
     rss0 = _status_kb("VmRSS")
     io0, t0 = _io(), time.perf_counter()
     got = _run(fs, path, ids, meta, dim, spec["batch"], spec["kind"], spec["seed"] + grow)
+    process_peak = got.pop("process_peak_kb")
     seconds = time.perf_counter() - t0
     io1 = _io()
     after = _size(fs, spec["mode"], path)
@@ -221,8 +234,8 @@ def _write_case(spec: dict) -> dict:
         # fresh: / final size; noop and append: / the store before the run
         "wchar_ratio": round(wchar / ref, 4),
         "block_ratio": round(block / ref, 4) if block > 0 else None,
-        "peak_rss_mb": round(_status_kb("VmHWM") / 1024, 1),
-        "peak_rss_over_start_mb": round((_status_kb("VmHWM") - rss0) / 1024, 1),
+        "peak_rss_mb": round(process_peak / 1024, 1),
+        "peak_rss_over_start_mb": round((process_peak - rss0) / 1024, 1),
         "peak_reset": peak_reset,
         "seconds": round(seconds, 2),
         **got,
@@ -386,18 +399,22 @@ def _markdown(out: dict, a) -> str:
         f"float32, gzip, batch {a.batch}. `new`: this checkout (format 2: segments + index); "
         f"`old`: `{a.old_rev}` (format 1: one main file, copied by every merge). Ratio = written "
         "(`wchar`) / the store's size on disk (fresh: its final size; noop and append: its size "
-        "before the run). Peak RSS: the whole process (Python, numpy, h5py included).",
+        "before the run). Peak RSS: the whole process (Python, numpy, h5py, the simulated "
+        "manifest); "
+        "writer peak: its rise from the writer's start (BackgroundWriter, merges, final merge) "
+        "to the end.",
         "",
-        "| case | writer | rows | dim | store MB | written MB | ratio | peak RSS MB | merges | s "
-        "| load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| case | writer | rows | dim | store MB | written MB | ratio | peak RSS MB | writer peak "
+        "MB | merges | s | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in out["write"]:
         size = r["store_bytes_after"] if r["op"] == "fresh" else r["store_bytes_before"]
         lines.append(
             f"| {r['op']} | {r['mode']} | {r['rows']:,} | {r['dim']} | {size / 1e6:.1f} | "
             f"{r['wchar'] / 1e6:.1f} | {r['wchar_ratio']:.3f} | {r['peak_rss_mb']:.0f} | "
-            f"{r['merges']} | {r['seconds']} | {r['loadavg'][0]} |"
+            f"{r['writer_peak_over_start_mb']:.0f} | {r['merges']} | {r['seconds']} | "
+            f"{r['loadavg'][0]} |"
         )
     if out["read"]:
         lines += [

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StoreError
-from .reader import Store
-from .schema import DONE, parts_dir
+from .index import editing
+from .schema import DONE, parts_dir, resolve
 from .shards import consolidate as _consolidate
 from .shards import write_shard
 
@@ -65,14 +65,17 @@ class BackgroundWriter:
         self.path = Path(store_path)
         if max_pending < 1:
             raise StoreError(f"{self.path}: max_pending must be >= 1, not {max_pending}")
-        with Store(self.path) as st:
-            self._dims = {n: st.dim(n) for n in st.backbones}
-            self._dtypes = {n: st.dtype(n) for n in st.backbones}
-            self.store_uuid = st.uuid
+        if not self.path.exists():
+            raise StoreError(f"{self.path}: no such store")
+        with editing(resolve(self.path)) as (state, _files):  # the index only: no metadata
+            blocks = state.blocks
+            self._dims = {n: b.dim for n, b in blocks.items()}
+            self._dtypes = {n: b.dtype for n, b in blocks.items()}
+            self.store_uuid = state.uuid
             # bytes this run is expected to write: every row not done yet, of every backbone
             self.expected_bytes = sum(
-                int((st.status(n) != DONE).sum()) * st.dim(n) * np.dtype(st.dtype(n)).itemsize
-                for n in st.backbones
+                int((b.status != DONE).sum()) * b.dim * np.dtype(b.dtype).itemsize
+                for b in blocks.values()
             )
         if merge_bytes is None:
             merge_bytes = max(MERGE_MIN_BYTES, self.expected_bytes // MERGES_PER_RUN)
