@@ -27,6 +27,11 @@ _KEYS = {
     "allow_trained_embeddings": "allow_trained_embeddings",
     "threads": "threads",
     "n_jobs": "n_jobs",
+    "compare": "compare",
+    "levels": "levels",
+    "aggregate": "aggregate",
+    "positive_class": "positive_class",
+    "at_specificity": "at_specificity",
 }
 _TOML_ONLY = ("head_params",)
 
@@ -61,7 +66,7 @@ def _resolve(ctx: click.Context, values: dict, config_path) -> dict:
             continue
         source = ctx.get_parameter_source(key)
         if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
-            if key in ("features", "heads") and isinstance(value, str):
+            if key in ("features", "heads", "compare", "levels") and isinstance(value, str):
                 value = [value]
             resolved[key] = value
     return resolved
@@ -171,6 +176,32 @@ def _resolve(ctx: click.Context, values: dict, config_path) -> dict:
     "--jobs", "n_jobs", default=1, show_default=True, type=click.IntRange(min=1),
     help="Features sets fitted in parallel (threads); results do not depend on it.",
 )  # fmt: skip
+@click.option(
+    "--compare", "compare", multiple=True, metavar="A:B",
+    help="Compare features sets A and B (repeatable; any two, same head, same images): every "
+    "comparison goes to comparisons.csv. Default: each fused set (hybrid, a+b) vs each backbone.",
+)  # fmt: skip
+@click.option(
+    "--level", "levels", multiple=True, type=click.Choice(["image", "breast", "exam"]),
+    help="Evaluate per image, breast (patient + exam + side) and/or exam (repeatable; image is "
+    "always evaluated). Default: image, plus breast and exam when the images carry a laterality "
+    "and an exam_id.",
+)  # fmt: skip
+@click.option(
+    "--aggregate", type=click.Choice(["mean", "max"]), default="mean", show_default=True,
+    help="A breast's probabilities: the mean of its views', or its most suspicious view's (max "
+    "P(positive)). An exam scores its highest-scoring breast.",
+)  # fmt: skip
+@click.option(
+    "--positive-class", default=None,
+    help="Positive class of the screening metrics (default: the most severe class of the "
+    "scheme: malignant or abnormal).",
+)  # fmt: skip
+@click.option(
+    "--at-specificity", "at_specificity", multiple=True, type=click.FloatRange(0, 1,
+    min_open=True, max_open=True),
+    help="Target specificity of sens_at_spec_<t> (repeatable; default 0.9).",
+)  # fmt: skip
 @device_option
 @click.option(
     "--config",
@@ -185,7 +216,8 @@ def _resolve(ctx: click.Context, values: dict, config_path) -> dict:
 def command(
     ctx, stores, output, features, heads, classes, cv, test_split, test_size, seed, n_boot,
     threshold, block_scaling, figures, tune, tune_metric, inner_cv, tune_grid,
-    allow_trained_embeddings, threads, n_jobs, device, config_path, as_json,
+    allow_trained_embeddings, threads, n_jobs, compare, levels, aggregate, positive_class,
+    at_specificity, device, config_path, as_json,
 ) -> None:  # fmt: skip
     """Fit heads on the embeddings of STORE(s) and write a run folder -o RUN_DIR.
 
@@ -194,7 +226,11 @@ def command(
     leaderboard.csv, metrics.json, report.md, figures/, models/ and config.json. Every reported
     number is recomputed from predictions.csv.
     """
+    import time
+
     from featmammo.fit import fit
+
+    from .options import progress, stage
 
     values = {
         "features": list(features) or None, "heads": list(heads) or None, "classes": classes,
@@ -203,17 +239,28 @@ def command(
         "block_scaling": block_scaling, "figures": figures, "tune": tune,
         "tune_metric": tune_metric, "inner_cv": inner_cv, "tune_grid": tune_grid,
         "allow_trained_embeddings": allow_trained_embeddings, "threads": threads or None,
-        "n_jobs": n_jobs,
+        "n_jobs": n_jobs, "compare": list(compare) or None, "levels": list(levels) or None,
+        "aggregate": aggregate, "positive_class": positive_class,
+        "at_specificity": list(at_specificity) or None,
     }  # fmt: skip
     kwargs = _resolve(ctx, values, config_path)
-    result = fit(list(stores), output, **kwargs)
+    feats = kwargs.get("features") or ["each backbone", "hybrid"]
+    n_heads = len(kwargs.get("heads") or ["logreg", "knn"])
+    stage(
+        f"fit: {', '.join(map(str, feats))} x {n_heads} head(s), {kwargs.get('cv')}-fold "
+        f"patient-grouped CV + {kwargs.get('test_split')} test -> {output}"
+    )
+    t0 = time.perf_counter()
+    with progress("fit", unit="fits") as update:
+        result = fit(list(stores), output, progress=update, **kwargs)
+    stage(f"fit: done in {time.perf_counter() - t0:.0f} s -> {result.run_dir}")
     if as_json:
         echo_json(result.summary())
         return
     lb = result.leaderboard
     cols = [
-        "features", "head", "evaluation", "n_images", "n_patients", "majority_baseline",
-        "accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr",
+        "features", "head", "evaluation", "level", "rank", "n_images", "n_patients",
+        "majority_baseline", "accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr",
     ]  # fmt: skip
     click.echo(lb[[c for c in cols if c in lb.columns]].to_string(index=False, float_format="%.3f"))
     dropped = result.config.get("dropped_rows") or {}

@@ -43,7 +43,12 @@ def _write_store(path: Path, *, alexnet_weights: str = "random", seed: int = 0) 
                  "laterality": "LR"[p % 2], "view": ["CC", "MLO", "CC"][v],
                  "split": "test" if p >= 15 else "train", "source": "synthetic", "path": ""}
             )  # fmt: skip
-    meta = pd.DataFrame(rows)
+    return write_two_backbones(path, pd.DataFrame(rows), rng, alexnet_weights=alexnet_weights)
+
+
+def write_two_backbones(path: Path, meta: pd.DataFrame, rng, *, alexnet_weights="random") -> Path:
+    """A store of ``meta``'s images with resnet50 (16-d) and alexnet (8-d) embeddings that carry
+    class signal (alexnet weaker)."""
     y = np.array([CLASSES.index(v) for v in meta["label"]])
 
     def emb(dim, strength):
@@ -119,8 +124,8 @@ def test_fit_writes_a_complete_leak_free_run(fitted):
         for e in ("cv", "test")
     }  # fmt: skip
     assert len(metrics["comparisons"]) == len(comps)
-    models = sorted(p.name for p in (run / "models").glob("*.joblib"))
-    assert models == sorted(f"{f}__{h}.joblib" for f in ("resnet50", "alexnet", "hybrid")
+    models = sorted(p.name for p in (run / "models").glob("*.skops"))
+    assert models == sorted(f"{f}__{h}.skops" for f in ("resnet50", "alexnet", "hybrid")
                             for h in ("logreg", "knn"))  # fmt: skip
     sidecar = json.loads((run / "models" / "hybrid__logreg.json").read_text())
     assert sidecar["classes"] == CLASSES
@@ -138,7 +143,7 @@ def test_fit_writes_a_complete_leak_free_run(fitted):
 def test_predict_on_the_store_reproduces_the_test_predictions(fitted, tmp_path):
     st, run, _ = fitted
     out = tmp_path / "pred.csv"
-    model = run / "models" / "hybrid__logreg.joblib"
+    model = run / "models" / "hybrid__logreg.skops"
     r = _cli(["predict", model, st, "-o", out])
     assert r.exit_code == 0, r.output
     got = pd.read_csv(out).set_index("image_id")
@@ -156,12 +161,12 @@ def test_predict_on_the_store_reproduces_the_test_predictions(fitted, tmp_path):
 def test_predict_refuses_a_store_with_other_weights(fitted, tmp_path):
     _, run, _ = fitted
     other = _write_store(tmp_path / "other.h5", alexnet_weights="imagenet:AlexNet_Weights.X")
-    r = _cli(["predict", run / "models" / "hybrid__logreg.joblib", other])
+    r = _cli(["predict", run / "models" / "hybrid__logreg.skops", other])
     assert r.exit_code != 0
     assert isinstance(r.exception, StoreError)
     assert "alexnet" in str(r.exception) and "refusing" in str(r.exception)
     # a single-backbone model does not need the mismatching block
-    r = _cli(["predict", run / "models" / "resnet50__logreg.joblib", other, "--json"])
+    r = _cli(["predict", run / "models" / "resnet50__logreg.skops", other, "--json"])
     assert r.exit_code == 0, r.output
 
 
@@ -251,7 +256,7 @@ def test_extract_fit_predict_end_to_end(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     images_csv = pd.read_csv(run / "images.csv")  # paths for the report's test-image grid
     assert images_csv.set_index("image_id").loc["im16", "path"] == str(tmp_path / "im16.png")
-    model = run / "models" / "resnet18__logreg.joblib"
+    model = run / "models" / "resnet18__logreg.skops"
     sidecar = json.loads(model.with_suffix(".json").read_text())
     assert sidecar["backbone_provenance"]["resnet18"]["spec"]["weights"] == "random"
     pred = pd.read_csv(run / "predictions.csv", dtype={"fold": str}).set_index("image_id")
@@ -291,3 +296,29 @@ def test_extract_fit_predict_end_to_end(tmp_path, monkeypatch):
     rows = json.loads(r.stdout[r.stdout.index("[") :])
     assert rows[0]["error"] == "" and rows[0]["y_pred"] in ("benign", "malignant")
     assert rows[1]["error"] and rows[1]["y_pred"] == ""
+
+
+def test_untuned_outer_folds_are_recorded_and_reported(fitted, tmp_path, caplog):
+    """--inner-cv 13: every CV fold's training side (12 patients) is too small for the inner CV,
+    the final fit (15 patients) is not: tuning.csv notes it, the report says it up front, and the
+    log names the run folder, never the staging folder (issues 16.6, 19)."""
+    import logging
+
+    from featmammo.fit import fit
+
+    st, _, _ = fitted
+    run = tmp_path / "run"
+    with caplog.at_level(logging.INFO):
+        fit([st], run, features=["resnet50"], heads=["logreg"], cv=5, inner_cv=13, n_boot=0,
+            figures=False, tune_grid="small")  # fmt: skip
+    tuning = pd.read_csv(run / "tuning.csv", dtype=str, keep_default_na=False)
+    assert tuning.columns[-1] == "note"
+    cv_rows = tuning[tuning["fold"] != "test"]
+    assert len(cv_rows) == 5 and cv_rows["note"].str.startswith("untuned: ").all()
+    assert (tuning.loc[tuning["fold"] == "test", "note"] == "").all()
+    text = (run / "report.md").read_text()
+    assert "- Tuning: untuned folds: 5 features x head x fold fit(s)" in text
+    assert "every head tuned inside each outer fold" not in text
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any(".partial-" in m for m in messages)
+    assert any(m.startswith(f"{run}: fitting resnet50 / logreg") for m in messages)

@@ -158,7 +158,7 @@ def test_the_answer_is_stated_with_holm_adjusted_paired_differences(tmp_path):
     answer = text[text.index("## The answer: hybrid vs each backbone") : text.index("## Setup")]
     assert "Holm-adjusted" in answer and "Durkalski 2003" in answer
     assert "corrected resampled t" in answer and "intervals are unadjusted" in answer
-    assert answer.index("### held-out test") < answer.index("### pooled out-of-fold CV")
+    assert answer.index("### held-out test") < answer.index("### CV folds")
     for c in metrics["comparisons"]:
         assert f"| {c['head']} | hybrid vs {c['features_b']} |" in answer
     # 2 backbones x 2 heads x (cv: 2 metrics, test: 2 metrics + McNemar)
@@ -368,3 +368,86 @@ def test_setup_names_the_grid_searched_and_the_scaling_rule(tmp_path):
     assert "- tune_grid (the grid searched): logreg: C [1.0, 100.0]" in text
     assert "n_neighbors" not in text  # only the heads the run fitted
     assert "- scaling (every features set): BlockScaler" in text
+
+
+def test_untuned_folds_and_tuning_notes_go_into_read_this_first(tmp_path):
+    """An outer fold too small for its inner CV ran untuned: the report says so up front and no
+    longer claims that every head was tuned inside each outer fold (issue 16.6)."""
+    run, _, _ = _run(tmp_path, config={"tune": "grid", "tune_metric": "balanced_accuracy",
+                                       "inner_cv": 3})  # fmt: skip
+    rows = []
+    for f in ("hybrid", "resnet50"):
+        for fold in ("1", "2", "3", "test"):
+            if fold == "2":
+                rows.append(
+                    {
+                        "features": f,
+                        "head": "logreg",
+                        "fold": fold,
+                        "params": "{}",
+                        "inner_score": float("nan"),
+                        "chosen": True,
+                        "note": "untuned: CV fold 2's training side has 2 patient(s)",
+                    }
+                )
+                continue
+            for c in (0.1, 1.0):
+                rows.append(
+                    {
+                        "features": f,
+                        "head": "logreg",
+                        "fold": fold,
+                        "params": json.dumps({"C": c}),
+                        "inner_score": 0.5,
+                        "chosen": c == 1.0,
+                        "note": "grid points dropped: n_neighbors 15" if c == 0.1 else "",
+                    }
+                )
+    pd.DataFrame(rows).to_csv(run / "tuning.csv", index=False)  # fmt: skip
+    text = rp.write_report(run, figures=False).read_text()
+    opening = text[: text.index("## The answer")]
+    assert "- Tuning: untuned folds: 2 features x head x fold fit(s)" in opening
+    assert "CV fold 2's training side has 2 patient(s)" in opening
+    assert "- Tuning: tuning: grid points dropped in 6 grid row(s)" in opening
+    assert "every head tuned inside each outer fold" not in text
+    assert "**except 2 fit(s) where the inner CV was impossible" in text
+    # without notes, the plain statement stays
+    pd.DataFrame([r for r in rows if r["fold"] != "2"]).assign(note="").to_csv(
+        run / "tuning.csv", index=False
+    )
+    text = rp.write_report(run, figures=False).read_text()
+    assert "every head tuned inside each outer fold" in text and "- Tuning:" not in text
+
+
+def test_no_figures_keeps_the_links_to_figures_that_exist(tmp_path):
+    run, _, _ = _run(tmp_path)
+    rp.write_report(run, figures=True, max_images=0)
+    text = rp.write_report(run, figures=False).read_text()
+    assert "![ROC, held-out test](figures/roc_test.png)" in text
+    (run / "figures" / "roc_test.png").unlink()
+    text = rp.write_report(run, figures=False).read_text()
+    assert "roc_test.png" not in text and "figures/roc_cv.png" in text
+
+
+def test_constant_predictions_are_flagged_and_never_counted(tmp_path):
+    """svm-linear predicting 'normal' for every image (issue 20.4): flagged, out of the counts."""
+    run, y, fold = _run(tmp_path, n_pat=90, signals={"hybrid": 2.0, "resnet50": 1.0},
+                        heads=("logreg", "svm-linear"))  # fmt: skip
+    pred = pd.read_csv(run / "predictions.csv", dtype={"fold": str})
+    sel = pred["head"] == "svm-linear"
+    pred.loc[sel, "y_pred"] = "normal"
+    pred.loc[sel, ["p_normal", "p_benign", "p_malignant"]] = [0.5, 0.25, 0.25]
+    pred.to_csv(run / "predictions.csv", index=False)
+    text = rp.write_report(run, figures=False).read_text()
+    lb = pd.read_csv(run / "leaderboard.csv", keep_default_na=False)
+    flagged = lb[lb["constant_predictions"] != ""]
+    assert set(flagged["head"]) == {"svm-linear"} and len(flagged) == 4
+    opening = text[: text.index("## The answer")]
+    assert "Warning: constant predictions: 4 result(s)" in opening
+    comps = pd.read_csv(run / "comparisons.csv")
+    svm = comps[comps["head"] == "svm-linear"]
+    assert svm["p_holm"].isna().all() and svm["method"].str.contains("constant").all()
+    answer = text[text.index("## The answer") : text.index("## Setup")]
+    line = next(ln for ln in answer.splitlines() if ln.startswith("- Balanced accuracy, held-out"))
+    assert "not tested in 1 of 2" in line
+    assert all(c["ok"] for c in rp.verify(run))

@@ -186,7 +186,7 @@ def test_failed_and_nan_rows_are_excluded_and_counted(tmp_path):
     # predict on the same store: every row comes back, the two with their error
     from featmammo.predict import predict
 
-    out = predict(run / "models" / "resnet50__logreg.joblib", [st])
+    out = predict(run / "models" / "resnet50__logreg.skops", [st])
     assert len(out) == 24
     errs = out.set_index("image_id")["error"]
     assert "decode error: truncated" in errs["i00_0"] and "not finite" in errs["i02_1"]
@@ -373,8 +373,8 @@ def test_predict_refuses_a_modified_model_file(run, tmp_path):
     from featmammo.errors import FeatmammoError
 
     st, run_dir = run
-    model = tmp_path / "m.joblib"
-    shutil.copy(run_dir / "models" / "resnet50__logreg.joblib", model)
+    model = tmp_path / "m.skops"
+    shutil.copy(run_dir / "models" / "resnet50__logreg.skops", model)
     shutil.copy(run_dir / "models" / "resnet50__logreg.json", tmp_path / "m.json")
     with model.open("ab") as f:
         f.write(b"\0")
@@ -413,10 +413,10 @@ def test_refit_into_the_same_folder_replaces_the_run_and_a_failed_fit_keeps_it(t
     (run).mkdir()
     (run / "my_notes.txt").write_text("mine")
     _fit([st], run, {"heads": ["logreg", "knn"]})
-    assert len(list((run / "models").glob("*.joblib"))) == 6
+    assert len(list((run / "models").glob("*.skops"))) == 6
     _fit([st], run, {"features": ["resnet50"]})
     assert sorted(p.name for p in (run / "models").iterdir()) == [
-        "resnet50__logreg.joblib", "resnet50__logreg.json"
+        "resnet50__logreg.json", "resnet50__logreg.skops"
     ]  # fmt: skip
     assert set(pd.read_csv(run / "leaderboard.csv")["features"]) == {"resnet50"}
     before = (run / "report.md").read_text()

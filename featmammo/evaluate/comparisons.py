@@ -144,15 +144,15 @@ def resolve_pairs(specs: Iterable[str] | None, features: Sequence[str]) -> list[
 
 def _t_sf2(t: float, df: float) -> float:
     """Two-sided tail P(|T| >= |t|), T ~ Student t with ``df`` degrees of freedom."""
-    from scipy import stats
+    from scipy import special
 
-    return float(2.0 * stats.t.sf(abs(t), df))
+    return float(2.0 * special.stdtr(df, -abs(t)))
 
 
 def _t_quantile(q: float, df: float) -> float:
-    from scipy import stats
+    from scipy import special
 
-    return float(stats.t.ppf(q, df))
+    return float(special.stdtrit(df, q))
 
 
 def t_test(diff: float, se: float, df: float, ci_level: float = 0.95) -> tuple[float, float, float]:

@@ -36,6 +36,7 @@ import contextlib
 import json
 import logging
 import shutil
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -154,6 +155,27 @@ def _proba(model, X, classes) -> np.ndarray:
     return out
 
 
+def _record_fit_notes(model, features, head, fold, tune, tuning_rows, notes) -> None:
+    """What a fit could not do (early stopping skipped for want of patients): on the chosen
+    tuning.csv row of that features/head/fold with ``--tune grid``, else a run note."""
+    from .. import tuning
+    from ..heads import fit_notes
+
+    if tune == "grid":
+        refit = tuning.refit_note(model)
+        if refit:
+            for row in tuning_rows:
+                if (row["features"], row["head"], row["fold"], bool(row["chosen"])) == (
+                    features, head, fold, True,
+                ):  # fmt: skip
+                    tuning.add_note(row, refit)
+        return
+    for n in fit_notes(model):
+        text = f"{head} ({features}): {n}"
+        if text not in notes:
+            notes.append(text)
+
+
 def _base_params(name, head_params, device, threads=None) -> dict:
     """The fixed parameters of head ``name``: the user's ``head_params`` plus device / threads."""
     from .. import heads
@@ -198,6 +220,12 @@ def fit(
     allow_trained_embeddings: bool = False,
     threads: int | None = 1,
     n_jobs: int = 1,
+    compare: Sequence[str] | None = None,
+    levels: Sequence[str] | None = None,
+    aggregate: str = "mean",
+    positive_class: str | None = None,
+    at_specificity: Sequence[float] | None = None,
+    progress=None,
 ) -> FitResult:
     """Fit every features x head with patient-grouped CV and a held-out test; write the run folder.
 
@@ -214,6 +242,14 @@ def fit(
     threads spin-wait; on a busy 2-core machine two threads made logreg ~30x and an SVD ~40x more
     CPU-hungry; None leaves the libraries' own setting); XGBoost gets ``n_jobs=threads``.
     ``n_jobs``: features sets fitted in parallel threads (the results do not depend on it).
+    ``compare``: ``A:B`` pairs of features sets compared per head (default: each fused set --
+    ``hybrid``, ``a+b`` -- against each single one); every comparison lands in comparisons.csv.
+    ``levels``: ``image``, ``breast``, ``exam`` (default: image, plus breast and exam when the
+    images carry a laterality and an ``exam_id``); ``aggregate``: how a breast scores its views
+    (``mean`` of their probabilities, or ``max``: its most suspicious view's). ``positive_class``
+    (default: the most severe class of the scheme) and ``at_specificity`` (default 0.9) set the
+    screening metrics (``sens_at_spec_<t>``, ``pauc_0.10``, ``pf1``). ``progress(1, total)`` is
+    called after each fitted unit (features x head x outer fold, final refit included).
     """
     from .. import heads as heads_mod
     from .. import tuning
@@ -226,6 +262,13 @@ def fit(
         raise ConfigError(f"--test-split {test_split!r}: choose one of {TEST_SPLITS}")
     if tune not in tuning.TUNE_MODES:
         raise ConfigError(f"--tune {tune!r}: choose one of {', '.join(tuning.TUNE_MODES)}")
+    from ..evaluate import AGGREGATES, check_specificities, default_levels, parse_levels
+    from ..evaluate.comparisons import resolve_pairs
+    from ..evaluate.levels import exam_note, level_keys_for
+
+    if aggregate not in AGGREGATES:
+        raise ConfigError(f"--aggregate {aggregate!r}: choose one of {', '.join(AGGREGATES)}")
+    at_specificity = check_specificities(at_specificity)
     if tune_metric not in tuning.METRICS:
         raise ConfigError(
             f"--tune-metric {tune_metric!r}: choose one of {', '.join(tuning.METRICS)}"
@@ -287,6 +330,11 @@ def fit(
     classes = tuple(parse_classes(classes)) if classes else _default_classes(raw_labels)
     if len(classes) < 2:
         raise ConfigError(f"fit needs at least two classes; the store has {list(classes)}")
+    if positive_class is not None and str(positive_class) not in classes:
+        raise ConfigError(
+            f"--positive-class {positive_class!r} is not one of the classes {', '.join(classes)}"
+        )
+    pairs = resolve_pairs(compare, features)
     labels, keep = _map_labels(raw_labels, classes)
     dropped = {}
     if not keep.all():
@@ -300,6 +348,22 @@ def fit(
             f"{int((groups == '').sum())} image(s) have no patient_id (first: "
             f"{ids[groups == ''][0]}); patient-grouped splits need one for every image"
         )
+    levels = parse_levels(levels) if levels else default_levels(meta)
+    if "image" not in levels:
+        levels = ["image", *levels]  # the store's unit: always evaluated
+    level_cols = None
+    if len(levels) > 1:
+        keys = level_keys_for(meta)
+        if not (keys["laterality"] != "").any():
+            raise ConfigError(
+                f"--level {' '.join(lv for lv in levels if lv != 'image')}: no image has an L/R "
+                "laterality (the store's 'laterality' column is empty or missing), so no breast "
+                "or exam can be formed; use --level image"
+            )
+        level_cols = keys
+        why = exam_note(meta)
+        if why:
+            notes.append(f"levels: {why}")
     fold = _assign_splits(
         meta, labels, groups, cv=cv, test_split=test_split, test_size=test_size, seed=seed
     )
@@ -325,7 +389,7 @@ def fit(
     # outer folds, then the final model on the whole training part ("test" in tuning.csv)
     outer = sorted({v for v in fold if v not in ("test", "")}, key=int)
     runs = [*outer, "test"]
-    inner_splits = {}
+    inner_splits, untuned_why = {}, {}
     if tune == "grid":
         for r in runs:
             train = ~is_test if r == "test" else (~is_test & (fold != r))
@@ -351,6 +415,15 @@ def fit(
             {"path": str(s.path), "fingerprint": store_fingerprint(s)} for s in store_list
         ]
 
+        total = len(features) * len(head_names) * len(runs)
+        lock = threading.Lock()
+        fit_notes: list[str] = []
+
+        def tick():
+            if progress is not None:
+                with lock:  # features sets may run in parallel threads
+                    progress(1, total)
+
         def _one_features_set(f):
             """Every head on features set ``f``: (prediction frames, tuning rows, models)."""
             rows, models, tuning_rows = [], {}, []
@@ -369,12 +442,13 @@ def fit(
                         blocks=fz.blocks, balance=block_scaling,
                     )  # fmt: skip
                 for h in head_names:
-                    log.info("fitting %s / %s, %s", f, h, what)
+                    log.info("%s: fitting %s / %s, %s", final_dir, f, h, what)
                     base = _base_params(h, head_params, device, threads)
                     chosen = {}
                     if tune == "grid" and inner is None:  # too small for an inner CV
                         tuning_rows.append({"features": f, "head": h, "fold": r, "params": "{}",
-                                            "inner_score": np.nan, "chosen": True})  # fmt: skip
+                                            "inner_score": np.nan, "chosen": True,
+                                            "note": f"untuned: {untuned_why.get(r)}"})  # fmt: skip
                     if inner is not None:
                         with _step(f, h, f"tuning for {what}", int(train.sum())):
                             chosen, grid_rows = tuning.tune(
@@ -387,6 +461,9 @@ def fit(
                     model = _make_head(h, seed, fz.blocks, {**base, **chosen}, block_scaling)
                     with _step(f, h, what, int(train.sum())):
                         fit_head(model, X[train], labels[train], groups[train])
+                    with lock:
+                        _record_fit_notes(model, f, h, r, tune, tuning_rows, fit_notes)
+                    tick()
                     if target.any():
                         with _step(f, h, f"prediction of {what}", int(train.sum())):
                             proba[h][target] = _proba(model, X[target], classes)
@@ -416,6 +493,9 @@ def fit(
                         **{f"p_{c}": proba[h][:, j] for j, c in enumerate(classes)},
                     }
                 )
+                if level_cols is not None:  # what the breast and exam levels group by
+                    part["exam_id"] = level_cols["exam_id"].to_numpy()
+                    part["laterality"] = level_cols["laterality"].to_numpy()
                 rows.append(part[done])
             return rows, tuning_rows, models
 
@@ -435,10 +515,14 @@ def fit(
             rows += f_rows
             tuning_rows += f_tuning
             models.update(f_models)
+        notes += sorted(set(fit_notes))  # --tune none: what the fits could not do
         if tune == "grid":
-            pd.DataFrame(tuning_rows, columns=list(tuning.TUNING_COLUMNS)).to_csv(
-                run_dir / "tuning.csv", index=False, na_rep="nan"
-            )
+            columns = list(tuning.TUNING_COLUMNS)
+            if "note" not in columns:  # what deviated from plain nested tuning
+                columns.append("note")
+            frame = pd.DataFrame(tuning_rows, columns=columns)
+            frame["note"] = frame["note"].fillna("")
+            frame.to_csv(run_dir / "tuning.csv", index=False, na_rep="nan")
         predictions = pd.concat(rows, ignore_index=True)
         predictions.to_csv(run_dir / "predictions.csv", index=False)
         paths = meta["path"].astype(str) if "path" in meta.columns else pd.Series([""] * len(ids))
@@ -476,6 +560,12 @@ def fit(
             "scaling": "BlockScaler: standardise, then each of B blocks / sqrt(B x width)"
             if block_scaling
             else "BlockScaler(balance=False): standardise only",
+            "compare": [list(p) for p in pairs],
+            "levels": levels,
+            "aggregate": aggregate,
+            "positive_class": positive_class,
+            "at_specificity": list(at_specificity),
+            "head_decision": heads_mod.DECISION_RULE,
             "optimistic_features": optimistic["features"],
             "optimistic_reason": optimistic["reason"],
             "caveats": caveats_from_stores(store_list, meta),
@@ -483,7 +573,7 @@ def fit(
             "notes": notes,
         }
         (run_dir / "config.json").write_text(json.dumps(config, indent=1, default=str))
-        report = write_report(run_dir, figures=figures)
+        report = write_report(run_dir, figures=figures, log_as=final_dir)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)  # a failed fit leaves any earlier run intact
         raise

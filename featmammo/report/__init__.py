@@ -110,6 +110,7 @@ def write_report(
     min_patients_per_class: int = ev.MIN_PATIENTS_PER_CLASS,
     compare_to: str | None = None,
     pairs=None,
+    log_as=None,
 ) -> Path:
     """Recompute leaderboard.csv, metrics.json, comparisons.csv, report.md, the breast/exam
     predictions and figures from predictions.csv.
@@ -122,9 +123,11 @@ def write_report(
     ``at_specificity`` (screening metrics); ``tuning.csv`` (when present) the chosen
     hyperparameters and their notes. config.json is read, never rewritten. After writing,
     :func:`verify` re-reads the files and recomputes every figure with scikit-learn. Returns the
-    path of report.md.
+    path of report.md. ``log_as``: the folder named in log lines (``fit`` writes into a staging
+    folder and names the run folder it will become).
     """
     run_dir = Path(run_dir)
+    shown = Path(log_as) if log_as is not None else run_dir
     config = read_config(run_dir)
     classes = config.get("classes")
     if not classes:
@@ -191,7 +194,9 @@ def write_report(
     for a in audit:
         if not a["ok"]:
             log.warning(
-                "leakage audit %s/%s: %d patient(s) in more than one fold, %d in train and test",
+                "%s: leakage audit %s/%s: %d patient(s) in more than one fold, %d in train "
+                "and test",
+                shown,
                 a["features"],
                 a["head"],
                 a["patients_across_folds"],
@@ -200,10 +205,10 @@ def write_report(
     checks = verify(run_dir)  # the files as written, re-read and recomputed with scikit-learn
     for c in checks:
         if not c["ok"]:
-            log.warning("consistency check failed: %s (%s)", c["check"], c["detail"])
+            log.warning("%s: consistency check failed: %s (%s)", shown, c["check"], c["detail"])
     metrics["warnings"] = report_warnings(config, metrics, audit, checks)
     for w in metrics["warnings"]:
-        log.warning("%s: %s", run_dir.name, w)
+        log.warning("%s: %s", shown, w)
     metrics["consistency"] = checks
     footer = footer_text(config, footer_warnings(config, metrics))
     fig_paths, fig_notes = (
@@ -221,5 +226,5 @@ def write_report(
     text = _markdown(config, metrics, audit, checks, fig_paths, metrics["data"], tuning)
     out = run_dir / REPORT
     _write_text(out, text)
-    log.info("report written: %s", out)
+    log.info("report written: %s", shown / REPORT)
     return out

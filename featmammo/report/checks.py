@@ -290,7 +290,9 @@ def consistency_checks(
         d, where = worst[key]
         _check(
             checks,
-            f"{label} = sklearn.metrics.{fn} on predictions.csv",
+            f"{label} = {fn} on the predictions"
+            if key in screening
+            else f"{label} = sklearn.metrics.{fn} on predictions.csv",
             d <= TOL,
             f"max |diff| {d:.2e}" + (f" ({where})" if d > TOL else ""),
         )
@@ -413,9 +415,9 @@ def consistency_checks(
 
 
 _SCREENING_FN = {
-    "sens": "roc_curve: best tpr where 1 - fpr >= target",
-    "pauc": "roc_auc_score(max_fpr=0.1)",
-    "pf1": "RSNA pF1 from the summed probabilities",
+    "sens": "sklearn.metrics.roc_curve (best tpr where 1 - fpr >= target)",
+    "pauc": "sklearn.metrics.roc_auc_score(max_fpr=0.1)",
+    "pf1": "RSNA's pF1 summed over the probabilities",
 }
 
 

@@ -40,6 +40,8 @@ def read_tuning(run_dir) -> pd.DataFrame | None:
     )  # fmt: skip
     if "note" not in df.columns:
         df["note"] = ""
+    if "inner_score" in df.columns:  # NaN may be written as "nan" or left empty
+        df["inner_score"] = pd.to_numeric(df["inner_score"], errors="coerce")
     missing = [c for c in ("features", "head", "fold", "params", "inner_score", "chosen")
                if c not in df.columns]  # fmt: skip
     if missing:

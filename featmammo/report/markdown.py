@@ -169,7 +169,8 @@ def _cmp_p(c: dict | None) -> str:
 
 def _why_untested(c: dict) -> str:
     method = str(c.get("method", ""))
-    return method.split("out of the family: ", 1)[1] if "out of the family: " in method else ""
+    why = method.split("out of the family: ", 1)[1] if "out of the family: " in method else ""
+    return why.removeprefix("not tested: ")
 
 
 #: what the report calls each metric of comparisons.csv
@@ -232,7 +233,8 @@ def _answer(metrics: dict) -> list[str]:
             sel = [c for c in comps if c["evaluation"] == evaluation and c["level"] == level]
             if not sel:
                 continue
-            where = EVAL_LABEL[evaluation] + ("" if level == "image" else f", {level} level")
+            label = "CV folds" if evaluation == "cv" else EVAL_LABEL[evaluation]
+            where = label + ("" if level == "image" else f", {level} level")
             unit = {"image": "images", "breast": "breasts", "exam": "exams"}.get(level, level)
             L += ["", f"### {where}", ""]
             by_key: dict = {}
@@ -493,6 +495,8 @@ def _markdown(config, metrics, audit, checks, figures, data_summary, tuning=None
         L.append(f"- tune_grid (the grid searched): {shown}")
     if config.get("scaling"):
         L.append(f"- scaling (every features set): {config['scaling']}")
+    if config.get("head_decision"):
+        L.append(f"- decision rule of every head: {config['head_decision']}")
     if config.get("dropped_rows"):
         L.append(f"- rows dropped by the class scheme: {config['dropped_rows']}")
     L.append("")
