@@ -599,3 +599,26 @@ def test_info_says_whether_a_run_is_writing_and_counts_failures_per_image(tmp_pa
     assert "an extraction is writing this store now" in out and "interrupted" not in out
     keys = json.loads(CliRunner().invoke(command, [str(path), "--json"]).output)
     assert list(keys) == ["n_images", "backbones", "n_done", "failed", "provenance"]
+
+
+def test_a_segment_no_row_reads_any_more_is_dropped_without_a_rewrite(tmp_path):
+    path = tmp_path / "s.h5"
+    e = _entry()
+    meta = _meta(8)
+    store.prepare(path, meta["image_id"], meta, [e], {"id_hashing": None})
+    first = {p.name for p in store.segments_dir(path).iterdir()}  # the ids and metadata
+    ids = list(meta["image_id"])
+    store.write_shard(path, ids, {"toy": (_x(8), np.ones(8), [""] * 8)}, {"toy": e.identity},
+                      row_meta={"windowing_applied": ["none"] * 8})  # fmt: skip
+    store.consolidate(path)  # every row's record now lives in the merge's segment
+    st = store.open(path)
+    assert st.n_segments == 1  # dropped from the index, not rewritten
+    st.close()
+    from featmammo.store import segments
+
+    segments.collect(path, _state(path), min_age_s=0.0)  # no reader: the file goes too
+    assert not first & {p.name for p in store.segments_dir(path).iterdir()}
+    st = store.open(path)
+    np.testing.assert_array_equal(st.array("toy"), _x(8))
+    assert st.meta["windowing_applied"].tolist() == ["none"] * 8
+    assert st.meta["path"].tolist() == list(meta["path"])

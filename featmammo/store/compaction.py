@@ -106,10 +106,10 @@ def compact(path, *, everything: bool = False) -> int:
     with mutation(real):
         with editing(real) as (state, files):
             chosen = _choose(state, everything)
-            if not chosen or (len(chosen) == 1 and not everything):
+            if not chosen:
                 return 0
-            new_seg = _rewrite(path, state, files, chosen)
-            _renumber(state, chosen, new_seg)
+            new_seg, rows, parts = _rewrite(path, state, files, chosen)
+            _renumber(state, chosen, new_seg, rows, parts)
             state.provenance["compacted"] = utcnow()
             commit(state, store=path, fault="compact", what="compacting the store", retire=True)
         collect(real, state)
@@ -117,8 +117,11 @@ def compact(path, *, everything: bool = False) -> int:
     return len(chosen)
 
 
-def _rewrite(path, state: State, files, chosen: list[int]) -> Segment:
-    """One new segment with every row the ``chosen`` segments still serve."""
+def _rewrite(
+    path, state: State, files, chosen: list[int]
+) -> tuple[Segment | None, np.ndarray, dict]:
+    """One new segment with every row the ``chosen`` segments still serve (None when none is):
+    the segment, the rows of its ids/metadata part, and backbone -> rows of its embeddings."""
     pick = np.zeros(len(state.segments), dtype=bool)
     pick[chosen] = True
     rows = np.flatnonzero((state.row_seg >= 0) & pick[np.maximum(state.row_seg, 0)])
@@ -128,6 +131,8 @@ def _rewrite(path, state: State, files, chosen: list[int]) -> Segment:
         r = np.flatnonzero((seg >= 0) & pick[np.maximum(seg, 0)])
         if r.size:
             parts[name] = r
+    if not rows.size and not parts:
+        return None, rows, parts
     target, rel = new_segment_path(state)
     needed = (
         sum(
@@ -190,31 +195,30 @@ def _rewrite(path, state: State, files, chosen: list[int]) -> Segment:
         list(state.columns) if rows.size else [],
         {n: int(r.size) for n, r in parts.items()},
     )
-    seg.new_rows, seg.new_parts = rows, parts  # for _renumber
-    return seg
+    return seg, rows, parts
 
 
-def _renumber(state: State, chosen: list[int], new_seg: Segment) -> None:
+def _renumber(state: State, chosen: list[int], new_seg, rows: np.ndarray, parts: dict) -> None:
+    """Drop the ``chosen`` segments from ``state``; their live rows now live in ``new_seg``."""
     k = len(state.segments)
     keep = [s for s in range(k) if s not in set(chosen)]
     remap = np.full(k + 1, -1, dtype=np.int32)  # index k: "none" (-1 maps through it)
     remap[keep] = np.arange(len(keep), dtype=np.int32)
     new_no = len(keep)
-    state.segments = [state.segments[s] for s in keep] + [new_seg]
+    state.segments = [state.segments[s] for s in keep] + ([new_seg] if new_seg else [])
 
     def apply(seg: np.ndarray) -> np.ndarray:
         return remap[np.where(seg >= 0, seg, k)]
 
     state.row_seg = apply(state.row_seg)
-    state.row_seg[new_seg.new_rows] = new_no
-    state.row_pos[new_seg.new_rows] = np.arange(new_seg.new_rows.size)
+    state.row_seg[rows] = new_no
+    state.row_pos[rows] = np.arange(rows.size)
     for name, b in state.blocks.items():
         b.seg = apply(b.seg)
-        r = new_seg.new_parts.get(name)
+        r = parts.get(name)
         if r is not None:
             b.seg[r] = new_no
             b.pos[r] = np.arange(r.size)
-    del new_seg.new_rows, new_seg.new_parts
 
 
 def pack(path, out=None) -> Path:
