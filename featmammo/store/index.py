@@ -332,33 +332,37 @@ def slab_rows(row_bytes: int, target: int = 32 << 20) -> int:
     return max(64, int(target // max(1, row_bytes)))
 
 
-def read_positions(ds, positions: np.ndarray, *, strings: bool = False, gap: int = 256):
-    """Rows ``positions`` (any order) of ``ds``, read in contiguous slabs of bounded size."""
+def read_into(out: np.ndarray, dest: np.ndarray, ds, positions: np.ndarray, *,
+              strings: bool = False, gap: int = 256) -> None:  # fmt: skip
+    """``out[dest[k]] = ds[positions[k]]`` for every k, read in contiguous slabs of bounded size.
+
+    Where both sides of a slab are contiguous the rows go straight into ``out``
+    (``read_direct``): reading a matrix costs the matrix, not twice it.
+    """
     positions = np.asarray(positions, dtype=np.int64)
-    shape_tail = ds.shape[1:]
-    row_bytes = int(np.prod(shape_tail, dtype=np.int64)) * ds.dtype.itemsize if shape_tail else 16
-    if strings:
-        out = np.empty(positions.size, dtype=object)
-    else:
-        out = np.empty((positions.size, *shape_tail), dtype=ds.dtype)
     if positions.size == 0:
-        return out
+        return
+    tail = ds.shape[1:]
+    row_bytes = int(np.prod(tail, dtype=np.int64)) * ds.dtype.itemsize if tail else 16
     order = np.argsort(positions, kind="stable")
-    ps = positions[order]
+    ps, dst = positions[order], np.asarray(dest, dtype=np.int64)[order]
     limit = slab_rows(row_bytes)
+    direct = not strings and out.flags.c_contiguous
     reader = ds.asstr() if strings else ds
-    i = 0
-    m = ps.size
+    i, m = 0, ps.size
     while i < m:
         a = int(ps[i])
         j = i + 1
         while j < m and ps[j] - ps[j - 1] <= gap and ps[j] - a < limit:
             j += 1
         b = int(ps[j - 1]) + 1
-        slab = reader[a:b]
-        out[order[i:j]] = slab[ps[i:j] - a]
+        d = dst[i:j]
+        if direct and b - a == j - i and d[-1] - d[0] == j - i - 1 and (np.diff(d) == 1).all():
+            ds.read_direct(out, np.s_[a:b], np.s_[int(d[0]) : int(d[-1]) + 1])
+        else:
+            slab = reader[a:b]
+            out[d] = slab[ps[i:j] - a]
         i = j
-    return out
 
 
 def gather(
@@ -392,8 +396,7 @@ def gather(
         if name is None:
             continue
         sel = np.flatnonzero(s_of == s)
-        values = read_positions(files[int(s)][name], pos[rows[sel]], strings=strings)
-        out[sel] = values if strings else values.astype(out.dtype, copy=False)
+        read_into(out, sel, files[int(s)][name], pos[rows[sel]], strings=strings)
     return out
 
 
