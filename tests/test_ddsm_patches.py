@@ -124,6 +124,7 @@ def test_a_corrupt_record_is_listed_and_the_rest_kept(tmp_path):
     assert bad["where"] == f"{p}#1" and bad["image_id"] == "training10_2-00001"
     assert bad["reason"] == f"record 1 at byte {size}: data CRC mismatch (corrupt record)"
     assert any("1 damaged record(s) left out" in n for n in summary["notes"])
+    assert summary["unresolved_reasons"] == {"damaged record": 1}
     by = df.set_index("image_id")
     np.testing.assert_array_equal(read_image(by.loc["training10_2-00003", "path"]).pixels, imgs[3])
     np.testing.assert_array_equal(read_image(by.loc["training10_3-00000", "path"]).pixels, other[0])
@@ -193,6 +194,7 @@ def test_float_patches_are_listed_up_front(tmp_path):
     assert set(df["record_file"]) == {"test10_data.npy"}
     (bad,) = summary["unresolved_rows"]
     assert bad["where"].endswith("cv10_data.npy") and "dtype float32" in bad["reason"]
+    assert summary["unresolved_reasons"] == {"patches not uint8/uint16": 1}
     for row in df.itertuples():
         read_image(row.path)  # every row it keeps reads
 

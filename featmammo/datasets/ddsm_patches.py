@@ -358,6 +358,7 @@ def build_ddsm_patches(
         label_rule=LABEL_RULE,
         unresolved=unresolved,
         notes=notes,
+        reason_kind=_reason_kind,
         patch_splits=patch_splits,
         split_caveat=SPLIT_CAVEAT,
         corrupt_records=corrupt_records,
@@ -366,6 +367,20 @@ def build_ddsm_patches(
         ignored_files=ignored,
     )
     return df, summary
+
+
+def _reason_kind(reason: str) -> str:
+    if reason.startswith("record "):
+        return "damaged record"
+    for key, kind in (
+        ("not found beside it", "unpaired .npy"),
+        ("length mismatch", "data/labels length mismatch"),
+        ("patches of dtype", "patches not uint8/uint16"),
+        ("not a readable .npy", "unreadable .npy"),
+    ):
+        if key in reason:
+            return kind
+    return "unusable file"
 
 
 def _nothing_found(root, tfrecords, npys, ignored, unresolved) -> str:
