@@ -97,14 +97,18 @@ def cbis_ddsm(
     """
     from featmammo.datasets.cbis_ddsm import build_cbis_ddsm, format_summary
 
-    df, summary = build_cbis_ddsm(
-        root,
-        csv_dir=csv_dir,
-        benign_without_callback=bwc,
-        subset=subset,
-        dedup=not no_dedup,
-        cache=not no_cache,
-    )
+    from .options import progress
+
+    with progress("DICOM headers", unit="files") as update:
+        df, summary = build_cbis_ddsm(
+            root,
+            csv_dir=csv_dir,
+            benign_without_callback=bwc,
+            subset=subset,
+            dedup=not no_dedup,
+            cache=not no_cache,
+            progress=update,
+        )
     _finish(df, summary, output, as_json, format_summary(summary, output, max_rows))
     if fail_on_unresolved and summary["unresolved"]:
         ctx.exit(1)
@@ -402,17 +406,24 @@ def ddsm(
             out.append(f"excluded   {len(summary['excluded'])} view(s) (unverified/unproven)")
         return out + _mask_lines(summary)
 
+    def build():
+        from .options import progress
+
+        with progress("DDSM case folders", unit="cases") as update:
+            return build_ddsm(
+                root,
+                unverified_views=unverified_views,
+                unproven=unproven,
+                mask_dir=masks,
+                case_types=[t.strip() for t in case_types.split(",") if t.strip()]
+                if case_types
+                else None,
+                progress=update,
+            )
+
     _run(
         ctx,
-        lambda: build_ddsm(
-            root,
-            unverified_views=unverified_views,
-            unproven=unproven,
-            mask_dir=masks,
-            case_types=[t.strip() for t in case_types.split(",") if t.strip()]
-            if case_types
-            else None,
-        ),
+        build,
         output,
         as_json,
         max_rows,

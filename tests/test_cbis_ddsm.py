@@ -278,8 +278,12 @@ def test_descriptive_layout_without_metadata(
     (root / "stray.dcm").touch()
     write_filtered_csvs(tmp_path / "c", cbis_csv_dir, case_rows)
     monkeypatch.chdir(tmp_path)  # relative ROOT: manifest paths must still be absolute
-    df, summary = build_cbis_ddsm("download", csv_dir="c")
+    calls = []
+    df, summary = build_cbis_ddsm("download", csv_dir="c", progress=lambda *a: calls.append(a))
     check_resolved(df, real_headers, written)
+    # the progress callback hears of every header looked up, out of the DICOM files found
+    idx = summary["index"]
+    assert calls == [(1, idx["dcm_files"])] * (idx["headers_read"] + idx["headers_cached"])
     assert summary["layout"] == "nbia-descriptive (no metadata.csv)"
     assert summary["index"]["headers_read"] == 8 + 20 + 1
     assert [Path(s["path"]).name for s in summary["skipped_files"]] == ["stray.dcm"]

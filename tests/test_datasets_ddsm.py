@@ -398,3 +398,9 @@ def test_cli_ddsm_patches_and_merge_with_ddsm(tree, tmp_path):
     assert summary["sources"] == {"ddsm": 5, "ddsm-patches": 3}
     # the patch set was cut from DDSM normals and CBIS-DDSM lesions: the same films
     assert any("ddsm and ddsm-patches come from the same films" in n for n in summary["notes"])
+
+
+def test_progress_callbacks_count_every_case_folder(tree):
+    calls = []
+    build_ddsm(tree, progress=lambda n, total: calls.append((n, total)))
+    assert calls == [(1, 4)] * 4

@@ -244,8 +244,11 @@ def build_cbis_ddsm(
     subset: str = "all",
     dedup: bool = True,
     cache: bool = True,
+    progress=None,
 ) -> tuple[pd.DataFrame, dict]:
     """A manifest of a CBIS-DDSM download: (DataFrame, summary dict).
+
+    ``progress``: an ``update(n, total)`` callback for the DICOM header lookups (CLI bar).
 
     ``root``: the download in any supported layout; ``csv_dir``: where the case-description CSVs
     are (default: found under ``root``). The summary has counts (images, patients, labels, splits),
@@ -266,7 +269,7 @@ def build_cbis_ddsm(
         set(cases["series_uid"]) | set(cases["crop_series_uid"]) | set(cases["mask_series_uid"])
     )
     wanted.discard("")
-    index = build_index(root, wanted_series=wanted, cache=cache, walk=w)
+    index = build_index(root, wanted_series=wanted, cache=cache, walk=w, progress=progress)
     df, unresolved, counts = resolve_images(images, index)
     df = _drop_cut(df, cases.attrs.get("cut_rows", []), unresolved)
     if df.empty:

@@ -211,9 +211,12 @@ def _file_location(loc: str) -> PurePosixPath:
 
 
 def build_index(
-    root, *, wanted_series: set[str] | None = None, cache: bool = True, walk=None
+    root, *, wanted_series: set[str] | None = None, cache: bool = True, walk=None, progress=None
 ) -> FileIndex:
-    """Index a CBIS-DDSM download by Series UID (see the module docstring for the layouts)."""
+    """Index a CBIS-DDSM download by Series UID (see the module docstring for the layouts).
+
+    ``progress``: an ``update(n, total)`` callback told of every DICOM header looked up (read or
+    from the cache), out of the DICOM files found (a CLI progress bar)."""
     root = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
     w = walk or _walk(root)
     series: dict[str, list[dict]] = defaultdict(list)
@@ -244,6 +247,8 @@ def build_index(
         metadata = [p for p in root.parent.glob("*") if p.name.lower() == "metadata.csv"]
 
     def add(path: Path) -> None:
+        if progress is not None:
+            progress(1, len(w.dcm))
         entry = hc.get(path)
         if "error" in entry:
             skipped.append({"path": str(path), "reason": entry["error"]})

@@ -168,12 +168,14 @@ def build_ddsm(
     unproven: str = "exclude",
     mask_dir=None,
     case_types=None,
+    progress=None,
 ) -> tuple[pd.DataFrame, dict]:
     """A manifest of an original DDSM tree: (DataFrame, summary). See the module docstring.
 
     ``mask_dir``: where ROI mask PNGs are written (None: no masks, ``roi_mask_path`` empty).
     ``case_types``: only these volumes (e.g. ``["normals"]`` for the paper's normal class); the
     cases of other types are counted in ``cases_skipped``, not listed as unresolved.
+    ``progress``: an ``update(n, total)`` callback told of every case folder done (CLI bar).
     """
     from featmammo.io.ddsm import read_ics
 
@@ -203,6 +205,8 @@ def build_ddsm(
     counts: Counter = Counter()
     gzipped: list[str] = []
     for folder in sorted(cases):
+        if progress is not None:
+            progress(1, len(cases))
         c = cases[folder]
         case_type, volume = _case_type(folder)
         where = str(folder)
