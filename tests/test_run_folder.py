@@ -193,3 +193,15 @@ def test_run_dir_holding_the_working_directory_is_updated_in_place(runs, monkeyp
     outputs._install_run(staging, final)
     assert _snapshot(final) == new and Path.cwd() == final / "extra"
     assert _leftovers(final) == []
+
+
+def test_a_partial_run_of_a_dead_process_is_removed_even_before_run_dir_exists(tmp_path):
+    final = tmp_path / "run"
+    dead = tmp_path / ".run.partial-999999999-deadbeef"
+    dead.mkdir()
+    (dead / "predictions.csv").write_text("half")
+    staging = outputs._staging_dir(final)  # RUN_DIR does not exist yet
+    assert not dead.exists() and staging.exists()
+    _write_run(staging, "new")
+    outputs._install_run(staging, final)
+    assert _leftovers(final) == []

@@ -146,12 +146,12 @@ def recover_run_dir(final_dir) -> Path | None:
                 "its complete new run is now installed" if source in ready
                 else "the run before it is back in place",
             )  # fmt: skip
-    if final.exists():
-        for kind in (_PARTIAL, _READY, _OLD):
-            for leftover in _siblings(final, kind):
-                if not _alive(_pid_of(leftover)):
-                    _fs.rmtree(leftover, ignore_errors=True)
-                    log.info("%s: removed %s left by an interrupted fit", final, leftover.name)
+    # a partial run is never whole: gone once its process is; ready/old ones only with RUN_DIR back
+    for kind in (_PARTIAL, _READY, _OLD) if final.exists() else (_PARTIAL,):
+        for leftover in _siblings(final, kind):
+            if not _alive(_pid_of(leftover)):
+                _fs.rmtree(leftover, ignore_errors=True)
+                log.info("%s: removed %s left by an interrupted fit", final, leftover.name)
     return placed
 
 
