@@ -279,3 +279,24 @@ def test_ranks_fail_together_and_never_wait_forever(data, tmp_path):
     r = _torchrun(data, path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert list(_counts(path)) == [0, N_ROWS, 0]
+
+
+def test_rows_left_pending_never_end_in_success(data, tmp_path, monkeypatch):
+    """The last guard: were a rank to skip batches (the old bug, or any other), the run ends
+    with a StoreError naming the pending rows, not with exit 0."""
+    from featmammo.errors import StoreError
+    from featmammo.extract import extract
+    from featmammo.extract import loop as loop_mod
+    from featmammo.preprocess import PreprocessConfig
+
+    real = loop_mod._Loop.run
+
+    def skipping(self):
+        self.plan.batches = self.plan.batches[::2]  # half the work "forgotten"
+        return real(self)
+
+    monkeypatch.setattr(loop_mod._Loop, "run", skipping)
+    with pytest.raises(StoreError, match=r"rows still pending after the run \(tiny: 200 of 400\)"):
+        extract(data[1], tmp_path / "s.h5", backbones=[_Tiny(0)], weights="random",
+                preprocess=PreprocessConfig(image_size=16), batch_size=4, threads=1,
+                device="cpu", cache=False)  # fmt: skip

@@ -8,12 +8,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from .. import store as fstore
 from ..devices import resolve_device, torchrun_env
-from ..errors import AllImagesFailed, ConfigError
+from ..errors import AllImagesFailed, ConfigError, StoreError
 from ..hashing import keyed_hash, read_key
 from .environment import (
     _cudnn_benchmark,
@@ -277,10 +278,27 @@ def _run(
                 },
             )
             fstore.cleanup_parts(store_path)
+            if not summary.stopped_early:
+                _check_nothing_pending(store_path, ids, names)
 
         with ranks.busy():
             ranks.share("final", finish)  # every rank returns once the store is whole
     return summary
+
+
+def _check_nothing_pending(store_path: Path, ids, names: list) -> None:
+    """After a run that was not stopped early every manifest row is done or failed for every
+    requested backbone; a pending one would be work silently lost (StoreError, never exit 0)."""
+    with fstore.open(store_path) as st:
+        index = {i: k for k, i in enumerate(st.ids)}
+        rows = np.array([index[i] for i in ids], dtype=np.int64)
+        left = {nm: int((st.status(nm)[rows] == fstore.PENDING).sum()) for nm in names}
+    if any(left.values()):
+        said = ", ".join(f"{nm}: {k}" for nm, k in left.items() if k)
+        raise StoreError(
+            f"{store_path}: rows still pending after the run ({said} of {len(ids)}); this is a "
+            "bug: rerun the same command to embed them, and please report it"
+        )
 
 
 def _file_identities(ranks: Ranks, df: pd.DataFrame, config, key: bytes | None) -> list[str]:
