@@ -116,3 +116,41 @@ def test_what_the_reader_applied_is_counted_per_run(manifest, tmp_path):
     assert store.open(path).provenance["runs"][-1]["windowing_applied"] == {"none": 4}
     s = extract(manifest, path, backbones=["alexnet"], **FAST)
     assert s.windowing_applied == {}  # nothing read
+
+
+def test_what_the_reader_applied_is_stored_per_row(tmp_path):
+    """A DICOM with a VOI window and one without, under --windowing auto: each row says which."""
+    import numpy as np
+    import pandas as pd
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    def dicom(path, window: bool):
+        meta = FileMetaDataset()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
+        ds.Modality, ds.PhotometricInterpretation = "MG", "MONOCHROME2"
+        ds.Rows = ds.Columns = 64
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+        ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
+        yy, xx = np.mgrid[:64, :64]
+        img = (4000 * np.exp(-((yy - 32) ** 2 + (xx - 20) ** 2) / 300)).astype(np.uint16)
+        ds.PixelData = img.tobytes()
+        if window:
+            ds.WindowCenter, ds.WindowWidth = 2000, 4000
+        ds.save_as(path, enforce_file_format=True)
+
+    dicom(tmp_path / "w.dcm", True)
+    dicom(tmp_path / "n.dcm", False)
+    rows = [{"image_id": k, "path": f"{k}.dcm", "label": "benign"} for k in ("w", "n")]
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    path = tmp_path / "s.h5"
+    s = extract(tmp_path / "m.csv", path, backbones=["alexnet"], **FAST)
+    assert s.windowing_applied == {"window": 1, "none": 1}
+    meta = store.open(path).meta
+    assert dict(zip(store.open(path).ids, meta["windowing_applied"], strict=True)) == {
+        "w": "window", "n": "none"}  # fmt: skip

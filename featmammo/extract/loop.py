@@ -20,6 +20,10 @@ from .summary import ExtractSummary
 
 log = logging.getLogger(__package__)  # "featmammo.extract" in log lines, as before the split
 
+#: what the reader did to an image, stored per row beside the manifest's metadata
+#: (``Store.meta["windowing_applied"]``: voi_lut | window | none | percentile; "" where not read)
+ROW_FACTS = ("windowing_applied",)
+
 
 def _open_writer(store_path, rank: int, every: int | None):
     """The store's background writer; rank 0 merges shards into the main file (geometric
@@ -140,7 +144,7 @@ class _Loop:
                         summary.windowing_applied[applied] = (
                             summary.windowing_applied.get(applied, 0) + 1
                         )
-                self._finish(writer, ok_idx, failed, outputs.result())
+                self._finish(writer, ok_idx, failed, outputs.result(), read)
                 if self.between is not None:
                     self.between()
                 if self.max_failures is not None and len(self.failed_images) > self.max_failures:
@@ -152,8 +156,10 @@ class _Loop:
         summary.n_failed = len(self.failed_images)
         return summary
 
-    def _finish(self, writer, ok_idx, failed, outputs: dict) -> None:
-        """Check one batch's embeddings, record failures, hand the rows to the writer."""
+    def _finish(self, writer, ok_idx, failed, outputs: dict, reads: dict | None = None) -> None:
+        """Check one batch's embeddings, record failures, hand the rows to the writer with what
+        the reader applied to each image (``reads``: index -> read meta; stored per row as the
+        metadata columns of ``ROW_FACTS``)."""
         names, need, summary = self.names, self.need, self.summary
         chunk = np.array(sorted(ok_idx + [i for i, _ in failed]), dtype=np.int64)
         reasons = {i: _reason(e) for i, e in failed}
@@ -196,9 +202,12 @@ class _Loop:
                 sel = tuple(int(i) for i in chunk[need[chunk, j]])
                 groups.setdefault(sel, {})[name] = blocks[name]
         for sel, bl in groups.items():
+            seen = reads or {}
+            facts = {col: [str(seen.get(i, {}).get(col) or "") for i in sel] for col in ROW_FACTS}
             writer.submit(
-                [str(self.ids[i]) for i in sel], bl, {nm: self.identities[nm] for nm in bl}
-            )
+                [str(self.ids[i]) for i in sel], bl, {nm: self.identities[nm] for nm in bl},
+                row_meta=facts,
+            )  # fmt: skip
         summary.n_done += int(
             sum(1 for i in chunk if need[i].any() and int(i) not in self.failed_images)
         )
