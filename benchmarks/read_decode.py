@@ -4,9 +4,11 @@
   ~4600 x 2800 uint16) through ``featmammo.io.dicom.read_dicom`` once per decoding plugin
   (pydicom's own RLE decoder vs pylibjpeg-rle) and per repeat; checks identical pixels.
 * ``ljpeg``: synthetic DDSM ``.LJPEG`` files of 4600 x 3000 (PVRG first-row rule, written by the
-  test encoder ``tests/ljpeg_vectors.py``; no PVRG program exists here), 12- and 16-bit, for
-  several predictors (7 is what real DDSM files use), read through ``featmammo.io.read_image``
-  on one core, beside a plain T.81 decode (the floor) and the slower re-integration path;
+  test encoder ``tests/ljpeg_vectors.py``; its output matches the real PVRG codec's rules, see
+  ``tests/data/ljpeg_pvrg``), 12- and 16-bit, for several predictors (7 is what real DDSM files
+  use), read through ``featmammo.io.read_image`` on one core, beside a plain T.81 decode (the
+  floor), the slower re-integration path, and the exactness check alone (``verify_coded``: the
+  decoded image re-encoded and compared bit for bit with the coded data, part of every read);
   pixels are checked equal to the source for both methods. Target <= 1 s.
 * ``patches``: ``build_ddsm_patches`` over a synthetic 3,000-record TFRecord (records/s, peak
   traced memory) and random ``read_image("FILE#INDEX")`` reads.
@@ -17,8 +19,10 @@
     python benchmarks/read_decode.py [--repeats 3] [--sections dicom,ljpeg,j2k,patches]
                                      [--out benchmarks/results]
 
-Writes ``read_decode.json`` and ``read_decode.md`` to ``--out`` and prints the markdown. The
-machine's load average is recorded beside the figures (a shared machine is noisy).
+Writes ``read_decode.json`` and ``read_decode.md`` to ``--out`` and prints the markdown. A run of
+some sections replaces those sections in an existing ``read_decode.json`` and keeps the others,
+so the markdown always shows every section measured; each section records its own time and the
+machine's load average (a shared machine is noisy).
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ def run_ljpeg(repeats: int, shape=(4600, 3000)) -> dict:
     from ljpeg_vectors import phantom, write_case
 
     from featmammo.io import ljpeg, read_image
+    from featmammo.io.ljpeg_markers import _unstuff, entropy_segment_end, parse_header
 
     cases = [(12, 7), (16, 7), (12, 1), (16, 1), (12, 2), (12, 3), (12, 6)]
     rows = []
@@ -79,6 +84,12 @@ def run_ljpeg(repeats: int, shape=(4600, 3000)) -> dict:
             re_t, (re_px, _) = _timed(
                 lambda d=data, p=path: ljpeg.decode_ljpeg(d, p, method="reintegrate"), repeats
             )
+            info = parse_header(data, path)
+            start = info["scan_offset"]
+            coded = _unstuff(data[start : entropy_segment_end(data, start, path)])
+            ver_t, _ = _timed(
+                lambda x=re_px, i=info, c=coded, p=path: ljpeg.verify_coded(x, i, c, p), repeats
+            )
             rows.append(
                 {
                     "precision": precision,
@@ -92,12 +103,13 @@ def run_ljpeg(repeats: int, shape=(4600, 3000)) -> dict:
                     "pvrg_method": out.meta["pvrg_method"],
                     "standard_decode_median_s": statistics.median(std_t),
                     "reintegrate_decode_median_s": statistics.median(re_t),
+                    "verify_median_s": statistics.median(ver_t),
                     "exact": bool(np.array_equal(out.pixels, img)),
                     "reintegrate_exact": bool(np.array_equal(re_px.reshape(shape), img)),
                     "decoder": out.meta["decoder"],
                 }
             )
-            del img, out, std, data, re_px
+            del img, out, std, data, re_px, coded
     return {
         "cases": rows,
         "target_s": 1.0,
@@ -328,26 +340,35 @@ def ljpeg_markdown(res: dict) -> str:
         "`tests/ljpeg_vectors.py`. read = `read_image` end to end (file + .ics + decode + "
         "reshape) with the method it chose; T.81 only = one plain imagecodecs jpegsof3 decode "
         "(wrong pixels for predictors 2, 3, 6, 7: the floor any correct reader pays); "
-        "re-integration = `decode_ljpeg(method='reintegrate')`, the slower exact path. "
+        "re-integration = `decode_ljpeg(method='reintegrate')`, the slower exact path; "
+        "exactness check = `verify_coded` alone (the decoded image re-encoded and compared bit "
+        "for bit with the coded data; part of every read and of the re-integration figure). "
         "Target <= 1 s per image.",
         "",
         "| bits | predictor | MB | read median s | read min s | method | T.81 only s | "
-        "re-integration s | exact |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "re-integration s | exactness check s | exact |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["cases"]:
         exact = r["exact"] and r["reintegrate_exact"]
+        verify = r.get("verify_median_s")
         lines.append(
             f"| {r['precision']} | {r['predictor']} | {r['bytes'] / 1e6:.1f} | "
             f"{r['read_median_s']:.3f} | {r['read_min_s']:.3f} | {r['pvrg_method']} | "
             f"{r['standard_decode_median_s']:.3f} | {r['reintegrate_decode_median_s']:.3f} | "
-            f"{'yes' if exact else '**NO**'} |"
+            f"{'-' if verify is None else f'{verify:.3f}'} | {'yes' if exact else '**NO**'} |"
         )
     lines += [
         "",
         f"- worst median read {res['worst_median_s']:.3f} s (target {res['target_s']:.1f} s); "
         f"every image exact (both methods): {res['all_exact']}",
     ]
+    if "loadavg_before_after" in res:
+        before, after = res["loadavg_before_after"]
+        lines.append(
+            f"- measured {res['when']}, load average before/after "
+            f"{', '.join(f'{x:.2f}' for x in before)} / {', '.join(f'{x:.2f}' for x in after)}"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -391,7 +412,7 @@ def to_markdown(result: dict) -> str:
         f"syntax {result['transfer_syntax']}, {result['repeats']} repeats each, decoders "
         f"interleaved; default plugin: `{default}`. {result['environment']['platform']}, "
         f"{result['environment']['cpu_count']} CPUs, pydicom {result['environment']['pydicom']}, "
-        f"{result['when']}.",
+        f"{result.get('dicom_when', result['when'])}.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -435,23 +456,41 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}")
     load_before = os.getloadavg()
-    result: dict = {}
-    parts = []
+    json_path = args.out / "read_decode.json"
+    result: dict = json.loads(json_path.read_text()) if json_path.exists() else {}
+    if "images" in result:  # DICOM figures of an earlier run keep their own time
+        result.setdefault("dicom_when", result.get("when"))
     ok = True
+
+    def stamped(section: dict, t0: tuple) -> dict:
+        when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        return dict(section, when=when, loadavg_before_after=[list(t0), list(os.getloadavg())])
+
     if "dicom" in sections:
-        result = run(args.repeats)
-        parts.append(to_markdown(result))
+        for key in ("images", "summary", "plugins", "default_plugin", "transfer_syntax"):
+            result.pop(key, None)
+        result.update(run(args.repeats))
+        result["dicom_when"] = result["when"]
         ok &= result["all_identical"]
     if "ljpeg" in sections:
-        result["ljpeg"] = run_ljpeg(args.repeats)
-        parts.append(ljpeg_markdown(result["ljpeg"]))
+        t0 = os.getloadavg()
+        result["ljpeg"] = stamped(run_ljpeg(args.repeats), t0)
         ok &= result["ljpeg"]["all_exact"]
     if "j2k" in sections:
-        result["j2k"] = run_j2k(args.repeats)
-        parts.append(j2k_markdown(result["j2k"]))
+        t0 = os.getloadavg()
+        result["j2k"] = stamped(run_j2k(args.repeats), t0)
         ok &= result["j2k"]["cpu"]["exact"] and result["j2k"]["gpu"].get("equal_to_cpu", True)
     if "patches" in sections:
-        result["patches"] = run_patches()
+        t0 = os.getloadavg()
+        result["patches"] = stamped(run_patches(), t0)
+    parts = []
+    if "images" in result:
+        parts.append(to_markdown(result))
+    if "ljpeg" in result:
+        parts.append(ljpeg_markdown(result["ljpeg"]))
+    if "j2k" in result:
+        parts.append(j2k_markdown(result["j2k"]))
+    if "patches" in result:
         parts.append(patches_markdown(result["patches"]))
     result["benchmark"] = "read_decode"
     result["command"] = (
@@ -461,12 +500,12 @@ def main(argv=None) -> int:
     result["loadavg_before_after"] = [list(load_before), list(os.getloadavg())]
     result.setdefault("environment", {})["cpu_count"] = os.cpu_count()
     parts.append(
-        f"Load average before/after: {', '.join(f'{x:.2f}' for x in load_before)} / "
-        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs); "
-        f"`{result['command']}`, {result['when']}.\n"
+        f"Last run: `{result['command']}`, {result['when']}; load average before/after "
+        f"{', '.join(f'{x:.2f}' for x in load_before)} / "
+        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs).\n"
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "read_decode.json").write_text(json.dumps(result, indent=2) + "\n")
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
     markdown = "\n".join(parts)
     (args.out / "read_decode.md").write_text(markdown)
     print(markdown)
