@@ -159,7 +159,7 @@ def test_verify_fails_on_an_edited_breast_file_or_comparison(level_run, tmp_path
     failed = [c["check"] for c in rp.verify(run) if not c["ok"]]
     assert len(failed) == 3 and failed[0].startswith("comparisons.csv = recomputed")
     assert failed[1] == "comparisons in metrics.json = comparisons.csv"
-    assert failed[2].startswith("comparison differences = scikit-learn")
+    assert failed[2].startswith("comparison differences = recounted")
 
 
 def test_compare_refuses_unknown_features_and_level_without_laterality(level_run, tmp_path):

@@ -472,10 +472,9 @@ def _holm_by_hand(p: list[float]) -> list[float]:
 
 def comparison_checks(table: pd.DataFrame, metrics: dict, frames: dict, classes) -> list[dict]:
     """comparisons.csv (as re-read) against (a) its recomputation from the predictions with the
-    recorded settings and (b) a second path: differences with scikit-learn (pooled test rows,
-    mean per-fold CV differences), Holm written out, McNemar counts recounted."""
-    from sklearn import metrics as skm
-
+    recorded settings and (b) a second path: differences recomputed by plain counting and rank
+    sums (pooled test rows, mean per-fold CV differences), Holm written out, McNemar counts
+    recounted."""
     checks: list[dict] = []
     cfg = dict(metrics.get("comparisons_config") or {})
     pairs = [tuple(p) for p in cfg.pop("pairs", [])]
@@ -496,15 +495,7 @@ def comparison_checks(table: pd.DataFrame, metrics: dict, frames: dict, classes)
     _check(checks, "comparisons in metrics.json = comparisons.csv", not problems,
            "; ".join(problems[:4]) or "identical")  # fmt: skip
     worst, where, counts_bad, holm_bad = 0.0, "", [], []
-    skfn = {
-        "balanced_accuracy": lambda y, yp, p, cl: skm.balanced_accuracy_score(y, yp),
-        "roc_auc_ovr": lambda y, yp, p, cl: (
-            skm.roc_auc_score(y == cl[1], p[:, 1]) if len(cl) == 2
-            # scikit-learn's macro one-vs-rest, class by class (its multiclass entry point wants
-            # sorted labels); NaN (a ValueError) when a class is absent
-            else float(np.mean([skm.roc_auc_score(y == c, p[:, i]) for i, c in enumerate(cl)]))
-        ),
-    }  # fmt: skip
+    skfn = {"balanced_accuracy": _balanced_accuracy_plain, "roc_auc_ovr": _auc_ovr_plain}
     pcols = [f"p_{c}" for c in classes]
     for _, row in table.iterrows():
         frame = frames.get(str(row["level"]))
@@ -538,7 +529,7 @@ def comparison_checks(table: pd.DataFrame, metrics: dict, frames: dict, classes)
                         p,
                         list(classes),
                     )
-            except ValueError:  # a class missing from a fold: undefined
+            except ValueError:
                 return math.nan  # fmt: skip
 
         if row["evaluation"] == "cv" and "Nadeau-Bengio" in str(row["method"]):
@@ -554,8 +545,9 @@ def comparison_checks(table: pd.DataFrame, metrics: dict, frames: dict, classes)
             worst = dd
             where = "/".join(str(row[c]) for c in ("evaluation", "level", "head", "features_a",
                                                    "features_b", "metric"))  # fmt: skip
-    _check(checks, "comparison differences = scikit-learn on the paired rows (test: pooled; "
-           "CV: mean per-fold difference)", worst <= 1e-9,
+    _check(checks, "comparison differences = recounted on the paired rows (balanced accuracy by "
+           "counting, ROC-AUC by rank sums; test: pooled, CV: mean per-fold difference)",
+           worst <= 1e-9,
            f"max |diff| {worst:.2e}" + (f" ({where})" if worst > 1e-9 else ""))  # fmt: skip
     _check(checks, "McNemar counts b/c = recounted from the paired rows", not counts_bad,
            ", ".join(counts_bad[:6]) or "ok")  # fmt: skip
@@ -572,6 +564,29 @@ def comparison_checks(table: pd.DataFrame, metrics: dict, frames: dict, classes)
     _check(checks, "Holm p = step-down adjustment of the raw p per family (written out)",
            not holm_bad, ", ".join(holm_bad[:6]) or "ok")  # fmt: skip
     return checks
+
+
+def _balanced_accuracy_plain(y, yp, p, classes) -> float:
+    """Mean recall over the classes present in ``y`` (scikit-learn's definition), by counting."""
+    recalls = [float(np.mean(yp[y == c] == c)) for c in classes if (y == c).any()]
+    return float(np.mean(recalls)) if recalls else math.nan
+
+
+def _auc_ovr_plain(y, yp, p, classes) -> float:
+    """Macro one-vs-rest ROC-AUC by the Mann-Whitney rank sum (scipy.stats.rankdata, mid-ranks for
+    ties); the binary case scores the second class. NaN when a class is absent."""
+    from scipy.stats import rankdata
+
+    def auc(pos, score):
+        n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+        if n_pos == 0 or n_neg == 0:
+            return math.nan
+        r = rankdata(score)
+        return float((r[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+    if len(classes) == 2:
+        return auc(y == classes[1], p[:, 1])
+    return float(np.mean([auc(y == c, p[:, i]) for i, c in enumerate(classes)]))
 
 
 def _families(table: pd.DataFrame) -> pd.Series:
