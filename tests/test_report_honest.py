@@ -408,7 +408,7 @@ def test_untuned_folds_and_tuning_notes_go_into_read_this_first(tmp_path):
     opening = text[: text.index("## The answer")]
     assert "- Tuning: untuned folds: 2 features x head x fold fit(s)" in opening
     assert "CV fold 2's training side has 2 patient(s)" in opening
-    assert "- Tuning: tuning: grid points dropped in 6 grid row(s)" in opening
+    assert "- Tuning: grid points dropped in 6 grid row(s)" in opening
     assert "every head tuned inside each outer fold" not in text
     assert "**except 2 fit(s) where the inner CV was impossible" in text
     # without notes, the plain statement stays

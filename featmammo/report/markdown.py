@@ -325,16 +325,15 @@ def tuning_notes(config: dict, tuning: pd.DataFrame | None) -> list[str]:
                 else ""
             )
         )
-    notes = tuning["note"].astype(str).str.strip()
-    other = tuning[(notes != "") & ~notes.str.lower().str.startswith("untuned")]
     kinds: dict = {}
-    for n in other["note"].astype(str):
+    for n in tuning["note"].astype(str):
         for part in n.split(";"):
             part = part.strip()
-            if part:
-                kinds.setdefault(part.split(":", 1)[0].strip(), []).append(part)
+            kind = part.split(":", 1)[0].strip()
+            if part and kind.lower() != "untuned":
+                kinds.setdefault(kind, []).append(part)
     for kind, items in kinds.items():
-        out.append(f"tuning: {kind} in {len(items)} grid row(s) of {TUNING} (e.g. {items[0]})")
+        out.append(f"{kind} in {len(items)} grid row(s) of {TUNING} (e.g. {items[0]})")
     return out
 
 
