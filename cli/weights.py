@@ -1,15 +1,16 @@
-"""``featmammo weights list | verify | import | fetch``: torchvision's ImageNet weight files.
+"""``featmammo weights list | verify | import | fetch``: torchvision's ImageNet weight files (and
+the pretrained files of ``timm:NAME`` backbones).
 
 Files live in torch's hub folder (``$TORCH_HOME/hub/checkpoints``, TORCH_HOME defaulting to
-``~/.cache/torch``), where torchvision keeps them. Only ``fetch`` downloads, and only when asked.
-The work is done by :mod:`featmammo.backbones.manage`.
+``~/.cache/torch``), where torchvision keeps them; timm's in the Hugging Face hub cache. Only
+``fetch`` downloads, and only when asked. The work is done by :mod:`featmammo.backbones.manage`.
 """
 
 from __future__ import annotations
 
 import click
 
-from .options import echo_json, json_option
+from .options import bar_enabled, echo_json, json_option
 
 
 @click.group("weights")
@@ -19,6 +20,9 @@ def command() -> None:
     Files live where torchvision keeps them: TORCH_HOME/hub/checkpoints (TORCH_HOME defaults to
     ~/.cache/torch). `featmammo weights fetch resnet50 alexnet` downloads them (sha256 checked);
     on an offline machine copy a downloaded file in with `featmammo weights import FILE`.
+    timm:NAME backbones read timm's pretrained files from the Hugging Face hub cache
+    (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub): `featmammo weights fetch
+    timm:convnext_tiny` downloads one there.
     """
 
 
@@ -57,7 +61,8 @@ def list_cmd(all_models: bool, no_hash: bool, as_json: bool) -> None:
 def verify_cmd(ctx, target: str | None, name: str | None, sha256: str | None, as_json) -> None:
     """Recompute sha256 and compare it with the expected hash (exit 1 on mismatch or missing file).
 
-    NAME checks that backbone's ImageNet file in the checkpoints folder; FILE checks a file
+    NAME checks that backbone's ImageNet file in the checkpoints folder (timm:NAME: its pretrained
+    file in the Hugging Face cache, against the SHA-256 the cache names it by); FILE checks a file
     against its .sha256 sidecar, --sha256, or the hash in its torchvision file name; no argument
     checks every file present in the checkpoints folder.
     """
@@ -113,12 +118,14 @@ def fetch_cmd(names: tuple[str, ...], no_progress: bool, as_json: bool) -> None:
 
     Files go to torch's hub folder (see `featmammo weights list`); a file is kept only if its
     sha256 starts with the hash torchvision embeds in its name. Present, intact files are kept.
+    timm:NAME[.TAG] fetches that timm model's pretrained file (default tag without .TAG) into the
+    Hugging Face hub cache, where `-b timm:NAME --weights imagenet` reads it offline.
     """
     from featmammo.backbones.manage import fetch
     from featmammo.errors import ConfigError, WeightsError
 
     try:
-        rows = fetch(list(names), progress=not no_progress and not as_json)
+        rows = fetch(list(names), progress=not no_progress and not as_json and bar_enabled())
     except (WeightsError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:

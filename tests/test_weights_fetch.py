@@ -98,3 +98,20 @@ def test_fetch_unknown_name_downloads_nothing(torch_home):
     assert result.exit_code != 0
     assert "notanet" in result.output
     assert not (torch_home / "hub" / "checkpoints").exists()
+
+
+def test_fetch_draws_no_bar_off_a_terminal(monkeypatch):
+    """Logs and CI stay clean: the download bar is drawn only where cli.options.bar_enabled()."""
+    seen = []
+
+    def fake_fetch(names, *, progress=True):
+        seen.append(progress)
+        return []
+
+    monkeypatch.setattr(manage, "fetch", fake_fetch)
+    res = CliRunner().invoke(cli, ["weights", "fetch", "resnet50"])  # not a terminal
+    assert res.exit_code == 0, res.output
+    monkeypatch.setattr("featmammo.cli.weights.bar_enabled", lambda: True)
+    CliRunner().invoke(cli, ["weights", "fetch", "resnet50"])
+    CliRunner().invoke(cli, ["weights", "fetch", "resnet50", "--no-progress"])
+    assert seen == [False, True, False]

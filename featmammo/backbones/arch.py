@@ -12,8 +12,9 @@ This module owns the model surgery behind :func:`featmammo.backbones.make`:
   ``torchvision.models.feature_extraction.create_feature_extractor``;
 - :class:`Features` is the module ``make`` returns: ``forward(x) -> (B, dim)`` float32.
 
-Reduction of a tapped layer: 4-D outputs (B, C, H, W) are globally average-pooled to (B, C);
-3-D token outputs (B, N, C) are averaged over tokens; 2-D outputs are returned as they are.
+Reduction of a tapped layer: 4-D outputs (B, C, H, W) are globally pooled to (B, C) -- averaged,
+or GeM-pooled with ``pool="gem"`` (:mod:`.pooling`); 3-D token outputs (B, N, C) are averaged over
+tokens; 2-D outputs are returned as they are.
 The 4-D rule assumes NCHW, which holds for torchvision's CNNs; for Swin (NHWC inside) use the
 default penultimate layer.
 """
@@ -27,6 +28,7 @@ from torch import nn
 
 from featmammo.errors import ConfigError
 
+from .pooling import reduce_map
 from .weights import TorchvisionWeights
 
 log = logging.getLogger(__name__)
@@ -133,12 +135,13 @@ def tap(model: nn.Module, node: str, arch: str) -> nn.Module:
     return create_feature_extractor(model, return_nodes={node: "out"})
 
 
-def reduce_features(out) -> torch.Tensor:
-    """(B, C, H, W) -> global average (B, C); (B, N, C) -> token mean (B, C); (B, D) unchanged."""
+def reduce_features(out, pool: str = "avg") -> torch.Tensor:
+    """(B, C, H, W) -> global average (or GeM, ``pool="gem"``) (B, C); (B, N, C) -> token mean
+    (B, C); (B, D) unchanged."""
     if isinstance(out, dict):
         out = out["out"]
     if out.ndim == 4:
-        out = out.mean(dim=(2, 3))
+        out = reduce_map(out, pool)
     elif out.ndim == 3:
         out = out.mean(dim=1)
     elif out.ndim != 2:
@@ -146,27 +149,34 @@ def reduce_features(out) -> torch.Tensor:
     return out
 
 
-def probe_dim(body: nn.Module, input_size: int) -> int:
-    """The feature width of a meta-device ``body``: one forward of a meta tensor (no compute)."""
+def probe_out(body: nn.Module, input_size: int) -> torch.Tensor:
+    """The raw output of a meta-device ``body`` for one meta image (no compute)."""
     with torch.no_grad():
         out = body(torch.empty(1, 3, input_size, input_size, device="meta"))
-    return int(reduce_features(out).shape[1])
+    return out["out"] if isinstance(out, dict) else out
+
+
+def probe_dim(body: nn.Module, input_size: int) -> int:
+    """The feature width of a meta-device ``body``: one forward of a meta tensor (no compute)."""
+    return int(reduce_features(probe_out(body, input_size)).shape[1])
 
 
 class Features(nn.Module):
     """A backbone as a feature extractor: ``forward(x: (B,3,H,W)) -> (B, spec.dim)`` float32.
 
     ``body`` is the torchvision model with its classifier cut (or an FX extractor for a layer tap);
-    ``spec`` is the :class:`~featmammo.backbones.BackboneSpec` recorded with every embedding.
+    ``spec`` is the :class:`~featmammo.backbones.BackboneSpec` recorded with every embedding;
+    ``pool`` how a 4-D tap is reduced (a body that pools itself returns 2-D features).
     """
 
-    def __init__(self, body: nn.Module, spec):
+    def __init__(self, body: nn.Module, spec, pool: str = "avg"):
         super().__init__()
         self.body = body
         self.spec = spec
+        self.pool = pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return reduce_features(self.body(x)).float()
+        return reduce_features(self.body(x), self.pool).float()
 
     def extra_repr(self) -> str:
         s = self.spec

@@ -4,7 +4,9 @@
   ``TORCH_HOME/hub/checkpoints`` and whether its sha256 matches the prefix in its name;
 - :func:`verify`: recompute sha256 of a backbone's file, a given file, or every file present;
 - :func:`fetch`: download torchvision's ImageNet files for named backbones, on purpose, with the
-  sha256 check (``torch.hub`` checks the prefix in the name before the file appears);
+  sha256 check (``torch.hub`` checks the prefix in the name before the file appears), and the
+  pretrained files of ``timm:NAME`` backbones into the caches timm reads (Hugging Face hub cache,
+  or torch's hub folder for URL-only tags), verified after download;
 - :func:`import_file`: copy a downloaded ``.pth`` into the checkpoints folder under its torchvision
   name, after checking its sha256 against that name and its keys/shapes against the architecture.
   Mismatches are refused with :class:`~featmammo.errors.WeightsError`.
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from featmammo.atomic import atomic_write
 from featmammo.errors import ConfigError, WeightsError
+from featmammo.plugins import TIMM_PREFIX
 
 from . import arch as _arch
 from . import registry as _registry
@@ -117,6 +120,8 @@ def verify(target: str | None = None, *, name: str | None = None, sha256: str | 
         )
         return [_verify_file(p) for p in files]
     p = Path(target).expanduser()
+    if not p.exists() and target.startswith(TIMM_PREFIX):
+        return [_verify_timm(target)]
     if not p.exists():
         try:
             tw = imagenet_weights(target)
@@ -133,6 +138,26 @@ def verify(target: str | None = None, *, name: str | None = None, sha256: str | 
             )
         return [{**row, "target": target, "weights": tw.identity}]
     return [_verify_file(p, name=name, sha256=sha256)]
+
+
+def _verify_timm(name: str) -> dict:
+    """A ``timm:NAME``'s cached pretrained file: present, and its sha256 as the cache recorded."""
+    from . import timm_models
+
+    ref = timm_models.resolve(name)
+    found = timm_models.pretrained_file(ref)
+    row = {"target": name, "weights": ref.identity, "file": str(found.path or ""), "sha256": None,
+           "expected": found.expected_sha256, "by": "hf-cache-blob-name"}  # fmt: skip
+    if found.path is None:
+        return {**row, "status": "missing", "ok": False,
+                "reason": f"{found.where} (featmammo weights fetch {name})"}  # fmt: skip
+    try:
+        path, sha = timm_models.ensure_pretrained(ref)
+    except WeightsError as exc:
+        return {**row, "status": "mismatch", "ok": False, "reason": str(exc)}
+    status = "ok" if found.expected_sha256 else "unverified"
+    reason = None if found.expected_sha256 else "the cache records no hash for this file"
+    return {**row, "file": str(path), "sha256": sha, "status": status, "ok": True, "reason": reason}
 
 
 def import_file(path, *, name: str | None = None) -> dict:
@@ -208,14 +233,25 @@ def fetch(names, *, progress: bool = True) -> list[dict]:
 
     Every name is resolved before anything is downloaded (an unknown name downloads nothing). A
     file already present with the right sha256 is kept (``status: already-present``). Errors
-    (network, hash mismatch) raise WeightsError naming the file and URL.
+    (network, hash mismatch) raise WeightsError naming the file and URL. ``timm:NAME`` names fetch
+    that tag's pretrained file into the cache timm reads (:func:`.timm_models.fetch`).
     """
-    targets = []
+    targets, timm_names = [], []
     for name in names:
+        if str(name).startswith(TIMM_PREFIX):
+            from . import timm_models
+
+            timm_models.resolve(name)  # an unknown model or tag fails before any download
+            timm_names.append(str(name))
+            continue
         tw = imagenet_weights(name)
         if tw not in targets:
             targets.append(tw)
     rows = []
+    for name in dict.fromkeys(timm_names):
+        from . import timm_models
+
+        rows.append(timm_models.fetch(name, progress=progress))
     for tw in targets:
         dest = tw.path.absolute()
         present = (

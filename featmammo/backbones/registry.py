@@ -16,9 +16,13 @@ Any other torchvision classifier (``torchvision.models.list_models``) works by n
 torchvision's DEFAULT weights and its penultimate features (final classifier layer replaced by
 Identity), and any layer of any backbone can be tapped by torchvision node/module name
 (``layer="layer3"``), globally average-pooled (see :mod:`featmammo.backbones.arch`).
-Prefixed names (``hybrid:PATH``: a trained HybridNet checkpoint) are resolved by the loader their
-provider registers with :func:`register_prefix`; the provider is named in the neutral table
-:mod:`featmammo.plugins` and imported on first use, so this module never imports ``featmammo.nn``.
+``pool="gem"`` replaces that global average (the model's own ``avgpool``, or the reduction of a
+tapped feature map) with GeM, p = 3 (:mod:`featmammo.backbones.pooling`).
+Prefixed names are resolved by the loader their provider registers with :func:`register_prefix`:
+``hybrid:PATH`` (a trained HybridNet checkpoint, :mod:`featmammo.nn.backbone`), ``timm:NAME``
+(:mod:`.timm_models`) and ``mammoclip:CHECKPOINT`` (:mod:`.mammoclip`). The provider is named in
+the neutral table :mod:`featmammo.plugins` and imported on first use, so this module never imports
+``featmammo.nn`` (nor timm).
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ import dataclasses
 import difflib
 import functools
 import importlib
+import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -39,20 +44,37 @@ from featmammo.errors import ConfigError, WeightsError
 from featmammo.plugins import BACKBONE_PREFIX_PROVIDERS
 
 from . import arch as _arch
+from . import pooling as _pooling
 from . import weights as _weights
+from .pooling import DEFAULT_POOL
 from .weights import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
 PENULTIMATE = "penultimate"
 
-#: prefix -> loader(name, *, weights, layer, device) -> module with .spec
+#: prefix -> loader(name, *, weights, layer, device[, seed, sha256, pool]) -> module with .spec
 _PREFIX_LOADERS: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_prefix(prefix: str, loader: Callable[..., nn.Module]) -> None:
-    """Make ``make("<prefix>...")`` call ``loader(name, weights=, layer=, device=)``."""
+    """Make ``make("<prefix>...")`` call ``loader(name, weights=, layer=, device=)``, plus
+    whichever of ``seed=``, ``sha256=``, ``pool=`` its signature accepts (a loader without
+    ``pool`` refuses ``pool='gem'``)."""
     _PREFIX_LOADERS[prefix] = loader
+
+
+def _call_loader(loader, name: str, *, weights, layer, device, seed, sha256, pool) -> nn.Module:
+    """Call a prefix loader with the options it takes; refuse the ones it cannot honour."""
+    params = inspect.signature(loader).parameters
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    extra = {}
+    for key, value, default in (("seed", seed, 0), ("sha256", sha256, None), ("pool", pool, "avg")):
+        if takes_all or key in params:
+            extra[key] = value
+        elif key == "pool" and value != default:
+            raise ConfigError(f"{name}: pool={value!r} is not supported for this backbone")
+    return loader(name, weights=weights, layer=layer, device=device, **extra)
 
 
 def _prefix_loader(name: str) -> Callable[..., nn.Module] | None:
@@ -75,24 +97,38 @@ def _prefix_loader(name: str) -> Callable[..., nn.Module] | None:
 class BackboneSpec:
     """What a backbone is, recorded with every embedding it makes.
 
-    ``weights`` is ``imagenet:<Enum>.<MEMBER>``, ``random`` or the absolute path of a local file;
-    ``weights_sha256`` the file's full sha256 (None for random); ``seed`` the init seed for random.
+    ``weights`` is ``imagenet:<Enum>.<MEMBER>`` (torchvision), ``imagenet:timm/ARCH.TAG``,
+    ``random`` or the absolute path of a local file; ``weights_sha256`` the file's full sha256
+    (None for random); ``seed`` the init seed for random. ``input_size`` is the native input size
+    of the reference weights (``N``, or ``(H, W)``). Fields added later, left out of
+    :meth:`to_dict` at their defaults so that existing specs (and store identities) stay as they
+    were: ``pool`` (``avg`` | ``gem``: how the last feature map is pooled), ``interpolation``
+    (the resize the pretrained config names, recorded only) and ``fixed_input`` (the network
+    takes only ``input_size``; :func:`check_input_size`).
     """
 
     name: str
     arch: str
     layer: str
     dim: int
-    input_size: int = 224
+    input_size: int | tuple = 224
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     weights: str = "random"
     weights_sha256: str | None = None
     seed: int | None = None
+    pool: str = DEFAULT_POOL
+    interpolation: str | None = None
+    fixed_input: bool = False
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if not isinstance(self.input_size, int):
+            d["input_size"] = list(self.input_size)
+        for name, default in _LATE_SPEC_FIELDS.items():
+            if d[name] == default:
+                del d[name]
         return d
 
     @classmethod
@@ -102,7 +138,19 @@ class BackboneSpec:
         for k in ("mean", "std"):
             if k in kw:
                 kw[k] = tuple(kw[k])
+        if isinstance(kw.get("input_size"), list):
+            kw["input_size"] = tuple(kw["input_size"])
         return cls(**kw)
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """The native input's ``(height, width)``."""
+        size = self.input_size
+        return (int(size), int(size)) if isinstance(size, int) else tuple(int(v) for v in size)
+
+
+#: spec fields added after the first stores -> their default (left out of to_dict at the default)
+_LATE_SPEC_FIELDS = {"pool": DEFAULT_POOL, "interpolation": None, "fixed_input": False}
 
 
 @dataclass(frozen=True)
@@ -234,6 +282,7 @@ class _Plan:
     node: str | None  # FX node for a tap; None = penultimate features
     kwargs: dict
     seed: int
+    pool: str = DEFAULT_POOL
 
     def spec(self, dim: int) -> BackboneSpec:
         return BackboneSpec(
@@ -247,17 +296,39 @@ class _Plan:
             weights=self.identity,
             weights_sha256=self.digest,
             seed=int(self.seed) if self.kind == "random" else None,
+            pool=self.pool,
         )
 
     def tap_dim(self) -> int:
-        """Width of the tapped layer from a meta-device forward (no weights, no compute)."""
+        """Width of the tapped layer from a meta-device forward (no weights, no compute); a GeM
+        pool needs a feature map there (ConfigError otherwise)."""
         meta_model = _arch.build(self.rec.arch, self.kwargs, meta=True)
         _arch.strip_head(meta_model, self.rec.arch)
         body = _arch.tap(meta_model, self.node, self.rec.arch)
-        return _arch.probe_dim(body, self.ref.input_size)
+        out = _arch.probe_out(body, self.ref.input_size)
+        if self.pool != DEFAULT_POOL and out.ndim != 4:
+            raise ConfigError(
+                f"{self.name}: pool={self.pool!r} pools a feature map, and layer {self.layer!r} "
+                f"gives {out.ndim}-D output {tuple(out.shape)}; tap a convolutional layer"
+            )
+        return int(_arch.reduce_features(out).shape[1])
+
+    def apply_pool(self, model: nn.Module) -> None:
+        """GeM in place of the model's own global average pool (penultimate features only; a
+        tapped feature map is pooled by :class:`~featmammo.backbones.arch.Features`)."""
+        if self.pool != DEFAULT_POOL and self.node is None:
+            _pooling.replace_global_pool(model, GLOBAL_POOL_MODULES, self.name)
 
 
-def _plan(name, weights, layer, seed, sha256) -> _Plan:
+#: torchvision classifiers that take only their reference input size (and every ``vit_*``); not
+#: written into their specs (that would change the identities of stores made before)
+FIXED_SIZE_ARCHS = ("maxvit_t",)
+#: where a torchvision classifier keeps its global average pool (a direct child; SE blocks inside
+#: EfficientNet/MobileNet/RegNet have ``avgpool`` modules of their own, deeper down)
+GLOBAL_POOL_MODULES = ("avgpool", "classifier.0")
+
+
+def _plan(name, weights, layer, seed, sha256, pool=DEFAULT_POOL) -> _Plan:
     rec = recipe(name)
     ref = _weights.torchvision_weights(rec.arch, rec.imagenet)
     kind, tw, path, digest, identity = _plan_weights(name, rec, weights, sha256)
@@ -267,21 +338,31 @@ def _plan(name, weights, layer, seed, sha256) -> _Plan:
     layer_name = rec.default_layer if layer in (None, "", PENULTIMATE) else str(layer)
     node = None if layer_name == rec.default_layer else rec.aliases.get(layer_name, layer_name)
     kwargs = _arch.builder_kwargs(rec.arch, ref, random_init=kind == "random")
-    return _Plan(
-        name.strip().lower(), rec, kind, ref, path, digest, identity, layer_name, node, kwargs, seed
-    )
+    name = name.strip().lower()
+    pool = _pooling.check_pool(pool, name)
+    return _Plan(name, rec, kind, ref, path, digest, identity, layer_name, node, kwargs, seed, pool)
 
 
-def spec(name: str, *, weights="imagenet", layer: str | None = None, seed: int = 0, sha256=None):
+def spec(
+    name: str,
+    *,
+    weights="imagenet",
+    layer: str | None = None,
+    seed: int = 0,
+    sha256=None,
+    pool: str = DEFAULT_POOL,
+):
     """The :class:`BackboneSpec` :func:`make` would record, without loading any weights.
 
     Still checks the weights file (presence, sha256), so a missing file fails here too.
     """
-    plan = _plan(name, weights, layer, seed, sha256)
+    plan = _plan(name, weights, layer, seed, sha256, pool)
     if plan.node is not None:
         return plan.spec(plan.tap_dim())
     meta_model = _arch.build(plan.rec.arch, plan.kwargs, meta=True)
-    return plan.spec(_arch.strip_head(meta_model, plan.rec.arch)[0])
+    dim = _arch.strip_head(meta_model, plan.rec.arch)[0]
+    plan.apply_pool(meta_model)  # refuses gem where there is no global pool
+    return plan.spec(dim)
 
 
 def make(
@@ -292,6 +373,7 @@ def make(
     device="cpu",
     seed: int = 0,
     sha256: str | None = None,
+    pool: str = DEFAULT_POOL,
 ) -> nn.Module:
     """Build backbone ``name`` as a feature extractor (eval mode) with ``.spec``.
 
@@ -299,13 +381,19 @@ def make(
     ``"imagenet:ResNet50_Weights.IMAGENET1K_V1"`` pick another member), ``"random"`` (explicit only;
     ``seed`` makes it reproducible) or a PATH to a state dict (``sha256`` or a ``PATH.sha256``
     sidecar is checked when given). layer: a named layer (see the module docstring) or a torchvision
-    node name; None = the default. ``hybrid:PATH`` names go to ``featmammo.nn.load_backbone``.
+    node name; None = the default. pool: ``avg`` (the default: the global average every backbone
+    always used) or ``gem`` (GeM, p = 3, where the embedding is a globally pooled feature map;
+    recorded in the spec). ``hybrid:PATH``, ``timm:NAME`` and ``mammoclip:CHECKPOINT`` names go
+    to their providers' loaders (see the module docstring).
     Never falls back: missing or mismatching weights raise :class:`~featmammo.errors.WeightsError`.
     """
     loader = _prefix_loader(str(name))
     if loader is not None:
-        return loader(str(name), weights=weights, layer=layer, device=resolve_device(device))
-    plan = _plan(name, weights, layer, seed, sha256)
+        return _call_loader(
+            loader, str(name), weights=weights, layer=layer, device=resolve_device(device),
+            seed=seed, sha256=sha256, pool=_pooling.check_pool(pool, str(name)),
+        )  # fmt: skip
+    plan = _plan(name, weights, layer, seed, sha256, pool)
     arch = plan.rec.arch
     if plan.kind == "random":
         model = _arch.build(arch, plan.kwargs, seed=seed)
@@ -325,12 +413,13 @@ def make(
             model = _arch.build(arch, plan.kwargs, seed=0)
             _arch.strip_head(model, arch)
             model.load_state_dict(sd, strict=False)
+    plan.apply_pool(model)
     if plan.node is not None:
         dim = plan.tap_dim()
         body = _arch.tap(model.eval(), plan.node, arch)
     else:
         body = model
-    out = _arch.Features(body, plan.spec(dim)).eval()
+    out = _arch.Features(body, plan.spec(dim), pool=plan.pool).eval()
     return out.to(resolve_device(device))
 
 
@@ -383,3 +472,119 @@ def load_weights(
         log.info("%s: classifier keys not loaded (shape differs): %s", path, ", ".join(skipped))
     model.load_state_dict({**body, **head_sd}, strict=False)
     return {"weights": identity, "weights_sha256": digest}
+
+
+# -- checks a run makes before it builds anything ----------------------------------------------
+
+
+def fixed_input_shape(spec) -> tuple[int, int] | None:
+    """``(H, W)`` when the backbone of ``spec`` (a BackboneSpec or its dict) takes only its native
+    input size (a ViT's fixed patch grid and position embedding), else None."""
+    if isinstance(spec, Mapping):
+        spec = BackboneSpec.from_dict(spec)
+    arch = str(getattr(spec, "arch", ""))
+    fixed = bool(getattr(spec, "fixed_input", False))
+    fixed = fixed or arch in FIXED_SIZE_ARCHS or arch.startswith("vit_")
+    return spec.input_shape if fixed else None
+
+
+def check_input_size(models, shape) -> None:
+    """ConfigError naming every backbone among ``models`` (``{name: module}`` or modules, or
+    specs) that cannot take ``shape`` = ``(H, W)`` images, and the size to use instead; called
+    before any image is read."""
+    from featmammo.preprocess.config import format_image_size
+
+    items = list(models.items()) if isinstance(models, Mapping) else [(None, m) for m in models]
+    shape = tuple(int(v) for v in shape)
+    bad, sizes = [], []
+    for key, m in items:
+        spec = getattr(m, "spec", m)
+        want = fixed_input_shape(spec)
+        if want is not None and tuple(want) != shape:
+            label = key or (spec.get("name") if isinstance(spec, Mapping) else spec.name)
+            bad.append(f"{label} takes only {want[0]}x{want[1]} images")
+            sizes.append(format_image_size(want))
+    if bad:
+        raise ConfigError(
+            "; ".join(bad) + f" (a fixed patch grid and position embedding), and this run "
+            f"prepares {shape[0]}x{shape[1]}: run it with --image-size "
+            f"{' / '.join(dict.fromkeys(sizes))} (in an extract run of its own if the other "
+            "backbones use another size)"
+        )
+
+
+def check_weights(names, weights="imagenet") -> None:
+    """Check that every backbone in ``names`` finds its weights, before any is built.
+
+    One WeightsError names every missing file (torchvision ImageNet files, timm pretrained files,
+    checkpoints, local files) and the one ``featmammo weights fetch`` command that gets the
+    downloadable ones; other problems (a hash mismatch, an unknown name) raise as ``make`` would.
+    Names with a checkpoint prefix (:data:`featmammo.plugins.CHECKPOINT_PREFIXES`) carry their own
+    weights; ``weights`` applies to the others. Built modules in ``names`` are skipped.
+    """
+    import os
+    from pathlib import Path
+
+    from featmammo.plugins import CHECKPOINT_PREFIXES, TIMM_PREFIX
+
+    lines, fetchable = [], []
+    w = str(weights)
+    for name in names:
+        if isinstance(name, nn.Module):
+            continue
+        name = str(name)
+        if name.startswith(CHECKPOINT_PREFIXES):
+            path = name.split(":", 1)[1]
+            if not Path(path).expanduser().is_file():
+                lines.append(f"{name}: checkpoint file '{path}' not found")
+            continue
+        if w == "random":
+            continue
+        imagenet = w == "imagenet" or w.startswith("imagenet:")
+        if name.startswith(TIMM_PREFIX):
+            if imagenet:
+                from . import timm_models
+
+                found = timm_models.pretrained_file(timm_models.resolve(name))
+                if found.path is None:
+                    lines.append(found.missing_line())
+                    fetchable.append(name)
+                continue
+        elif _prefix_loader(name) is None:
+            rec = recipe(name)
+            try:
+                kind, tw, *_ = _plan_weights(name, rec, weights, None)
+            except WeightsError:
+                if Path(w).expanduser().exists():
+                    raise
+                lines.append(f"{name}: weights file '{w}' not found")
+                continue
+            may_download = os.environ.get(_weights.ALLOW_DOWNLOAD_ENV) == "1"
+            if kind == "imagenet" and not tw.path.is_file() and not may_download:
+                lines.append(
+                    f"{name}: ImageNet file '{tw.file_name}' ({tw.identity}) not in folder "
+                    f"'{tw.path.parent.absolute()}' (torch's hub folder; set TORCH_HOME to use "
+                    f"another; source {tw.url})"
+                )
+                fetchable.append(name)
+            continue
+        if not imagenet and not Path(w).expanduser().is_file():
+            lines.append(f"{name}: weights file '{w}' not found")
+    if not lines:
+        return
+    how = []
+    if fetchable:
+        how.append(
+            f"get the pretrained files with `featmammo weights fetch {' '.join(fetchable)}` "
+            "(downloads exactly these files, SHA-256 checked; on an offline machine copy a "
+            "downloaded torchvision file in with `featmammo weights import FILE`)"
+        )
+    how.append("run with `--weights random` to use untrained backbones on purpose")
+    n = len(lines)
+    raise WeightsError(
+        f"weights missing for {n} backbone{'s' if n > 1 else ''} (nothing is downloaded "
+        "implicitly, nothing falls back to random weights):\n  - "
+        + "\n  - ".join(lines)
+        + "\n"
+        + "; or ".join(how)
+    )
