@@ -74,7 +74,11 @@ def command(output, n_synthetic, image_size, weights, heads, cv, n_boot, tune_gr
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "demo.log"
     stage(f"featmammo demo -> {out} (log: {log_path})")
-    with _demo_log(log_path) as caveats, progress("extract", unit="images") as bar:
+    with (
+        _demo_log(log_path) as caveats,
+        progress("extract", unit="images") as extract_bar,
+        progress("fit", unit="fits") as fit_bar,
+    ):
         result = run_demo(
             output,
             n_synthetic=n_synthetic,
@@ -87,7 +91,8 @@ def command(output, n_synthetic, image_size, weights, heads, cv, n_boot, tune_gr
             n_boot=n_boot,
             tune_grid=tune_grid,
             stage=stage,
-            extract_progress=bar,
+            extract_progress=extract_bar,
+            fit_progress=fit_bar,
         )
     classes = json.loads((result.run_dir / "config.json").read_text()).get("classes")
     table, notes = summary_table(result.leaderboard, classes)

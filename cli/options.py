@@ -156,7 +156,12 @@ class ProgressBar(logging.Filter):
         self.open = True
 
     def __enter__(self):
-        self._handlers = list(logging.getLogger("featmammo").handlers)
+        # the handlers that write to the terminal (a log file or a collector has no bar to end)
+        self._handlers = [
+            h
+            for h in logging.getLogger("featmammo").handlers
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+        ]
         for h in self._handlers:
             h.addFilter(self)
         _bars.append(self)

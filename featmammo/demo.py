@@ -124,12 +124,14 @@ def run_demo(
     tune_grid="small",
     stage: Callable[[str], None] | None = None,
     extract_progress: Callable[[int, int], None] | None = None,
+    fit_progress: Callable[[int, int], None] | None = None,
 ) -> DemoResult:
     """Build the demo set, extract, fit, report; see the module docstring.
 
     ``stage(message)`` is told what each step is about to do and what it did (the command prints
-    these lines; the library logs them at INFO); ``extract_progress(n, total)`` is passed to
-    :func:`featmammo.extract.extract` (a progress bar).
+    these lines; the library logs them at INFO); ``extract_progress(n, total)`` and
+    ``fit_progress(n, total)`` are passed to :func:`featmammo.extract.extract` and
+    :func:`featmammo.fit.fit` (progress bars).
     """
     from .datasets import build_cbis_ddsm, read_manifest, write_manifest
     from .datasets.synthetic import write_synthetic_cbis
@@ -218,6 +220,7 @@ def run_demo(
         # SMALL_GRIDS); `featmammo fit` defaults to the full grid
         tune=tune,
         tune_grid=tune_grid,
+        progress=fit_progress,
     )
     say(f"fit: done in {time.perf_counter() - start:.0f} s -> {run_dir}")
     leaderboard = pd.read_csv(run_dir / "leaderboard.csv")

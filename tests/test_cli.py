@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -155,6 +156,24 @@ def test_progress_bar_only_on_a_terminal_and_keeps_log_lines_apart(monkeypatch, 
     assert "WARNING: in the middle" in lines
     assert "next stage" in lines
     assert "4/4" in err
+    # a log file at INFO beside the terminal at WARNING (as the demo has): the file's records do
+    # not break the bar's line
+    logger = logging.getLogger("featmammo")
+    for h in logger.handlers:
+        h.setLevel(logging.WARNING)
+    file_handler = logging.FileHandler(os.devnull)
+    logger.addHandler(file_handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with options.progress("more") as update:
+            update(1, 3)
+            logging.getLogger("featmammo.probe").info("to the file only")
+            update(1, 3)
+    finally:
+        logging.getLogger("featmammo").removeHandler(file_handler)
+        file_handler.close()
+    err = capsys.readouterr().err
+    assert "\n" not in err.rstrip("\n").split("more", 1)[1], repr(err)  # one line, redrawn
     configure_logging(0, 1)  # -q: no bar even on a terminal
     assert not options.bar_enabled()
     with options.progress("work") as update:
