@@ -249,6 +249,11 @@ def test_ljpeg_geometry_mismatch_and_header_limits(tmp_path):
     ics.write_text(ics.read_text().replace("LEFT_CC", "RIGHT_CC"))
     with pytest.raises(ImageReadError, match="no line for view LEFT_CC"):
         read_image(p)
+    # an .ics cut inside the view's line (a truncated download: 16 may read as 1) says so
+    text = ics.read_text().replace("RIGHT_CC", "LEFT_CC").rstrip()
+    ics.write_text(text[: text.index("PIXELS_PER_LINE 16") + len("PIXELS_PER_LINE 1")])
+    with pytest.raises(ImageReadError, match=r"unusable .ics: .*ends inside the LEFT_CC line"):
+        read_image(p)
     p1, img1 = _case(tmp_path / "one", img=phantom(24, 16, 8), predictor=1, precision=8)
     np.testing.assert_array_equal(read_image(p1).pixels, img1)
 

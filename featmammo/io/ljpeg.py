@@ -238,6 +238,9 @@ def _ics_geometry(p: Path) -> tuple[tuple[int, int], dict, dict]:
         raise ImageReadError(p, f"unusable .ics: {exc}") from None
     view = ddsm.view_of(p)
     if view is None or view not in info["views"]:
+        cut = info.get("cut_views", {}).get(view)
+        if cut:  # the .ics ends inside this view's line: its geometry is not trusted
+            raise ImageReadError(p, f"unusable .ics: {cut}")
         raise ImageReadError(
             p, f"{ics.name} has no line for view {view or '(none in the file name)'}"
         )
