@@ -128,10 +128,10 @@ def run_demo(
 ) -> DemoResult:
     """Build the demo set, extract, fit, report; see the module docstring.
 
-    ``stage(message)`` is told what each step is about to do and what it did (the command prints
-    these lines; the library logs them at INFO); ``extract_progress(n, total)`` and
-    ``fit_progress(n, total)`` are passed to :func:`featmammo.extract.extract` and
-    :func:`featmammo.fit.fit` (progress bars).
+    ``stage(message)`` is told what each step is about to do and what it did, naming files by
+    their name inside ``out_dir`` (the command prints these lines; the library logs them at INFO);
+    ``extract_progress(n, total)`` and ``fit_progress(n, total)`` are passed to
+    :func:`featmammo.extract.extract` and :func:`featmammo.fit.fit` (progress bars).
     """
     from .datasets import build_cbis_ddsm, read_manifest, write_manifest
     from .datasets.synthetic import write_synthetic_cbis
@@ -164,7 +164,7 @@ def run_demo(
     write_manifest(manifest, manifest_path)
     say(
         f"demo set: {n_real} real CBIS-DDSM images ({_counts(manifest.iloc[:n_real])}) + "
-        f"{len(synth)} synthetic phantoms ({_counts(synth)}) -> {manifest_path}"
+        f"{len(synth)} synthetic phantoms ({_counts(synth)}) -> {manifest_path.name}"
     )
     if n_real and set(manifest["source"]) != {manifest["source"].iloc[0]}:
         log.warning(
@@ -180,7 +180,7 @@ def run_demo(
         store.unlink()
     say(
         f"extract: {len(manifest)} images x {', '.join(DEMO_BACKBONES)} ({resolved} weights, "
-        f"{image_size} px) -> {store}"
+        f"{image_size} px) -> {store.name}"
     )
     summary = extract(
         read_manifest(manifest_path),
@@ -222,7 +222,7 @@ def run_demo(
         tune_grid=tune_grid,
         progress=fit_progress,
     )
-    say(f"fit: done in {time.perf_counter() - start:.0f} s -> {run_dir}")
+    say(f"fit: done in {time.perf_counter() - start:.0f} s -> {run_dir.name}/")
     leaderboard = pd.read_csv(run_dir / "leaderboard.csv")
     return DemoResult(
         out_dir=out,
