@@ -31,9 +31,21 @@ from .preprocess_options import image_size_option, windowing_option
     default=("resnet50", "alexnet"),
     show_default=True,
     help="Backbone (repeatable): resnet50, alexnet, vgg16, any torchvision classifier, "
-    "or hybrid:RUN_DIR/checkpoint.pt. All run on the same decoded batch.",
+    "timm:NAME (any timm model, pre-logits; pip install 'featmammo[timm]'), "
+    "mammoclip:CHECKPOINT (the Mammo-CLIP image encoder of a released .tar) or "
+    "hybrid:RUN_DIR/checkpoint.pt. All run on the same decoded batch.",
 )
 @weights_option
+@click.option(
+    "--pool",
+    type=click.Choice(["avg", "gem"]),
+    default="avg",
+    show_default=True,
+    help="Global pooling of the last feature map (torchvision CNNs, timm:, mammoclip:): avg, or "
+    "gem (generalised mean, p=3, as Mammo-CLIP and the RSNA 2023 winners). Recorded in each "
+    "backbone's spec (part of its identity); refused where the embedding is not a pooled "
+    "feature map (alexnet/vgg16 fc7, ViTs, hybrid:).",
+)
 @image_size_option(default=None, help_suffix=" [default: 224, or the hybrid: checkpoint's]")
 @click.option(
     "--resize",
@@ -113,7 +125,7 @@ from .preprocess_options import image_size_option, windowing_option
 )
 @json_option
 def command(
-    manifest, output, backbones, weights, image_size, resize, normalize, windowing, crop,
+    manifest, output, backbones, weights, pool, image_size, resize, normalize, windowing, crop,
     ddsm_calibration, roi, batch_size, workers, no_cache, decoder, device, precision, max_failures,
     dtype, hash_ids, backbone_suffix, compression, as_json,
 ) -> None:  # fmt: skip
@@ -153,7 +165,7 @@ def command(
                 batch_size=batch_size, workers=workers, device=device, precision=precision,
                 max_failures=max_failures, dtype=dtype, hash_ids=hash_ids,
                 backbone_suffix=backbone_suffix, compression=compression, progress=update,
-                cache=False if no_cache else None, decoder=decoder,
+                cache=False if no_cache else None, decoder=decoder, pool=pool,
             )  # fmt: skip
     except AllImagesFailed as exc:
         summary, all_failed = exc.summary, exc

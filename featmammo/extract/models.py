@@ -8,31 +8,35 @@ from collections.abc import Mapping
 import torch
 
 from ..errors import ConfigError
-from ..plugins import HYBRID_PREFIX
+from ..plugins import CHECKPOINT_PREFIXES, HYBRID_PREFIX
 
 DEFAULT_BACKBONES = ("resnet50", "alexnet")
 
 
 def _make_models(
-    names, weights: str, device: torch.device, suffix: str = ""
+    names, weights: str, device: torch.device, suffix: str = "", pool: str = "avg"
 ) -> dict[str, torch.nn.Module]:
     """Build every backbone once, in eval mode on ``device``; keys are the store names.
 
     ``names``: backbone names or built modules (``backbones.make``), or a mapping
     ``{store name: name or module}`` to choose the keys; otherwise a key is ``spec.name + suffix``.
+    ``pool``: the global pooling of the names built here (``avg`` | ``gem``; in each spec).
+    Every missing weights file is named in one WeightsError before any model is built.
     """
     from .. import backbones as fb
 
     items = list(names.items()) if isinstance(names, Mapping) else [(None, n) for n in names]
+    fb.check_weights([n for _, n in items if not isinstance(n, torch.nn.Module)], weights)
     models: dict[str, torch.nn.Module] = {}
     for key, name in items:
         if isinstance(name, torch.nn.Module):
             model = name
         else:
-            # a HybridNet checkpoint carries its own weights; --weights applies to the others.
-            # weights="random" is seeded inside make (seed=0): every run and rank builds one net
-            w = "imagenet" if str(name).startswith(HYBRID_PREFIX) else weights
-            model = fb.make(str(name), weights=w, device=str(device))
+            # a checkpoint (hybrid:, mammoclip:) carries its own weights; --weights applies to
+            # the others. weights="random" is seeded inside make (seed=0): every run and rank
+            # builds one net
+            w = "imagenet" if str(name).startswith(CHECKPOINT_PREFIXES) else weights
+            model = fb.make(str(name), weights=w, device=str(device), pool=pool)
         spec = getattr(model, "spec", None)
         if spec is None:
             raise ConfigError(f"backbone {name!r} has no .spec (build it with backbones.make)")

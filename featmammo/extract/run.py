@@ -73,6 +73,7 @@ def extract(
     prefetch: bool = True,
     cache=None,
     decoder: str = "cpu",
+    pool: str = "avg",
 ) -> ExtractSummary:
     """Embed every manifest image with every backbone into the HDF5 store at ``store_path``.
 
@@ -88,8 +89,9 @@ def extract(
     ``threads``: intra-op threads for the forward passes (default: ``default_threads``).
     ``cache``: the prepared-image cache (None: the default one; False: none, ``--no-cache``).
     ``decoder``: ``cpu`` (default), ``auto`` or ``nvimagecodec`` for JPEG 2000 DICOMs (see
-    :func:`resolve_decoder`; resolved before any work, recorded in the backbones' provenance as
-    ``decoders``, not part of the preprocessing fingerprint: the pixels are the CPU decoder's).
+    :func:`resolve_decoder`; resolved before any work; which decoder reads lossy JPEG 2000 is part
+    of each backbone's identity, ``decoder_plugin``). ``pool``: ``avg`` (default) or ``gem``, the
+    global pooling of the backbones built from names (recorded in their spec: their identity).
     Batches are written by ``featmammo.store.BackgroundWriter`` off the forward loop; its merge
     schedule keeps the bytes written within a small constant of the store's size.
     ``consolidate_every=1`` merges after every batch instead (fault-injection tests).
@@ -145,7 +147,7 @@ def extract(
                 backbone_suffix=backbone_suffix, compression=compression, dev=dev, prec=prec,
                 batch_size=batch_size, n_workers=n_workers, max_failures=max_failures,
                 progress=progress, prefetch=prefetch, cache=cache,
-                consolidate_every=consolidate_every, dec=dec, t0=t0,
+                consolidate_every=consolidate_every, dec=dec, t0=t0, pool=pool,
             )  # fmt: skip
     except BaseException as exc:
         ranks.post_error(exc)  # every other rank stops with this error, never waits for it
@@ -181,19 +183,22 @@ def extract(
 def _run(
     ranks: Ranks, *, df, ids, meta, mhash, key, store_path: Path, backbones, weights, preprocess,
     dtype, backbone_suffix, compression, dev, prec, batch_size, n_workers, max_failures,
-    progress, prefetch, cache, consolidate_every, dec, t0,
+    progress, prefetch, cache, consolidate_every, dec, t0, pool="avg",
 ) -> ExtractSummary:  # fmt: skip
     """The run itself, on every rank: the backbones, identities every rank agrees on, one shared
     work list, this rank's batches, the merged summary; rank 0 prepares and finishes the store."""
     from ..preprocess import PreprocessConfig
 
     rank, world = ranks.rank, ranks.world
-    models = _make_models(backbones, weights, dev, backbone_suffix)
+    from ..backbones import check_input_size
+
+    models = _make_models(backbones, weights, dev, backbone_suffix, pool)
     if preprocess is None:
         preprocess = PreprocessConfig(**hybrid_preprocess(models))
         check_roi_masks(df, preprocess, "manifest")
     _check_hybrid_preprocess(preprocess, models)
     config = _resolve_preprocess(preprocess, models)
+    check_input_size(models, config.shape)  # a ViT's fixed grid: refused before any image
     plugin = decoder_plugin(dec)
     entries = [
         fstore.BackboneEntry(

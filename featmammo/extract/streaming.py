@@ -86,6 +86,7 @@ def embed(
     workers="auto",
     cache=None,
     decoder: str = "cpu",
+    pool: str = "avg",
 ) -> dict[str, np.ndarray]:
     """Embeddings of in-memory images or paths, computed exactly as ``extract`` does; no store.
 
@@ -95,18 +96,21 @@ def embed(
     per image, as the manifest's column) picks the canonical side the way ``extract`` does; None
     infers it from the pixels. ``roi_masks``: mask paths, read when the ROI mode uses them.
     ``decoder``: ``cpu``, ``auto`` or ``nvimagecodec`` (JPEG 2000 DICOMs; see ``extract``).
-    Streams (see :func:`embed_stream`). Returns ``{name: (len(images), dim) float32}``; an
-    unreadable image raises ``ImageReadError``.
+    ``pool``: ``avg`` or ``gem`` (see ``extract``). Streams (see :func:`embed_stream`). Returns
+    ``{name: (len(images), dim) float32}``; an unreadable image raises ``ImageReadError``.
     """
     from ..preprocess import PreprocessConfig
 
     dev = resolve_device(device)
     resolve_decoder(decoder)  # refused before the backbones are built
-    models = _make_models(backbones, weights, dev)
+    from ..backbones import check_input_size
+
+    models = _make_models(backbones, weights, dev, pool=pool)
     if preprocess is None:
         preprocess = PreprocessConfig(**hybrid_preprocess(models))
     _check_hybrid_preprocess(preprocess, models)
     config = _resolve_preprocess(preprocess, models)
+    check_input_size(models, config.shape)
     out = {name: np.zeros((len(images), int(m.spec.dim)), np.float32) for name, m in models.items()}
     for ok_idx, emb, failed in embed_stream(
         images, models, config, device=dev, precision=precision, batch_size=batch_size,
