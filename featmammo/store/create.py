@@ -15,6 +15,7 @@ from ..errors import StoreError
 from .files import write_h5
 from .index import (
     Block,
+    IdIndex,
     Segment,
     State,
     commit,
@@ -360,9 +361,9 @@ def _extend(path, state: State, files, ids, meta, entries, store_provenance, com
         if b is not None and b.dim != e.dim:
             raise StoreError(f"{path}: backbone {e.name!r} has dim {b.dim}, not {e.dim}")
     old_ids = read_ids(state, files)
-    old_index = {i: k for k, i in enumerate(old_ids)}
-    common = np.array([k for k, i in enumerate(ids) if i in old_index], dtype=np.int64)
-    rows_old = np.array([old_index[ids[k]] for k in common], dtype=np.int64)
+    at, known = IdIndex(old_ids).lookup(ids)
+    common = np.flatnonzero(known)
+    rows_old = at[known]
     update = np.zeros(common.size, dtype=bool)  # metadata rewritten
     reset = np.zeros(common.size, dtype=bool)  # image changed: embedded again
     if common.size:
@@ -389,7 +390,7 @@ def _extend(path, state: State, files, ids, meta, entries, store_provenance, com
                 path,
                 int(adopted_ids.sum()),
             )
-    new_rows = np.array([k for k, i in enumerate(ids) if i not in old_index], dtype=np.int64)
+    new_rows = np.flatnonzero(~known)
     new_entries = [e for e in entries if e.name not in state.blocks]
     new_columns = [c for c in meta.columns if c not in state.columns]
     mh = store_provenance.get("manifest_hash")

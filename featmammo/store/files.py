@@ -172,7 +172,7 @@ def write_h5(
     needed: int,
     what: str,
     fault: str | None = None,
-    rdcc_nbytes: int = 64 << 20,
+    rdcc_nbytes: int = 8 << 20,
 ) -> None:
     """Build a new HDF5 file with ``build(h5file)`` and put it at ``final`` atomically.
 

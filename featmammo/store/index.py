@@ -417,6 +417,24 @@ def emb_dataset(state: State, name: str) -> Callable:
     return which
 
 
+class IdIndex:
+    """Row of each id, for many lookups: sorted ids + ``searchsorted`` (no dict of N strings)."""
+
+    def __init__(self, ids: np.ndarray):
+        ids = np.asarray(ids).astype(str)
+        self.order = np.argsort(ids, kind="stable")
+        self.sorted = ids[self.order]
+
+    def lookup(self, query) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, found)``: the store row of each queried id (where ``found``)."""
+        q = np.asarray(query).astype(str)
+        if not self.sorted.size:
+            return np.zeros(q.size, np.int64), np.zeros(q.size, bool)
+        at = np.minimum(np.searchsorted(self.sorted, q), self.sorted.size - 1)
+        found = self.sorted[at] == q
+        return self.order[at].astype(np.int64), found
+
+
 def read_ids(state: State, files) -> np.ndarray:
     ids = gather(state.n, state.row_seg, state.row_pos, files, lambda s: "ids", strings=True)
     return ids.astype(str)

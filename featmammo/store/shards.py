@@ -24,7 +24,7 @@ from ..atomic import atomic_write
 from ..errors import StoreError
 from .faults import fault_point
 from .files import check_space, is_space_error, space_error, write_h5
-from .index import Segment, State, commit, editing, gather, meta_dataset, read_ids
+from .index import IdIndex, Segment, State, commit, editing, gather, meta_dataset, read_ids
 from .locking import mutation
 from .schema import (
     DONE,
@@ -212,18 +212,18 @@ def merge_shards(path, state: State, files, shard_paths: Sequence[Path]) -> list
             )
             continue
         if index is None:
-            index = {i: k for k, i in enumerate(read_ids(state, files))}
-        sid = [str(i) for i in head["ids"]]
-        missing = [i for i in sid if i not in index]
-        if missing:
+            index = IdIndex(read_ids(state, files))
+        sid = np.asarray(head["ids"]).astype(str)
+        at, keep = index.lookup(sid)
+        missing = sid[~keep]
+        if missing.size:
             log.warning(
                 "shard %s: %d images not in the store (e.g. %r); skipped",
                 p,
                 len(missing),
-                missing[0],
+                str(missing[0]),
             )
-        keep = np.array([i in index for i in sid], dtype=bool)
-        rows = np.array([index[i] for i in sid if i in index], dtype=np.int64)
+        rows = at[keep]
         si = len(heads)
         heads.append((p, head, keep))
         for j, c in enumerate(head.get("meta_columns", ())):
