@@ -411,6 +411,7 @@ def test_untuned_folds_and_tuning_notes_go_into_read_this_first(tmp_path):
     assert "- Tuning: grid points dropped in 6 grid row(s)" in opening
     assert "every head tuned inside each outer fold" not in text
     assert "**except 2 fit(s) where the inner CV was impossible" in text
+    assert "pruned" not in opening  # successive halving working as documented: not an event
     # without notes, the plain statement stays
     pd.DataFrame([r for r in rows if r["fold"] != "2"]).assign(note="").to_csv(
         run / "tuning.csv", index=False
@@ -451,3 +452,13 @@ def test_constant_predictions_are_flagged_and_never_counted(tmp_path):
     line = next(ln for ln in answer.splitlines() if ln.startswith("- Balanced accuracy, held-out"))
     assert "not tested in 1 of 2" in line
     assert all(c["ok"] for c in rp.verify(run))
+
+
+def test_timm_weights_are_named_as_timm_not_torchvision():
+    from featmammo.report.caveats import describe_weights
+
+    said = describe_weights("imagenet:timm/convnext_tiny.in12k_ft_in1k", "0123456789abcdef")
+    assert said == "pretrained (timm convnext_tiny.in12k_ft_in1k, sha256 0123456789ab)"
+    assert describe_weights("imagenet:ResNet50_Weights.IMAGENET1K_V2", "ab" * 8).startswith(
+        "imagenet (torchvision ResNet50_Weights"
+    )

@@ -253,7 +253,7 @@ def fit(
     """
     from .. import heads as heads_mod
     from .. import tuning
-    from ..fusion import fuse
+    from ..fusion import fuse_many
     from ..heads import fit_head
     from ..labels import parse_classes
     from ..report import write_report
@@ -293,7 +293,7 @@ def fit(
     head_names = list(dict.fromkeys(head_names))
     head_params = dict(head_params or {})
 
-    fused = {f: fuse(store_list, f) for f in features}
+    fused = fuse_many(store_list, features)  # one matrix read once; each set a column view
     for f, fz in fused.items():
         if f == "hybrid" and len(fz.blocks) < 2:
             raise ConfigError(
@@ -303,9 +303,10 @@ def fit(
     common = set.intersection(*(set(map(str, fz.ids)) for fz in fused.values()))
     notes = []
     for f, fz in fused.items():
-        if len(fz.ids) != len(common):
+        usable = fz.n_usable if getattr(fz, "n_usable", None) is not None else len(fz.ids)
+        if usable != len(common):
             notes.append(
-                f"features {f}: {len(fz.ids) - len(common)} image(s) not usable by every features "
+                f"features {f}: {usable - len(common)} image(s) not usable by every features "
                 "set were left out so that all models see the same images"
             )
     ref = fused[features[0]]
@@ -429,7 +430,9 @@ def fit(
             rows, models, tuning_rows = [], {}, []
             fz = fused[f]
             pos = pd.Series(np.arange(len(fz.ids)), index=np.asarray(fz.ids).astype(str))
-            X = fz.X[pos.loc[ids].to_numpy()]
+            idx = pos.loc[ids].to_numpy()
+            # no copy when the rows are already in order (the usual case): a view stays a view
+            X = fz.X if np.array_equal(idx, np.arange(len(fz.ids))) else fz.X[idx]
             proba = {h: np.full((len(ids), len(classes)), np.nan) for h in head_names}
             for r in runs:
                 train = ~is_test if r == "test" else (~is_test & (fold != r))

@@ -24,6 +24,8 @@ def describe_weights(weights, sha256=None, *, seed=None, hybrid: bool = False) -
         return f"hybrid checkpoint {weights} (sha256 {sha})"
     if weights == "random":
         return f"random (seed {seed if seed is not None else 'unknown'})"
+    if weights.startswith("imagenet:timm/"):
+        return f"pretrained (timm {weights.split('/', 1)[1]}, sha256 {sha})"
     if weights.startswith("imagenet"):
         which = weights.split(":", 1)[1] if ":" in weights else "default"
         return f"imagenet (torchvision {which}, sha256 {sha})"
