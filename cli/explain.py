@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import device_option, echo_json, json_option
+from .options import device_option, echo_json, json_option, progress, stage
 
 
 @click.command("explain")
@@ -21,11 +21,22 @@ from .options import device_option, echo_json, json_option
 @device_option
 @json_option
 def command(checkpoint, images, out_dir, target, laterality, device, as_json) -> None:
-    """Grad-CAM of CHECKPOINT for each IMAGE: PNG overlays per trunk and fused map, plus JSON."""
+    """Grad-CAM of CHECKPOINT for each IMAGE: PNG overlays per trunk and fused map, plus JSON.
+
+    Every figure carries the run's caveats (weights, sources, warnings) in a footer; a map that is
+    zero everywhere is drawn grey and marked "no gradient signal", never normalised into colour.
+    """
     from featmammo.nn.gradcam import explain
 
-    records = explain(
-        checkpoint, images, out_dir, device=device, target=target, laterality=laterality
+    with progress("explain", unit="images") as update:
+        records = explain(
+            checkpoint, images, out_dir, device=device, target=target, laterality=laterality,
+            progress=update,
+        )  # fmt: skip
+    empty = sum(1 for r in records if r["empty_heatmaps"])
+    stage(
+        f"explain: {len(records)} image(s) -> {out_dir}"
+        + (f"; {empty} with a map marked 'no gradient signal'" if empty else "")
     )
     if as_json:
         echo_json(records)

@@ -191,8 +191,10 @@ def test_checkpoint_round_trip_and_tamper(tmp_path):
 
 def test_train_outputs(trained_run):
     run, result = trained_run
-    for name in ("checkpoint.pt", "checkpoint.json", "last.pt", "history.csv", "curves.png"):
+    for name in ("checkpoint.pt", "checkpoint.json", "history.csv", "curves.png"):
         assert (run / name).is_file(), name
+    # finished, no --keep-last: the training state (3x the model) and decoded images are removed
+    assert not (run / "last.pt").exists() and not list((run / "cache").glob("images-*.npy"))
     hist = pd.read_csv(run / "history.csv")
     assert list(hist["epoch"]) == [1]
     for col in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "time"):
@@ -215,7 +217,7 @@ def test_train_outputs(trained_run):
     test_ids = set(preds.loc[preds["fold"] == "test", "image_id"])
     assert test_ids == {f"synth_{i:05d}" for i in range(4)}  # patients P_00001 and P_00002
     split = pd.read_csv(run / "split.csv")
-    val_pat = set(split.loc[split.role == "val", "patient_id"])
+    val_pat = set(split.loc[split.role == "validation", "patient_id"])
     train_pat = set(split.loc[split.role == "train", "patient_id"])
     assert val_pat and not (val_pat & train_pat)  # patient-grouped
     side = json.loads((run / "checkpoint.json").read_text())
@@ -248,11 +250,10 @@ def test_checkpoint_records_trained_and_validation_ids(trained_run):
 
     run, _ = trained_run
     split = pd.read_csv(run / "split.csv")
-    for name in ("checkpoint.pt", "last.pt"):
-        ids = trained_image_ids(run / name)
-        assert sorted(ids["train"]) == sorted(split.loc[split.role == "train", "image_id"])
-        assert sorted(ids["validation"]) == sorted(split.loc[split.role == "val", "image_id"])
-        assert not set(ids["train"]) & set(split.loc[split.role == "test", "image_id"])
+    ids = trained_image_ids(run / "checkpoint.pt")
+    assert sorted(ids["train"]) == sorted(split.loc[split.role == "train", "image_id"])
+    assert sorted(ids["validation"]) == sorted(split.loc[split.role == "validation", "image_id"])
+    assert not set(ids["train"]) & set(split.loc[split.role == "test", "image_id"])
 
 
 def test_trained_ids_missing_and_checkpoint_of(trained_run, tmp_path):
@@ -348,7 +349,7 @@ def test_train_reads_the_prepared_image_cache(tiny_manifest, tmp_path, monkeypat
     import featmammo.prepared as prepared
 
     monkeypatch.setenv("FEATMAMMO_CACHE", str(tmp_path / "fmcache"))
-    opts = {**FAST, "epochs": 1, "trunks": ("alexnet",), "image_size": 48}  # a fresh pixel size
+    opts = {**FAST, "epochs": 1, "trunks": ("alexnet",), "image_size": 48, "keep_last": True}
     train(tiny_manifest, tmp_path / "first", evaluate=False, **opts)
     assert prepared.PreparedCache.default().info()["entries"] == 16  # every image stored once
     first = np.load(next((tmp_path / "first" / "cache").glob("images-*[!k].npy")))
@@ -414,7 +415,8 @@ def test_caveat_strings_and_source_confounding():
 def test_resume_matches_uninterrupted_run(tiny_manifest, tmp_path):
     # AlexNet trunk (cheap) with freeze_epochs=1, so the frozen -> unfrozen switch happens exactly
     # at the interruption; batch norm, dropout, augmentation, AdamW and the schedule all carry over.
-    opts = {**FAST, "trunks": ("alexnet",), "freeze_epochs": 1, "schedule": "onecycle"}
+    opts = {**FAST, "trunks": ("alexnet",), "freeze_epochs": 1, "schedule": "onecycle",
+            "keep_last": True}  # fmt: skip
     straight = tmp_path / "straight"
     train(tiny_manifest, straight, **opts)
     run = tmp_path / "resumed"
@@ -441,7 +443,7 @@ def test_resume_matches_uninterrupted_run(tiny_manifest, tmp_path):
     trunk_w, head_w = "trunks.alexnet.0.weight", "classifier.weight"
     assert not torch.equal(after_one[trunk_w], b["model"][trunk_w])
     assert not torch.equal(after_one[head_w], b["model"][head_w])
-    assert a["epoch"] == b["epoch"] == 1 and a["best_epoch"] == b["best_epoch"]
+    assert a["epoch"] == b["epoch"] == 2 and a["best_epoch"] == b["best_epoch"]  # from 1
     for ha, hb in zip(a["history"], b["history"], strict=True):
         assert ha["train_loss"] == pytest.approx(hb["train_loss"], abs=1e-6)
         assert ha["val_loss"] == pytest.approx(hb["val_loss"], abs=1e-6)
@@ -471,7 +473,9 @@ def test_augmentation_only_in_training(tiny_manifest, tmp_path, monkeypatch):
 
     monkeypatch.setattr(aug_mod, "Augment", Spy)
     run = tmp_path / "aug"
-    res = train(tiny_manifest, run, **{**FAST, "epochs": 1, "trunks": ("alexnet",)})
+    res = train(
+        tiny_manifest, run, **{**FAST, "epochs": 1, "trunks": ("alexnet",), "keep_last": True}
+    )
     split = pd.read_csv(run / "split.csv")
     n_train = int(((split.role == "train") & split.decoded).sum())
     assert sum(s[0] for s in calls) == n_train - (n_train % 4 == 1)  # one call per training batch
@@ -538,6 +542,55 @@ def test_explain_writes_heatmaps(trained_run, tiny_manifest, tmp_path):
             assert heat[k].shape == (SIZE, SIZE)
             assert heat[k].min() >= 0 and heat[k].max() <= 1
         assert (out / rec["panel"]).stat().st_size > 0
+
+
+def test_explain_marks_empty_maps_and_carries_the_caveats(trained_run, tiny_manifest, tmp_path,
+                                                          monkeypatch):  # fmt: skip
+    """An all-zero map was normalised into full colour (jet's dark blue) with no word on the
+    figure, which had no caveat footer either."""
+    import featmammo.nn.gradcam as gc
+    import featmammo.plots as plots
+
+    real = gc.grad_cam
+
+    def zero_alexnet(model, x, target=None):
+        cams, proba, tg = real(model, x, target)
+        cams["alexnet"] = np.zeros_like(cams["alexnet"])
+        return cams, proba, tg
+
+    saved = []
+    real_save = plots._save
+
+    def spy(fig, path, **kw):
+        saved.append((fig, kw.get("footer")))
+        return real_save(fig, path, **kw)
+
+    monkeypatch.setattr(gc, "grad_cam", zero_alexnet)
+    monkeypatch.setattr(plots, "_save", spy)
+    run, _ = trained_run
+    image = sorted(tiny_manifest.parent.glob("synth_*.png"))[0]
+    (rec,) = gc.explain(run / "checkpoint.pt", [image], tmp_path / "cam")
+    assert rec["empty_heatmaps"] == ["alexnet"]
+    from PIL import Image
+
+    with Image.open(tmp_path / "cam" / rec["heatmaps"]["alexnet"]) as im:
+        rgb = np.asarray(im.convert("RGB")).astype(int)
+    assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()  # grey
+    with Image.open(tmp_path / "cam" / rec["heatmaps"]["resnet50"]) as im:
+        rgb = np.asarray(im.convert("RGB")).astype(int)
+    assert not (rgb[..., 0] == rgb[..., 2]).all()  # a real map is coloured
+    ((fig, footer),) = saved
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "Grad-CAM: alexnet (no gradient signal)" in titles
+    assert "Grad-CAM: resnet50" in titles
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any("no gradient signal" in t for t in texts)
+    text = "\n".join(footer)
+    assert "resnet50 random (seed 0)" in text and "alexnet random (seed 1)" in text
+    assert "sources: synthetic" in text and "random weights" in text
+    assert "no gradient signal in alexnet" in text and "Grad-CAM:" in text
+    doc = json.loads((tmp_path / "cam" / "explanations.json").read_text())
+    assert doc["caveats"]["weights"]["alexnet"] == "random (seed 1)"
 
 
 def test_cli_help():

@@ -3,8 +3,9 @@ Grad-CAM, and the use of a trained checkpoint as a ``hybrid:PATH`` backbone.
 
 Importing the package (or :mod:`.config`, :mod:`.checkpoint`, :mod:`.train`) does not import torch:
 the options, ``train`` itself and the checkpoint sidecar readers (``trained_image_ids``,
-``checkpoint_of``, ``read_sidecar``) are plain Python, so ``featmammo fit`` can check a store's
-``hybrid:`` blocks without torch. The network, the loop and Grad-CAM import torch when first used.
+``trained_patient_ids``, ``checkpoint_of``, ``read_sidecar``) are plain Python, so ``featmammo
+fit`` can check a store's ``hybrid:`` blocks without torch. The network, the loop and Grad-CAM
+import torch when first used.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .checkpoint import (
     read_sidecar,
     save_checkpoint,
     trained_image_ids,
+    trained_patient_ids,
 )
 from .config import FUSIONS, TRUNKS, TrainConfig, TrainResult, features_name
 from .train import train
@@ -49,6 +51,7 @@ __all__ = [
     "save_checkpoint",
     "train",
     "trained_image_ids",
+    "trained_patient_ids",
 ]
 
 

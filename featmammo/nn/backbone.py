@@ -42,6 +42,14 @@ class HybridBackbone(nn.Module):
         return super().train(False)
 
 
+def _input_size(pre: dict, meta: dict):
+    """The checkpoint's input size: ``N``, or ``(H, W)`` for a non-square one (``--image-size
+    HxW``); JSON gives ``[H, W]``, which :func:`featmammo.preprocess.parse_image_size` takes."""
+    from featmammo.preprocess import parse_image_size
+
+    return parse_image_size(pre.get("image_size", meta.get("train", {}).get("image_size", 224)))
+
+
 def load_backbone(path, device="cpu") -> HybridBackbone:
     """Load checkpoint ``path`` (``hybrid:`` prefix allowed) as an eval-mode feature extractor."""
     path = str(path)
@@ -54,7 +62,7 @@ def load_backbone(path, device="cpu") -> HybridBackbone:
         arch="hybridnet",
         layer="penultimate",
         dim=int(net.hidden),
-        input_size=int(pre.get("image_size", meta.get("train", {}).get("image_size", 224))),
+        input_size=_input_size(pre, meta),
         mean=tuple(pre.get("mean", (0.485, 0.456, 0.406))),
         std=tuple(pre.get("std", (0.229, 0.224, 0.225))),
         weights=str(Path(path).resolve()),  # absolute: fit may run from another folder

@@ -7,11 +7,12 @@ versions and the file's SHA-256. Loading checks the SHA-256 first and then calls
 ``torch.load(weights_only=True)``, so a tampered or truncated file is refused and no pickled code is
 ever executed.
 
-A training run's sidecars also record the manifest image ids the network trained and validated on
-(``image_ids``): :func:`trained_image_ids` reads them, and :func:`checkpoint_of` finds the
+A training run's sidecars also record the manifest image ids and patient ids the network trained
+and validated on (``image_ids``, ``trained_patient_ids``): :func:`trained_image_ids` and
+:func:`trained_patient_ids` read them, and :func:`checkpoint_of` finds the
 checkpoint behind a store's ``hybrid:`` block, so ``fit`` can refuse to evaluate embeddings on the
-images they were trained on. Those two, and :func:`read_sidecar`, read JSON only: torch is imported
-only to save or load tensors.
+images (and patients) they were trained on. Those, and :func:`read_sidecar`, read JSON only:
+torch is imported only to save or load tensors.
 """
 
 from __future__ import annotations
@@ -143,6 +144,8 @@ def load_model(path, *, device="cpu"):
 
 #: the sidecar key holding ``{"train": [...], "validation": [...]}`` manifest image ids
 IMAGE_IDS_KEY = "image_ids"
+#: the sidecar key holding ``{"train": [...], "validation": [...]}`` manifest patient ids
+PATIENT_IDS_KEY = "trained_patient_ids"
 #: the BackboneSpec ``arch`` of a HybridNet used as a backbone (featmammo.nn.backbone)
 HYBRID_ARCH = "hybridnet"
 
@@ -164,6 +167,23 @@ def trained_image_ids(checkpoint_path) -> dict[str, list[str]]:
             f"sidecar {sidecar_path(checkpoint_path).name} has no {IMAGE_IDS_KEY!r}); it was not "
             "written by this version of `featmammo train`, so the images it learnt from are unknown"
         )
+    return {
+        "train": [str(i) for i in ids["train"]],
+        "validation": [str(i) for i in ids["validation"]],
+    }
+
+
+def trained_patient_ids(checkpoint_path) -> dict[str, list[str]] | None:
+    """``{"train": [...], "validation": [...]}``: the manifest patient ids checkpoint
+    ``checkpoint_path`` trained and validated on (sidecar key :data:`PATIENT_IDS_KEY`), or None
+    when its sidecar predates the key (then join :func:`trained_image_ids` with the images'
+    patients). JSON only; WeightsError when the checkpoint or its sidecar is missing."""
+    meta = read_sidecar(checkpoint_path)
+    ids = meta.get(PATIENT_IDS_KEY)
+    if not isinstance(ids, Mapping) or not all(
+        isinstance(ids.get(k), list) for k in ("train", "validation")
+    ):
+        return None
     return {
         "train": [str(i) for i in ids["train"]],
         "validation": [str(i) for i in ids["validation"]],

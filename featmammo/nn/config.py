@@ -28,6 +28,9 @@ TRUNKS = ("resnet50", "alexnet")
 FUSIONS = ("feature-map", "late")
 
 MONITORS = ("balanced_accuracy", "loss")
+#: where the held-out test images come from: the manifest's split=test rows, whole patients drawn
+#: at random (``featmammo.splits.grouped_holdout``, ``fit``'s rule and seed), or none
+TEST_SPLITS = ("official", "grouped", "none")
 BALANCE = ("weights", "sampler", "none")
 SCHEDULES = ("cosine", "onecycle")
 AMP_MODES = ("auto", "bf16", "fp16", "none")
@@ -43,7 +46,7 @@ HISTORY_COLUMNS = [
     "time",
 ]
 #: config keys that may differ between an interrupted run and its resumption
-RESUME_FREE = {"device", "workers", "eval_batch_size", "amp", "prepared_cache"}
+RESUME_FREE = {"device", "workers", "eval_batch_size", "amp", "prepared_cache", "keep_last"}
 
 
 @dataclass
@@ -53,7 +56,7 @@ class TrainConfig:
     classes: tuple[str, ...] | str | None = None  # None: the manifest's labels, in LABELS order
     epochs: int = 20
     batch_size: int = 16
-    image_size: int = 224
+    image_size: int | tuple[int, int] = 224  # N (N x N) or (H, W)
     fusion: str = "feature-map"
     trunks: tuple[str, ...] = TRUNKS
     weights: str = "imagenet"
@@ -65,6 +68,8 @@ class TrainConfig:
     freeze_epochs: int | None = None  # None: 0 with random weights, 2 with pretrained ones
     schedule: str = "cosine"
     val_fraction: float = 0.2
+    test_split: str = "official"  # official | grouped | none (see TEST_SPLITS)
+    test_size: float = 0.2  # share of patients held out by test_split="grouped"
     monitor: str = "balanced_accuracy"
     patience: int = 5
     balance: str = "weights"
@@ -76,6 +81,7 @@ class TrainConfig:
     eval_batch_size: int = 32
     workers: int = 0  # threads decoding images for the cache
     prepared_cache: bool = True  # read/write featmammo.prepared's cache (False: --no-cache)
+    keep_last: bool = False  # keep last.pt and the decoded images once the run is finished
     preprocess: dict = field(
         default_factory=dict
     )  # PreprocessConfig fields (image_size from above)
@@ -87,6 +93,7 @@ class TrainConfig:
         if not self.trunks or any(t not in TRUNKS for t in self.trunks):
             raise ConfigError(f"trunks must be a subset of {TRUNKS}, got {self.trunks!r}")
         for name, allowed in (
+            ("test_split", TEST_SPLITS),
             ("monitor", MONITORS),
             ("balance", BALANCE),
             ("schedule", SCHEDULES),
@@ -94,17 +101,23 @@ class TrainConfig:
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("epochs", "batch_size", "image_size", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.image_size < 32:  # AlexNet's two max-pools need at least 31 px
+        from featmammo.preprocess import parse_image_size
+
+        self.image_size = parse_image_size(self.image_size)  # N, or (H, W) when not square
+        sides = (self.image_size,) * 2 if isinstance(self.image_size, int) else self.image_size
+        if min(sides) < 32:  # AlexNet's two max-pools need at least 31 px a side
             raise ConfigError(
-                f"image_size must be >= 32 for the HybridNet trunks, got {self.image_size}"
+                f"image_size must be >= 32 a side for the HybridNet trunks, got {self.image_size}"
             )
         if self.batch_size < 2:
             raise ConfigError("batch_size must be >= 2 (batch norm needs two samples)")
         if not 0.0 < float(self.val_fraction) < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        if not 0.0 < float(self.test_size) < 1.0:
+            raise ConfigError(f"test_size must be in (0, 1), got {self.test_size!r}")
         if self.classes is not None and not isinstance(self.classes, str):
             self.classes = tuple(self.classes)
         self.refine_channels = tuple(int(c) for c in self.refine_channels)
@@ -125,6 +138,8 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["trunks"] = list(self.trunks)
         d["refine_channels"] = list(self.refine_channels)
+        if isinstance(self.image_size, tuple):
+            d["image_size"] = list(self.image_size)
         if isinstance(self.classes, tuple):
             d["classes"] = list(self.classes)
         return d
@@ -198,6 +213,9 @@ def check_resume_config(run_dir: Path, cfg: TrainConfig) -> None:
         raise ConfigError(f"{saved_path}: missing; cannot resume this run")
     saved = json.loads(saved_path.read_text())["train"]
     now = json.loads(canonical_json(cfg.to_dict()))
+    # options added after a run was started are compared with their defaults (the old behaviour)
+    defaults = json.loads(canonical_json(TrainConfig(weights=cfg.weights).to_dict()))
+    saved = {**{k: defaults[k] for k in defaults.keys() - saved.keys()}, **saved}
     diff = sorted(
         k for k in set(saved) | set(now) if k not in RESUME_FREE and saved.get(k) != now.get(k)
     )

@@ -1,8 +1,9 @@
 """HybridNet training data (featmammo.nn): which image trains, validates or tests, the decoded
 image cache, and the order and batches of each epoch.
 
-- :func:`split_roles`: the manifest's ``split=test`` rows are the test set; the rest is split by
-  patient into training and validation with :func:`featmammo.splits.grouped_holdout`.
+- :func:`split_roles`: the test rows by ``fit``'s rule (:func:`held_out_mask`: the manifest's
+  ``split=test`` rows, patients held out by :func:`featmammo.splits.grouped_holdout`, or none);
+  the rest is split by patient into training and validation with the same function.
 - :func:`build_image_cache`: every row decoded and preprocessed once into
   ``RUN_DIR/cache/images-<key>.npy`` (a memory map every rank and epoch reads).
 - :func:`epoch_order`, :func:`batches`, :func:`to_batch`: seeded per epoch (and rank under DDP),
@@ -21,7 +22,7 @@ import pandas as pd
 import torch
 
 from featmammo.datasets.manifest import MASK_COLUMNS
-from featmammo.errors import ImageReadError, ManifestError
+from featmammo.errors import ConfigError, ImageReadError, ManifestError
 from featmammo.hashing import fingerprint
 
 from .config import TrainConfig
@@ -30,20 +31,93 @@ from .ddp import DistContext
 log = logging.getLogger(__name__)
 
 
-def split_roles(df: pd.DataFrame, y: np.ndarray, cfg: TrainConfig) -> np.ndarray:
-    """Per row: ``train``, ``val`` or ``test`` (manifest split=test rows; patient-grouped val)."""
-    from featmammo.splits import grouped_holdout
+#: the roles of split.csv (and of the run's logs): validation is never called anything else
+ROLES = ("train", "validation", "test")
+
+
+class _ValidationLog(logging.Filter):
+    """Names the validation split as such in ``featmammo.splits.grouped_holdout``'s INFO line,
+    which says ``hold-out: N train / M test images`` whatever the held-out side is for."""
+
+    def filter(self, record) -> bool:
+        msg = record.msg if isinstance(record.msg, str) else ""
+        if msg.startswith("hold-out: %d train / %d test"):
+            record.msg = "validation split: %d train / %d validation images (%.3f; asked %.3f)"
+        elif msg.startswith("%s: class(es)") and record.args and record.args[0] == "hold-out":
+            record.args = ("validation split", *record.args[1:])
+        return True
+
+
+def held_out_mask(
+    df: pd.DataFrame, labels, test_split: str, test_size: float, seed: int
+) -> np.ndarray:
+    """The rows held out for test (``labels``: class names per row), by ``fit``'s rule
+    (``featmammo.fit.splits``): ``official`` = the manifest's ``split`` is ``test`` (trimmed, any
+    case); ``grouped`` = whole patients drawn by :func:`featmammo.splits.grouped_holdout` with
+    ``test_size`` and ``seed`` (the draw depends only on each patient's label and the seed, not on
+    row order, so ``fit`` and ``train`` on one manifest hold out the same patients); ``none`` = no
+    test rows.
+
+    ``official`` without any ``split=test`` row is refused, as ``fit`` refuses it.
+    """
+    from featmammo import splits
+
+    is_test = np.zeros(len(df), dtype=bool)
+    if test_split == "official":
+        split = (
+            df["split"].fillna("").astype(str).str.strip().str.lower().to_numpy()
+            if "split" in df.columns
+            else np.full(len(df), "", dtype=object)
+        )
+        is_test = split == "test"
+        if not is_test.any():
+            raise ManifestError(
+                "--test-split official: no manifest row has split == 'test' (a set without an "
+                "official split, such as MIAS); use --test-split grouped (whole patients held "
+                "out at random, the same patients `featmammo fit --test-split grouped` holds out "
+                "with the same --seed and --test-size) or --test-split none (no honest estimate)"
+            )
+    elif test_split == "grouped":
+        _, test_idx = splits.grouped_holdout(
+            np.asarray(labels, dtype=object).astype(str),
+            df["patient_id"].astype(str).to_numpy(),
+            test_size,
+            seed,
+        )
+        is_test[np.asarray(test_idx, dtype=int)] = True
+    elif test_split != "none":
+        raise ConfigError(f"--test-split {test_split!r}: choose one of official, grouped, none")
+    return is_test
+
+
+def split_roles(df: pd.DataFrame, cfg: TrainConfig) -> np.ndarray:
+    """Per row: ``train``, ``validation`` or ``test``.
+
+    Test rows by :func:`held_out_mask` (``cfg.test_split``); the validation split is drawn from the
+    other rows by patient with :func:`featmammo.splits.grouped_holdout` (``cfg.val_fraction``,
+    ``cfg.seed``).
+    """
+    from featmammo import splits
 
     role = np.full(len(df), "train", dtype=object)
-    is_test = df["split"].astype(str).str.lower().eq("test").to_numpy()
+    # the class names (as fit passes them): the draw's strata follow their sorted order
+    is_test = held_out_mask(df, df["_y"], cfg.test_split, cfg.test_size, cfg.seed)
     role[is_test] = "test"
     dev = np.flatnonzero(~is_test)
     if len(dev) < 4:
         raise ManifestError(f"only {len(dev)} non-test images: too few to train and validate")
-    tr, va = grouped_holdout(
-        y[dev], df["patient_id"].astype(str).to_numpy()[dev], cfg.val_fraction, cfg.seed
-    )
-    role[dev[np.asarray(va)]] = "val"
+    named = _ValidationLog()
+    splits.log.addFilter(named)
+    try:
+        tr, va = splits.grouped_holdout(
+            df["_y"].astype(str).to_numpy()[dev],
+            df["patient_id"].astype(str).to_numpy()[dev],
+            cfg.val_fraction,
+            cfg.seed,
+        )
+    finally:
+        splits.log.removeFilter(named)
+    role[dev[np.asarray(va)]] = "validation"
     test_patients = set(df.loc[is_test, "patient_id"].astype(str))
     shared = test_patients & set(df["patient_id"].astype(str).to_numpy()[dev])
     if shared:
@@ -62,7 +136,7 @@ def _cache_key(df: pd.DataFrame, pre) -> str:
 
 
 def _decode_one(row: dict, pre, cache=None) -> np.ndarray:
-    """One row's (3, S, S) float32 through the prepared-image cache (``cache=False``: none)."""
+    """One row's (3, H, W) float32 through the prepared-image cache (``cache=False``: none)."""
     from featmammo.prepared import prepare_image
 
     lat = row.get("laterality")
@@ -95,11 +169,9 @@ def build_image_cache(
         log.info("reusing preprocessed image cache %s", path)
         return path, np.load(ok_path)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    size = int(pre.image_size)
+    size = tuple(pre.shape)  # (H, W)
     tmp = cache_dir / f".images-{key}.tmp.npy"
-    arr = np.lib.format.open_memmap(
-        tmp, mode="w+", dtype=np.float32, shape=(len(df), 3, size, size)
-    )
+    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(df), 3, *size))
     ok = np.zeros(len(df), dtype=bool)
     failures = []
     rows = df.to_dict("records")
@@ -142,8 +214,8 @@ def _store(arr, ok, failures, rows, i, img, err, size):
         log.warning("skipping %s: %s", rows[i]["image_id"], err)
         failures.append((rows[i]["image_id"], rows[i]["path"], err))
         return
-    if img.shape != (3, size, size):
-        reason = f"preprocess returned shape {img.shape}, expected (3, {size}, {size})"
+    if img.shape != (3, *size):
+        reason = f"preprocess returned shape {img.shape}, expected {(3, *size)}"
         log.warning("skipping %s: %s", rows[i]["image_id"], reason)
         failures.append((rows[i]["image_id"], rows[i]["path"], reason))
         return

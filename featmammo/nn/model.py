@@ -259,3 +259,19 @@ class HybridNet(nn.Module):
             dropout=config["dropout"],
             seed=None,
         )
+
+
+class Probabilities(nn.Module):
+    """A trained HybridNet whose ``forward(x)`` is its class probabilities (B, n_classes): how
+    ``featmammo predict CHECKPOINT`` streams images through extraction's reader and batches
+    (:func:`featmammo.extract.embed_stream` runs it as its one model). Always in eval mode."""
+
+    def __init__(self, net: HybridNet):
+        super().__init__()
+        self.net = net.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(x).float(), dim=1)
+
+    def train(self, mode: bool = True):
+        return super().train(False)

@@ -52,8 +52,32 @@ def write_curves(history: pd.DataFrame, path: Path) -> None:
 VALIDATION_NOTE = (
     "HybridNet 'validation' rows are the patient-grouped validation split that chose the stopping "
     "epoch and the saved checkpoint (early stopping): their scores are optimistic, not an "
-    "estimate. Only the 'test' rows (the manifest's split=test, never seen in training) are."
+    "estimate. Only the 'test' rows (held-out patients, never seen in training: --test-split) are."
 )
+
+#: where the test rows of each ``--test-split`` come from (config.json ``notes``)
+TEST_SPLIT_NOTE = {
+    "official": "test rows: the manifest's split=test images (--test-split official)",
+    "grouped": "test rows: whole patients held out at random, stratified by class "
+    "(--test-split grouped: featmammo.splits.grouped_holdout with --test-size and --seed, the "
+    "patients `featmammo fit --test-split grouped` holds out from the same manifest)",
+    "none": "no test rows (--test-split none)",
+}
+
+
+def no_test_warning(test_split: str) -> str:
+    """What a run without test rows says (log WARNING, caveats, report, CLI line)."""
+    why = (
+        "--test-split none"
+        if test_split == "none"
+        else f"--test-split {test_split} left no decodable test image"
+    )
+    return (
+        f"no test images ({why}): this run has NO honest estimate of performance; its only "
+        "scores are the validation rows, which chose the stopping epoch and are optimistic. "
+        "Train with --test-split grouped (or official, on a set with an official split) for a "
+        "held-out test"
+    )
 
 
 def class_counts(y: np.ndarray, classes) -> dict[str, int]:
@@ -94,13 +118,20 @@ def run_audit(df: pd.DataFrame, used: np.ndarray, role: np.ndarray) -> dict:
 
 
 def run_caveats(
-    df: pd.DataFrame, used: np.ndarray, role: np.ndarray, trunk_weights: dict, split_audit: dict
+    df: pd.DataFrame,
+    used: np.ndarray,
+    role: np.ndarray,
+    trunk_weights: dict,
+    split_audit: dict,
+    *,
+    test_split: str = "official",
 ) -> dict:
     """``{"weights", "sources", "warnings"}`` of a training run (the format of ``featmammo fit``).
 
     ``df``: the manifest rows in the class scheme (``_y`` = class name); ``used``: rows decoded
-    (the others are counted in a warning); ``role``: train/val/test per row; ``split_audit``:
-    :func:`run_audit`'s result.
+    (the others are counted in a warning); ``role``: train/validation/test per row;
+    ``split_audit``: :func:`run_audit`'s result; ``test_split``: where the test rows came from
+    (a run without a decodable test row gets :func:`no_test_warning`).
     """
     weights = {arch: weights_caveat(arch, info) for arch, info in trunk_weights.items()}
     rows = df[used]
@@ -129,6 +160,8 @@ def run_caveats(
         warnings.append(
             f"{n_failed} image(s) could not be decoded and were left out (cache/failures-*.csv)"
         )
+    if not np.any(used & (np.asarray(role) == "test")):
+        warnings.insert(0, no_test_warning(test_split))
     patients = df["patient_id"].astype(str).to_numpy()
     shared = set(patients[role == "test"]) & set(patients[role != "test"])
     if shared:
@@ -164,7 +197,10 @@ def run_config(
         "train_class_counts": train_counts,
         "caveats": caveats,
         "split_audit": split_audit,
-        "notes": [VALIDATION_NOTE],
+        "test_split": cfg.test_split,
+        "test_size": cfg.test_size if cfg.test_split == "grouped" else None,
+        "seed": cfg.seed,
+        "notes": [VALIDATION_NOTE, TEST_SPLIT_NOTE[cfg.test_split]],
     }
 
 

@@ -39,7 +39,7 @@ import pandas as pd
 from featmammo.datasets.manifest import check_roi_masks
 from featmammo.errors import ConfigError
 
-from .checkpoint import IMAGE_IDS_KEY, load_checkpoint, save_checkpoint
+from .checkpoint import IMAGE_IDS_KEY, PATIENT_IDS_KEY, load_checkpoint, save_checkpoint
 from .config import (
     HISTORY_COLUMNS,
     TrainConfig,
@@ -52,6 +52,9 @@ from .config import (
 
 log = logging.getLogger(__name__)
 
+#: how last.pt numbers its ``epoch`` and ``best_epoch`` (files written before said nothing: 0-based)
+EPOCH_NUMBERING = "1-based"
+
 __all__ = ["TrainConfig", "TrainResult", "features_name", "train"]
 
 
@@ -63,6 +66,7 @@ def train(
     resume: bool = False,
     stop_after: int | None = None,
     evaluate: bool = True,
+    on_epoch=None,
     **overrides,
 ) -> TrainResult:
     """Train a HybridNet on ``manifest`` (path or DataFrame) into ``run_dir``.
@@ -71,7 +75,12 @@ def train(
     ``resume`` continues from ``run_dir/last.pt`` (the config must match, except
     device/AMP/workers). ``stop_after`` ends this invocation after that many epochs in total, as if
     interrupted (the state is saved; a later ``resume=True`` carries on). ``evaluate=False`` skips
-    predictions/metrics.
+    predictions/metrics. ``on_epoch(row)`` is called on the main process after each epoch with
+    the history row (``epoch`` 1-based, losses, metrics) plus ``epochs``, ``improved``,
+    ``best_epoch``, ``stopping`` (the CLI's progress lines).
+
+    Epochs are numbered from 1 everywhere (logs, ``history.csv``, sidecars, ``last.pt``'s
+    ``epoch`` = the last finished epoch, ``best_epoch``).
     """
     if isinstance(config, dict):
         config = TrainConfig.from_dict({**config, **overrides})
@@ -86,8 +95,9 @@ def train(
     ctx = setup(cfg.device)
     try:
         return _train(
-            manifest, run_dir, cfg, ctx, resume=resume, stop_after=stop_after, ev=evaluate
-        )
+            manifest, run_dir, cfg, ctx, resume=resume, stop_after=stop_after, ev=evaluate,
+            on_epoch=on_epoch,
+        )  # fmt: skip
     finally:
         ctx.teardown()
 
@@ -117,7 +127,7 @@ def _read_data(manifest, run_dir: Path, cfg: TrainConfig, *, resume: bool):
     return df, m_hash, classes, y_all
 
 
-def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx, *, resume, stop_after, ev):
+def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx, *, resume, stop_after, ev, on_epoch):
     import torch
 
     from .data import (
@@ -142,6 +152,7 @@ def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx, *, resume, stop_after
     from .outputs import (
         class_counts,
         final_evaluation,
+        no_test_warning,
         run_audit,
         run_caveats,
         run_config,
@@ -152,16 +163,25 @@ def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx, *, resume, stop_after
     last_path = run_dir / "last.pt"
     if resume:
         if not last_path.is_file():
-            raise ConfigError(f"{last_path}: no checkpoint to resume from")
+            done = (run_dir / "checkpoint.pt").is_file() and (run_dir / "history.csv").is_file()
+            raise ConfigError(
+                f"{last_path}: no checkpoint to resume from"
+                + (
+                    " (the run in this folder finished and kept no training state: --no-keep-last)"
+                    if done
+                    else ""
+                )
+            )
         check_resume_config(run_dir, cfg)
-    elif last_path.is_file():
+    elif last_path.is_file() or (run_dir / "checkpoint.pt").is_file():
         raise ConfigError(
-            f"{run_dir}: already holds a training run (last.pt); use --resume or another directory"
+            f"{run_dir}: already holds a training run (last.pt or checkpoint.pt); use --resume "
+            "or another directory"
         )
 
     amp = amp_dtype(cfg.amp, ctx.device)  # --amp bf16/fp16 on a CPU is refused before any work
     df, m_hash, classes, y_all = _read_data(manifest, run_dir, cfg, resume=resume)
-    role = split_roles(df, y_all, cfg)
+    role = split_roles(df, cfg)
     pre = preprocess_config(cfg)
     check_roi_masks(
         df, pre, where=str(manifest) if isinstance(manifest, (str, Path)) else "manifest"
@@ -192,7 +212,7 @@ def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx, *, resume, stop_after
     images = np.load(images_path, mmap_mode="r")
 
     train_idx = np.flatnonzero((role == "train") & ok)
-    val_idx = np.flatnonzero((role == "val") & ok)
+    val_idx = np.flatnonzero((role == "validation") & ok)
     test_idx = np.flatnonzero((role == "test") & ok)
     k = len(classes)
     y_train = y_all[train_idx]
@@ -204,13 +224,16 @@ def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx, *, resume, stop_after
     if len(val_idx) == 0:
         raise ConfigError("the validation split is empty; raise val_fraction or add patients")
     log.info(
-        "images: %d train, %d val, %d test (%d classes: %s)",
+        "images: %d train, %d validation, %d test (--test-split %s; %d classes: %s)",
         len(train_idx),
         len(val_idx),
         len(test_idx),
+        cfg.test_split,
         k,
         ",".join(classes),
     )
+    if len(test_idx) == 0 and ctx.is_main:
+        log.warning("%s: %s", run_dir, no_test_warning(cfg.test_split))
 
     device = ctx.device
     model = HybridNet(
@@ -223,8 +246,9 @@ def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx, *, resume, stop_after
         dropout=cfg.dropout,
         seed=cfg.seed,
     ).to(device)
+    split_audit = run_audit(df, ok, role)
+    caveats = run_caveats(df, ok, role, model.trunk_weights, split_audit, test_split=cfg.test_split)
     if ctx.is_main and not resume:
-        split_audit = run_audit(df, ok, role)
         write_json(
             run_dir / "config.json",
             run_config(
@@ -235,7 +259,7 @@ def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx, *, resume, stop_after
                 m_hash=m_hash,
                 world_size=ctx.world_size,
                 train_counts=class_counts(y_train, classes),
-                caveats=run_caveats(df, ok, role, model.trunk_weights, split_audit),
+                caveats=caveats,
                 split_audit=split_audit,
             ),
         )
@@ -253,7 +277,8 @@ def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx, *, resume, stop_after
 
         augmenter = Augment.from_dict(cfg.augment) if isinstance(cfg.augment, dict) else Augment()
 
-    start_epoch, best_metric, best_epoch, bad_epochs, history = 0, None, -1, 0, []
+    # start_epoch: epochs finished (the next epoch's 0-based index); best_epoch: 1-based, 0 = none
+    start_epoch, best_metric, best_epoch, bad_epochs, history = 0, None, 0, 0, []
     payload = {}
     if resume:
         payload, _ = load_checkpoint(last_path, map_location="cpu")
@@ -263,23 +288,33 @@ def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx, *, resume, stop_after
         if payload.get("scaler"):
             scaler.load_state_dict(payload["scaler"])
         set_rng_state(payload["rng"])
-        start_epoch = int(payload["epoch"]) + 1
+        # last.pt files written before epochs were numbered from 1 held 0-based numbers
+        shift = 0 if payload.get("epoch_numbering") == EPOCH_NUMBERING else 1
+        start_epoch = int(payload["epoch"]) + shift
         best_metric = payload["best_metric"]
-        best_epoch = int(payload["best_epoch"])
+        best_epoch = int(payload["best_epoch"]) + shift
         bad_epochs = int(payload["bad_epochs"])
         history = [dict(h) for h in payload["history"]]
         if payload.get("stopped_early"):  # an early-stopped run is finished: do not train on
-            log.info("%s stopped early at epoch %d; nothing left to train", run_dir, start_epoch)
+            log.info("%s stopped early after epoch %d; nothing left to train", run_dir, start_epoch)
             start_epoch = cfg.epochs
         log.info(
-            "resuming %s at epoch %d (best %s at %d)", run_dir, start_epoch, best_metric, best_epoch
+            "resuming %s after epoch %d of %d (best: epoch %d, %s %s)",
+            run_dir,
+            start_epoch,
+            cfg.epochs,
+            best_epoch,
+            cfg.monitor,
+            best_metric,
         )
 
     ids = df["image_id"].astype(str).to_numpy()
+    patients = df["patient_id"].astype(str).to_numpy()
     sidecar = {
         "model": model.config(),
         "classes": list(classes),
         "preprocess": pre.to_dict(),
+        "preprocess_fingerprint": pre.fingerprint(),  # predict refuses another recipe's pixels
         "train": cfg.to_dict(),
         "features": features_name(cfg.fusion, cfg.trunks),
         "trunk_weights": model.trunk_weights,
@@ -287,6 +322,12 @@ def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx, *, resume, stop_after
             "train": ids[train_idx].tolist(),
             "validation": ids[val_idx].tolist(),
         },
+        PATIENT_IDS_KEY: {  # ... nor on these patients (trained_patient_ids)
+            "train": sorted(set(patients[train_idx].tolist())),
+            "validation": sorted(set(patients[val_idx].tolist())),
+        },
+        "test_split": cfg.test_split,
+        "caveats": caveats,  # what every Grad-CAM figure of this checkpoint must say
     }
     wrapped, wrapped_frozen = None, None
     stopped_early = False
@@ -333,11 +374,11 @@ def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx, *, resume, stop_after
         metric = -row["val_loss"] if cfg.monitor == "loss" else row["val_balanced_accuracy"]
         improved = best_metric is None or metric > best_metric
         if improved:
-            best_metric, best_epoch, bad_epochs = float(metric), epoch, 0
+            best_metric, best_epoch, bad_epochs = float(metric), epoch + 1, 0
         else:
             bad_epochs += 1
         log.info(
-            "epoch %d/%d: train loss %.4f acc %.3f | val loss %.4f acc %.3f "
+            "epoch %d/%d: train loss %.4f acc %.3f | validation loss %.4f acc %.3f "
             "bal-acc %.3f%s (%.1f s)",
             epoch + 1,
             cfg.epochs,
@@ -350,6 +391,17 @@ def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx, *, resume, stop_after
             row["time"],
         )
         stop = bad_epochs >= cfg.patience
+        if ctx.is_main and on_epoch is not None:
+            on_epoch(
+                {
+                    **row,
+                    "epochs": cfg.epochs,
+                    "improved": bool(improved),
+                    "best_epoch": best_epoch,
+                    "stopping": bool(stop),
+                    "monitor": cfg.monitor,
+                }
+            )
         if ctx.is_main:
             if improved:
                 save_checkpoint(
@@ -365,7 +417,8 @@ def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx, *, resume, stop_after
                     "scheduler": sched.state_dict(),
                     "scaler": scaler.state_dict() if scaler.is_enabled() else {},
                     "rng": rng_state(),
-                    "epoch": epoch,
+                    "epoch": epoch + 1,  # the last finished epoch, numbered from 1
+                    "epoch_numbering": EPOCH_NUMBERING,
                     "best_metric": best_metric,
                     "best_epoch": best_epoch,
                     "bad_epochs": bad_epochs,
@@ -380,7 +433,13 @@ def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx, *, resume, stop_after
         ctx.barrier()
         if stop:
             stopped_early = True
-            log.info("early stopping: no %s improvement for %d epochs", cfg.monitor, cfg.patience)
+            log.info(
+                "early stopping after epoch %d: no %s improvement for %d epochs (best: epoch %d)",
+                epoch + 1,
+                cfg.monitor,
+                cfg.patience,
+                best_epoch,
+            )
             break
 
     if resume and epoch < start_epoch:  # nothing left to train in this invocation
@@ -397,6 +456,8 @@ def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx, *, resume, stop_after
         metrics = final_evaluation(
             run_dir, df, classes, cfg, model, images, val_idx, test_idx, y_train, device, amp
         )
+    if finished and ctx.is_main and not cfg.keep_last:
+        _drop_training_state(run_dir, last_path, Path(images_path))
     ctx.barrier()
     bm = math.nan if best_metric is None else float(best_metric)
     if cfg.monitor == "loss" and best_metric is not None:
@@ -405,10 +466,33 @@ def _train(manifest, run_dir: Path, cfg: TrainConfig, ctx, *, resume, stop_after
         run_dir=run_dir,
         checkpoint=run_dir / "checkpoint.pt",
         classes=classes,
-        best_epoch=best_epoch + 1,
+        best_epoch=best_epoch,
         best_metric=bm,
         epochs_run=len(history),
         stopped_early=stopped_early,
         history=history_df,
         metrics=metrics,
+    )
+
+
+def _drop_training_state(run_dir: Path, last_path: Path, images_path: Path) -> None:
+    """A finished run without ``keep_last``: remove ``last.pt`` (+ sidecar; model, optimizer
+    moments and RNG states, ~3x the model) and the decoded images in ``cache/`` (only a resume
+    reads them, and a finished run has nothing left to resume). ``checkpoint.pt`` (the best model),
+    the history, predictions and ``cache/failures-*.csv`` stay."""
+    freed = 0
+    for path in (
+        last_path,
+        last_path.with_suffix(".json"),
+        images_path,
+        images_path.with_name(images_path.stem + ".ok.npy"),
+    ):
+        if path.is_file():
+            freed += path.stat().st_size
+            path.unlink()
+    log.info(
+        "%s: finished; removed the training state (last.pt) and decoded images: %.1f MB freed "
+        "(--keep-last keeps them)",
+        run_dir,
+        freed / 1e6,
     )
