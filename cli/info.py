@@ -68,9 +68,10 @@ def command(store_path: str, as_json: bool, max_failures_shown: int) -> None:
             "interrupted extraction (rerun the same extract command to merge them)"
         )
     fails = summary["failed"]
+    n_img = summary["failed_images"]
     click.echo(
-        f"failed     {len(fails)} (image x backbone) on {summary['failed_images']} distinct "
-        "image(s)"
+        f"failed     {len(fails)} image x backbone pair{'s' if len(fails) != 1 else ''} "
+        f"({n_img} image{'s' if n_img != 1 else ''})"
     )
     for rec in fails[:max_failures_shown]:
         where = rec["path"] or rec["image_id"]

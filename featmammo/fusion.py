@@ -427,12 +427,40 @@ def _done_ids(store_list, name: str) -> set:
     return ids
 
 
+def prepared_pixels(prov: Mapping | None) -> str | None:
+    """The fingerprint of the prepared pixels of a block made with ``normalize='backbone'``.
+
+    Such a block normalises with its own backbone's mean/std, so two backbones of one extraction
+    setting differ in the full preprocessing fingerprint although they saw the same pixels. None
+    unless the recorded config is ``normalize='backbone'`` and recomputes to the recorded
+    fingerprint (made by this preprocessing recipe version: pixels of another version may differ).
+    """
+    cfg = _lookup(prov, ["preprocess"])
+    recorded = preprocess_fingerprint(prov)
+    if not isinstance(cfg, Mapping) or cfg.get("normalize") != "backbone" or recorded is None:
+        return None
+    from .errors import FeatmammoError
+    from .preprocess import PreprocessConfig
+
+    try:
+        config = PreprocessConfig.from_dict(dict(cfg))
+    except (FeatmammoError, TypeError, ValueError):
+        return None
+    if config.fingerprint() != recorded:
+        return None
+    return config.prepared_fingerprint()
+
+
 def _check_preprocess(store_list, names, sources, provenance, require_same_preprocess) -> None:
-    """Blocks of different backbones must share one preprocessing fingerprint."""
+    """Blocks of different backbones must share one preprocessing fingerprint (or, under
+    ``normalize='backbone'``, the same prepared pixels: each then normalises its own way)."""
     fps = {n: preprocess_fingerprint(provenance[n]) for n in names}
+    pixels = {n: prepared_pixels(provenance[n]) for n in names}
     if len(names) > 1:
         first = names[0]
         for n in names[1:]:
+            if fps[n] != fps[first] and pixels[n] is not None and pixels[n] == pixels[first]:
+                continue  # the same pixels, each block normalised for its own backbone
             if fps[n] != fps[first] or fps[n] is None:
                 where_a = _store_name(store_list[sources[first][0]], sources[first][0])
                 where_b = _store_name(store_list[sources[n][0]], sources[n][0])

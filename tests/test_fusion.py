@@ -255,3 +255,31 @@ def test_conflicting_patient_or_split_refused(tmp_path, column):
     c = fstore.write(tmp_path / "c.h5", ids, meta, {"alexnet": emb["alexnet"]},
                      {"alexnet": _prov("alexnet")})  # fmt: skip
     assert fuse([a, c], "hybrid").X.shape == (N, DIMS["resnet50"] + DIMS["alexnet"])
+
+
+def test_backbone_normalisation_alone_does_not_stop_a_fusion(tmp_path):
+    """Under normalize='backbone' each block uses its own mean/std on the same prepared pixels."""
+    from featmammo.preprocess import PreprocessConfig
+
+    def prov(name, **cfg):
+        c = PreprocessConfig(**{"image_size": 64, "normalize": "backbone", **cfg})
+        return {**_prov(name), "preprocess": c.to_dict(), "preprocess_fingerprint": c.fingerprint()}
+
+    ids, emb, meta = _truth()
+
+    def store_with(path, a, b):
+        arrays = {"resnet50": emb["resnet50"], "alexnet": emb["alexnet"]}
+        return fstore.write(path, ids, meta, arrays, {"resnet50": a, "alexnet": b})
+
+    imagenet = prov("resnet50")
+    clip = prov("alexnet", mean=(0.3089,) * 3, std=(0.2505,) * 3)
+    assert preprocess_fingerprint(imagenet) != preprocess_fingerprint(clip)
+    fz = fuse(store_with(tmp_path / "a.h5", imagenet, clip), "resnet50+alexnet")
+    assert fz.X.shape == (N, 10)
+    bigger = prov("alexnet", image_size=128)  # other pixels: refused
+    with pytest.raises(StoreError, match="preprocessing differs"):
+        fuse(store_with(tmp_path / "b.h5", imagenet, bigger), "resnet50+alexnet")
+    mean_a = prov("resnet50", normalize="mean")  # normalize='mean': the fingerprints decide
+    mean_b = prov("alexnet", normalize="mean", mean=(0.3,) * 3)
+    with pytest.raises(StoreError, match="preprocessing differs"):
+        fuse(store_with(tmp_path / "c.h5", mean_a, mean_b), "resnet50+alexnet")

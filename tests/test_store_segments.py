@@ -592,7 +592,7 @@ def test_info_says_whether_a_run_is_writing_and_counts_failures_per_image(tmp_pa
     store.consolidate(path)
     _shard(path, list(meta["image_id"][3:]), _x(3), e)  # written, not merged
     out = CliRunner().invoke(command, [str(path)]).output
-    assert "failed     4 (image x backbone) on 2 distinct image(s)" in out
+    assert "failed     4 image x backbone pairs (2 images)" in out
     assert "interrupted extraction" in out and "1 shards (3 rows)" in out
     with store.lock(path):
         out = CliRunner().invoke(command, [str(path)]).output
