@@ -28,6 +28,7 @@ COMMANDS = {
     "explain": "explain",
     "cache": "cache",
     "store": "store",
+    "compare": "compare",
 }
 
 
