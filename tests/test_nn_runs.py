@@ -316,12 +316,14 @@ def test_compare_fit_and_train_runs(fit_run, grouped_run, tmp_path):
     from click.testing import CliRunner
 
     from featmammo import report
-    from featmammo.cli.compare import command
+    from featmammo.cli.main import cli
     from featmammo.evaluate.comparisons import COMPARISON_COLUMNS
 
     run, _, _ = grouped_run
     out = tmp_path / "cmp"
-    res = CliRunner().invoke(command, [str(fit_run), str(run), "-o", str(out), "--no-figures"])
+    res = CliRunner().invoke(
+        cli, ["compare", str(fit_run), str(run), "-o", str(out), "--no-figures"]
+    )
     assert res.exit_code == 0, res.output
     assert "compare: 2 run(s)" in res.stderr
     lb = pd.read_csv(out / "leaderboard.csv", dtype={"fold": str})
