@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,6 +204,33 @@ def test_overlay_masks_usable_for_roi_crop(tree, tmp_path):
     assert region.shape == (16, 16) and region.min() == region.max() == 4000
     _, again = build_ddsm(tree, mask_dir=tmp_path / "masks")
     assert again["masks_reused"] == 3 and again["masks_written"] == 0
+
+
+def test_a_replaced_overlay_redraws_its_mask_even_when_older(tree, tmp_path):
+    """An overlay replaced by a corrected copy that keeps its old mtime (cp -p) must not leave
+    the mask of the old outline in place (masks used to be reused when newer than the overlay)."""
+    import os
+
+    df, _ = build_ddsm(tree, mask_dir=tmp_path / "masks")
+    row = df.set_index("image_id").loc["C_1465_1.LEFT_CC"]
+    overlay = Path(row["overlay_path"])
+    before = {p: _mask_box(p) for p in row["roi_mask_paths"].split(";")}
+    st = os.stat(overlay)
+    text = overlay.read_text()
+    assert "10 10 " in text
+    overlay.write_text(text.replace("10 10 ", "3 20 "))
+    os.utime(overlay, ns=(st.st_atime_ns, st.st_mtime_ns - 10**10))  # older than the masks
+    df, summary = build_ddsm(tree, mask_dir=tmp_path / "masks")
+    after = {p: _mask_box(p) for p in row["roi_mask_paths"].split(";")}
+    assert after != before and summary["masks_written"] >= 1
+    assert (20, 3) in {(b[0], b[2]) for b in after.values()}  # the new outline's corner
+
+
+def _mask_box(path):
+    from featmammo.io import read_image
+
+    ys, xs = np.nonzero(read_image(path).pixels)
+    return int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
 
 
 def test_overlay_parser_and_bad_overlays(tmp_path):

@@ -110,6 +110,34 @@ def test_mias_circles_become_masks_with_y_flipped(tmp_path):
     assert again["masks_reused"] == 2 and again["masks_written"] == 0
 
 
+def test_a_mask_is_reused_only_for_the_same_geometry_whatever_the_mtimes(tmp_path):
+    """Masks are reused by what they were drawn from, not by file times: a corrected Info.txt
+    copied in with its old mtime (``cp -p``, ``rsync -t``, ``tar x``) redraws the mask, and a
+    film whose PGM changed size (the y flip depends on its height) too."""
+    import os
+
+    root = _mias(tmp_path / "m")
+    df, _ = build_mias(root, mask_dir=tmp_path / "masks")
+    mask_path = df.set_index("image_id").loc["mdb001", "roi_mask_path"]
+    assert _box(read_image(mask_path).pixels) == (48, 58, 15, 25)
+    old = os.stat(root / "Info.txt").st_mtime - 3600
+    _write(
+        root / "Info.txt", MIAS_INFO.replace("mdb001 G CIRC B 20 10 5", "mdb001 G CIRC B 30 40 4")
+    )
+    os.utime(root / "Info.txt", (old, old))  # older than the mask, as cp -p keeps it
+    df, summary = build_mias(root, mask_dir=tmp_path / "masks")
+    assert summary["masks_written"] == 1 and summary["masks_reused"] == 1
+    assert _box(read_image(mask_path).pixels) == (19, 27, 26, 34)  # row 63 - 40 = 23
+    # the same Info.txt, a taller film: the flipped row moves with the height
+    from PIL import Image as PILImage
+
+    PILImage.fromarray(np.full((80, 48), 7, np.uint8)).save(root / "mdb001.pgm")
+    _, summary = build_mias(root, mask_dir=tmp_path / "masks")
+    assert summary["masks_written"] == 1
+    mask = read_image(mask_path).pixels
+    assert mask.shape == (80, 48) and _box(mask) == (35, 43, 26, 34)  # row 79 - 40 = 39
+
+
 # --------------------------------------------------------------------------------------------
 # INbreast
 # --------------------------------------------------------------------------------------------

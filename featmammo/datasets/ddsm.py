@@ -26,7 +26,8 @@ Rules (documented choices):
 - ROI masks: with ``mask_dir``, every overlay's BOUNDARY outlines are filled into full-size PNG
   masks ``<mask_dir>/<image_id>.<k>.png`` (one per abnormality, 1-bit); ``roi_mask_path`` is the
   abnormality that decides the label (first malignant, else first), ``roi_mask_paths`` all of
-  them, ``;``-joined: usable by ``--roi crop|patch``. A mask newer than its overlay is reused.
+  them, ``;``-joined: usable by ``--roi crop|patch``. A mask drawn from the same outline and
+  image size is reused (:class:`~featmammo.datasets.masks.MaskWriter`: not by file times).
 - Never a crash on a missing or broken file: a view whose LJPEG is missing, a case whose .ics is
   missing or unreadable (a damaged gzip stream included), an LJPEG whose view is not in the .ics,
   an overlay the .ics announces but that is not there, and an overlay that cannot be read (damaged
@@ -43,6 +44,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from featmammo.datasets.base import abs_root, manifest_frame, summarize, walk_files
@@ -437,7 +439,14 @@ def _masks(
             writer.write(
                 f"{image_id}.{k}.png",
                 lambda a=a: outline_mask(a["outlines"], shape),
-                sources=[overlay],
+                key={
+                    "boundaries": [
+                        np.asarray(o["points"]).tolist()
+                        for o in a["outlines"]
+                        if o["kind"] == "BOUNDARY"
+                    ],
+                    "shape": shape,
+                },
                 image_id=image_id,
                 what="outline",
                 abnormality=a["index"],

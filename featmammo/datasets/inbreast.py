@@ -161,7 +161,7 @@ def _image_masks(fid, dcm: Path, xml: Path | None, writer, roi_names: Counter) -
     }
     size: list = []
 
-    def make(polys):
+    def shape():
         if not size:
             from featmammo.errors import ImageReadError
             from featmammo.io import read_dicom_header
@@ -173,13 +173,15 @@ def _image_masks(fid, dcm: Path, xml: Path | None, writer, roi_names: Counter) -
             if not meta.get("rows") or not meta.get("cols"):
                 raise MaskGeometryError(f"{dcm.name}: no Rows/Columns in the DICOM header")
             size.append((int(meta["rows"]), int(meta["cols"])))
-        return polygon_mask(polys, size[0])
+        return size[0]
 
     out = {}
     for kind, polys in by_kind.items():
         if polys:
             path = writer.write(
-                f"{fid}.{kind}.png", lambda polys=polys: make(polys), sources=[xml, dcm],
+                f"{fid}.{kind}.png", lambda polys=polys: polygon_mask(polys, shape()),
+                key=lambda polys=polys: {"polygons": [p.tolist() for p in polys],
+                                         "shape": shape()},
                 image_id=fid, what=f"{xml.name} {kind}",
             )  # fmt: skip
             if path:

@@ -13,14 +13,19 @@ CBIS-DDSM's: a 1-bit PNG of the image's full size (255 = lesion), one path per r
 * :func:`disk_mask` fills circles ``(column, row, radius)`` (MIAS): the pixels whose centre lies
   within ``radius`` of the centre.
 
-:class:`MaskWriter` writes them into one folder, reuses a mask newer than every file it was made
-from, and collects what could not be drawn (``errors``: image, reason) instead of stopping: a row
-without its mask still is a row (``--roi full`` reads it; ``--roi crop`` records it as failed).
-Only a folder that cannot be written stops the build (ManifestError naming it).
+:class:`MaskWriter` writes them into one folder and collects what could not be drawn (``errors``:
+image, reason) instead of stopping: a row without its mask still is a row (``--roi full`` reads it;
+``--roi crop`` records it as failed). Only a folder that cannot be written stops the build
+(ManifestError naming it). A mask is reused only when it was drawn from the same geometry: each
+PNG carries (a ``featmammo-mask`` text chunk) the digest of its builder's key -- the lesion's
+coordinates and the image size, with :data:`MASK_FORMAT` -- so a corrected overlay or table copied
+in with its old mtime (``cp -p``, ``rsync -t``, ``tar x``), a new image size or a change of the
+drawing rules redraws it; file times decide nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -34,6 +39,11 @@ log = logging.getLogger(__name__)
 
 #: radius (pixels) of the disk drawn around an outline of one or two points
 POINT_RADIUS = 3
+#: version of the drawing rules, part of every mask's key: bump it when a mask drawn from the same
+#: geometry would come out differently, so no mask of the old rules is reused
+MASK_FORMAT = 1
+#: the PNG text chunk that holds a mask's key digest
+KEY_CHUNK = "featmammo-mask"
 
 
 class MaskGeometryError(ValueError):
@@ -109,23 +119,52 @@ def disk_mask(circles: Iterable, shape: tuple[int, int]) -> np.ndarray:
     return mask
 
 
-def write_mask(mask: np.ndarray, path) -> None:
+def write_mask(mask: np.ndarray, path, digest: str = "") -> None:
     """Write a mask PNG atomically: 1-bit (``featmammo.io.read_image`` gives 0/255 back), fast
-    zlib level: a full-size DDSM mask takes ~50 ms and ~12 KiB (8-bit, default level: ~140 ms)."""
+    zlib level: a full-size DDSM mask takes ~50 ms and ~12 KiB (8-bit, default level: ~140 ms).
+    ``digest`` (:func:`mask_key_digest`) goes into the ``featmammo-mask`` text chunk."""
     from PIL import Image as PILImage
+    from PIL.PngImagePlugin import PngInfo
 
     from featmammo.atomic import atomic_write
 
     img = PILImage.fromarray(np.ascontiguousarray(mask > 0))
-    atomic_write(Path(path), lambda f: img.save(f, format="PNG", compress_level=1))
+    info = PngInfo()
+    if digest:
+        info.add_text(KEY_CHUNK, digest)
+    atomic_write(Path(path), lambda f: img.save(f, format="PNG", compress_level=1, pnginfo=info))
+
+
+def mask_key_digest(key) -> str:
+    """The digest a mask PNG carries: sha256 of :data:`MASK_FORMAT` and the builder's ``key``
+    (JSON-able: coordinates as lists of numbers, the image size)."""
+    from featmammo.hashing import canonical_json
+
+    text = canonical_json({"format": MASK_FORMAT, "key": key})
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _stored_digest(path: Path) -> str | None:
+    """The key digest in an existing mask PNG (None: no file, no digest, unreadable)."""
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(path) as im:
+            value = im.info.get(KEY_CHUNK)
+    except Exception:  # noqa: BLE001 - any unreadable old mask is simply drawn again
+        return None
+    return value if isinstance(value, str) else None
 
 
 class MaskWriter:
     """Writes the masks of one manifest into ``folder`` (see the module docstring).
 
-    ``write(name, make, sources, image_id)`` returns the mask's path, or ``""`` when ``make``
-    raised :class:`MaskGeometryError` or drew nothing (the reason is in ``errors``). ``written``
-    and ``reused`` count files; :meth:`summary` gives the keys every builder's summary carries.
+    ``write(name, make, key=..., image_id=...)`` returns the mask's path, or ``""`` when ``key``
+    or ``make`` raised :class:`MaskGeometryError` or nothing was drawn (the reason is in
+    ``errors``). ``key`` is everything ``make`` draws from (a JSON-able value, or a callable
+    giving it: coordinates and image size); an existing PNG carrying the same key is reused
+    without drawing. ``written`` and ``reused`` count files; :meth:`summary` gives the keys every
+    builder's summary carries.
     """
 
     def __init__(self, folder):
@@ -139,19 +178,17 @@ class MaskWriter:
         name: str,
         make: Callable[[], np.ndarray],
         *,
-        sources: Iterable = (),
+        key,
         image_id: str = "",
         what: str = "",
         **extra,
     ) -> str:
         path = self.folder / name
         try:
-            if path.is_file() and _newer_than(path, sources):
+            digest = mask_key_digest(key() if callable(key) else key)
+            if _stored_digest(path) == digest:
                 self.reused += 1
                 return str(path)
-        except OSError:
-            pass  # a source vanished meanwhile: draw again
-        try:
             mask = make()
         except MaskGeometryError as exc:
             self.error(image_id, f"{what}: {exc}" if what else str(exc), **extra)
@@ -162,7 +199,7 @@ class MaskWriter:
             self.error(image_id, f"{what}: {where}" if what else where, **extra)
             return ""
         try:
-            write_mask(mask, path)
+            write_mask(mask, path, digest)
         except OSError as exc:
             raise ManifestError(f"{path}: cannot write ROI mask ({exc.strerror or exc})") from exc
         self.written += 1
@@ -178,11 +215,6 @@ class MaskWriter:
             "masks_reused": self.reused,
             "mask_errors": self.errors,
         }
-
-
-def _newer_than(path: Path, sources: Iterable) -> bool:
-    mtime = path.stat().st_mtime
-    return all(Path(s).stat().st_mtime <= mtime for s in sources)
 
 
 def no_masks_summary() -> dict:
@@ -209,12 +241,14 @@ def default_mask_dir(output) -> Path:
 
 
 __all__ = [
+    "MASK_FORMAT",
     "POINT_RADIUS",
     "MaskGeometryError",
     "MaskWriter",
     "box_mask",
     "default_mask_dir",
     "disk_mask",
+    "mask_key_digest",
     "mask_notes",
     "no_masks_summary",
     "polygon_mask",

@@ -199,20 +199,26 @@ def _film_masks(ref, path, abn, writer: MaskWriter | None, info_path) -> list[st
         return []
     size: list = []
 
-    def make(ln):
-        if not (ln["x"] and ln["y"] and ln["radius"]):
-            raise MaskGeometryError("Info.txt gives no centre/radius for this abnormality")
+    def shape():
         if not size:
             size.append(_pgm_size(path))
-        h, w = size[0]
-        x, y, r = float(ln["x"]), float(ln["y"]), float(ln["radius"])
+        return size[0]
+
+    def circle(ln):
+        if not (ln["x"] and ln["y"] and ln["radius"]):
+            raise MaskGeometryError("Info.txt gives no centre/radius for this abnormality")
+        return float(ln["x"]), float(ln["y"]), float(ln["radius"])
+
+    def make(ln):
+        h, w = shape()
+        x, y, r = circle(ln)
         return disk_mask([(x, h - 1 - y, r)], (h, w))  # origin bottom-left -> row from the top
 
     return [
         writer.write(
             f"{ref}.{k}.png",
             lambda ln=ln: make(ln),
-            sources=[info_path],
+            key=lambda ln=ln: {"circle": circle(ln), "shape": shape()},
             image_id=ref,
             what=f"{info_path.name} line {ln['line']}",
         )

@@ -122,16 +122,16 @@ def _box_masks(image_id, path, shape_cells, found: list[dict], writer, findings_
         return []
     size: list = []
 
-    def make(box):
+    def shape():
         if not size:
             size.append(_image_size(path, shape_cells))
-        return box_mask([box], size[0])
+        return size[0]
 
     return [
         writer.write(
             f"{image_id}.{k}.png",
-            lambda f=f: make(f["box"]),
-            sources=[findings_csv],
+            lambda f=f: box_mask([f["box"]], shape()),
+            key=lambda f=f: {"box": list(f["box"]), "shape": shape()},
             image_id=image_id,
             what=f"{findings_csv.name} line {f['line']}",
         )  # fmt: skip
