@@ -74,6 +74,24 @@ def test_a_last_line_cut_inside_its_last_cell_is_listed(tmp_path):
         build_vindr(root)
 
 
+def test_a_listed_short_last_line_leaves_the_row_before_it_complete(tmp_path):
+    """A file cut inside its last line, few enough fields that the line is listed as cut short:
+    the row before it ended with a line break, so its own bad value still stops with its line
+    (it used to be listed as 'cut short?'), and no note names it as the unterminated line."""
+    lines = VINDR_CSV.splitlines()
+    lines[4] = lines[4].replace(",L,CC,", ",X,CC,")  # line 5: a real error on a complete line
+    text = "\n".join(lines[:5]) + "\n" + lines[5][:20]  # line 6 cut after its height
+    root = _vindr(tmp_path / "v", text)
+    with pytest.raises(ManifestError, match=r"line 5: unknown laterality 'X'"):
+        build_vindr(root)
+    _write(root / "breast-level_annotations.csv", text.replace(",X,CC,", ",L,CC,"))
+    df, summary = build_vindr(root)
+    assert len(df) == 4
+    (u,) = summary["unresolved_rows"]
+    assert u["where"].endswith("line 6") and u["reason"].startswith("row has 7 of 10 fields")
+    assert not any("has no line break" in n for n in summary["notes"])
+
+
 def test_a_file_ending_inside_a_quoted_cell_is_cut_short(tmp_path):
     p = _write(tmp_path / "t.csv", 'a,b,c\n1,2,3\n4,5,"tra')
     with pytest.raises(ManifestError, match=r"t.csv: 1 row\(s\) cut short.*line 3: the file ends"):

@@ -113,8 +113,9 @@ def read_csv_strings(
     quoted cell are ``short_rows="error"``: one ManifestError naming the file and every such
     line; ``short_rows="list"``: left out of the frame and described in
     ``df.attrs["short_rows"]`` (``[{"line", "fields", "expected", "cells", "reason"}]``) for the
-    caller to list. ``df.attrs["no_final_newline"]`` is True when the file's last line has no
-    line break (a cut inside the last cell cannot be told from its value; callers say so).
+    caller to list. ``df.attrs["no_final_newline"]`` is True when the frame's last row is the file's
+    last line and that line has no line break (a cut inside the last cell cannot be told from its
+    value; callers say so); False when that line was itself listed as cut short.
     """
     if short_rows not in ("error", "list"):
         raise ValueError(f"short_rows={short_rows!r}: expected 'error' or 'list'")
@@ -205,7 +206,11 @@ def read_csv_strings(
         raise ManifestError(f"{path}: {len(short)} row(s) cut short, never padded: {shown}{more}")
     df = pd.DataFrame(records, columns=header, dtype=object)
     df.attrs["short_rows"] = short
-    df.attrs["no_final_newline"] = bool(text) and not text.endswith(("\n", "\r"))
+    # the frame's last row is the file's unterminated last line (when that line was listed as
+    # cut short, the row before it ended with a line break and is complete)
+    df.attrs["no_final_newline"] = (
+        bool(text) and not text.endswith(("\n", "\r")) and bool(lines) and lines[-1] == last_start
+    )
     return df, lines
 
 
