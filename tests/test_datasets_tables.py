@@ -138,6 +138,27 @@ def test_rsna_cmmd_inbreast_rows_cut_short_are_listed(tmp_path):
 # --------------------------------------------------------------------------------------------
 # INbreast .xls written by an independent BIFF writer
 # --------------------------------------------------------------------------------------------
+def test_a_source_table_exported_in_windows_1252_is_read(tmp_path):
+    """A ';' CSV export of INbreast.xls from a European Excel is Windows-1252 text (its
+    'Findings Notes (in Portuguese)' column has accents): read, with a note, instead of a stop."""
+    head, *rows = INBREAST_CSV.splitlines()
+    notes = {2: "microcalcificações"}  # the 4c row
+    text = "\n".join(
+        [head + ";Findings Notes (in Portuguese)"]
+        + [r + ";" + notes.get(k, "") for k, r in enumerate(rows, start=1)]
+    )
+    root = _inbreast(tmp_path / "i")
+    (root / "INbreast.csv").write_bytes(text.replace("\n", "\r\n").encode("cp1252"))
+    df, summary = build_inbreast(root)
+    assert len(df) == 3 and df.set_index("image_id").loc["22678646", "birads"] == "4c"
+    assert any("Windows-1252" in n for n in summary["notes"])
+    # manifests stay UTF-8 only (featmammo writes them)
+    bad = tmp_path / "m.csv"
+    bad.write_bytes("image_id,path,label\nção,a.png,normal\n".encode("cp1252"))
+    with pytest.raises(ManifestError, match="not UTF-8"):
+        read_csv_strings(bad)
+
+
 def test_inbreast_xls_fixture(tmp_path):
     """tests/data/inbreast/INbreast.xls was written by xlwt (generate.py beside it): number
     cells for File Name/ACR/date, 1 vs '4c' for Bi-Rads, trailing totals rows."""

@@ -177,13 +177,18 @@ def read_table(path, what: str) -> Table:
         rows = [[cells[i][j] for j in named] for i in keep[1:]]
         df = pd.DataFrame(rows, columns=[header[j] for j in named], dtype=object)
         return Table(p, df, [i + 1 for i in keep[1:]])
-    with open(p, encoding="utf-8-sig", errors="replace") as f:
+    encoding, notes = _text_encoding(p), []
+    if encoding != "utf-8-sig":
+        notes.append(
+            f"{p.name} is not UTF-8 text: read as {_ENCODING_NAMES[encoding]} (a spreadsheet's "
+            "CSV export on Windows)"
+        )
+    with open(p, encoding=encoding, errors="replace") as f:
         first = next((line for line in f if line.strip()), "")
     delimiter = ","
     if "," not in first:
         delimiter = next((d for d in (";", "\t") if d in first), ",")
-    df, lines = read_csv_strings(p, delimiter=delimiter, short_rows="list")
-    notes = []
+    df, lines = read_csv_strings(p, delimiter=delimiter, short_rows="list", encoding=encoding)
     if df.attrs.get("no_final_newline") and lines:
         notes.append(
             f"{p.name}: the last line (line {lines[-1]}) has no line break: if the file was cut "
@@ -192,6 +197,26 @@ def read_table(path, what: str) -> Table:
     return Table(
         p, df, lines, df.attrs.get("short_rows", ()), notes, bool(df.attrs.get("no_final_newline"))
     )
+
+
+_ENCODING_NAMES = {"cp1252": "Windows-1252", "latin-1": "Latin-1"}
+
+
+def _text_encoding(p: Path) -> str:
+    """``utf-8-sig`` when the source table decodes as UTF-8, else ``cp1252`` (what Excel's CSV
+    export writes on a Western-European Windows), else ``latin-1`` (decodes any byte). Manifests,
+    which featmammo writes, stay UTF-8 only (:func:`read_csv_strings`)."""
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"{p}: cannot read ({exc.strerror or exc})") from exc
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        return encoding
+    return "latin-1"
 
 
 def _xls_cells(p: Path) -> list[list[str]]:

@@ -96,7 +96,7 @@ def container_file(path) -> Path:
 # CSV reading with exact line numbers
 # --------------------------------------------------------------------------------------------
 def read_csv_strings(
-    path, *, delimiter: str = ",", short_rows: str = "error"
+    path, *, delimiter: str = ",", short_rows: str = "error", encoding: str = "utf-8-sig"
 ) -> tuple[pd.DataFrame, list[int]]:
     """Read a CSV as strings: no NA conversion, cells and header stripped, blank records skipped.
 
@@ -122,7 +122,7 @@ def read_csv_strings(
     path = Path(path)
     short: list[dict] = []
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with open(path, newline="", encoding=encoding) as f:
             text = f.read()
     except UnicodeDecodeError as exc:
         raise ManifestError(
