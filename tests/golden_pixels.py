@@ -26,6 +26,7 @@ Usage (from the repository root):
     python tests/golden_pixels.py --update    # after bumping PREPROCESS_VERSION: regenerate
     python tests/golden_pixels.py --add       # add new cases, refusing any change to old ones
     python tests/golden_pixels.py --inputs    # rewrite the input files (only to add inputs)
+    python tests/golden_pixels.py --more-inputs   # write only missing later inputs
 
 ``--update`` refuses to run while the version equals the table's and any case moved: bump first.
 """
@@ -134,6 +135,46 @@ def write_inputs(folder: Path = INPUTS) -> None:
                 WindowCenter=1700, WindowWidth=1600),
         folder / "rescale-window.dcm",
     )  # fmt: skip
+    write_more_inputs(folder)
+
+
+def write_more_inputs(folder: Path = INPUTS) -> None:
+    """The inputs added later (the readers of the patch set, mini-MIAS and RSNA): written only
+    when missing, so adding them never rewrites the committed older inputs."""
+    from featmammo.io.tfrecord import serialize_example, write_records
+
+    h, w = 120, 80
+    if not (folder / "patches.tfrecords").exists():  # the Kaggle patch set: raw uint8 records
+        records = [
+            serialize_example(
+                {
+                    "label": [k],
+                    "label_normal": [int(k > 0)],
+                    "image": [_breast(h, h, 255, seed=20 + k).tobytes()],
+                }
+            )  # fmt: skip
+            for k in range(3)
+        ]
+        write_records(folder / "patches.tfrecords", records)
+    if not (folder / "left8.pgm").exists():  # mini-MIAS: 8-bit binary PGM
+        pgm = _breast(h, w, 255, seed=21)
+        (folder / "left8.pgm").write_bytes(f"P5\n{w} {h}\n255\n".encode() + pgm.tobytes())
+    if not (folder / "j2k.dcm").exists():  # RSNA: JPEG 2000 lossless DICOM with a window
+        import imagecodecs
+        from pydicom.encaps import encapsulate
+        from pydicom.uid import JPEG2000Lossless
+
+        sys.path.insert(0, str(HERE))
+        try:
+            from test_io import make_ds, save
+        finally:
+            sys.path.pop(0)
+        raw = _breast(h, w, 4095, seed=22)
+        ds = make_ds(raw, bits_stored=12, tsyntax=JPEG2000Lossless, WindowCenter=1800,
+                     WindowWidth=1600)  # fmt: skip
+        ds.PixelData = encapsulate([imagecodecs.jpeg2k_encode(raw, level=0, codecformat="j2k")])
+        ds["PixelData"].VR = "OB"
+        save(ds, folder / "j2k.dcm")
 
 
 # ------------------------------------------------------------------------------------------- cases
@@ -158,6 +199,9 @@ CASES: dict[str, tuple[str, dict, dict]] = {
     "reader-ljpeg": ("ddsm/A_0042_1.LEFT_CC.LJPEG", _S, {}),
     "reader-dicom": ("plain.dcm", _S, {}),
     "reader-dicom-real": ("real", {"image_size": 32}, {}),
+    "reader-tfrecord": ("patches.tfrecords#2", _S, {}),
+    "reader-pgm8": ("left8.pgm", _S, {}),
+    "reader-dicom-j2k": ("j2k.dcm", _S, {}),
     # ---- resize
     "resize-nearest": ("left16.png", {**_S, "resize": "nearest"}, {}),
     "resize-bilinear": ("left16.png", {**_S, "resize": "bilinear"}, {}),
@@ -292,12 +336,17 @@ def main(argv=None) -> int:
     mode.add_argument("--update", action="store_true")
     mode.add_argument("--add", action="store_true")
     mode.add_argument("--inputs", action="store_true")
+    mode.add_argument("--more-inputs", action="store_true")
     args = ap.parse_args(argv)
     from featmammo.preprocess import PREPROCESS_VERSION
 
     if args.inputs:
         write_inputs()
         print(f"wrote the inputs under {INPUTS}")
+        return 0
+    if args.more_inputs:
+        write_more_inputs()
+        print(f"wrote the missing later inputs under {INPUTS}")
         return 0
     have = TABLE.exists() and ARRAYS.exists()
     table, arrays = load() if have else ({"preprocess_version": None, "cases": {}}, {})

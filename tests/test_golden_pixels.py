@@ -36,7 +36,8 @@ def test_every_case_has_golden_pixels():
 def test_cases_cover_every_reader_and_mode():
     inputs = {src for src, _, _ in golden.CASES.values()}
     for needed in ("real", "left16.png", "left8.png", "left.pgm", "left16.tif", "left8.jpg",
-                   "rows.npy#1", "ddsm/A_0042_1.LEFT_CC.LJPEG", "plain.dcm"):  # fmt: skip
+                   "rows.npy#1", "ddsm/A_0042_1.LEFT_CC.LJPEG", "plain.dcm",
+                   "patches.tfrecords#2", "left8.pgm", "j2k.dcm"):  # fmt: skip
         assert needed in inputs, needed
     configs = [c for _, c, _ in golden.CASES.values()]
     from featmammo.preprocess.config import (
