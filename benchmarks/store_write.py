@@ -50,6 +50,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from memory import reset_peak, status_kb  # noqa: E402
+
 REPO = HERE.parent
 OLD_REV = "e0edf17~1"  # the last commit of the format-1 store (one main file, copied by merges)
 
@@ -62,24 +65,6 @@ def _io() -> dict:
             k, _, v = line.partition(":")
             out[k.strip()] = int(v)
     return out
-
-
-def _status_kb(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def _reset_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _old_package(rev: str, name: str, repo=None):
@@ -169,9 +154,9 @@ def _run(fs, path: Path, ids, meta, dim, batch, kind, seed) -> dict:
     st.close()
     del st, index
     # the writer's own memory: from here to the end (the manifest and the caller's lists stay)
-    hwm_before = _status_kb("VmHWM")
-    _reset_peak()
-    rss_writer = _status_kb("VmRSS")
+    hwm_before = status_kb("VmHWM")
+    reset_peak()
+    rss_writer = status_kb("VmRSS")
     rng = np.random.default_rng(seed)
     ok = np.ones(batch, np.int8)
     merges = 0
@@ -193,7 +178,7 @@ def _run(fs, path: Path, ids, meta, dim, batch, kind, seed) -> dict:
         backbone_provenance_update={"sim": {"devices": ["cpu"]}},
     )
     fs.cleanup_parts(path)
-    peak = _status_kb("VmHWM")
+    peak = status_kb("VmHWM")
     return {
         "embedded": len(todo),
         "merges": merges + 1,
@@ -210,8 +195,8 @@ def _write_case(spec: dict) -> dict:
     grow = {"fresh": n, "noop": n, "append": n + max(1, n // 100)}[spec["op"]]
     ids, meta = _manifest(grow)
     before = _size(fs, spec["mode"], path) if path.exists() else 0
-    peak_reset = _reset_peak()
-    rss0 = _status_kb("VmRSS")
+    peak_reset = reset_peak()
+    rss0 = status_kb("VmRSS")
     io0, t0 = _io(), time.perf_counter()
     got = _run(fs, path, ids, meta, dim, spec["batch"], spec["kind"], spec["seed"] + grow)
     process_peak = got.pop("process_peak_kb")
@@ -251,15 +236,15 @@ def _read_case(spec: dict) -> dict:
     else:
         from featmammo import fusion
     st = fs.open(spec["path"])
-    _reset_peak()
-    rss0 = _status_kb("VmRSS")
+    reset_peak()
+    rss0 = status_kb("VmRSS")
     t0 = time.perf_counter()
     if spec["op"] == "array":
         x = st.array("sim")
     else:
         x = fusion.fuse(st, "sim").X
     seconds = time.perf_counter() - t0
-    peak = _status_kb("VmHWM")
+    peak = status_kb("VmHWM")
     return {
         **{k: spec[k] for k in ("op", "mode", "rows", "dim")},
         "format": spec["format"],
