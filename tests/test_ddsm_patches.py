@@ -104,6 +104,24 @@ def test_patch_splits_combined_by_default_with_the_authors_caveat(tmp_path):
         build_ddsm_patches(tmp_path, patch_splits="mine")
 
 
+def test_the_summary_says_to_extract_patches_without_the_breast_crop(tmp_path):
+    """The default breast crop (Otsu's largest component) of a patch full of tissue is not the
+    patch: on a patch with a bright mass it is the mass (a zoom that depends on the label), so
+    the summary tells users to extract the patch set with --crop none."""
+    from featmammo.preprocess.geometry import breast_bbox
+
+    yy, xx = np.mgrid[0:299, 0:299]
+    rng = np.random.default_rng(0)
+    patch = 120 + 30 * np.sin(xx / 9.0) * np.cos(yy / 13.0) + rng.normal(0, 8, (299, 299))
+    patch[(yy - 220) ** 2 + (xx - 220) ** 2 < 50**2] = 230
+    y0, x0, y1, x1 = breast_bbox(np.clip(patch, 0, 255).astype(np.uint8))
+    assert (y1 - y0) * (x1 - x0) < 0.2 * 299 * 299  # the "breast" is the mass
+    _tree(tmp_path)
+    _, summary = build_ddsm_patches(tmp_path)
+    (note,) = [n for n in summary["notes"] if "--crop none" in n]
+    assert "featmammo extract" in note
+
+
 def _flip(path, byte):
     raw = bytearray(path.read_bytes())
     raw[byte] ^= 1

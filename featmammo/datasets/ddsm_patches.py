@@ -97,6 +97,14 @@ NO_PATIENT_NOTE = (
     "patient-grouped CV cannot keep one woman's patches (or augmented copies of one lesion) "
     "together; treat CV scores on this set as optimistic"
 )
+#: how to extract the patches: the default breast crop (Otsu's largest component) is for whole
+#: mammograms; in a patch full of tissue it picks a bright mass or a dense blob, a zoom that
+#: differs with the label
+CROP_NOTE = (
+    "these are 299x299 patches, not whole mammograms: run `featmammo extract` on them with "
+    "--crop none (the default breast crop finds the largest bright region, which in a patch full "
+    "of tissue is a mass or a dense blob: a zoom that differs with the label)"
+)
 
 
 def split_of(name: str, patch_splits: str = "official") -> str | None:
@@ -331,7 +339,7 @@ def build_ddsm_patches(
     del rows
     split_counts = df["split"].value_counts().to_dict()
     codes = df.groupby(["split", "label_code"]).size()
-    notes = [NO_PATIENT_NOTE, SPLIT_CAVEAT, SPLIT_NOTES[patch_splits]]
+    notes = [NO_PATIENT_NOTE, SPLIT_CAVEAT, SPLIT_NOTES[patch_splits], CROP_NOTE]
     published = dict(PUBLISHED)
     if patch_splits == "combined":
         published = {"train": PUBLISHED["train"], "test": PUBLISHED["val"] + PUBLISHED["test"]}
