@@ -33,7 +33,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .index import Segment, State, segment_name, segment_uuid
+from .index import State, segment_name, segment_uuid
 from .schema import _STR, SEGMENT_FORMAT, _as_str_array, _compression_kwargs, segments_dir
 
 log = logging.getLogger("featmammo.store")
@@ -93,11 +93,6 @@ def create_embeddings(
         fillvalue=np.nan,
         **_compression_kwargs(compression),
     )
-
-
-def rows_segment(state: State, rows: np.ndarray, ids, meta: dict, columns) -> Segment:
-    """Describe (before writing it) a segment holding ids and metadata of ``rows``."""
-    return Segment(file=None, rows=int(len(rows)), columns=list(columns), backbones={})
 
 
 # ------------------------------------------------------------------------------ garbage collection
