@@ -248,6 +248,39 @@ def test_overlay_parser_and_bad_overlays(tmp_path):
         read_overlay(chain)
 
 
+def _cut_after(text: str, marker: str, keep: int = 0) -> str:
+    return text[: text.index(marker) + keep]
+
+
+@pytest.mark.parametrize(
+    "cut, match",
+    [
+        # cut before the second (malignant) abnormality: its benign calcification alone used to
+        # label the view benign
+        (lambda t: _cut_after(t, "ABNORMALITY 2"), "declares 2 abnormalities, holds 1"),
+        # cut inside the last chain code (no '#'): a partial outline used to become the mask
+        (lambda t: t[: t.rindex("#") - 4], "chain code has no closing '#'"),
+        # an empty overlay (a failed download) used to be "UNPROVEN pathology only"
+        (lambda t: "", "no ABNORMALITY"),
+        # cut after the BOUNDARY of an abnormality that announces a CORE too
+        (
+            lambda t: t.replace("TOTAL_OUTLINES 1", "TOTAL_OUTLINES 2")[: t.rindex("#") + 1],
+            "declares 2 outlines, holds 1",
+        ),
+    ],
+)
+def test_an_overlay_cut_short_is_a_listed_view_not_a_label(tree, cut, match):
+    overlay = next(tree.rglob("C_1465_1.LEFT_CC.OVERLAY"))
+    overlay.write_text(cut(overlay.read_text()))
+    with pytest.raises(ManifestError, match=match) as info:
+        read_overlay(overlay)
+    assert "cut short" in str(info.value) and str(overlay) in str(info.value)
+    df, summary = build_ddsm(tree)
+    assert "C_1465_1.LEFT_CC" not in set(df["image_id"])
+    (row,) = [u for u in summary["unresolved_rows"] if u["image_id"] == "C_1465_1.LEFT_CC"]
+    assert match in row["reason"] and row["where"] == str(overlay)
+
+
 def _corrupt_deflate(path):
     """``path``'s bytes gzipped, then a byte inside the deflate stream flipped: the gzip header is
     intact, so only zlib sees the damage (it raises ``zlib.error``, not an OSError)."""

@@ -8,7 +8,10 @@ Format (DATASETS.md): ``TOTAL_ABNORMALITIES n``; per abnormality ``ABNORMALITY i
 directions 0 up, 1 up-right, 2 right, 3 down-right, 4 down, 5 down-left, 6 left, 7 up-left; the
 code may wrap over several lines and ends at ``#``). Plain or gzipped. Parsing is lenient (blank
 lines, unknown keys ignored); an unknown PATHOLOGY or a malformed chain code raises
-:class:`~featmammo.errors.ManifestError` naming the file and line.
+:class:`~featmammo.errors.ManifestError` naming the file and line, and so does an overlay cut short:
+no abnormality at all, fewer abnormalities than ``TOTAL_ABNORMALITIES`` or fewer outlines than an
+abnormality's ``TOTAL_OUTLINES`` says, or a chain code without its closing ``#`` (a lost malignant
+abnormality would otherwise leave a benign label, a cut chain a partial outline).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def read_overlay(path) -> list[dict]:
     lines = text.splitlines()
     out: list[dict] = []
     cur: dict | None = None
+    declared: int | None = None
     i = 0
     while i < len(lines):
         tokens = lines[i].split()
@@ -71,8 +75,14 @@ def read_overlay(path) -> list[dict]:
             }
             out.append(cur)
             continue
+        if key == "TOTAL_ABNORMALITIES" and cur is None and len(tokens) > 1:
+            declared = _count(tokens[1], p, lineno)
+            continue
         if cur is None:
-            continue  # TOTAL_ABNORMALITIES and anything before the first abnormality
+            continue  # anything else before the first abnormality
+        if key == "TOTAL_OUTLINES" and len(tokens) > 1:
+            cur["declared_outlines"] = _count(tokens[1], p, lineno)
+            continue
         if key == "LESION_TYPE":
             cur["lesion_types"].append(" ".join(tokens[1:]).upper())
         elif key in ("ASSESSMENT", "SUBTLETY"):
@@ -91,12 +101,29 @@ def read_overlay(path) -> list[dict]:
             while "#" not in chain and i < len(lines):
                 chain += lines[i].split()
                 i += 1
+            if "#" not in chain:
+                raise ManifestError(
+                    f"{p}: line {start}: the {key} chain code has no closing '#' before the end "
+                    f"of the file ({_CUT})"
+                )
             cur["outlines"].append(
                 {"kind": key, "line": start, "points": _chain_points(chain, p, start)}
             )
+    if not out:
+        raise ManifestError(f"{p}: no ABNORMALITY in the overlay (empty, or {_CUT})")
+    if declared is not None and len(out) < declared:
+        raise ManifestError(
+            f"{p}: TOTAL_ABNORMALITIES declares {declared} abnormalities, holds {len(out)} ({_CUT})"
+        )
     for a in out:
         if not a["pathology"]:
             raise ManifestError(f"{p}: line {a['line']}: abnormality {a['index']} has no PATHOLOGY")
+        n = a.pop("declared_outlines", None)
+        if n is not None and len(a["outlines"]) < n:
+            raise ManifestError(
+                f"{p}: line {a['line']}: abnormality {a['index']} declares {n} outlines, holds "
+                f"{len(a['outlines'])} ({_CUT})"
+            )
         kinds = []
         for lt in a["lesion_types"]:
             word = lt.split()[0] if lt.split() else ""
@@ -105,6 +132,16 @@ def read_overlay(path) -> list[dict]:
                 kinds.append(kind)
         a["abnormality_type"] = ";".join(kinds)
     return out
+
+
+_CUT = "the file was cut short?"
+
+
+def _count(token: str, path: Path, lineno: int) -> int:
+    try:
+        return int(token)
+    except ValueError:
+        raise ManifestError(f"{path}: line {lineno}: {token!r} is not a count") from None
 
 
 def _chain_points(tokens: list[str], path: Path, lineno: int) -> np.ndarray:
