@@ -62,6 +62,7 @@ def test_columns_are_the_contract_and_diff_is_a_minus_b(frame):
     assert out.loc[out["evaluation"] == "cv", "method"].str.contains("Nadeau-Bengio").all()
 
 
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
 def test_cv_rows_are_the_corrected_resampled_t_by_hand(frame):
     out = cmp.compare_predictions(frame, [("hybrid", "resnet50")], CLASSES,
                                   min_patients_per_class=3)  # fmt: skip
