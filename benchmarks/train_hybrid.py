@@ -6,10 +6,11 @@
 2. Learning curve on a synthetic phantom set (featmammo.datasets.synthetic, controlled difficulty):
    the hybrid (feature-map fusion) and each single trunk (ResNet50 alone, AlexNet alone) trained the
    same way (``featmammo.nn.train``, random init: no ImageNet weights here), per-epoch validation
-   curves, and test balanced accuracy / accuracy / ROC-AUC with 95 % CIs from featmammo.evaluate's
-   patient-clustered bootstrap (patients resampled, so both views of a patient move together), plus
-   the paired hybrid-minus-single differences (same resampled patients, Holm-adjusted p-values).
-   Whatever the outcome, it is reported.
+   curves; with ``--fit`` (default) also the classical path on the same images (``extract`` with
+   random-init ResNet50 + AlexNet, ``fit`` with a logistic-regression head). The table is
+   ``featmammo compare`` over those runs (featmammo.compare: test rows on the images every run holds
+   out, patient-clustered bootstrap CIs, paired differences Holm-adjusted in one family), read back
+   from its leaderboard.csv and comparisons.csv. Whatever the outcome, it is reported.
 
 Writes ``benchmarks/results/train_hybrid.json`` and ``.md``. Run:
 ``python benchmarks/train_hybrid.py`` (defaults sized for a few minutes on 2 CPU cores; raise
@@ -173,79 +174,49 @@ def write_phantom_set(root: Path, n: int, size: tuple[int, int], difficulty: flo
     return root / "manifest.csv"
 
 
-def test_statistics(preds: dict[str, pd.DataFrame], classes, n_boot: int, seed: int) -> dict:
-    """Each model's test metrics with patient-clustered bootstrap CIs, and the paired
-    hybrid-minus-single differences, all through featmammo.evaluate (the library's bootstrap:
-    patients, not images, are resampled, so the two views of one patient move together).
+#: the pairs of the table: the hybrid against each single trunk and each fit features set
+PAIRS = [
+    "hybridnet:resnet50-end2end",
+    "hybridnet:alexnet-end2end",
+    "hybridnet:hybrid",
+    "hybridnet:resnet50",
+    "hybridnet:alexnet",
+]
+#: leaderboard metrics reported (each with its CI)
+METRICS = ("balanced_accuracy", "accuracy", "roc_auc_ovr")
 
-    Differences: :func:`featmammo.evaluate.paired_comparison` (both models scored on the same
-    resampled patients), bootstrap p-values Holm-adjusted over the comparisons x metrics.
-    """
-    from featmammo.evaluate import (
-        bootstrap_metrics,
-        ci_note,
-        compute_metrics,
-        holm_adjust,
-        paired_comparison,
-        patients_per_class,
-    )
 
-    names = list(preds)
-    ref = preds[names[0]].sort_values("image_id").reset_index(drop=True)
-    pcols = [f"p_{c}" for c in classes]
-    per_class = patients_per_class(ref["y_true"], ref["patient_id"], classes)
-    note = ci_note(per_class)  # too few patients in some class: no CI (featmammo.evaluate's rule)
-    out = {}
-    for name in names:
-        df = preds[name].sort_values("image_id").reset_index(drop=True)
-        if not (df["image_id"] == ref["image_id"]).all():
-            raise RuntimeError(f"{name}: test images differ from {names[0]}'s")
-        proba = df[pcols].to_numpy(float)
-        m = compute_metrics(df["y_true"], df["y_pred"], proba, classes)
-        ci = bootstrap_metrics(
-            df["y_true"],
-            df["y_pred"],
-            proba,
-            classes,
-            df["patient_id"],
-            n_boot=0 if note else n_boot,
-            seed=seed,
-            metrics=("balanced_accuracy", "accuracy", "roc_auc_ovr"),
-        )
-        out[name] = {key: m[key] for key in ("balanced_accuracy", "accuracy", "roc_auc_ovr")} | {
-            f"{key}_ci": [ci[key]["low"], ci[key]["high"]] for key in ci
-        }
-    hyb = names[0]
-    keys = []
-    for name in names[1:]:
-        cmp = paired_comparison(preds[hyb], preds[name], classes, n_boot=n_boot, seed=seed)
-        key = f"{hyb} minus {name}"
-        out[key] = {
-            metric: {
-                "difference": cmp[metric]["diff"],
-                "ci": [cmp[metric]["ci_low"], cmp[metric]["ci_high"]],
-                "p_value": cmp[metric]["p_value"],
-            }
-            for metric in ("balanced_accuracy", "roc_auc_ovr")
-        }
-        out[key]["ci_note"] = cmp.get("ci_note", "")
-        keys.append(key)
-    pairs = [(k, m) for k in keys for m in ("balanced_accuracy", "roc_auc_ovr")]
-    adjusted = holm_adjust([out[k][m]["p_value"] for k, m in pairs])
-    for (k, m), p in zip(pairs, adjusted, strict=True):
-        out[k][m]["p_holm"] = p
-    out["n_test_images"] = int(len(ref))
-    out["n_test_patients"] = int(ref["patient_id"].nunique())
-    out["patients_per_class"] = per_class
-    out["ci_note"] = note
-    out["chance_balanced_accuracy"] = 1.0 / len(classes)
-    out["n_boot"] = n_boot
-    out["bootstrap"] = (
-        "featmammo.evaluate patient-clustered percentile bootstrap (patients resampled with "
-        "replacement); paired differences on the same resampled patients; p-values Holm-adjusted "
-        "over the comparisons x {balanced accuracy, ROC-AUC}"
-    )
-    return out
+def compare_runs(runs: list[Path], out: Path, n_boot: int, seed: int) -> dict:
+    """``featmammo compare`` over the runs; the test leaderboard and comparisons as plain rows."""
+    from featmammo.compare import compare
+
+    names = {str(r) for r in runs}
+    compare(runs, out, n_boot=n_boot, seed=seed, figures=False,
+            pairs=[p for p in PAIRS if _pair_present(p, runs)] or None)  # fmt: skip
+    lb = pd.read_csv(out / "leaderboard.csv")
+    lb = lb[(lb["evaluation"] == "test") & (lb["level"] == "image")]
+    cols = ["features", "head", "n_images", "n_patients", "ci_note"]
+    cols += [c for m in METRICS for c in (m, f"{m}_ci_low", f"{m}_ci_high")]
+    board = lb[[c for c in cols if c in lb.columns]].drop_duplicates(["features", "head"])
+    comp = pd.read_csv(out / "comparisons.csv")
+    comp = comp[comp["metric"].isin(["balanced_accuracy", "roc_auc_ovr"])]
+    config = json.loads((out / "config.json").read_text())
+    return {
+        "runs": sorted(names),
+        "n_shared_test_images": config["n_shared_test_images"],
+        "leaderboard": json.loads(board.to_json(orient="records")),
+        "comparisons": json.loads(comp.to_json(orient="records")),
+        "notes": config.get("notes", []),
+        "compare_folder": str(out),
+    }
+
+
+def _pair_present(pair: str, runs: list[Path]) -> bool:
+    """True when both sides of ``A:B`` are among the runs (the fit run is optional)."""
+    a, b = pair.split(":")
+    fit = any((r / "models").is_dir() for r in runs)
+    fit_names = {"hybrid", "resnet50", "alexnet"}
+    return all(n not in fit_names or fit for n in (a, b))
 
 
 def _train_variant(args, manifest, classes, device, name, variant, run):
@@ -274,8 +245,31 @@ def _train_variant(args, manifest, classes, device, name, variant, run):
         **variant,
     )
     seconds = time.perf_counter() - t0
-    df = pd.read_csv(run / "predictions.csv", dtype={"fold": str})
-    return name, seconds, res.history.to_dict("list"), df[df["fold"] == "test"], res.best_epoch
+    return name, seconds, res.history.to_dict("list"), run, res.best_epoch
+
+
+def _fit_run(args, manifest, device, tmp: Path):
+    """The classical path on the same phantoms: extract (random-init ResNet50 + AlexNet, the
+    training image size) and fit a logistic regression (official split: the same test patients)."""
+    from featmammo.extract import extract
+    from featmammo.fit import fit
+    from featmammo.preprocess import PreprocessConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    store = tmp / "phantoms.h5"
+    extract(
+        manifest,
+        store,
+        backbones=["resnet50", "alexnet"],
+        weights="random",
+        preprocess=PreprocessConfig(image_size=args.image_size, crop="breast"),
+        device=str(device),
+    )
+    fit(store, tmp / "fit", heads=["logreg"], cv=3, test_split="official", tune="none",
+        n_boot=args.n_boot, seed=args.seed, figures=False)  # fmt: skip
+    return "fit (logreg on embeddings)", time.perf_counter() - t0, None, tmp / "fit", None
 
 
 def learning_curves(args, device: torch.device) -> dict:
@@ -285,19 +279,25 @@ def learning_curves(args, device: torch.device) -> dict:
     )
     classes = ("normal", "benign", "malignant")
     jobs = [(name, variant, tmp / name.split()[0]) for name, variant in VARIANTS.items()]
+    calls = [(_train_variant, (args, manifest, classes, device, *j)) for j in jobs]
+    if args.fit:
+        calls.append((_fit_run, (args, manifest, device, tmp)))
     if args.jobs > 1:  # one process per variant, each with its own torch threads
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
-            futs = [pool.submit(_train_variant, args, manifest, classes, device, *j) for j in jobs]
+            futs = [pool.submit(fn, *a) for fn, a in calls]
             done = [f.result() for f in futs]
     else:
-        done = [_train_variant(args, manifest, classes, device, *j) for j in jobs]
-    curves, preds, timing = {}, {}, {}
-    for name, seconds, history, pred, best_epoch in done:
-        timing[name], curves[name], preds[name] = seconds, history, pred
-        log.info("%s: %.0f s, best epoch %d", name, seconds, best_epoch)
+        done = [fn(*a) for fn, a in calls]
+    curves, runs, timing = {}, [], {}
+    for name, seconds, history, run, best_epoch in done:
+        timing[name] = seconds
+        runs.append(run)
+        if history is not None:
+            curves[name] = history
+        log.info("%s: %.0f s (best epoch %s)", name, seconds, best_epoch)
     return {
         "data": {
             "generator": "featmammo.datasets.synthetic.make_dataset",
@@ -317,16 +317,19 @@ def learning_curves(args, device: torch.device) -> dict:
             "augment": LIGHT_AUGMENT if args.light_augment else "paper defaults",
             "torch_threads": torch.get_num_threads(),
             "parallel_jobs": args.jobs,
+            "fit": "extract resnet50+alexnet (random init) + fit logreg, tune none, cv 3"
+            if args.fit
+            else None,
         },
         "curves": curves,
         "train_seconds": timing,
-        "test": test_statistics(preds, classes, args.n_boot, args.seed),
+        "test": compare_runs(runs, tmp / "compare", args.n_boot, args.seed),
     }
 
 
 def _ci(ci, fmt: str = ".3f") -> str:
     low, high = ci
-    if low != low or high != high:  # NaN: no CI (too few patients)
+    if low is None or high is None or low != low or high != high:  # no CI (too few patients)
         return "[n/a]"
     return f"[{low:{fmt}}, {high:{fmt}}]"
 
@@ -366,72 +369,85 @@ def markdown(result: dict) -> str:
             f"Trained {t['epochs']} epochs at {t['image_size']} px, batch {t['batch_size']}, "
             f"lr {t['lr']}, {t['weights']}; model = {t['selection']}. Augmentation: "
             f"{t.get('augment', 'paper defaults')}; torch threads "
-            f"{t.get('torch_threads', '?')} per process, {t.get('parallel_jobs', 1)} variant(s) "
-            "trained in parallel (train times "
-            "include that sharing).",
+            f"{t.get('torch_threads', '?')} per process, {t.get('parallel_jobs', 1)} job(s) in "
+            "parallel (times include that sharing)."
+            + (f" Classical path: {t['fit']}." if t.get("fit") else ""),
             "",
-            f"Test set: {test['n_test_images']} images of {test['n_test_patients']} patients "
-            f"(per class: {test['patients_per_class']}); chance balanced accuracy "
-            f"{test['chance_balanced_accuracy']:.3f}; 95 % CIs from {test['n_boot']} resamples of "
-            f"the {test['bootstrap']}."
-            + (f" No CIs: {test['ci_note']}." if test["ci_note"] else ""),
+            "The tables are `featmammo compare` over the runs (featmammo.compare -> "
+            f"leaderboard.csv, comparisons.csv): {test['n_shared_test_images']} test images every "
+            "run holds out; "
+            "CIs from the patient-clustered bootstrap (patients resampled, both views together); "
+            "paired differences on the same resampled patients, p Holm-adjusted over every pair "
+            "and metric of the table. HybridNet's rows are repeated under the fit head "
+            "(comparisons are per head).",
             "",
-            "| model | test balanced accuracy [95 % CI] | test accuracy [95 % CI] | "
-            "test ROC-AUC [95 % CI] | train time |",
-            "|---|---|---|---|---|",
+            "| model | head | test balanced accuracy [95 % CI] | test accuracy [95 % CI] | "
+            "test ROC-AUC [95 % CI] | time |",
+            "|---|---|---|---|---|---|",
         ]
-        for name in VARIANTS:
-            r = test[name]
+        seconds = {_compare_name(k): v for k, v in lc["train_seconds"].items()}
+        for r in test["leaderboard"]:
             cells = [
-                f"{r[key]:.3f} {_ci(r[key + '_ci'])}"
-                for key in ("balanced_accuracy", "accuracy", "roc_auc_ovr")
+                f"{_num(r.get(m))} {_ci((r.get(f'{m}_ci_low'), r.get(f'{m}_ci_high')))}"
+                for m in ("balanced_accuracy", "accuracy", "roc_auc_ovr")
             ]
+            sec = seconds.get(r["features"], seconds.get("fit"))
             lines.append(
-                f"| {name} | " + " | ".join(cells) + f" | {lc['train_seconds'][name]:.0f} s |"
-            )
-        hyb = test[next(iter(VARIANTS))]
-        chance = test["chance_balanced_accuracy"]
-        verdict = (
-            "beats chance (CI lower bound above chance)"
-            if hyb["balanced_accuracy_ci"][0] > chance
-            else "does NOT clearly beat chance here (its CI includes chance): at this compute "
-            "budget (random init, a few hundred optimiser steps on a CPU) the networks have at "
-            "most started to learn; rerun with more images/epochs (or on a GPU) before drawing "
-            "any conclusion"
-        )
-        lines += ["", f"Outcome: the hybrid {verdict}."]
+                f"| {r['features']} | {r['head']} | " + " | ".join(cells)
+                + (f" | {sec:.0f} s |" if sec is not None else " | |")
+            )  # fmt: skip
+        if test["leaderboard"] and test["leaderboard"][0].get("ci_note"):
+            lines += ["", f"No CIs: {test['leaderboard'][0]['ci_note']}."]
+        lines += [
+            "",
+            "Paired differences A minus B (comparisons.csv, test rows):",
+            "",
+            "| A minus B | head | balanced accuracy [95 % CI], p (Holm) | "
+            "ROC-AUC [95 % CI], p (Holm) |",
+            "|---|---|---|---|",
+        ]
+        by_pair: dict = {}
+        for c in test["comparisons"]:
+            key = (c["features_a"], c["features_b"], c["head"])
+            by_pair.setdefault(key, {})[c["metric"]] = c
+        for (a, b, head), cells in by_pair.items():
+            shown = []
+            for m in ("balanced_accuracy", "roc_auc_ovr"):
+                c = cells.get(m) or {}
+                p = c.get("p_holm")
+                shown.append(
+                    f"{_num(c.get('diff'), '+.3f')} "
+                    f"{_ci((c.get('ci_low'), c.get('ci_high')), '+.3f')}, "
+                    + ("p n/a (not tested)" if p is None or p != p else f"p {p:.3f}")
+                )
+            lines.append(f"| {a} minus {b} | {head} | " + " | ".join(shown) + " |")
         lines += ["", *SETTINGS_NOTE]
         if result.get("notes"):  # added by hand to the JSON, e.g. earlier runs, wall time
             lines += ["", "Notes:", "", *(f"- {n}" for n in result["notes"])]
-        lines += [
-            "",
-            "Paired differences on the same test patients (patient-clustered bootstrap; p-values "
-            "Holm-adjusted over the comparisons x metrics):",
-            "",
-            "| paired difference | balanced accuracy [95 % CI], p (Holm) | "
-            "ROC-AUC [95 % CI], p (Holm) |",
-            "|---|---|---|",
-        ]
-        for key, r in test.items():
-            if " minus " in key:
-                cells = [
-                    f"{r[m]['difference']:+.3f} {_ci(r[m]['ci'], '+.3f')}, "
-                    + ("p n/a" if r[m]["p_holm"] != r[m]["p_holm"] else f"p {r[m]['p_holm']:.3f}")
-                    for m in ("balanced_accuracy", "roc_auc_ovr")
-                ]
-                lines.append(f"| {key} | " + " | ".join(cells) + " |")
         lines += ["", "Validation balanced accuracy per epoch:", ""]
-        header = "| epoch | " + " | ".join(VARIANTS) + " |"
-        lines += [header, "|---" * (len(VARIANTS) + 1) + "|"]
+        names = list(lc["curves"])
+        lines += ["| epoch | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         n_ep = max(len(c["epoch"]) for c in lc["curves"].values())
         for e in range(n_ep):
             vals = []
-            for name in VARIANTS:
+            for name in names:
                 c = lc["curves"][name]["val_balanced_accuracy"]
                 vals.append(f"{c[e]:.3f}" if e < len(c) else "")
             lines.append(f"| {e + 1} | " + " | ".join(vals) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _compare_name(variant: str) -> str:
+    """The features name `featmammo compare` gives a variant's run (the fit run: 'fit')."""
+    if variant.startswith("fit"):
+        return "fit"
+    trunks = VARIANTS[variant]["trunks"]
+    return "hybridnet" if len(trunks) == 2 else f"{trunks[0]}-end2end"
+
+
+def _num(x, fmt: str = ".3f") -> str:
+    return "n/a" if x is None or x != x else f"{x:{fmt}}"
 
 
 def main(argv=None) -> int:
@@ -468,6 +484,13 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-curve", action="store_true")
+    ap.add_argument(
+        "--fit",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also extract random-init ResNet50 + AlexNet embeddings of the phantoms and fit a "
+        "logistic regression, compared with HybridNet in the same `featmammo compare` table",
+    )
     ap.add_argument("--out", default=str(RESULTS / "train_hybrid"))
     ap.add_argument("--note", action="append", default=[], help="a note kept in the results")
     ap.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the .json")
