@@ -122,6 +122,19 @@ def test_the_summary_says_to_extract_patches_without_the_breast_crop(tmp_path):
     assert "featmammo extract" in note
 
 
+def test_an_empty_tfrecord_file_is_listed_not_silently_empty(tmp_path):
+    """A 0-byte training10_1.tfrecords (a failed or unfinished download) used to add no rows and
+    no word: the file is listed with the reason."""
+    _tree(tmp_path)
+    empty = tmp_path / "training10_1" / "training10_1.tfrecords"
+    empty.write_bytes(b"")
+    df, summary = build_ddsm_patches(tmp_path)
+    assert summary["splits"]["train"] == 6
+    (u,) = summary["unresolved_rows"]
+    assert u["where"] == str(empty) and "no records" in u["reason"]
+    assert summary["unresolved_reasons"] == {"empty file": 1}
+
+
 def _flip(path, byte):
     raw = bytearray(path.read_bytes())
     raw[byte] ^= 1

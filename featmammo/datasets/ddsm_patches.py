@@ -170,9 +170,11 @@ def _tfrecord_rows(path: Path, split: str, unresolved: list, corrupt: str) -> li
 
     rows = []
     stem = path.name.split(".")[0]
+    seen = 0
     try:
         records = tfrecord.iter_records(path, errors="raise" if corrupt == "stop" else "yield")
         for index, offset, data in records:
+            seen += 1
             where = f"{path}#{index}"
             if isinstance(data, ImageReadError):
                 unresolved.append(_damaged(path, index, offset, data.reason))
@@ -205,6 +207,12 @@ def _tfrecord_rows(path: Path, split: str, unresolved: list, corrupt: str) -> li
             raise
         # the file cannot be opened at all (gzip-compressed, unreadable): one listed entry
         unresolved.append({"image_id": "", "where": str(path), "reason": exc.reason})
+        return rows
+    if not seen:
+        reason = "the file holds no records (0 bytes: a failed or unfinished download?)"
+        if corrupt == "stop":
+            raise ManifestError(f"{path}: {reason}")
+        unresolved.append({"image_id": "", "where": str(path), "reason": reason})
     return rows
 
 
@@ -381,6 +389,7 @@ def _reason_kind(reason: str) -> str:
     if reason.startswith("record "):
         return "damaged record"
     for key, kind in (
+        ("holds no records", "empty file"),
         ("not found beside it", "unpaired .npy"),
         ("length mismatch", "data/labels length mismatch"),
         ("patches of dtype", "patches not uint8/uint16"),
