@@ -192,9 +192,9 @@ def test_background_errors_surface(tmp_path):
 @pytest.mark.parametrize(
     "point",
     # points every run passes: >= 2 shards (at most 1 + max_pending batches share one), a
-    # scheduled merge and the final one
-    ["shard-tmp:1", "shard-tmp:2", "consolidate-tmp:1", "consolidate-tmp:2",
-     "consolidate-replaced:1", "consolidate-replaced:2"],
+    # segment written but not in the index yet, scheduled merges and the final one
+    ["shard-tmp:1", "shard-tmp:2", "segment-tmp:1", "consolidate-tmp:1",
+     "consolidate-tmp:2", "consolidate-replaced:1", "consolidate-replaced:2"],
 )  # fmt: skip
 def test_sigkill_in_the_writer_then_rerun_equals_uninterrupted(tmp_path, point):
     path = tmp_path / "k.h5"
