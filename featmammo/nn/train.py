@@ -1,10 +1,12 @@
 """The HybridNet training run behind ``featmammo train`` (owned by featmammo.nn).
 
-manifest -> patient-grouped train/validation split (+ the manifest's ``split=test`` rows as held-out
-test) -> decode + preprocess every image once into ``RUN_DIR/cache/images-<key>.npy`` -> per epoch:
-on-the-fly augmentation (training only), class-weighted loss or balanced sampling, AdamW with a
-cosine or one-cycle schedule, trunks frozen for ``freeze_epochs`` then trained at
-``lr * trunk_lr_mult``, AMP on the GPU -> validation -> early stopping on balanced accuracy or loss.
+manifest -> held-out test patients by ``fit``'s rule (``test_split``: the manifest's ``split=test``
+rows, patients drawn by ``featmammo.splits.grouped_holdout`` with ``test_size``/``seed``, or none)
+-> patient-grouped training/validation split of the rest -> decode + preprocess every image once
+into ``RUN_DIR/cache/images-<key>.npy`` -> per epoch: on-the-fly augmentation (training only),
+class-weighted loss or balanced sampling, AdamW with a cosine or one-cycle schedule, trunks frozen
+for ``freeze_epochs`` then trained at ``lr * trunk_lr_mult``, AMP on the GPU -> validation -> early
+stopping on balanced accuracy or loss.
 
 This module holds the run itself and imports torch only when a run starts (``TrainConfig`` and
 ``train`` are importable without it); its parts live beside it: options in :mod:`.config`, the
@@ -12,10 +14,12 @@ split, image cache and sampling in :mod:`.data`, the optimiser and one epoch in 
 checkpoints in :mod:`.checkpoint`, curves / predictions / metrics in :mod:`.outputs`, torchrun in
 :mod:`.ddp`.
 
-Files in RUN_DIR: ``config.json`` (resolved config), ``split.csv`` (image -> train/val/test),
-``history.csv`` + ``curves.png``, ``checkpoint.pt/.json`` (best model; a backbone for ``extract``),
-``last.pt/.json`` (full training state for ``--resume``), ``predictions.csv`` (same columns as
-``featmammo fit``), ``metrics.json`` and, when featmammo.report is present, its report.
+Files in RUN_DIR: ``config.json`` (resolved config), ``split.csv`` (image -> train / validation /
+test), ``history.csv`` + ``curves.png``, ``checkpoint.pt/.json`` (best model; a backbone for
+``extract``), ``last.pt/.json`` (full training state for ``--resume``; removed with the decoded
+images once the run is finished unless ``keep_last``), ``predictions.csv`` (same columns as
+``featmammo fit``), ``metrics.json`` and, when featmammo.report is present, its report. Epochs are
+numbered from 1 in every log line and file.
 
 Reproducibility: every epoch reseeds torch/python RNGs from ``(seed, epoch, rank)``, and the
 resumable state holds model, optimizer, scheduler, grad scaler, RNG states, epoch, best metric and
