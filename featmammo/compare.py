@@ -184,8 +184,41 @@ def _check_labels(runs: list[dict], shared: set[str]) -> None:
                 )
 
 
-def _rows(runs: list[dict], shared: set[str], classes: list[str]) -> pd.DataFrame:
-    """The compared predictions: test rows on the shared images, fit CV rows, relabelled."""
+def _cv_folds(p: pd.DataFrame) -> pd.Series:
+    """image_id -> CV fold of a fit run's CV rows."""
+    fold = p["fold"].astype(str)
+    cv = p[(fold != "test") & (fold != "validation")]
+    return cv.drop_duplicates("image_id").set_index("image_id")["fold"].astype(str)
+
+
+def _cv_kept(runs: list[dict], labels: dict[int, str]) -> tuple[set[int], list[str]]:
+    """The fit runs whose CV rows are kept: the first, and each other whose folds agree with it on
+    every image both have (CV comparisons pair images fold by fold; folds of other splits cannot
+    be paired, so those runs keep only their test rows). Returns (run ids, notes)."""
+    fits = [r for r in runs if r["kind"] == "fit"]
+    if not fits:
+        return set(), []
+    ref = _cv_folds(fits[0]["predictions"])
+    kept, notes = {id(fits[0])}, []
+    for r in fits[1:]:
+        folds = _cv_folds(r["predictions"])
+        both = ref.index.intersection(folds.index)
+        if (ref[both] == folds[both]).all():
+            kept.add(id(r))
+        else:
+            notes.append(
+                f"{labels[id(r)]}: CV rows left out (its CV folds differ from "
+                f"{labels[id(fits[0])]}'s on {int((ref[both] != folds[both]).sum())} image(s), so "
+                "CV comparisons across the two runs cannot be paired); its test rows are compared"
+            )
+    return kept, notes
+
+
+def _rows(
+    runs: list[dict], shared: set[str], classes: list[str], cv_runs: set[int]
+) -> pd.DataFrame:
+    """The compared predictions: test rows on the shared images, the CV rows of the fit runs in
+    ``cv_runs``, relabelled."""
     fit_heads = list(
         dict.fromkeys(
             h for r in runs if r["kind"] == "fit" for h in r["predictions"]["head"].astype(str)
@@ -199,7 +232,7 @@ def _rows(runs: list[dict], shared: set[str], classes: list[str]) -> pd.DataFram
         fold = p["fold"].astype(str)
         test = fold == "test"
         keep = (test & p["image_id"].astype(str).isin(shared)) | (
-            (r["kind"] == "fit") & ~test & (fold != "validation")
+            (id(r) in cv_runs) & ~test & (fold != "validation")
         )
         p = p[keep].copy()
         p["features"] = p["features"].astype(str).map(r["rename"])
@@ -292,7 +325,8 @@ def compare(
     _names(runs)
     shared = _shared_test(runs)
     _check_labels(runs, shared)
-    frame = _rows(runs, shared, classes)
+    cv_runs, cv_notes = _cv_kept(runs, labels)
+    frame = _rows(runs, shared, classes, cv_runs)
     names = list(dict.fromkeys(frame["features"].astype(str)))
     pair_list = resolve_pairs(pairs, names) if pairs else default_pairs(runs)
     fits = [r for r in runs if r["kind"] == "fit"]
@@ -317,6 +351,7 @@ def compare(
         if any(r["n_test"] > len(shared) for r in runs)
         else f"test rows: the {len(shared)} image(s) every run holds out (all of each run's)",
     ]
+    notes += cv_notes
     if any(r["kind"] == "train" for r in runs):
         notes.append(
             "train runs: validation rows (they chose the stopping epoch) are left out; they have "

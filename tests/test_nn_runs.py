@@ -342,14 +342,19 @@ def test_compare_fit_and_train_runs(fit_run, grouped_run, tmp_path):
 
 
 def _fake_run(path: Path, kind: str, test_ids, *, classes=("benign", "malignant"), label="benign",
-              trunks=("resnet50", "alexnet"), fusion="feature-map") -> Path:  # fmt: skip
+              trunks=("resnet50", "alexnet"), fusion="feature-map", features="resnet50",
+              cv=None) -> Path:  # fmt: skip
+    """A run folder with only what compare reads: config.json and predictions.csv (``cv``:
+    image id -> CV fold of a fit run's CV rows)."""
     path.mkdir(parents=True)
     rows = []
-    feats = [("resnet50", "logreg")] if kind == "fit" else [("hybridnet-" + fusion, "hybridnet")]
+    feats = [(features, "logreg")] if kind == "fit" else [("hybridnet-" + fusion, "hybridnet")]
+    folds = [(i, "test") for i in test_ids] + list((cv or {}).items())
     for f, h in feats:
-        for i in test_ids:
-            rows.append({"image_id": i, "patient_id": f"P{i}", "fold": "test", "features": f,
-                         "head": h, "y_true": label, "y_pred": label,
+        for k, (i, fold) in enumerate(folds):
+            y = label if fold == "test" else classes[k % 2]
+            rows.append({"image_id": i, "patient_id": f"P{i}", "fold": fold, "features": f,
+                         "head": h, "y_true": y, "y_pred": classes[k % 3 % 2],
                          **{f"p_{c}": 1.0 / len(classes) for c in classes}})  # fmt: skip
     pd.DataFrame(rows).to_csv(path / "predictions.csv", index=False)
     config = {"classes": list(classes)}
@@ -359,6 +364,26 @@ def _fake_run(path: Path, kind: str, test_ids, *, classes=("benign", "malignant"
         config.update(head="hybridnet", train={"trunks": list(trunks), "fusion": fusion})
     (path / "config.json").write_text(json.dumps(config))
     return path
+
+
+def test_compare_two_fit_runs_with_other_folds(tmp_path):
+    """Two fit runs split into other CV folds: comparing their CV rows would pair images fold by
+    fold across different splits (compare_predictions refuses that); their test rows still pair."""
+    from featmammo.compare import compare
+
+    ids = [f"c{k}" for k in range(8)]
+    a = _fake_run(tmp_path / "a", "fit", ["t1", "t2"], cv={i: str(k % 2 + 1) for k, i in
+                                                          enumerate(ids)})  # fmt: skip
+    b = _fake_run(tmp_path / "b", "fit", ["t1", "t2"], features="hybrid",
+                  cv={i: str((k + 1) % 2 + 1) for k, i in enumerate(ids)})  # fmt: skip
+    compare([a, b], tmp_path / "o", n_boot=20, figures=False)
+    preds = pd.read_csv(tmp_path / "o" / "predictions.csv", dtype={"fold": str})
+    cv = preds[preds.fold != "test"]
+    assert set(cv.features) == {"resnet50"}  # b's CV rows left out
+    notes = json.loads((tmp_path / "o" / "config.json").read_text())["notes"]
+    assert any("b: CV rows left out" in n and "on 8 image(s)" in n for n in notes)
+    comp = pd.read_csv(tmp_path / "o" / "comparisons.csv")
+    assert set(comp.evaluation) == {"test"} and set(comp.features_a) == {"hybrid"}
 
 
 def test_compare_refuses_runs_that_cannot_be_paired(tmp_path):
