@@ -6,10 +6,10 @@ Steps (each one a plain library call; the same as the CLI commands in the commen
 2. embeddings of frozen ResNet50 + AlexNet  (featmammo extract ... -b resnet50 -b alexnet)
 3. classical heads on those embeddings       (featmammo fit ...)
 4. HybridNet trained end to end              (featmammo train MANIFEST -o RUN_DIR ...)
-5. one leaderboard with every model, from the two predictions.csv files (same format), each run
-   evaluated with its own training class counts (config.json ``train_class_counts``), so every
-   majority baseline comes from that run's training part. HybridNet's ``validation`` rows chose its
-   stopping epoch: they are left out of the table (only ``test`` rows are shown).
+5. one leaderboard with every model   (featmammo compare FIT_RUN HYBRIDNET_RUN -o OUT): the test
+   images both runs hold out, paired patient-clustered comparisons (comparisons.csv), a report.
+   HybridNet's ``validation`` rows chose its stopping epoch: they are never ranked (only ``test``
+   rows are shown below).
 
 Random weights everywhere (no ImageNet download here): the numbers show the workflow, not the
 method's accuracy. Run: ``python examples/train_hybrid.py --out /tmp/fm-example`` (a few minutes on
@@ -19,7 +19,6 @@ method's accuracy. Run: ``python examples/train_hybrid.py --out /tmp/fm-example`
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -37,8 +36,8 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
 
+    from featmammo.compare import compare
     from featmammo.datasets.synthetic import write_synthetic_cbis
-    from featmammo.evaluate import evaluate_predictions, read_predictions
     from featmammo.extract import extract
     from featmammo.fit import fit
     from featmammo.nn import train
@@ -64,32 +63,23 @@ def main(argv=None) -> None:
     fit(store, out / "fit", heads=["logreg"], classes=classes, cv=3, seed=args.seed)
 
     run = out / "hybridnet"
-    resume = (run / "last.pt").exists()
-    train(
-        manifest,
-        run,
-        classes=classes,
-        epochs=args.epochs,
-        batch_size=16,
-        image_size=args.image_size,
-        weights="random",
-        device="cpu",
-        seed=args.seed,
-        resume=resume,
-    )
-
-    tables = []
-    for folder in (out / "fit", run):
-        counts = json.loads((folder / "config.json").read_text())["train_class_counts"]
-        table, _ = evaluate_predictions(
-            read_predictions(folder / "predictions.csv"),
-            classes,
-            n_boot=500,
+    finished = (run / "checkpoint.pt").exists() and (run / "predictions.csv").exists()
+    if not finished:  # a rerun of the example reuses a finished run; an interrupted one resumes
+        train(
+            manifest,
+            run,
+            classes=classes,
+            epochs=args.epochs,
+            batch_size=16,
+            image_size=args.image_size,
+            weights="random",
+            device="cpu",
             seed=args.seed,
-            train_counts=counts,
+            resume=(run / "last.pt").exists(),
         )
-        tables.append(table)
-    leaderboard = pd.concat(tables, ignore_index=True)
+
+    report = compare([out / "fit", run], out / "compare", n_boot=500, seed=args.seed)
+    leaderboard = pd.read_csv(report.parent / "leaderboard.csv")
     cols = [
         "features",
         "head",
@@ -100,11 +90,13 @@ def main(argv=None) -> None:
         "balanced_accuracy_ci_high",
         "majority_baseline",
     ]
-    table = leaderboard[leaderboard["evaluation"] == "test"][cols]
+    rows = leaderboard["evaluation"] == "test"
+    if "level" in leaderboard:  # image-level rows (breast/exam levels are in the report)
+        rows &= leaderboard["level"].astype(str).isin(["image", "", "nan"])
+    table = leaderboard[rows][cols]
     table = table.sort_values("balanced_accuracy", ascending=False)
-    table.to_csv(out / "leaderboard_with_hybridnet.csv", index=False)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"\nwritten: {out / 'leaderboard_with_hybridnet.csv'}")
+    print(f"\nreport: {report}  (comparisons.csv beside it)")
 
 
 if __name__ == "__main__":

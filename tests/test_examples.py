@@ -49,6 +49,11 @@ def test_compare_heads_runs_on_a_store(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_hybrid_runs(tmp_path):
-    _run([EXAMPLES / "train_hybrid.py", "--out", tmp_path / "out", "--n", "40", "--epochs", "1",
-          "--image-size", "64"], tmp_path, timeout=1800)  # fmt: skip
+def test_train_hybrid_runs_and_reruns(tmp_path):
+    args = [EXAMPLES / "train_hybrid.py", "--out", tmp_path / "out", "--n", "40", "--epochs", "1",
+            "--image-size", "64"]  # fmt: skip
+    first = _run(args, tmp_path, timeout=1800)
+    assert "hybridnet" in first and "comparisons.csv" in first
+    assert (tmp_path / "out" / "compare" / "comparisons.csv").exists()
+    # a second run reuses the finished HybridNet run (train keeps no last.pt by default)
+    assert "hybridnet" in _run(args, tmp_path, timeout=1800)
