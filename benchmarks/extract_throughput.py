@@ -15,6 +15,11 @@ weights do not change the arithmetic):
     present);
 (f) on a machine with CUDA only: resnet50+alexnet at 224 px in bfloat16 with a warm cache
     (images/s, against the raw bf16 forward) and JPEG 2000 DICOM decoding, CPU vs nvImageCodec;
+    and each backbone family of (g) at 224² and 1024x512 (raw bf16 forward, warm-cache extract);
+(g) ``--only backbones``: one backbone per family -- resnet50, alexnet, timm:convnext_tiny,
+    timm:efficientnet_b2, Mammo-CLIP B2 and B5 (checkpoints written with random tensors in the
+    released layout) -- at 224² and 1024x512: the raw forward on ready tensors and ``extract``
+    end to end, back to back per row (img/s, s per image, extract / raw);
 the machine's dense float32 matmul GFLOP/s (ResNet50 at 224 px is ~8.2 GFLOP per image: 2 x 4.1
 GMACs), and the peak RSS of an extraction subprocess at two image counts (a tiny configuration,
 resnet18 at 32 px on 64x64 PNGs, so that the count is the only thing that grows).
@@ -27,6 +32,7 @@ ratios move with the other jobs (CPU-time ratios much less). Writes
     python benchmarks/extract_throughput.py            # full: 64 PNGs, 8 DICOMs x 4, 200 vs 2000
     python benchmarks/extract_throughput.py --quick    # small counts (a few minutes)
     python benchmarks/extract_throughput.py --only dicom,gpu   # some sections
+    python benchmarks/extract_throughput.py --only backbones --quick   # (g), a few minutes
 """
 
 from __future__ import annotations
@@ -163,11 +169,11 @@ def _cpu() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def raw_forward(models: dict, n_images: int, batch: int) -> tuple[dict, dict]:
+def raw_forward(models: dict, n_images: int, batch: int, shape=(224, 224)) -> tuple[dict, dict]:
     """images/s and CPU seconds per image of each model on ready channels_last tensors."""
     import torch
 
-    x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, *shape).contiguous(memory_format=torch.channels_last)
     out, cpu = {}, {}
     n_batches = max(1, n_images // batch)
     with torch.inference_mode():
@@ -196,6 +202,7 @@ def timed_extract(
     fresh_cache=None,
     device: str = "cpu",
     precision: str = "auto",
+    preprocess=None,
 ) -> dict:
     """Best (shortest) of REPEAT fresh extractions into ``store``.
 
@@ -213,7 +220,7 @@ def timed_extract(
         t, c = time.perf_counter(), _cpu()
         s = extract(manifest, store, backbones=models, weights="random", batch_size=batch,
                     workers=workers, device=device, prefetch=prefetch, threads=THREADS,
-                    cache=use, precision=precision)  # fmt: skip
+                    cache=use, precision=precision, preprocess=preprocess)  # fmt: skip
         dt, dc = time.perf_counter() - t, _cpu() - c
         if best is None or dt < best["seconds"]:
             best = {"seconds": dt, "images": s.n_done, "images_per_s": s.n_done / dt,
@@ -242,7 +249,136 @@ def peak_rss_mib(manifest: Path, store: Path) -> tuple[int, float]:
     return int(n_done), int(kib) / 1024
 
 
-SECTIONS = ("png", "dicom", "store", "gpu", "memory")
+SECTIONS = ("png", "dicom", "store", "gpu", "memory", "backbones")
+
+#: (g) one backbone per family; mammoclip checkpoints are written with random tensors
+FAMILIES = {
+    "resnet50": "resnet50",
+    "alexnet": "alexnet",
+    "timm convnext_tiny": "timm:convnext_tiny",
+    "timm efficientnet_b2": "timm:efficientnet_b2",
+    "mammoclip B2": "tf_efficientnetv2-detect",
+    "mammoclip B5": "tf_efficientnet_b5_ns-detect",
+}
+FAMILY_SIZES = {"224": 224, "1024x512": (1024, 512)}
+
+
+def mammoclip_checkpoint(folder: Path, encoder: str) -> Path:
+    """A checkpoint in Mammo-CLIP's released layout, random tensors (weights do not change cost)."""
+    import torch
+
+    from featmammo.backbones import mammoclip as mc
+
+    path = folder / f"mammoclip-{encoder}.tar"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        enc = mc.build_encoder(encoder).state_dict()
+        model = {f"{mc.ENCODER_PREFIX}{k}": v for k, v in enc.items()}
+        config = {"model": {"image_encoder": {"source": "cnn", "name": encoder}}}
+        torch.save({"model": model, "config": config, "epoch": 0}, path)
+    return path
+
+
+def family_models(tmp: Path, device: str = "cpu", only=None) -> tuple[dict, dict]:
+    """{family: built model (prepared as extract runs it)}, {family: build seconds}."""
+    from featmammo import backbones
+    from featmammo.backbones import mammoclip as mc
+
+    models, build = {}, {}
+    for family, name in FAMILIES.items():
+        if only and family not in only:
+            continue
+        t = time.perf_counter()
+        if name in mc.ENCODERS:
+            path = mammoclip_checkpoint(tmp / "mammoclip", name)
+            m = backbones.make(f"{mc.MAMMOCLIP_PREFIX}{path}", device=device)
+        else:
+            m = backbones.make(name, weights="random", device=device)
+        models[family] = backbones.prepare_for_inference(m, device=device)
+        build[family] = time.perf_counter() - t
+    return models, build
+
+
+def families_section(tmp: Path, n_images: dict, batch: dict, only=None) -> dict:
+    """(g): per backbone family and input size, the raw forward (ready tensors) and ``extract``
+    end to end (1024x1024 16-bit PNGs, no cache, one backbone per run), each pair measured back
+    to back: img/s, s/img, CPU-s/img and extract / raw."""
+    from featmammo.preprocess import PreprocessConfig
+
+    models, build = family_models(tmp, only=only)
+    pngs = {}
+    out = {"build_s": build, "sizes": {}, "n_images": n_images, "batch": batch}
+    for label, size in FAMILY_SIZES.items():
+        shape = (size, size) if isinstance(size, int) else size
+        n = n_images[label]
+        if n not in pngs:
+            pngs[n] = write_pngs(tmp / f"fam-png{n}", n, 1024, seed=11)
+        rows = {}
+        for family, m in models.items():
+            b = min(batch[label], n)
+            runs = [raw_forward({family: m}, n, b, shape) for _ in range(REPEAT)]
+            raw = max(r[0][family] for r in runs)
+            raw_cpu = min(r[1][family] for r in runs)
+            ext = timed_extract(pngs[n], [m], tmp / f"fam-{family.replace(' ', '_')}.h5", b,
+                                preprocess=PreprocessConfig(image_size=size))  # fmt: skip
+            rows[family] = {
+                "name": m.spec.name, "dim": int(m.spec.dim), "raw_images_per_s": raw,
+                "raw_s_per_image": 1 / raw, "raw_cpu_s_per_image": raw_cpu, "extract": ext,
+                "extract_s_per_image": 1 / ext["images_per_s"],
+                "extract_over_raw": ext["images_per_s"] / raw,
+                "load_avg": os.getloadavg()[0],
+            }  # fmt: skip
+            print(f"(g) {family} {label}: raw {raw:.2f} img/s, extract "
+                  f"{ext['images_per_s']:.2f} img/s ({ext['images_per_s'] / raw:.2f})",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        out["sizes"][label] = rows
+    return out
+
+
+def families_gpu(tmp: Path, n_images: int, device: str = "cuda", precision: str = "bfloat16",
+                 only=None) -> dict:  # fmt: skip
+    """(f) for the families: the raw forward under ``precision`` and ``extract`` with a warm
+    prepared cache (PNG links), per family and size."""
+    import torch
+
+    from featmammo.preprocess import PreprocessConfig
+
+    dev = torch.device(device)
+    models, build = family_models(tmp, device=device, only=only)
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision, torch.float32)
+    on_gpu = dev.type == "cuda"
+    man = write_png_links(tmp / "fam-gpu-png", n_images, 1024, seed=13)
+    out = {"device": torch.cuda.get_device_name(dev) if on_gpu else device, "precision": precision,
+           "images": n_images, "build_s": build, "sizes": {}}  # fmt: skip
+    for label, size in FAMILY_SIZES.items():
+        shape = (size, size) if isinstance(size, int) else size
+        batch = (128 if label == "224" else 16) if on_gpu else 2
+        x = torch.randn(batch, 3, *shape, device=dev).contiguous(memory_format=torch.channels_last)
+        cache = _cache_factory(tmp / f"fam-gpu-cache-{label}")()
+        rows = {}
+        for family, m in models.items():
+            with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype, enabled=on_gpu):
+                for _ in range(3 if on_gpu else 1):
+                    m(x)
+                if on_gpu:
+                    torch.cuda.synchronize()
+                reps = max(1, (2048 if label == "224" else 256) // batch) if on_gpu else 1
+                t = time.perf_counter()
+                for _ in range(reps):
+                    m(x)
+                if on_gpu:
+                    torch.cuda.synchronize()
+                raw = reps * batch / (time.perf_counter() - t)
+            config = PreprocessConfig(image_size=size)
+            store = tmp / f"fam-gpu-{family.replace(' ', '_')}-{label}.h5"
+            timed_extract(man, [m], store, batch, workers="auto", cache=cache, device=device,
+                          precision=precision, preprocess=config)  # fmt: skip
+            warm = timed_extract(man, [m], store, batch, workers="auto", cache=cache,
+                                 device=device, precision=precision, preprocess=config)  # fmt: skip
+            rows[family] = {"raw_images_per_s": raw, "warm_cache": warm,
+                            "warm_over_raw": warm["images_per_s"] / raw}  # fmt: skip
+        out["sizes"][label] = rows
+    return out
 
 
 def _cache_factory(root: Path):
@@ -442,6 +578,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--gpu-images", type=int, default=16384, help="images of the GPU section")
     ap.add_argument("--gpu-batch-size", type=int, default=256)
     ap.add_argument(
+        "--families",
+        default=",".join(FAMILIES),
+        help="backbone families of section (g) and its GPU part, comma-separated: "
+        + ", ".join(FAMILIES),
+    )
+    ap.add_argument(
         "--gpu-section-on-cpu",
         action="store_true",
         help="run the GPU section's code on the CPU in float32 (a smoke test of the script)",
@@ -462,6 +604,9 @@ def main(argv=None) -> dict:
     elif args.omp_wait_policy != "unset":
         os.environ.setdefault("OMP_WAIT_POLICY", args.omp_wait_policy)
     only = set(args.only.split(","))
+    fams = [f.strip() for f in args.families.split(",") if f.strip()]
+    if set(fams) - set(FAMILIES):
+        ap.error(f"--families: unknown {sorted(set(fams) - set(FAMILIES))}; use {list(FAMILIES)}")
     n_png = 16 if args.quick else 64
     copies = 1 if args.quick else 4
     mem_counts = (50, 500) if args.quick else (200, 2000)
@@ -551,6 +696,18 @@ def main(argv=None) -> dict:
                 res["f_gpu"]["smoke_test_on_cpu"] = True
             else:
                 res["f_gpu"] = {"skipped": "no CUDA device on this machine"}
+            if torch.cuda.is_available():
+                res["f_gpu_families"] = families_gpu(tmp, min(args.gpu_images, 1024), only=fams)
+            elif args.gpu_section_on_cpu:
+                res["f_gpu_families"] = families_gpu(tmp, 4, device="cpu", precision="float32",
+                                                     only=fams)  # fmt: skip
+                res["f_gpu_families"]["smoke_test_on_cpu"] = True
+            else:
+                res["f_gpu_families"] = {"skipped": "no CUDA device on this machine"}
+        if "backbones" in only:
+            counts = {"224": 8, "1024x512": 4} if args.quick else {"224": 16, "1024x512": 8}
+            batches = {"224": 8, "1024x512": 4}
+            res["g_families"] = families_section(tmp, counts, batches, only=fams)
         if "memory" in only:
             mem = {}
             for n in mem_counts:
@@ -565,6 +722,8 @@ def main(argv=None) -> dict:
     stem = "extract_throughput"
     if only != set(SECTIONS):  # a partial run does not replace the full run's figures
         stem += "-" + "-".join(sorted(only))
+    if set(fams) != set(FAMILIES) and only & {"backbones", "gpu"}:  # nor a subset of families
+        stem += "-" + "-".join(f.replace(" ", "_") for f in fams)
     (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2, default=str))
     (args.out / f"{stem}.md").write_text(markdown(res))
     print(markdown(res))
@@ -694,7 +853,57 @@ def markdown(r: dict) -> str:
             + " vs ".join(f"{k} images: {mem[k]['peak_rss_mib']:.0f} MiB" for k in counts)
             + f"; ratio {mem['ratio_high_over_low']:.3f} | <= 1.10 |"
         )
+    lines += families_markdown(r.get("g_families"), r.get("f_gpu_families"))
     return "\n".join(lines) + "\n"
+
+
+def families_markdown(g: dict | None, f: dict | None) -> list[str]:
+    """(g) and the GPU part of (f) for the backbone families, as tables of their own."""
+    lines = []
+    if g:
+        lines += [
+            "",
+            "## (g) Backbone families: cost per image (random weights, float32, this machine)",
+            "",
+            f"Raw forward on ready tensors vs `extract` end to end (16-bit 1024x1024 PNGs, no "
+            f"cache, one backbone per run, workers 0), measured back to back per row; images "
+            f"per measure {g['n_images']}, batch {g['batch']}. Load average at each row beside it.",
+            "",
+            "| backbone | dim | input | raw forward | extract | extract / raw | s per image "
+            "(extract) | load |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for label, rows in g["sizes"].items():
+            for family, x in rows.items():
+                lines.append(
+                    f"| {family} | {x['dim']} | {label} | {x['raw_images_per_s']:.2f} img/s | "
+                    f"{x['extract']['images_per_s']:.2f} img/s | {x['extract_over_raw']:.2f} | "
+                    f"{x['extract_s_per_image']:.2f} s | {x['load_avg']:.1f} |"
+                )
+        lines.append(
+            "Model build (once, excluded): "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in g["build_s"].items())
+        )
+    if f and "skipped" not in f:
+        lines += [
+            "",
+            f"## (f) Backbone families on {f['device']} ({f['precision']}, {f['images']} PNG "
+            "links, warm prepared cache)",
+            "",
+            "| backbone | input | raw forward | extract (warm cache) | extract / raw |",
+            "|---|---|---|---|---|",
+        ]
+        for label, rows in f["sizes"].items():
+            for family, x in rows.items():
+                lines.append(
+                    f"| {family} | {label} | {x['raw_images_per_s']:.0f} img/s | "
+                    f"{x['warm_cache']['images_per_s']:.0f} img/s | {x['warm_over_raw']:.2f} |"
+                )
+        if f.get("smoke_test_on_cpu"):
+            lines.append("(smoke test of the GPU code on the CPU: not GPU figures)")
+    elif f:
+        lines += ["", f"(f) backbone families on a GPU: skipped: {f['skipped']}"]
+    return lines
 
 
 if __name__ == "__main__":

@@ -151,3 +151,17 @@ def test_prefixed_names_fuse(tmp_path):
     assert fused.X.shape == (n, 5)
     np.testing.assert_array_equal(fused.X[:, fused.blocks[names[2]]], arrays[names[2]])
     assert fuse(st, names[2]).X.shape == (n, 2)
+
+
+def test_an_input_too_small_for_the_network_is_refused_up_front():
+    alexnet = fb.make("alexnet", weights="random", seed=1)
+    x = _x(64, 64)
+    with torch.inference_mode():
+        before = alexnet(x)
+    with pytest.raises(ConfigError, match=r"alexnet needs at least 63 px a side.*64x32"):
+        fb.check_input_size({"alexnet": alexnet}, (64, 32))
+    fb.check_input_size({"alexnet": alexnet}, (64, 64))
+    fb.check_input_size([alexnet.spec.to_dict()], (64, 32))  # a recorded spec: nothing to trace
+    with torch.inference_mode():  # the shape-only forward left the weights as they were
+        assert torch.equal(alexnet(x), before)
+    fb.check_input_size([fb.make("resnet18", weights="random")], (16, 16))  # 1x1 at the end: fine

@@ -149,11 +149,15 @@ class StaticSameConv2d(nn.Conv2d):
         pad_h = max((oh - 1) * sh + kh - ih, 0)
         pad_w = max((ow - 1) * sw + kw - iw, 0)
         self.pads = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+        left, right, top, bottom = self.pads
+        # symmetric pads are the convolution's own zero padding (no padded copy of the map)
+        self.symmetric = left == right and top == bottom
+        self.padding = (top, left) if self.symmetric else (0, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if any(self.pads):
+        if not self.symmetric:
             x = F.pad(x, self.pads)
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.groups)
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:

@@ -491,19 +491,30 @@ def fixed_input_shape(spec) -> tuple[int, int] | None:
 def check_input_size(models, shape) -> None:
     """ConfigError naming every backbone among ``models`` (``{name: module}`` or modules, or
     specs) that cannot take ``shape`` = ``(H, W)`` images, and the size to use instead; called
-    before any image is read."""
+    before any image is read.
+
+    Two checks: a network that takes only its native size (:func:`fixed_input_shape`), and, for
+    built modules, an input smaller than the network's smallest (AlexNet's pooling needs 63 px a
+    side): found by a shape-only forward (fake tensors: no arithmetic, no weights read), run only
+    when ``shape`` is smaller than the native input in some side (a CNN takes anything larger).
+    """
     from featmammo.preprocess.config import format_image_size
 
     items = list(models.items()) if isinstance(models, Mapping) else [(None, m) for m in models]
     shape = tuple(int(v) for v in shape)
-    bad, sizes = [], []
+    bad, sizes, small = [], [], []
     for key, m in items:
         spec = getattr(m, "spec", m)
+        label = key or (spec.get("name") if isinstance(spec, Mapping) else spec.name)
         want = fixed_input_shape(spec)
-        if want is not None and tuple(want) != shape:
-            label = key or (spec.get("name") if isinstance(spec, Mapping) else spec.name)
-            bad.append(f"{label} takes only {want[0]}x{want[1]} images")
-            sizes.append(format_image_size(want))
+        if want is not None:
+            if tuple(want) != shape:
+                bad.append(f"{label} takes only {want[0]}x{want[1]} images")
+                sizes.append(format_image_size(want))
+        elif isinstance(m, nn.Module) and not isinstance(spec, Mapping):
+            least = smallest_side(m, shape)
+            if least is not None:
+                small.append(f"{label} needs at least {least} px a side")
     if bad:
         raise ConfigError(
             "; ".join(bad) + f" (a fixed patch grid and position embedding), and this run "
@@ -511,6 +522,67 @@ def check_input_size(models, shape) -> None:
             f"{' / '.join(dict.fromkeys(sizes))} (in an extract run of its own if the other "
             "backbones use another size)"
         )
+    if small:
+        raise ConfigError(
+            "; ".join(small) + f" (its pooling and strides shrink smaller images to nothing), and "
+            f"this run prepares {shape[0]}x{shape[1]}: choose a larger --image-size"
+        )
+
+
+#: (spec name, arch, layer, pool, shape) -> smallest side or None, for this process
+_SMALLEST: dict[tuple, int | None] = {}
+#: torch's messages for an input too small for a convolution or a pooling window
+_TOO_SMALL = ("too small", "can't be greater than actual input size", "non-positive")
+
+
+def _fits(model: nn.Module, shape: tuple[int, int]) -> bool | None:
+    """Whether ``model`` takes a (1, 3, H, W) input, by a shape-only forward; None when the
+    fake-tensor forward cannot say (an operator without a shape function: the run will tell)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    fake_log = logging.getLogger("torch._subclasses.fake_tensor")
+    level = fake_log.level
+    fake_log.setLevel(logging.CRITICAL)  # it logs each failed shape function as an error
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    try:
+        with torch.inference_mode(), FakeTensorMode(allow_non_fake_inputs=True):
+            model(torch.empty(1, 3, *shape, device=device))
+        return True
+    except RuntimeError as exc:
+        if any(t in str(exc) for t in _TOO_SMALL):
+            return False
+        log.debug("shape check of %s at %s inconclusive: %s", type(model).__name__, shape, exc)
+        return None
+    except Exception as exc:  # fake tensors cannot run every operator; the real run decides
+        log.debug("shape check of %s at %s inconclusive: %s", type(model).__name__, shape, exc)
+        return None
+    finally:
+        fake_log.setLevel(level)
+
+
+def smallest_side(model: nn.Module, shape) -> int | None:
+    """None when ``model`` takes ``shape`` = (H, W) images (or it cannot be told); else the
+    smallest side s such that (max(H, s), max(W, s)) fits (what to ask for instead)."""
+    spec = model.spec
+    native = spec.input_shape
+    shape = (int(shape[0]), int(shape[1]))
+    if shape[0] >= native[0] and shape[1] >= native[1]:
+        return None  # a CNN that takes its native size takes anything larger
+    key = (spec.name, spec.arch, spec.layer, spec.pool, shape)
+    if key not in _SMALLEST:
+        if _fits(model, shape) is not False:
+            _SMALLEST[key] = None
+        else:
+            lo, hi = min(shape), max(native)  # lo fails (in its smaller side), hi fits
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                grown = (max(shape[0], mid), max(shape[1], mid))
+                lo, hi = (lo, mid) if _fits(model, grown) is not False else (mid, hi)
+            _SMALLEST[key] = hi
+    return _SMALLEST[key]
 
 
 def check_weights(names, weights="imagenet") -> None:
