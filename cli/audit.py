@@ -8,7 +8,7 @@ import click
 from .options import echo_json, json_option
 
 
-@click.command("audit")
+@click.command("audit", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--enforce",

@@ -31,7 +31,7 @@ def _size(n: int) -> str:
     return f"{n:.1f} GiB"  # pragma: no cover
 
 
-@click.group("cache")
+@click.group("cache", context_settings={"help_option_names": ["-h", "--help"]})
 def command() -> None:
     """Inspect or empty the prepared-image cache.
 

@@ -16,7 +16,7 @@ import click
 from .options import echo_json, json_option, output_option
 
 
-@click.group("manifest")
+@click.group("manifest", context_settings={"help_option_names": ["-h", "--help"]})
 def command() -> None:
     """Build a manifest CSV (image_id, path, label, patient_id, laterality, view, split, source)."""
 

@@ -28,7 +28,7 @@ def _parse_classes(ctx, param, value: str) -> tuple[str, ...]:
     return classes
 
 
-@click.command("synth")
+@click.command("synth", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option(
     "--n",

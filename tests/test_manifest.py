@@ -270,3 +270,27 @@ def test_labels_sits_below_the_datasets_layer():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_commands_invoked_alone_keep_the_h_help_option():
+    """Tests (and Python users) invoke `featmammo.cli.manifest.command` & co. directly; click
+    then caches each command's help option from that context: without the group's own
+    help_option_names, `-h` vanished from `featmammo manifest mias --help`, `featmammo cache
+    info --help`... for the rest of the process (and the generated docs/cli.md differed)."""
+    from click.testing import CliRunner
+
+    from featmammo.cli import audit, cache, manifest, synth
+    from featmammo.cli.main import cli
+
+    runner = CliRunner()
+    for command, args in (
+        (manifest.command, ["mias", "--help"]),
+        (cache.command, ["info", "--help"]),
+        (audit.command, ["--help"]),
+        (synth.command, ["--help"]),
+    ):
+        assert runner.invoke(command, args).exit_code == 0
+    for args in (["manifest", "mias"], ["cache", "info"], ["audit"], ["synth"], ["manifest"]):
+        res = runner.invoke(cli, [*args, "--help"])
+        assert res.exit_code == 0 and "-h, --help" in res.output, args
+        assert runner.invoke(cli, [*args, "-h"]).exit_code == 0, args
