@@ -12,6 +12,7 @@ image cache, and the order and batches of each epoch.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
@@ -106,17 +107,21 @@ def split_roles(df: pd.DataFrame, cfg: TrainConfig) -> np.ndarray:
     dev = np.flatnonzero(~is_test)
     if len(dev) < 4:
         raise ManifestError(f"only {len(dev)} non-test images: too few to train and validate")
-    named = _ValidationLog()
-    splits.log.addFilter(named)
-    try:
-        tr, va = splits.grouped_holdout(
-            df["_y"].astype(str).to_numpy()[dev],
-            df["patient_id"].astype(str).to_numpy()[dev],
-            cfg.val_fraction,
-            cfg.seed,
-        )
-    finally:
-        splits.log.removeFilter(named)
+    args = (
+        df["_y"].astype(str).to_numpy()[dev],
+        df["patient_id"].astype(str).to_numpy()[dev],
+        cfg.val_fraction,
+        cfg.seed,
+    )
+    if "held_out" in inspect.signature(splits.grouped_holdout).parameters:
+        tr, va = splits.grouped_holdout(*args, held_out="validation")
+    else:  # featmammo.splits before it could name the held-out side: rename its log lines
+        named = _ValidationLog()
+        splits.log.addFilter(named)
+        try:
+            tr, va = splits.grouped_holdout(*args)
+        finally:
+            splits.log.removeFilter(named)
     role[dev[np.asarray(va)]] = "validation"
     test_patients = set(df.loc[is_test, "patient_id"].astype(str))
     shared = test_patients & set(df["patient_id"].astype(str).to_numpy()[dev])
