@@ -39,9 +39,11 @@ def _as_arrays(labels, groups) -> tuple[np.ndarray, np.ndarray]:
     return y, g
 
 
-def _warn_missing_classes(y: np.ndarray, train: np.ndarray, val: np.ndarray, name: str) -> None:
+def _warn_missing_classes(
+    y: np.ndarray, train: np.ndarray, val: np.ndarray, name: str, held_out: str = "validation"
+) -> None:
     classes = sorted(set(y.tolist()), key=str)
-    for side, idx in (("validation", val), ("training", train)):
+    for side, idx in ((held_out, val), ("training", train)):
         present = set(y[idx].tolist())
         absent = [c for c in classes if c not in present]
         if absent:
@@ -119,8 +121,18 @@ def _random_group_split(y: np.ndarray, g: np.ndarray, test_size: float, seed) ->
     return in_test[g_codes]
 
 
-def grouped_holdout(labels: Sequence, groups: Sequence, test_size: float = 0.2, seed: int = 0):
+def grouped_holdout(
+    labels: Sequence,
+    groups: Sequence,
+    test_size: float = 0.2,
+    seed: int = 0,
+    *,
+    held_out: str = "test",
+):
     """Patient-disjoint, stratified hold-out split: ``(train_idx, test_idx)``.
+
+    ``held_out`` names the held-out side in the log and warnings (``test``, or ``validation``
+    for an early-stopping split: ``featmammo train``).
 
     Whole patients are drawn at random (seeded), stratified by class (each patient counts in the
     class of most of its images): within each class a random ``test_size`` share of the patients
@@ -138,12 +150,14 @@ def grouped_holdout(labels: Sequence, groups: Sequence, test_size: float = 0.2, 
     test_mask = _random_group_split(y, g, test_size, seed)
     train_idx = np.flatnonzero(~test_mask).astype(np.int64)
     test_idx = np.flatnonzero(test_mask).astype(np.int64)
-    _warn_missing_classes(y, train_idx, test_idx, "hold-out")
+    _warn_missing_classes(y, train_idx, test_idx, "hold-out", held_out)
     log.info(
-        "hold-out: %d train / %d test images (%.3f test; asked %.3f)",
+        "hold-out: %d train / %d %s images (%.3f %s; asked %.3f)",
         len(train_idx),
         len(test_idx),
+        held_out,
         len(test_idx) / len(y),
+        held_out,
         test_size,
     )
     return train_idx, test_idx

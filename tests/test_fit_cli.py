@@ -129,6 +129,10 @@ def test_fit_writes_a_complete_leak_free_run(fitted):
                             for h in ("logreg", "knn"))  # fmt: skip
     sidecar = json.loads((run / "models" / "hybrid__logreg.json").read_text())
     assert sidecar["classes"] == CLASSES
+    # the final model's training images (predict marks rows it was trained on)
+    assert sidecar["trained_image_ids"] == sorted(
+        f"img{p:02d}_{v}" for p in range(15) for v in range(3)
+    )
     assert sidecar["backbones"] == ["resnet50", "alexnet"]
     assert sidecar["blocks"] == {"resnet50": [0, 16], "alexnet": [16, 24]}
     prov = sidecar["backbone_provenance"]["alexnet"]

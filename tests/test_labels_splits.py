@@ -221,3 +221,15 @@ def test_grouped_kfold_folds_hold_the_same_kind_of_patient():
         per_fold.append([_mean_images_per_patient(g, va) for _, va in grouped_kfold(y, g, 5, seed)])
     means = np.mean(per_fold, axis=0)
     assert means.max() / means.min() < 1.10, means
+
+
+def test_grouped_holdout_names_its_held_out_side(caplog):
+    """fit holds out a test split, train a validation split: the log says which (issue 20.6)."""
+
+    y = ["a"] * 10 + ["b"] * 10
+    g = [f"P{i}" for i in range(20)]
+    with caplog.at_level(logging.INFO, logger="featmammo.splits"):
+        grouped_holdout(y, g, 0.2, 0)
+        grouped_holdout(y, g, 0.2, 0, held_out="validation")
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("hold-out")]
+    assert "test images" in said[0] and "validation images" in said[1]

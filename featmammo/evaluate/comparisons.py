@@ -14,9 +14,9 @@ ci_high, p_raw, p_holm, method``
 - ``test`` rows (one training set, independent test patients): a **paired patient-clustered
   bootstrap** (both models scored on every resample of patients); ``p_raw`` is the two-sided
   t test of ``diff`` on the bootstrap standard error, small-sample corrected (variance x
-  n/(n-1), n = patients; t with n - 1 degrees of freedom), and ``ci_low, ci_high`` is the
-  matching interval ``diff +- t * SE``, so an interval excludes 0 exactly when ``p_raw`` < 1 -
-  ``ci_level``. The question answered is conditional on the fitted models: are *these two
+  m/(m-1), m = the smallest class's patients; t with n - 1 degrees of freedom for n patients),
+  and ``ci_low, ci_high`` is the matching interval ``diff +- t * SE``, so an interval excludes 0
+  exactly when ``p_raw`` < 1 - ``ci_level``. The question answered is conditional on the fitted models: are *these two
   models* different on patients like the test patients.
 - ``cv`` rows: the **corrected resampled t test** (Nadeau & Bengio 2003) over the folds (x
   repeats) of the patient-grouped CV: ``diff`` = mean of the per-fold differences, variance
@@ -328,11 +328,19 @@ def _cv_test(m: pd.DataFrame, classes, positive, metrics, ci_level) -> dict:
 
 
 def _bootstrap_test(m, classes, positive, metrics, n_boot, seed, ci_level) -> dict:
-    """Paired patient-clustered bootstrap SE per metric; small-sample t test and interval."""
+    """Paired patient-clustered bootstrap SE per metric; small-sample t test and interval.
+
+    The bootstrap variance of a mean over m clusters is (m - 1)/m of its unbiased estimate;
+    balanced accuracy and ROC-AUC are built from per-class means, so the variance is scaled by
+    m/(m - 1) with m the smallest class's patients (the conservative choice), and t has n - 1
+    degrees of freedom (n patients)."""
     pa, pb = _prepared(m, "a", classes, positive), _prepared(m, "b", classes, positive)
     point_a, point_b = pa.scalars(), pb.scalars()
     groups = m["patient_id"].astype(str).to_numpy()
     n = len(set(groups))
+    per_class = _patients_per_class(m["y_true_a"], groups, classes)
+    present = [v for v in per_class.values() if v > 0]
+    m_min = min(present) if present else 0
     rng = np.random.default_rng(seed)
     diffs = {k: np.empty(n_boot) for k in metrics}
     done, chunk = 0, _chunk(n_boot, len(m))
@@ -347,11 +355,11 @@ def _bootstrap_test(m, classes, positive, metrics, n_boot, seed, ci_level) -> di
         diff = float(point_a[k] - point_b[k])
         finite = diffs[k][np.isfinite(diffs[k])]
         se = math.nan
-        if finite.size >= 2 and n >= 2:
-            se = float(np.std(finite, ddof=1)) * math.sqrt(n / (n - 1))
+        if finite.size >= 2 and n >= 2 and m_min >= 2:
+            se = float(np.std(finite, ddof=1)) * math.sqrt(m_min / (m_min - 1))
         low, high, p = t_test(diff, se, n - 1, ci_level)
         out[k] = {"diff": diff, "se": se, "df": n - 1, "ci_low": low, "ci_high": high, "p": p,
-                  "n_valid": int(finite.size)}  # fmt: skip
+                  "n_valid": int(finite.size), "m_min": m_min}  # fmt: skip
     return out
 
 
@@ -488,7 +496,8 @@ def _compare_one(
         else:
             method = (
                 f"paired patient-clustered bootstrap ({n_boot} resamples), t on the bootstrap SE "
-                f"(x n/(n-1), df {s.get('df', n_pat - 1)})"
+                f"(variance x m/(m-1), m = {s.get('m_min', '?')} patients in the smallest class; "
+                f"df {s.get('df', n_pat - 1)})"
             )
         rows.append(_row(base, k, s, method, family, excluded, ci_level))
     if mcnemar and evaluation != "cv":  # pooled over CV folds it holds the fold models fixed

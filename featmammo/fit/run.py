@@ -475,10 +475,14 @@ def fit(
                     path = heads_mod.save(
                         model,
                         run_dir / MODELS / model_filename(f, h),
-                        _sidecar(
-                            f, h, fz, classes, stores_info, seed, head_params, block_scaling,
-                            train_counts, tuned=chosen, tune=tune,
-                        ),
+                        {
+                            **_sidecar(
+                                f, h, fz, classes, stores_info, seed, head_params, block_scaling,
+                                train_counts, tuned=chosen, tune=tune,
+                            ),
+                            # predict marks rows the model was trained on (trained_on)
+                            "trained_image_ids": sorted(map(str, ids[train])),
+                        },
                     )  # fmt: skip
                     models[f"{f}__{h}"] = path
             for h in head_names:
