@@ -358,6 +358,16 @@ def test_report_command_verify_exits_non_zero_on_a_corrupted_file(tmp_path):
     r = CliRunner().invoke(cli, ["report", str(run), "--verify"])
     assert r.exit_code == 1
     assert "FAIL  leaderboard.csv (re-read) = metrics.json" in r.output
+    # an edited McNemar count in comparisons.csv (issue 16.4)
+    CliRunner().invoke(cli, ["report", str(run), "--no-figures", "--min-patients", "5"])
+    comps = pd.read_csv(run / "comparisons.csv")
+    i = comps.index[comps["metric"] == "accuracy_mcnemar"][0]
+    comps.loc[i, "method"] = comps.loc[i, "method"].replace("b=", "b=1", 1)
+    comps.to_csv(run / "comparisons.csv", index=False)
+    r = CliRunner().invoke(cli, ["report", str(run), "--verify"])
+    assert r.exit_code == 1
+    assert "FAIL  McNemar counts b/c = recounted from the paired rows" in r.output
+    assert "FAIL  comparisons.csv = recomputed from the predictions" in r.output
 
 
 def test_setup_names_the_grid_searched_and_the_scaling_rule(tmp_path):
