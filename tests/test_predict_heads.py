@@ -75,8 +75,13 @@ def test_sidecar_ids_win_and_unknown_stays_empty(fitted, tmp_path):
     assert head_trained_ids(run / "models" / "x.skops", {"trained_image_ids": ["a"]}) == {
         "train": {"a"}
     }
-    moved = tmp_path / "loose.skops"  # a model copied out of its run folder: cannot tell
-    assert head_trained_ids(moved, sidecar) is None
+    from_folder = head_trained_ids(run / "models" / "hybrid__logreg.skops", {})
+    assert from_folder and len(from_folder["train"]) < 24
+    if "trained_image_ids" in sidecar:  # fit records them (evaluation): both ways agree
+        assert head_trained_ids(tmp_path / "m.skops", sidecar) == from_folder
+    bare = {k: v for k, v in sidecar.items() if k != "trained_image_ids"}
+    moved = tmp_path / "loose.skops"  # copied out of its run folder, no ids: cannot tell
+    assert head_trained_ids(moved, bare) is None
     out = mark_trained(pd.DataFrame({"image_id": ["a", "b"]}), None, np.ones(2, bool), "m")
     assert out["trained_on"].isna().all()
 
