@@ -165,6 +165,8 @@ def test_pretrained_from_the_hf_cache_is_verified_and_loaded(_isolated_caches):
     # predict rebuilds from the recorded spec: weights identity and sha256 are accepted back
     again = fb.make("timm:convnext_atto", weights=model.spec.weights, sha256=sha)
     assert again.spec == model.spec
+    with pytest.raises(WeightsError, match="recorded"):  # the cache now holds another file
+        fb.make("timm:convnext_atto", weights=model.spec.weights, sha256="0" * 64)
     # a damaged cached file is refused before it is read
     data = bytearray(blob.read_bytes())
     data[-1] ^= 0xFF

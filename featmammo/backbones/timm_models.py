@@ -412,6 +412,9 @@ def make_timm(
         if w.startswith("imagenet:") and w != ref.identity:
             ref = _tagged(ref, w)
         path, digest = ensure_pretrained(ref)
+        if sha256:  # a recorded hash (predict): the cached file must still be that file
+            _weights.check_sha256(path, digest, _weights.normalise_sha256(sha256, str(path)),
+                                  f"the sha256 recorded for {ref.identity}")  # fmt: skip
         model = _load(ref, path, seed)
         identity = ref.identity
     else:
