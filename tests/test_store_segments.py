@@ -552,6 +552,23 @@ def test_compaction_keeps_segments_an_open_reader_still_maps(tmp_path):
     np.testing.assert_array_equal(store.open(path).array("toy"), _x(30))
 
 
+def test_pack_in_place_keeps_segments_a_plain_h5py_reader_still_maps(tmp_path, caplog):
+    """The docs' plain h5py reading, open while another call packs the store in place: it keeps
+    reading its rows (pack holds the store open itself: the old index must still be retired)."""
+    path = tmp_path / "s.h5"
+    _extract(path, _meta(30), _x(30), batch=3, merge_every=1)
+    with h5py.File(path, "r") as old, caplog.at_level(logging.WARNING, "featmammo.store"):
+        store.pack(path)
+        np.testing.assert_array_equal(old["backbones/toy/embeddings"][()], _x(30))
+        assert old["ids"].asstr()[0] == "img000"
+    assert "no longer exists" not in caplog.text  # its own segments, not another store's
+    from featmammo.store import segments
+
+    segments.collect(path, None, min_age_s=0.0, own_uuid=store.open(path).uuid)  # reader gone
+    assert not store.segments_dir(path).exists()
+    np.testing.assert_array_equal(store.open(path).array("toy"), _x(30))
+
+
 def _state(path):
     from featmammo.store.index import editing
 

@@ -241,6 +241,7 @@ def pack(path, out=None) -> Path:
     real_out.parent.mkdir(parents=True, exist_ok=True)
     with mutation(resolve(path)):
         with Store(path) as st:
+            store_uuid = st.uuid
             entries = [
                 types.SimpleNamespace(
                     name=n,
@@ -285,6 +286,6 @@ def pack(path, out=None) -> Path:
                     what="packing the store",
                 )
         if in_place:
-            collect(resolve(path), None, min_age_s=0.0)
+            collect(resolve(path), None, min_age_s=0.0, own_uuid=store_uuid)
     log.info("packed %s into %s", path, out)
     return out

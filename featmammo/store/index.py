@@ -642,10 +642,10 @@ def commit(state: State, *, store, fault: str, what: str, retire: bool = False) 
 def retire_if_segmented(path: Path) -> None:
     """Before a self-contained file replaces the index at ``path``: keep the index as a retired
     snapshot, so the garbage collection keeps its segments while a reader has it open."""
-    from .segments import retire_snapshot
+    from .segments import _probe, retire_snapshot
 
-    try:
-        with h5py.File(path, "r", locking=False) as f:
+    try:  # _probe: this process may hold the file open already (pack reads it as a Store)
+        with _probe(path) as f:
             segmented = f.attrs.get("segments") is not None
     except (OSError, ValueError, TypeError):
         return

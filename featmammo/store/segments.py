@@ -157,17 +157,21 @@ def _sibling_uuids(folder: Path, skip: Path) -> set[str]:
     return found
 
 
-def collect(path: Path, state: State | None, *, min_age_s: float = RETIRED_MIN_AGE_S) -> int:
+def collect(
+    path: Path, state: State | None, *, min_age_s: float = RETIRED_MIN_AGE_S, own_uuid: str = ""
+) -> int:
     """Delete what no store needs in ``path``'s segments folder (the caller holds the lock).
 
     ``state``: the live index (None when the store does not exist or is self-contained: then
-    every segment not kept by a snapshot or a sibling store goes). Returns files deleted.
+    every segment not kept by a snapshot or a sibling store goes). ``own_uuid`` (with no
+    ``state``): the UUID of the self-contained store now at ``path`` (packed in place): its old
+    segments are its own, not another store's leftovers. Returns files deleted.
     """
     folder = segments_dir(path)
     if not folder.is_dir():
         return 0
     live = {sg.name for sg in state.segments if sg.file} if state is not None else set()
-    live_uuid = state.uuid if state is not None else ""
+    live_uuid = state.uuid if state is not None else own_uuid
     deleted = 0
     keep: set[str] = set()
     now = time.time()
