@@ -203,3 +203,19 @@ def test_repeats_enter_the_corrected_t(frame):
     assert "10 folds x 2 repeat(s)" in cv["method"] and "df 9" in cv["method"]
     test = out[(out["evaluation"] == "test") & (out["metric"] == "balanced_accuracy")].iloc[0]
     assert test["n_images"] == 40
+
+
+def test_mcnemar_needs_15_patients_per_class():
+    """At 10 patients per class the clustered McNemar rejects a true null 6.8% of the time
+    (benchmarks/null_calibration.py): below 15 it is not tested while the bootstrap rows are."""
+    for n_test, tested in ((54, False), (75, True)):
+        f = _frame(np.random.default_rng(1), n_pat=150, n_test=n_test)
+        test = f[(f["fold"] == "test") & (f["features"] == "hybrid")]
+        smallest = test.drop_duplicates("patient_id")["y_true"].value_counts().min()
+        assert (smallest >= 15) == tested and smallest >= 10
+        out = cmp.compare_predictions(f, [("hybrid", "resnet50")], CLASSES, n_boot=50)
+        t = out[out["evaluation"] == "test"]
+        mc = t[t["metric"] == "accuracy_mcnemar"].iloc[0]
+        assert np.isnan(mc["p_raw"]) != tested
+        assert ("needs 15 patients per class" in mc["method"]) != tested
+        assert t.loc[t["metric"] != "accuracy_mcnemar", "p_raw"].notna().all()
