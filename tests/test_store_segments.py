@@ -569,6 +569,26 @@ def test_pack_in_place_keeps_segments_a_plain_h5py_reader_still_maps(tmp_path, c
     np.testing.assert_array_equal(store.open(path).array("toy"), _x(30))
 
 
+def test_a_copy_of_the_main_file_keeps_the_segments_it_reads(tmp_path):
+    """``cp store.h5 backup.h5`` (one file was a whole store before format 2): the copy reads the
+    original's segments folder; compacting the original must not delete what the copy reads."""
+    import shutil
+
+    path = tmp_path / "s.h5"
+    _extract(path, _meta(30), _x(30), batch=3, merge_every=1)
+    shutil.copy2(path, tmp_path / "backup.h5")
+    store.compact(path, everything=True)
+    from featmammo.store import segments
+
+    segments.collect(path, _state(path), min_age_s=0.0)  # an hour later
+    with store.open(tmp_path / "backup.h5") as b:
+        np.testing.assert_array_equal(b.array("toy"), _x(30))
+    (tmp_path / "backup.h5").unlink()  # the copy gone: so are the segments only it read
+    segments.collect(path, _state(path), min_age_s=0.0)
+    assert len(list(store.segments_dir(path).iterdir())) == 1
+    np.testing.assert_array_equal(store.open(path).array("toy"), _x(30))
+
+
 def _state(path):
     from featmammo.store.index import editing
 

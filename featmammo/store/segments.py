@@ -8,8 +8,9 @@ It is written once through ``featmammo.store.files.write_h5`` and never changed.
 Garbage collection (:func:`collect`, under the store's lock) deletes, in the segments folder:
 
 * temporary files of killed writers;
-* segments this store's index does not reference (a merge killed before its index was written)
-  and that no retired snapshot references;
+* segments this store's index does not reference (a merge killed before its index was written,
+  rows a compaction rewrote) and that no retired snapshot and no other store file in the same
+  folder references (``cp store.h5 copy.h5`` makes a second index over the same segments);
 * segments of other stores (another UUID) unless a store in the same folder carries that UUID
   (``mv store.h5 other.h5`` keeps its segments working): after ``rm store.h5``, what it left is
   discarded with a warning, never read into the new store;
@@ -139,9 +140,12 @@ def _try_exclusive(path: Path):
         return None
 
 
-def _sibling_uuids(folder: Path, skip: Path) -> set[str]:
-    """UUIDs of the featmammo stores in ``folder`` (other files than ``skip``)."""
-    found = set()
+def _siblings(folder: Path, skip: Path, segments: Path) -> tuple[set[str], set[str]]:
+    """The featmammo stores in ``folder`` other than ``skip``: their UUIDs, and the names of the
+    files of the ``segments`` folder they read (a ``cp store.h5 copy.h5`` reads the original's
+    segments folder: what it reads must outlive the original's compactions)."""
+    uuids: set[str] = set()
+    names: set[str] = set()
     for p in folder.iterdir():
         if p == skip or not p.is_file() or p.name.startswith("."):
             continue
@@ -150,11 +154,17 @@ def _sibling_uuids(folder: Path, skip: Path) -> set[str]:
                 if fh.read(8) != b"\x89HDF\r\n\x1a\n":
                     continue
             with _probe(p) as f:
-                if f.attrs.get("store_uuid") is not None:
-                    found.add(str(f.attrs["store_uuid"]))
-        except (OSError, ValueError):
+                if f.attrs.get("store_uuid") is None:
+                    continue
+                uuids.add(str(f.attrs["store_uuid"]))
+                raw = f.attrs.get("segments")
+            for r in json.loads(raw) if raw else ():
+                rel = Path(r.get("file") or "")
+                if (p.parent / rel).parent == segments:
+                    names.add(rel.name)
+        except (OSError, ValueError, TypeError, AttributeError):
             continue
-    return found
+    return uuids, names
 
 
 def collect(
@@ -189,6 +199,7 @@ def collect(
                 continue
             held.append((snap, fd))
         foreign: dict[str, list[Path]] = {}
+        orphans: list[Path] = []  # this store's, referenced by no index of it
         for p in folder.iterdir():
             name = p.name
             if name.startswith(".") and name.endswith(".tmp"):
@@ -202,15 +213,19 @@ def collect(
                 continue
             owner = segment_uuid(name)
             if owner and owner == live_uuid:
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()  # written by a merge killed before its index was
-                    deleted += 1
+                orphans.append(p)  # replaced by a compaction, or a merge killed before its index
                 continue
             if owner and f"uuid:{owner}" in keep:
                 continue
             foreign.setdefault(owner, []).append(p)
-        if foreign:
-            siblings = _sibling_uuids(path.parent, path)
+        if orphans or foreign:
+            siblings, read_by_siblings = _siblings(path.parent, path, folder)
+            for p in orphans:
+                if p.name in read_by_siblings:
+                    continue  # a copy of the main file beside it still reads it
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    deleted += 1
             for owner, files in foreign.items():
                 if owner and owner in siblings:
                     continue  # a store renamed in this folder still reads them
