@@ -199,3 +199,43 @@ def test_hash_ids_store_no_path_in_file_identity(tmp_path):
     fid = store.open(path).meta["file_identity"].tolist()
     assert all(v.startswith("hmac:") for v in fid)
     assert not any("img" in v or "data" in v for v in fid)
+
+
+# ------------------------------------------------------------------------------ failure reasons
+def _with_masks(folder: Path) -> Path:
+    """The dataset with a ROI mask column: row 0's mask is missing, row 1 has none."""
+    from PIL import Image
+
+    manifest = _dataset(folder, n=4)
+    df = pd.read_csv(manifest)
+    for i in range(4):
+        Image.fromarray(np.full((48, 48), 255, np.uint8)).save(folder / f"mask{i}.png")
+    df["roi_mask_path"] = ["gone.png", "", "mask2.png", "mask3.png"]
+    df.to_csv(manifest, index=False)
+    return manifest
+
+
+def test_failure_reasons_say_which_file_and_hash_ids_keeps_every_path_out(tmp_path):
+    """A failure's reason is stored beside the row: it names the ROI mask when the mask failed,
+    does not repeat the image's path, and under --hash-ids holds no path at all (a reason
+    used to carry the image's full path, patient id included, into a hashed store)."""
+    manifest = _with_masks(tmp_path / "data")
+    crop = {**FAST, "preprocess": PreprocessConfig(image_size=64, roi="crop")}
+    extract(manifest, tmp_path / "plain.h5", backbones=["alexnet"], **crop)
+    with store.open(tmp_path / "plain.h5") as st:
+        why = dict(zip(st.failures["image_id"], st.failures["reason"], strict=True))
+    assert set(why) == {"img0", "img1"}
+    assert why["img0"].startswith("ROI mask ") and "gone.png" in why["img0"]
+    assert "img1.pgm" not in why["img1"] and "needs a lesion mask" in why["img1"]
+    key = tmp_path / "key"
+    key.write_bytes(os.urandom(32))
+    path = tmp_path / "hashed.h5"
+    extract(manifest, path, backbones=["alexnet"], hash_ids=key, **crop)
+    with store.open(path) as st:
+        reasons = st.failures["reason"].tolist()
+    assert sorted(reasons) == sorted(
+        ["ROI mask: file does not exist", "roi='crop' needs a lesion mask or bbox (roi_mask)"]
+    ), reasons
+    for f in [path, *store.segments_dir(path).iterdir()]:
+        raw = f.read_bytes()
+        assert str(tmp_path).encode() not in raw and b"img1" not in raw and b"gone" not in raw, f

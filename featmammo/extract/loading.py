@@ -79,9 +79,45 @@ class _Images(torch.utils.data.Dataset):
             return i, None, exc, {}
 
 
-def _reason(exc: FeatmammoError) -> str:
-    """What a store records for a failed image (the path is in the store's own column)."""
-    return exc.reason if isinstance(exc, ImageReadError) else str(exc)
+def _reason(exc: FeatmammoError, path: str = "", mask: str = "", hide_paths: bool = False) -> str:
+    """What a store records for a failed image: why, without the image's own path (the store has
+    it in its path column; a message that starts with it has it cut); an error of another file
+    (the ROI ``mask``) says which. ``hide_paths`` (``--hash-ids``: the store keeps no path): the
+    paths of the image, its folder and its mask are replaced by ``<image>``, ``<image folder>``
+    and ``<ROI mask>`` wherever the message has them."""
+    if isinstance(exc, ImageReadError):
+        if not exc.path or exc.path in (path, _container(path)):
+            return exc.reason
+        which = "ROI mask" if mask and exc.path == mask else "file"
+        text = f"{which}: {exc.reason}" if hide_paths else f"{which} {exc.path}: {exc.reason}"
+    else:
+        text = str(exc)
+        for p in (path, _container(path)):
+            if p and text.startswith(f"{p}: "):
+                text = text[len(p) + 2 :]
+                break
+    if not hide_paths:
+        return text
+    import os
+
+    names = []
+    for p, label in ((mask, "<ROI mask>"), (path, "<image>"), (_container(path), "<image>")):
+        if p:
+            names += [(p, label), (os.path.realpath(p), label)]
+    for p in (path, mask):
+        if p:
+            names += [(os.path.dirname(p), "<image folder>")]
+            names += [(os.path.dirname(os.path.realpath(p)), "<image folder>")]
+    for p, label in sorted(set(names), key=lambda t: -len(t[0])):  # longest first
+        if len(p) > 1:
+            text = text.replace(p, label)
+    return text
+
+
+def _container(path: str) -> str:
+    """The file of a ``FILE#INDEX`` record (``""`` for a plain path)."""
+    head, sep, tail = str(path).rpartition("#")
+    return head if sep and tail.isdigit() else ""
 
 
 def _collate(items):

@@ -120,7 +120,7 @@ class _Loop:
         self.paths = self.df["path"].astype(str).tolist()
         lats = self.df["laterality"].fillna("").astype(str).tolist()
         col = _mask_column(self.df) if self.config.uses_mask else None
-        masks = self.df[col].fillna("").astype(str).tolist() if col else [""] * n
+        self.masks = masks = self.df[col].fillna("").astype(str).tolist() if col else [""] * n
         dataset = _Images(self.paths, lats, masks, self.config, self.cache, self.decoder)
         n_workers, context = _worker_context(dataset, self.workers, self.decoder)
         batches = _loader(dataset, [c.tolist() for c in mine], n_workers, self.dev,
@@ -162,7 +162,7 @@ class _Loop:
         metadata columns of ``ROW_FACTS``)."""
         names, need, summary = self.names, self.need, self.summary
         chunk = np.array(sorted(ok_idx + [i for i, _ in failed]), dtype=np.int64)
-        reasons = {i: _reason(e) for i, e in failed}
+        reasons = {i: _reason(e, self.paths[i], self.masks[i], self.hashed) for i, e in failed}
         pos = {i: k for k, i in enumerate(ok_idx)}
         blocks = {}
         for j, name in enumerate(names):
