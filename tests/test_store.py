@@ -272,6 +272,35 @@ def test_lock_refuses_a_second_process_and_is_reentrant_within_one(tmp_path):
         pass
 
 
+def test_a_store_on_a_read_only_file_system_is_read_and_a_write_is_a_store_error(
+    tmp_path, monkeypatch
+):
+    """Readers need no lock; a writer that cannot create the lock file gets a StoreError (it was
+    a raw OSError traceback: 'Read-only file system: .../s.h5.lock')."""
+    import errno
+
+    path = tmp_path / "s.h5"
+    store.write(path, ["a", "b"], None, {"toy": np.ones((2, 3), np.float32)}, {"toy": _prov()})
+    real_open = os.open
+
+    def read_only(p, flags, *args):
+        if flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(p))
+        return real_open(p, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with store.open(path) as st:
+        assert st.n_done() == {"toy": 2} and not st.writing()
+    writers = (
+        lambda: store.lock(path).__enter__(),
+        lambda: store.prepare(path, ["a", "b"], None, [_entry()], {"id_hashing": None}),
+        lambda: store.compact(path, everything=True),
+    )
+    for writer in writers:
+        with pytest.raises(StoreError, match="cannot write this store.*Read-only file system"):
+            writer()
+
+
 def _shards_then_merge(path, ident) -> None:
     ids = [f"img{i:02d}" for i in range(6)]
     x = np.arange(18, dtype=np.float32).reshape(6, 3)

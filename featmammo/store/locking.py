@@ -59,8 +59,15 @@ def _acquire(path, *, reentrant: bool):
         if held is not None:
             held[1] += 1
         else:
-            lp.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                lp.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:  # a read-only file system, a folder the user cannot write
+                raise StoreError(
+                    f"{path}: cannot write this store: its lock file {lp} cannot be created "
+                    f"({exc.strerror or exc}); reading it needs no lock (featmammo info, "
+                    "featmammo.store.open), writing needs a writable folder"
+                ) from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
