@@ -538,6 +538,25 @@ def _joined_meta(store_list: Sequence[Any], ids: np.ndarray) -> pd.DataFrame:
                     f"image id {first!r} has different {col} values in different stores "
                     f"({values}); {len(conflict)} id(s) conflict"
                 )
+        if "file_identity" in allm.columns:
+            # the same id embedded from other file contents (a file replaced between the two
+            # extractions): one row would join embeddings of two different images
+            fid = want["file_identity"].fillna("").astype(str).replace("", np.nan)
+            nval = fid.groupby(level=0).nunique(dropna=True)
+            conflict = nval[nval > 1]
+            if len(conflict):
+                first = conflict.index[0]
+                where = [
+                    _store_name(store_list[int(k)], int(k))
+                    for k in want.loc[[first], "_store"].tolist()
+                ]
+                raise StoreError(
+                    f"image id {first!r} was embedded from different file contents in "
+                    f"{' and '.join(dict.fromkeys(where))} (file_identity differs: its file "
+                    f"changed between the extractions); {len(conflict)} id(s) differ. Rerun "
+                    "featmammo extract into each store with the current manifest (changed images "
+                    "are embedded again), then fuse"
+                )
     allm = allm[~allm.index.duplicated(keep="first")]
     meta = allm.reindex(pd.Index(ids.astype(str), name="image_id")).drop(columns="_store")
     return meta

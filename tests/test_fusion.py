@@ -257,6 +257,25 @@ def test_conflicting_patient_or_split_refused(tmp_path, column):
     assert fuse([a, c], "hybrid").X.shape == (N, DIMS["resnet50"] + DIMS["alexnet"])
 
 
+def test_an_id_embedded_from_other_file_contents_is_not_joined(tmp_path):
+    """resnet50 extracted before an image was replaced, alexnet after: the two stores agree on
+    label, patient and split, but the row would join embeddings of two different images."""
+    ids, emb, meta = _truth()
+    meta = meta.assign(file_identity=[f"sha256:{i:032x}" for i in range(N)])
+    a = fstore.write(tmp_path / "a.h5", ids, meta, {"resnet50": emb["resnet50"]},
+                     {"resnet50": _prov("resnet50")})  # fmt: skip
+    replaced = meta.copy()
+    replaced.loc[7, "file_identity"] = "sha256:" + "f" * 32
+    b = fstore.write(tmp_path / "b.h5", ids, replaced, {"alexnet": emb["alexnet"]},
+                     {"alexnet": _prov("alexnet")})  # fmt: skip
+    with pytest.raises(StoreError, match="img007.*different file contents.*a.h5 and .*b.h5"):
+        fuse([a, b], "hybrid")
+    # a store made before identities were recorded ("") cannot tell: fused as before
+    old = fstore.write(tmp_path / "old.h5", ids, meta.assign(file_identity=""),
+                       {"alexnet": emb["alexnet"]}, {"alexnet": _prov("alexnet")})  # fmt: skip
+    assert fuse([a, old], "hybrid").X.shape == (N, DIMS["resnet50"] + DIMS["alexnet"])
+
+
 def test_backbone_normalisation_alone_does_not_stop_a_fusion(tmp_path):
     """Under normalize='backbone' each block uses its own mean/std on the same prepared pixels."""
     from featmammo.preprocess import PreprocessConfig
