@@ -354,7 +354,7 @@ def _fuse(store_list, names, features, require_same_preprocess, *, check_blocks)
         col += dim
     X = X[:, :col] if X.shape[1] != col else X
 
-    meta = _joined_meta(store_list, ids_sorted)
+    meta = _joined_meta(store_list, ids_sorted, strict_files=require_same_preprocess)
     provenance["_stores"] = {n: [_store_name(store_list[i], i) for i in sources[n]] for n in names}
     log.info("fused %s: %d images x %d features", "+".join(names), X.shape[0], X.shape[1])
     return FusedFeatures(
@@ -507,8 +507,12 @@ def _widen(X, n: int, width: int) -> np.ndarray:
     return out
 
 
-def _joined_meta(store_list: Sequence[Any], ids: np.ndarray) -> pd.DataFrame:
-    """Metadata for ``ids``: the first store holding an id supplies its row; labels must agree."""
+def _joined_meta(
+    store_list: Sequence[Any], ids: np.ndarray, *, strict_files: bool = True
+) -> pd.DataFrame:
+    """Metadata for ``ids``: the first store holding an id supplies its row; labels must agree,
+    and file identities (``strict_files=False``, fuse's opt-out of the preprocessing check:
+    a warning; a ``--roi crop`` run's identity also covers the mask a ``full`` run's does not)."""
     frames = []
     for si, s in enumerate(store_list):
         m = s.meta
@@ -550,13 +554,16 @@ def _joined_meta(store_list: Sequence[Any], ids: np.ndarray) -> pd.DataFrame:
                     _store_name(store_list[int(k)], int(k))
                     for k in want.loc[[first], "_store"].tolist()
                 ]
-                raise StoreError(
+                msg = (
                     f"image id {first!r} was embedded from different file contents in "
                     f"{' and '.join(dict.fromkeys(where))} (file_identity differs: its file "
                     f"changed between the extractions); {len(conflict)} id(s) differ. Rerun "
                     "featmammo extract into each store with the current manifest (changed images "
                     "are embedded again), then fuse"
                 )
+                if strict_files:
+                    raise StoreError(msg)
+                log.warning("%s; fusing anyway (require_same_preprocess=False)", msg)
     allm = allm[~allm.index.duplicated(keep="first")]
     meta = allm.reindex(pd.Index(ids.astype(str), name="image_id")).drop(columns="_store")
     return meta

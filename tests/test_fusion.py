@@ -270,6 +270,7 @@ def test_an_id_embedded_from_other_file_contents_is_not_joined(tmp_path):
                      {"alexnet": _prov("alexnet")})  # fmt: skip
     with pytest.raises(StoreError, match="img007.*different file contents.*a.h5 and .*b.h5"):
         fuse([a, b], "hybrid")
+    assert len(fuse([a, b], "hybrid", require_same_preprocess=False).ids) == N  # the opt-out warns
     # a store made before identities were recorded ("") cannot tell: fused as before
     old = fstore.write(tmp_path / "old.h5", ids, meta.assign(file_identity=""),
                        {"alexnet": emb["alexnet"]}, {"alexnet": _prov("alexnet")})  # fmt: skip
