@@ -166,6 +166,7 @@ def command(
                 max_failures=max_failures, dtype=dtype, hash_ids=hash_ids,
                 backbone_suffix=backbone_suffix, compression=compression, progress=update,
                 cache=False if no_cache else None, decoder=decoder, pool=pool,
+                stage=stage if talk else None,
             )  # fmt: skip
     except AllImagesFailed as exc:
         summary, all_failed = exc.summary, exc

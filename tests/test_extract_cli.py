@@ -80,10 +80,14 @@ def test_re_embedded_images_are_said(tmp_path):
     manifest = _manifest(tmp_path / "set", bad=False)
     out = tmp_path / "s.h5"
     cmd = ["extract", str(manifest), "-o", str(out), "-b", "alexnet", *ARGS]
-    assert CliRunner().invoke(cli, cmd).exit_code == 0
+    r = CliRunner().invoke(cli, cmd)
+    assert r.exit_code == 0
+    # a first run reads every file once before the first batch: said, not silent minutes
+    assert "file identities: reading 3 of 3 files once for their digests" in r.output
     _replace_keeping_size_and_mtime(tmp_path / "set" / "img1.pgm", seed=99)
     r = CliRunner().invoke(cli, cmd)
     assert r.exit_code == 0, r.output
+    assert "file identities: reading 1 of 3 files" in r.output
     assert "3 images: 1 done, 2 skipped, 0 images failed (0 image x backbone pairs); " in r.output
     assert "1 re-embedded because their files changed" in r.output
     assert os.path.exists(out)

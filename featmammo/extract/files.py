@@ -166,13 +166,15 @@ def file_identities(
     key: bytes | None = None,
     cache: DigestCache | None = None,
     threads: int = 2,
+    announce=None,
 ) -> list[str]:
     """One identity string per row (``""`` when its image file is missing); see the module.
 
     ``masks``: the ROI mask of each row when the run's ROI mode reads masks, else None.
     ``key``: the ``--hash-ids`` key (HMAC instead of plain digests). ``cache``: the digest table
     (None: :meth:`DigestCache.default`). ``threads``: files hashed at once (hashlib releases the
-    GIL, so reading and hashing overlap).
+    GIL, so reading and hashing overlap). ``announce(message)``: told how many files will be
+    read, before a pass that reads any (the CLI's stage line: a first run reads every file).
     """
     own = cache is None
     cache = DigestCache.default() if own else cache
@@ -183,7 +185,13 @@ def file_identities(
         known = cache.get_many([s for s in sigs.values() if s is not None])
         todo = sorted({s[0] for s in sigs.values() if s is not None and s[0] not in known})
         if todo:
-            log.info("file identities: reading %d of %d files (digests)", len(todo), len(files))
+            said = (
+                f"file identities: reading {len(todo)} of {len(files)} files once for their "
+                "digests (later runs only stat unchanged files)"
+            )
+            log.info("%s", said)
+            if announce is not None:
+                announce(said)
 
             def one(real: str) -> tuple[str, str | None]:
                 try:

@@ -74,6 +74,7 @@ def extract(
     cache=None,
     decoder: str = "cpu",
     pool: str = "avg",
+    stage: Callable[[str], None] | None = None,
 ) -> ExtractSummary:
     """Embed every manifest image with every backbone into the HDF5 store at ``store_path``.
 
@@ -96,6 +97,8 @@ def extract(
     schedule keeps the bytes written within a small constant of the store's size.
     ``consolidate_every=1`` merges after every batch instead (fault-injection tests).
     ``progress(n, total)`` is called after each batch: n images of this process's total settled.
+    ``stage(message)`` is told of a long step before the batches (rank 0: a first run reading
+    every file once for its ``file_identity``).
     Under ``torchrun`` (WORLD_SIZE > 1) the batches are split across ranks into one store.
     Raises :class:`AllImagesFailed` (after recording the failures) when every image failed.
     """
@@ -147,7 +150,7 @@ def extract(
                 backbone_suffix=backbone_suffix, compression=compression, dev=dev, prec=prec,
                 batch_size=batch_size, n_workers=n_workers, max_failures=max_failures,
                 progress=progress, prefetch=prefetch, cache=cache,
-                consolidate_every=consolidate_every, dec=dec, t0=t0, pool=pool,
+                consolidate_every=consolidate_every, dec=dec, t0=t0, pool=pool, stage=stage,
             )  # fmt: skip
     except BaseException as exc:
         ranks.post_error(exc)  # every other rank stops with this error, never waits for it
@@ -183,7 +186,7 @@ def extract(
 def _run(
     ranks: Ranks, *, df, ids, meta, mhash, key, store_path: Path, backbones, weights, preprocess,
     dtype, backbone_suffix, compression, dev, prec, batch_size, n_workers, max_failures,
-    progress, prefetch, cache, consolidate_every, dec, t0, pool="avg",
+    progress, prefetch, cache, consolidate_every, dec, t0, pool="avg", stage=None,
 ) -> ExtractSummary:  # fmt: skip
     """The run itself, on every rank: the backbones, identities every rank agrees on, one shared
     work list, this rank's batches, the merged summary; rank 0 prepares and finishes the store."""
@@ -222,7 +225,7 @@ def _run(
     }
     names = list(models)
     with ranks.busy():  # the files behind each row: every rank digests its share
-        meta = meta.assign(file_identity=_file_identities(ranks, df, config, key))
+        meta = meta.assign(file_identity=_file_identities(ranks, df, config, key, stage))
 
     def prepare_and_plan() -> Plan:
         # prepare merges the shards an interrupted run left, before it compares file identities
@@ -306,15 +309,19 @@ def _check_nothing_pending(store_path: Path, ids, names: list) -> None:
         )
 
 
-def _file_identities(ranks: Ranks, df: pd.DataFrame, config, key: bytes | None) -> list[str]:
+def _file_identities(
+    ranks: Ranks, df: pd.DataFrame, config, key: bytes | None, stage=None
+) -> list[str]:
     """Each manifest row's ``file_identity`` (``featmammo.extract.files``); under torchrun every
-    rank digests every ``world``-th row and all ranks get the whole list."""
+    rank digests every ``world``-th row and all ranks get the whole list (rank 0 tells ``stage``
+    how many of its share it reads)."""
     paths = df["path"].astype(str).tolist()
     col = _mask_column(df) if config.uses_mask else None
     masks = df[col].fillna("").astype(str).tolist() if col else None
     r, w = ranks.rank, ranks.world
     part = file_identities(paths[r::w], masks[r::w] if masks else None, key=key,
-                           threads=max(2, torch.get_num_threads()))  # fmt: skip
+                           threads=max(2, torch.get_num_threads()),
+                           announce=stage if r == 0 else None)  # fmt: skip
     parts = ranks.gather("file_identity", part)
     out = [""] * len(paths)
     for k, got in enumerate(parts):
