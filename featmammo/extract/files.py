@@ -19,9 +19,11 @@ Digests are read once per file version: a small SQLite table under ``$FEATMAMMO_
 (``file_digests.sqlite3``) maps a file's stat signature (resolved path, device, inode, size,
 mtime_ns, ctime_ns) to its digest, so a rerun stats each file and reads none; any change of the
 signature (a replacement changes ctime, which no program can set back; a copy or ``chmod`` too)
-reads the file once more. The table is only a shortcut: when it is missing, unreadable or
-unwritable the digests are computed (one warning), never guessed. Cost measured by
-``benchmarks/file_identity.py``.
+reads the file once more. A digest is kept only when the file did not change while it was read
+nor in the ``RACY_NS`` before (a file changed twice within one timestamp tick keeps its signature:
+such a file is read again on the next run instead). The table is only a shortcut: when it is
+missing, unreadable or unwritable the digests are computed (one warning), never guessed. Cost
+measured by ``benchmarks/file_identity.py``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,6 +48,10 @@ log = logging.getLogger(__package__)
 CACHE_NAME = "file_digests.sqlite3"
 _RECORD = re.compile(r"(.+)#(\d+)")
 _HEX = 32  # hex digits kept (128 bits)
+#: a digest taken less than this long after its file last changed is not put in the table: a
+#: second change within the same timestamp tick (a coarse kernel clock: a few ms; FAT: 2 s) would
+#: keep the stat signature, and the table would serve the first content's digest ("racy git")
+RACY_NS = 2_000_000_000
 
 
 def _signature(path: Path) -> tuple[str, str] | None:
@@ -58,6 +65,13 @@ def _signature(path: Path) -> tuple[str, str] | None:
         return None
     sig = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
     return real, sig
+
+
+def _racy(sig: str) -> bool:
+    """The file changed (mtime or ctime) less than ``RACY_NS`` ago: its signature may not move
+    if it changes again right away."""
+    *_, mtime_ns, ctime_ns = sig.split(":")
+    return time.time_ns() - max(int(mtime_ns), int(ctime_ns)) < RACY_NS
 
 
 class DigestCache:
@@ -193,17 +207,22 @@ def file_identities(
             if announce is not None:
                 announce(said)
 
-            def one(real: str) -> tuple[str, str | None]:
+            by_real = {s[0]: s[1] for s in sigs.values() if s is not None}
+
+            def one(real: str) -> tuple[str, str | None, bool]:
+                """``(file, digest or None, whether the table may keep it)``."""
                 try:
-                    return real, sha256_file(real)
+                    digest = sha256_file(real)
                 except OSError:
-                    return real, None
+                    return real, None, False
+                after = _signature(Path(real))  # unchanged while read, and not changed just now
+                steady = after is not None and after[1] == by_real[real] and not _racy(after[1])
+                return real, digest, steady
 
             with ThreadPoolExecutor(max(1, threads), thread_name_prefix="featmammo-digest") as ex:
-                fresh = dict(ex.map(one, todo))
-            by_real = {s[0]: s[1] for s in sigs.values() if s is not None}
-            cache.put_many([(r, by_real[r], d) for r, d in fresh.items() if d is not None])
-            known.update({r: d for r, d in fresh.items() if d is not None})
+                fresh = {r: (d, ok) for r, d, ok in ex.map(one, todo)}
+            cache.put_many([(r, by_real[r], d) for r, (d, ok) in fresh.items() if ok])
+            known.update({r: d for r, (d, _ok) in fresh.items() if d is not None})
     finally:
         if own:
             cache.close()
