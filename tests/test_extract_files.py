@@ -264,3 +264,22 @@ def test_failure_reasons_say_which_file_and_hash_ids_keeps_every_path_out(tmp_pa
     for f in [path, *store.segments_dir(path).iterdir()]:
         raw = f.read_bytes()
         assert str(tmp_path).encode() not in raw and b"img1" not in raw and b"gone" not in raw, f
+
+
+def test_patches_extracted_with_the_breast_crop_are_warned_about(tmp_path, caplog):
+    """readers-review: the DDSM patch set's 299x299 patches are full of tissue; --crop breast keeps
+    the largest bright region (the mass, on a mass patch). Said once, naming the manifest."""
+    import logging
+
+    manifest = _dataset(tmp_path / "data", n=2)
+    df = pd.read_csv(manifest).assign(source="ddsm-patches")
+    df.to_csv(manifest, index=False)
+    with caplog.at_level(logging.WARNING, "featmammo.extract"):
+        extract(manifest, tmp_path / "a.h5", backbones=["alexnet"], **FAST)
+    said = [r.getMessage() for r in caplog.records if "DDSM patch set" in r.getMessage()]
+    assert len(said) == 1 and str(manifest) in said[0] and "--crop none" in said[0]
+    caplog.clear()
+    none = {**FAST, "preprocess": PreprocessConfig(image_size=64, crop="none")}
+    with caplog.at_level(logging.WARNING, "featmammo.extract"):
+        extract(manifest, tmp_path / "b.h5", backbones=["alexnet"], **none)
+    assert "DDSM patch set" not in caplog.text

@@ -131,9 +131,11 @@ def extract(
         PreparedCache.default()
 
     df = read_manifest(manifest)
+    where = str(manifest) if not isinstance(manifest, pd.DataFrame) else "manifest"
     if preprocess is not None:
-        check_roi_masks(df, preprocess, str(manifest) if not isinstance(manifest, pd.DataFrame)
-                        else "manifest")  # fmt: skip
+        check_roi_masks(df, preprocess, where)
+    if rank == 0:
+        _warn_patches_cropped(df, preprocess, where)
     mhash = manifest_hash(df)
     key = read_key(hash_ids) if hash_ids else None
     stored = _pseudonymise(df, key) if key is not None else df
@@ -292,6 +294,25 @@ def _run(
         with ranks.busy():
             ranks.share("final", finish)  # every rank returns once the store is whole
     return summary
+
+
+def _warn_patches_cropped(df: pd.DataFrame, preprocess, where: str) -> None:
+    """A WARNING when every row is a DDSM patch (``featmammo manifest ddsm-patches``) and the
+    breast crop is on: on a 299x299 patch full of tissue it keeps the largest bright region (a
+    mass: a zoom that differs with the label)."""
+    from ..datasets.ddsm_patches import SOURCE
+    from ..preprocess import PreprocessConfig
+
+    crop = (preprocess or PreprocessConfig()).crop
+    sources = set(df["source"].fillna("").astype(str)) if "source" in df.columns else set()
+    if crop == "breast" and sources == {SOURCE}:
+        log.warning(
+            "%s: rows of the DDSM patch set (source %s) with --crop breast: each patch is cropped "
+            "to its largest bright region (on a tissue patch with a mass, the mass: a zoom that "
+            "differs with the label); use --crop none",
+            where,
+            SOURCE,
+        )
 
 
 def _check_nothing_pending(store_path: Path, ids, names: list) -> None:
