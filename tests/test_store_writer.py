@@ -80,6 +80,13 @@ def test_writer_stores_every_batch_in_any_order(tmp_path, dtype):
     _check_complete(path, np.float16 if dtype == "float16" else np.float32)
 
 
+def _wait(cond, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.01)
+
+
 def test_readers_see_a_consistent_store_during_merges(tmp_path):
     """A reader opening the store while merges run sees whole rows, never a half-merged file."""
     import threading
@@ -103,11 +110,12 @@ def test_readers_see_a_consistent_store_during_merges(tmp_path):
     reader.start()
     try:
         with BackgroundWriter(path, growth=0, merge_until=None) as w:
-            for a in range(0, N, 2):
+            for k, a in enumerate(range(0, N, 2)):
                 rows = [r for r in (a, a + 1) if r != 5]
                 block = (x[rows], [1] * len(rows), [""] * len(rows))
                 w.submit([ids[r] for r in rows], {"toy": block}, {"toy": e.identity})
-                time.sleep(0.01)
+                if k < 3:  # let the first batches merge one at a time, however loaded the machine
+                    _wait(lambda k=k: w.n_merges > k)
         store.consolidate(path)
     finally:
         stop.set()
