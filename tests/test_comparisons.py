@@ -219,3 +219,44 @@ def test_mcnemar_needs_15_patients_per_class():
         assert np.isnan(mc["p_raw"]) != tested
         assert ("needs 15 patients per class" in mc["method"]) != tested
         assert t.loc[t["metric"] != "accuracy_mcnemar", "p_raw"].notna().all()
+
+
+def test_fit_cv_repeats_feed_the_corrected_t(tmp_path):
+    """fit --cv-repeats 3: repeat 1 is predictions.csv unchanged, repeats 2-3 (new folds, CV rows
+    only) are predictions_repeats.csv, and the CV comparisons run over 3 x 3 folds (issue 16.2)."""
+    import json
+
+    from test_fit_cli import _cli, _write_store
+
+    from featmammo import report as rp
+
+    st = _write_store(tmp_path / "s.h5")
+    args = ["fit", st, "--head", "logreg", "--cv", "3", "--tune", "grid", "--tune-grid",
+            "small", "--inner-cv", "2", "--n-boot", "20", "--no-figures"]  # fmt: skip
+    assert _cli([*args, "-o", tmp_path / "one"]).exit_code == 0
+    r = _cli([*args, "-o", tmp_path / "three", "--cv-repeats", "3"])
+    assert r.exit_code == 0, r.output
+    one, three = tmp_path / "one", tmp_path / "three"
+    assert (one / "predictions.csv").read_text() == (three / "predictions.csv").read_text()
+    assert not (one / "predictions_repeats.csv").exists()
+    rep = pd.read_csv(three / "predictions_repeats.csv", dtype={"fold": str})
+    assert set(rep["repeat"]) == {2, 3} and "test" not in set(rep["fold"])
+    for _, g in rep.groupby(["features", "repeat"]):
+        assert g["image_id"].is_unique and len(g) == 45  # every training image once per repeat
+    first = pd.read_csv(one / "predictions.csv", dtype={"fold": str})
+    r2 = rep[(rep["repeat"] == 2) & (rep["features"] == "hybrid")].set_index("image_id")["fold"]
+    r1 = first[(first["features"] == "hybrid") & (first["fold"] != "test")]
+    assert (r1.set_index("image_id")["fold"] != r2.loc[r1["image_id"]]).any()  # new folds
+    comps = pd.read_csv(three / "comparisons.csv")
+    cv = comps[comps["evaluation"] == "cv"]
+    assert cv["method"].str.contains("9 folds x 3 repeat").all()
+    tuning = pd.read_csv(three / "tuning.csv", dtype=str)
+    assert {"r2.1", "r3.3", "1", "test"} <= set(tuning["fold"])
+    assert json.loads((three / "config.json").read_text())["cv_repeats"] == 3
+    assert all(c["ok"] for c in rp.verify(three)), [c for c in rp.verify(three) if not c["ok"]]
+    bad = pd.read_csv(three / "predictions_repeats.csv")
+    bad.loc[bad.index[:10], "y_pred"] = "malignant"
+    bad.to_csv(three / "predictions_repeats.csv", index=False)
+    assert any(not c["ok"] for c in rp.verify(three))  # the repeats enter the verification
+    r = _cli(["fit", st, "-o", tmp_path / "x", "--cv", "0", "--cv-repeats", "2"])
+    assert r.exit_code != 0 and "--cv-repeats 2" in str(r.exception) + r.output

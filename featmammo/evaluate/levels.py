@@ -143,7 +143,8 @@ def aggregate_predictions(
     df = df[df["laterality"].isin(["L", "R"])]
     df["_sev"] = _severity(df["y_true"], classes)
     pos = f"p_{positive}"
-    keys = [*_GROUP, "laterality"]
+    rep = ["repeat"] if "repeat" in df.columns else []  # CV repeats stay apart
+    keys = [*_GROUP, *rep, "laterality"]
     g = df.groupby(keys, sort=True, dropna=False)
     if aggregate == "mean":
         breast = g[pcols].mean()
@@ -152,7 +153,7 @@ def aggregate_predictions(
         breast = top[pcols]
     breast = breast.join(g["_sev"].max()).join(g.size().rename("n_views")).reset_index()
     if level == "exam":
-        ekeys = list(_GROUP)
+        ekeys = [*_GROUP, *rep]
         ge = breast.groupby(ekeys, sort=True, dropna=False)
         top = breast.loc[ge[pos].idxmax()].set_index(ekeys)[pcols]
         exam = top.join(ge["_sev"].max()).join(ge["n_views"].sum()).reset_index()
@@ -164,7 +165,7 @@ def aggregate_predictions(
     out["evaluation"] = out["fold"].astype(str).map(evaluation_of)
     lead = ["patient_id", "exam_id", *(["laterality"] if level == "breast" else [])]
     cols = [*lead, "evaluation", "fold", "features", "head", "y_true", "y_pred", *pcols,
-            "n_views"]  # fmt: skip
+            "n_views", *rep]  # fmt: skip
     return out[cols].reset_index(drop=True)
 
 

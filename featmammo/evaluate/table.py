@@ -170,6 +170,7 @@ def evaluate_predictions(
     at_specificity: Sequence[float] = DEFAULT_AT_SPECIFICITY,
     level: str = "image",
     cv_method: str = "corrected-t",
+    comparison_predictions: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Leaderboard (one row per features x head x evaluation) and a metrics dict, from predictions.
 
@@ -187,7 +188,8 @@ def evaluate_predictions(
     its test score. ``constant_predictions`` says why a result's predictions are (nearly)
     constant (:func:`~featmammo.evaluate.comparisons.constant_reason`), empty otherwise. A result
     whose smallest class has fewer than ``min_patients_per_class`` patients gets no CI (NaN) and a
-    ``ci_note`` saying why.
+    ``ci_note`` saying why. ``comparison_predictions``: the rows the comparisons run on when they
+    differ from ``predictions`` (CV repeats: a ``repeat`` column; default ``predictions``).
     """
     from .comparisons import compare_predictions, constant_reason, default_pairs
 
@@ -271,7 +273,8 @@ def evaluate_predictions(
         )
     pairs = [(str(a), str(b)) for a, b in pairs]
     comparisons = compare_predictions(
-        predictions, pairs, classes, level=level, n_boot=n_boot, seed=seed, ci_level=ci_level,
+        predictions if comparison_predictions is None else comparison_predictions,
+        pairs, classes, level=level, n_boot=n_boot, seed=seed, ci_level=ci_level,
         min_patients_per_class=min_patients_per_class, positive=positive, cv_method=cv_method,
         optimistic_features=sorted(optimistic_features),
     )  # fmt: skip

@@ -66,6 +66,7 @@ from .splits import (  # noqa: F401
     _audits,
     _check_trainable,
     _inner_splits,
+    _repeat_folds,
 )
 from .stores import (  # noqa: F401
     FiniteStoreView,
@@ -226,6 +227,7 @@ def fit(
     positive_class: str | None = None,
     at_specificity: Sequence[float] | None = None,
     progress=None,
+    cv_repeats: int = 1,
 ) -> FitResult:
     """Fit every features x head with patient-grouped CV and a held-out test; write the run folder.
 
@@ -248,7 +250,11 @@ def fit(
     images carry a laterality and an ``exam_id``); ``aggregate``: how a breast scores its views
     (``mean`` of their probabilities, or ``max``: its most suspicious view's). ``positive_class``
     (default: the most severe class of the scheme) and ``at_specificity`` (default 0.9) set the
-    screening metrics (``sens_at_spec_<t>``, ``pauc_0.10``, ``pf1``). ``progress(1, total)`` is
+    screening metrics (``sens_at_spec_<t>``, ``pauc_0.10``, ``pf1``). ``cv_repeats``: R repeats
+    of the patient-grouped CV, each with its own folds (repeat 1's predictions are
+    predictions.csv, the others predictions_repeats.csv); the CV comparisons run the corrected
+    resampled t over all R x K folds (more power at the same level: benchmarks/null_calibration.py),
+    at R times the cost of the CV. ``progress(1, total)`` is
     called after each fitted unit (features x head x outer fold, final refit included).
     """
     from .. import heads as heads_mod
@@ -269,6 +275,11 @@ def fit(
     if aggregate not in AGGREGATES:
         raise ConfigError(f"--aggregate {aggregate!r}: choose one of {', '.join(AGGREGATES)}")
     at_specificity = check_specificities(at_specificity)
+    cv_repeats = int(cv_repeats)
+    if cv_repeats < 1 or (cv_repeats > 1 and cv < 2):
+        raise ConfigError(
+            f"--cv-repeats {cv_repeats}: use 1, or more with --cv 2 or more (repeats of the CV)"
+        )
     if tune_metric not in tuning.METRICS:
         raise ConfigError(
             f"--tune-metric {tune_metric!r}: choose one of {', '.join(tuning.METRICS)}"
@@ -387,14 +398,24 @@ def fit(
     if "xgboost" in head_names:
         log.info("xgboost head: device=%s", heads_mod.xgboost_device(device))
 
-    # outer folds, then the final model on the whole training part ("test" in tuning.csv)
+    # outer folds (of every CV repeat), then the final model on the whole training part ("test"
+    # in tuning.csv); a run: (label in tuning.csv, repeat, training rows, predicted rows, what)
     outer = sorted({v for v in fold if v not in ("test", "")}, key=int)
-    runs = [*outer, "test"]
+    folds_of = {1: fold}
+    for rep in range(2, cv_repeats + 1):
+        folds_of[rep] = _repeat_folds(labels, groups, is_test, cv, seed, rep)
+    runs = [
+        (k if rep == 1 else f"r{rep}.{k}", rep, ~is_test & (fr != k), fr == k,
+         f"CV fold {k}" + ("" if rep == 1 else f" of repeat {rep}"))
+        for rep, fr in folds_of.items()
+        for k in outer
+    ]  # fmt: skip
+    runs.append(("test", 1, ~is_test, is_test, "final fit on the training part"))
     inner_splits, untuned_why = {}, {}
     if tune == "grid":
-        for r in runs:
-            train = ~is_test if r == "test" else (~is_test & (fold != r))
+        for r, _, train, _, _ in runs:
             inner_splits[r], why = _inner_splits(labels[train], groups[train], inner_cv, seed, r)
+            untuned_why[r] = why
             if why:
                 note = (
                     f"--tune grid: {why}; its heads ran at their defaults, untuned (tuning.csv: "
@@ -433,11 +454,11 @@ def fit(
             idx = pos.loc[ids].to_numpy()
             # no copy when the rows are already in order (the usual case): a view stays a view
             X = fz.X if np.array_equal(idx, np.arange(len(fz.ids))) else fz.X[idx]
-            proba = {h: np.full((len(ids), len(classes)), np.nan) for h in head_names}
-            for r in runs:
-                train = ~is_test if r == "test" else (~is_test & (fold != r))
-                target = is_test if r == "test" else (fold == r)
-                what = "final fit on the training part" if r == "test" else f"CV fold {r}"
+            proba = {
+                rep: {h: np.full((len(ids), len(classes)), np.nan) for h in head_names}
+                for rep in folds_of
+            }
+            for r, rep, train, target, what in runs:
                 inner = None
                 if tune == "grid" and inner_splits[r] is not None:
                     inner = tuning.InnerCV(
@@ -469,7 +490,7 @@ def fit(
                     tick()
                     if target.any():
                         with _step(f, h, f"prediction of {what}", int(train.sum())):
-                            proba[h][target] = _proba(model, X[target], classes)
+                            proba[rep][h][target] = _proba(model, X[target], classes)
                     if r != "test":
                         continue
                     path = heads_mod.save(
@@ -485,26 +506,32 @@ def fit(
                         },
                     )  # fmt: skip
                     models[f"{f}__{h}"] = path
-            for h in head_names:
-                done = ~np.isnan(proba[h]).any(axis=1)
-                y_pred = np.asarray(classes, dtype=object)[np.nan_to_num(proba[h]).argmax(axis=1)]
-                part = pd.DataFrame(
-                    {
-                        "image_id": ids,
-                        "patient_id": groups,
-                        "fold": fold,
-                        "features": f,
-                        "head": h,
-                        "y_true": labels,
-                        "y_pred": y_pred,
-                        **{f"p_{c}": proba[h][:, j] for j, c in enumerate(classes)},
-                    }
-                )
-                if level_cols is not None:  # what the breast and exam levels group by
-                    part["exam_id"] = level_cols["exam_id"].to_numpy()
-                    part["laterality"] = level_cols["laterality"].to_numpy()
-                rows.append(part[done])
-            return rows, tuning_rows, models
+            repeat_rows = []
+            for rep, fr in folds_of.items():
+                for h in head_names:
+                    p = proba[rep][h]
+                    done = ~np.isnan(p).any(axis=1)
+                    y_pred = np.asarray(classes, dtype=object)[np.nan_to_num(p).argmax(axis=1)]
+                    part = pd.DataFrame(
+                        {
+                            "image_id": ids,
+                            "patient_id": groups,
+                            "fold": fr,
+                            "features": f,
+                            "head": h,
+                            "y_true": labels,
+                            "y_pred": y_pred,
+                            **{f"p_{c}": p[:, j] for j, c in enumerate(classes)},
+                        }
+                    )
+                    if level_cols is not None:  # what the breast and exam levels group by
+                        part["exam_id"] = level_cols["exam_id"].to_numpy()
+                        part["laterality"] = level_cols["laterality"].to_numpy()
+                    if rep == 1:
+                        rows.append(part[done])
+                    else:  # extra CV repeats: their own file, for the comparisons
+                        repeat_rows.append(part[done].assign(repeat=rep))
+            return rows, tuning_rows, models, repeat_rows
 
         if n_jobs > 1 and len(features) > 1:  # features sets in parallel threads
             from concurrent.futures import ThreadPoolExecutor
@@ -517,11 +544,12 @@ def fit(
             done_sets = [by_name[f] for f in features]
         else:
             done_sets = [_one_features_set(f) for f in features]
-        rows, models, tuning_rows = [], {}, []
-        for f_rows, f_tuning, f_models in done_sets:  # in features order: deterministic files
+        rows, models, tuning_rows, repeat_rows = [], {}, [], []
+        for f_rows, f_tuning, f_models, f_repeats in done_sets:  # in features order
             rows += f_rows
             tuning_rows += f_tuning
             models.update(f_models)
+            repeat_rows += f_repeats
         notes += sorted(set(fit_notes))  # --tune none: what the fits could not do
         if tune == "grid":
             columns = list(tuning.TUNING_COLUMNS)
@@ -532,6 +560,10 @@ def fit(
             frame.to_csv(run_dir / "tuning.csv", index=False, na_rep="nan")
         predictions = pd.concat(rows, ignore_index=True)
         predictions.to_csv(run_dir / "predictions.csv", index=False)
+        if repeat_rows:
+            pd.concat(repeat_rows, ignore_index=True).to_csv(
+                run_dir / "predictions_repeats.csv", index=False
+            )
         paths = meta["path"].astype(str) if "path" in meta.columns else pd.Series([""] * len(ids))
         pd.DataFrame({"image_id": ids, "path": paths.to_numpy()}).to_csv(
             run_dir / "images.csv", index=False
@@ -545,6 +577,7 @@ def fit(
             "head_params": head_params,
             "classes": list(classes),
             "cv": cv,
+            "cv_repeats": cv_repeats,
             "test_split": test_split,
             "test_size": test_size if test_split == "grouped" else None,
             "seed": seed,

@@ -60,6 +60,23 @@ def _assign_splits(meta, labels, groups, *, cv, test_split, test_size, seed):
     return fold
 
 
+def _repeat_folds(labels, groups, is_test, cv: int, seed: int, repeat: int) -> np.ndarray:
+    """The fold labels ("1".."k", "test", "") of CV repeat ``repeat`` (>= 2): the same training
+    part and test rows, the training patients split anew (seed ``seed + repeat - 1``)."""
+    from .. import splits
+
+    fold = np.where(is_test, "test", "").astype(object)
+    train_idx = np.flatnonzero(~is_test)
+    folds = splits.grouped_kfold(labels[train_idx], groups[train_idx], cv, seed + repeat - 1)
+    for k, (_, val) in enumerate(folds, start=1):
+        fold[train_idx[np.asarray(val, dtype=int)]] = str(k)
+    for k in range(1, cv + 1):
+        rest = train_idx[fold[train_idx] != str(k)]
+        _check_trainable(labels[rest], groups[rest], f"CV fold {k}'s training side (repeat "
+                         f"{repeat})", None, cv)  # fmt: skip
+    return fold
+
+
 def _check_trainable(labels, groups, where: str, test_split, cv: int | None = None) -> None:
     """ConfigError unless ``labels`` hold at least two classes (a head cannot fit on one)."""
     present = pd.Series(labels).value_counts()

@@ -54,7 +54,7 @@ from .files import (
     read_config,
     read_tuning,
 )
-from .inputs import level_frames, report_pairs
+from .inputs import comparison_frames, level_frames, report_pairs
 from .markdown import _markdown, tuning_notes
 
 # featmammo.report keeps every name it had before the split into files (the run folder's files),
@@ -144,6 +144,7 @@ def write_report(
     tuning = read_tuning(run_dir)
     pair_list = report_pairs(config, predictions, compare_to, pairs)
     frames, level_notes = level_frames(predictions, config)
+    cmp_frames = comparison_frames(run_dir, frames, config)
     boards, results, comparisons = [], [], []
     metrics: dict = {}
     for lv, frame in frames.items():
@@ -153,6 +154,7 @@ def write_report(
             pairs=pair_list, optimistic_features=config.get("optimistic_features") or (),
             min_patients_per_class=min_patients_per_class,
             at_specificity=config.get("at_specificity") or ev.DEFAULT_AT_SPECIFICITY, level=lv,
+            comparison_predictions=cmp_frames[lv],
         )  # fmt: skip
         boards.append(board)
         results += m["results"]

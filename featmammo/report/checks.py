@@ -214,6 +214,7 @@ def consistency_checks(
     frames: dict | None = None,
     comparisons: pd.DataFrame | None = None,
     level_files: dict | None = None,
+    comparison_rows: dict | None = None,
 ) -> list[dict]:
     """Checks that can fail: every figure recomputed a second way and compared.
 
@@ -366,7 +367,7 @@ def consistency_checks(
     _rank_check(checks, lb)
     _constant_check(checks, metrics, frames)
     if comparisons is not None:
-        checks += comparison_checks(comparisons, metrics, frames, classes)
+        checks += comparison_checks(comparisons, metrics, comparison_rows or frames, classes)
     if level_files:
         checks += level_file_checks(level_files, frames)
     if tuning is not None:
@@ -502,6 +503,8 @@ def comparison_checks(table: pd.DataFrame, metrics: dict, frames: dict, classes)
         if frame is None:
             continue
         keys = list(ev.comparisons.LEVEL_KEYS[str(row["level"])])
+        if "repeat" in frame.columns:  # CV repeats: pair within a repeat
+            keys.append("repeat")
         ev_col = frame["fold"].astype(str).map(ev.evaluation_of)
         sel = frame[(ev_col == row["evaluation"]) & (frame["head"].astype(str) == row["head"])]
         a = sel[sel["features"].astype(str) == row["features_a"]]
@@ -539,6 +542,8 @@ def comparison_checks(table: pd.DataFrame, metrics: dict, frames: dict, classes)
             d = [v for v in d if not math.isnan(v)]
             want = float(np.mean(d)) if d else math.nan
         else:
+            if "repeat" in m.columns:  # the test set (and pooled rows): the first repeat
+                m = m[m["repeat"].astype(str) == "1"]
             want = score(m, "a") - score(m, "b")
         dd = diff_abs(row["diff"], want)
         if dd > worst:
@@ -645,7 +650,7 @@ def verify(run_dir) -> list[dict]:
     as a failed check. The breast/exam rows and every comparison are re-derived from
     predictions.csv."""
     from .files import COMPARISONS
-    from .inputs import level_frames
+    from .inputs import comparison_frames, level_frames
 
     run_dir = Path(run_dir)
     config = read_config(run_dir)
@@ -676,4 +681,5 @@ def verify(run_dir) -> list[dict]:
         frames=frames,
         comparisons=comparisons,
         level_files=files,
+        comparison_rows=comparison_frames(run_dir, frames, config),
     )

@@ -44,3 +44,30 @@ def level_frames(predictions: pd.DataFrame, config: dict) -> tuple[dict, list[st
                 f"the {' and '.join(wanted)} level(s)"
             )
     return frames, notes
+
+
+REPEATS = "predictions_repeats.csv"
+
+
+def comparison_frames(run_dir, frames: dict, config: dict) -> dict:
+    """``{level: rows}`` the comparisons run on: the level's rows (repeat 1), plus, when the run
+    made ``cv_repeats`` > 1 CV repeats, the other repeats' CV rows (predictions_repeats.csv,
+    aggregated to the level the same way), told apart by a ``repeat`` column."""
+    from pathlib import Path
+
+    repeats = int(config.get("cv_repeats") or 1)
+    path = Path(run_dir) / REPEATS
+    if repeats <= 1 or not path.exists():
+        return frames
+    extra = ev.read_predictions(path)
+    extra["repeat"] = extra["repeat"].astype(int)
+    out = {}
+    for level, frame in frames.items():
+        rows = extra
+        if level != "image":
+            rows = ev.aggregate_predictions(
+                extra, config["classes"], level, aggregate=config.get("aggregate", "mean"),
+                positive=config.get("positive_class"),
+            )  # fmt: skip
+        out[level] = pd.concat([frame.assign(repeat=1), rows], ignore_index=True)
+    return out
