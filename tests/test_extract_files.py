@@ -283,3 +283,35 @@ def test_patches_extracted_with_the_breast_crop_are_warned_about(tmp_path, caplo
     with caplog.at_level(logging.WARNING, "featmammo.extract"):
         extract(manifest, tmp_path / "b.h5", backbones=["alexnet"], **none)
     assert "DDSM patch set" not in caplog.text
+
+
+def test_a_full_and_a_crop_entry_of_one_store_keep_each_others_rows(tmp_path):
+    """docs: 'another preprocessing of a backbone the store already holds' goes under
+    --backbone-suffix. A --roi crop run's identities cover the masks, a full run's do not: each
+    run saw every masked row as changed and reset the other entry's rows (reproduced with the CLI
+    on synth data: alexnet 7/24 done after the crop run, alexnet_crop 0/24 after the full rerun)."""
+    from PIL import Image
+
+    folder = tmp_path / "data"
+    manifest = _dataset(folder, n=4)
+    for i in range(4):
+        Image.fromarray(np.full((48, 48), 255, np.uint8)).save(folder / f"mask{i}.png")
+    pd.read_csv(manifest).assign(roi_mask_path=[f"mask{i}.png" for i in range(4)]).to_csv(
+        manifest, index=False
+    )
+    crop = {**FAST, "preprocess": PreprocessConfig(image_size=64, roi="crop")}
+    path = tmp_path / "s.h5"
+    extract(manifest, path, backbones=["alexnet"], **FAST)
+    s = extract(manifest, path, backbones=["alexnet"], backbone_suffix="_crop", **crop)
+    assert (s.n_done, s.n_reembedded) == (4, 0)
+    s = extract(manifest, path, backbones=["alexnet"], **FAST)
+    assert (s.n_done, s.n_skipped, s.n_reembedded) == (0, 4, 0)
+    with store.open(path) as st:
+        assert st.n_done() == {"alexnet": 4, "alexnet_crop": 4}
+    redrawn = np.zeros((48, 48), np.uint8)
+    redrawn[8:30, 10:40] = 255
+    Image.fromarray(redrawn).save(folder / "mask1.png")  # the crop entry's row only
+    s = extract(manifest, path, backbones=["alexnet"], backbone_suffix="_crop", **crop)
+    assert (s.n_done, s.n_reembedded) == (1, 1)
+    with store.open(path) as st:
+        assert st.n_done() == {"alexnet": 4, "alexnet_crop": 4}

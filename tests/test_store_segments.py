@@ -170,6 +170,31 @@ def test_a_changed_image_is_embedded_again(tmp_path, caplog):
     assert st.changed_images == [] and st.done("toy").all()
 
 
+def test_the_mask_part_of_an_identity_concerns_the_entries_that_read_masks(tmp_path):
+    """A --roi full entry and a --roi crop entry of one store: runs of either must not reset the
+    other's rows (the crop run's identity also covers the mask; they invalidated each other), and
+    a changed mask re-embeds the crop entry's row only."""
+    path = tmp_path / "s.h5"
+    full = store.BackboneEntry("full", DIM, _prov())
+    crop = store.BackboneEntry("crop", DIM, {**_prov(), "preprocess": {"roi": "crop"}})
+    _extract(path, _meta(4, identity="sha256:i"), _x(4), e=full)
+    masked = _meta(4).assign(file_identity=[f"sha256:i{i} mask:m{i}" for i in range(4)])
+    _extract(path, masked, _x(4), e=crop)
+    st = store.open(path)
+    assert st.done("full").all() and st.done("crop").all()
+    assert st.meta.loc["img001", "file_identity"] == "sha256:i1 mask:m1"
+    st = store.prepare(path, masked["image_id"], _meta(4, identity="sha256:i"), [full], {})
+    assert st.changed_images == [] and st.done("crop").all()  # a full run reads no mask
+    assert st.meta.loc["img001", "file_identity"] == "sha256:i1 mask:m1"  # the part is kept
+    masked.loc[2, "file_identity"] = "sha256:i2 mask:CHANGED"
+    st = store.prepare(path, masked["image_id"], masked, [crop], {})
+    assert st.changed_images == ["img002"]
+    assert st.status("crop").tolist() == [1, 1, 0, 1] and st.done("full").all()
+    masked.loc[3, "file_identity"] = "sha256:NEW mask:m3"  # the image itself: every entry
+    st = store.prepare(path, masked["image_id"], masked, [crop], {})
+    assert st.status("full").tolist() == [1, 1, 1, 0] and st.status("crop").tolist() == [1, 1, 0, 0]
+
+
 def test_without_identities_a_new_path_means_a_new_image(tmp_path):
     path = tmp_path / "s.h5"
     _extract(path, _meta(4), _x(4))

@@ -8,9 +8,12 @@ is embedded again):
 * **what counts**: the bytes of the image file (for a ``FILE#INDEX`` record, the container FILE
   and the record number; for a DDSM ``.LJPEG``, also every ``.ics``/``.ics.gz`` beside it, which
   gives its shape and digitiser) and of the ROI mask when the run's ROI mode reads it;
-* **the value**: ``sha256:`` + 32 hex digits of those files' SHA-256 digests; under
-  ``--hash-ids`` ``hmac:`` + an HMAC with the run's key instead, so the column neither names the
-  file nor lets anyone match it against the public datasets' files;
+* **the value**: ``sha256:`` + 32 hex digits of the image files' SHA-256 digests, then, when the
+  run reads the mask, `` mask:`` + 32 hex digits of the mask's (apart: a mask change re-embeds
+  only the entries that read masks, and a ``--roi full`` run into a store of ``--roi crop``
+  entries sees no change); under ``--hash-ids`` ``hmac:`` and HMACs with the run's key instead,
+  so the column neither names the file nor lets anyone match it against the public datasets'
+  files;
 * **not the path, not the stat**: copying or moving the dataset, ``chmod`` or ``touch`` change
   nothing; a replacement with other content does, even at the same size and mtime (``cp -p``,
   ``rsync -t``, ``tar x``).
@@ -42,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..hashing import sha256_file
+from ..store.schema import MASK_PART
 
 log = logging.getLogger(__package__)
 
@@ -226,19 +230,25 @@ def file_identities(
     finally:
         if own:
             cache.close()
+
+    def seal(parts: list[str]) -> str:
+        text = "\n".join(parts).encode()
+        if key is not None:
+            return hmac.new(key, text, hashlib.sha256).hexdigest()[:_HEX]
+        return hashlib.sha256(text).hexdigest()[:_HEX]
+
     out = []
+    prefix = "hmac:" if key is not None else "sha256:"
     for fs in per_row:
-        parts = []
+        parts, mask = [], []
         for role, f in fs or ():
             sig = sigs.get(str(f))
             digest = known.get(sig[0]) if sig is not None else None
-            parts.append(f"{role}={digest or 'unreadable'}")
+            (mask if role == "mask" else parts).append(f"{role}={digest or 'unreadable'}")
         if not fs or any(p.endswith("=unreadable") for p in parts[:1]):
             out.append("")
             continue
-        text = "\n".join(parts).encode()
-        if key is not None:
-            out.append("hmac:" + hmac.new(key, text, hashlib.sha256).hexdigest()[:_HEX])
-        else:
-            out.append("sha256:" + hashlib.sha256(text).hexdigest()[:_HEX])
+        # the mask apart (MASK_PART): a mask changed is a change for the entries that read masks
+        # only, and a run that reads none must not see every masked row as changed
+        out.append(prefix + seal(parts) + (f"{MASK_PART}{seal(mask)}" if mask else ""))
     return out

@@ -31,6 +31,7 @@ from .schema import (
     FAILED,
     IDENTITY_DEFAULTS,
     IDENTITY_KEYS,
+    MASK_PART,
     META_COLUMNS,
     PENDING,
     BackboneEntry,
@@ -366,6 +367,7 @@ def _extend(path, state: State, files, ids, meta, entries, store_provenance, com
     rows_old = at[known]
     update = np.zeros(common.size, dtype=bool)  # metadata rewritten
     reset = np.zeros(common.size, dtype=bool)  # image changed: embedded again
+    mask_reset = reset_any = reset  # its ROI mask changed: embedded again where masks are read
     if common.size:
         old_meta = read_meta(state, files)
         for c in compare_columns:
@@ -379,10 +381,16 @@ def _extend(path, state: State, files, ids, meta, entries, store_provenance, com
                     f"{str(a[bad[0]])!r} in the manifest ({bad.size} images differ); "
                     "use a new store"
                 )
-        reset, update, adopted_ids = _changed_files(
+        reset, mask_reset, update, adopted_ids, merged = _changed_files(
             {c: meta[c].to_numpy()[common].astype(str) for c in FILE_COLUMNS},
             {c: old_meta[c][rows_old].astype(str) for c in FILE_COLUMNS},
         )
+        fid = meta["file_identity"].to_numpy(dtype=object).copy()
+        fid[common] = merged  # a run that reads no mask keeps the recorded mask part
+        meta = meta.assign(file_identity=fid)
+        if not any(_reads_masks(b) for b in state.blocks.values()):
+            mask_reset[:] = False  # no entry read the masks: nothing to embed again
+        reset_any = reset | mask_reset
         if adopted_ids.any():
             log.warning(
                 "%s: %d image(s) had no recorded file_identity (a store made by an older "
@@ -395,7 +403,7 @@ def _extend(path, state: State, files, ids, meta, entries, store_provenance, com
     new_columns = [c for c in meta.columns if c not in state.columns]
     mh = store_provenance.get("manifest_hash")
     hashes = list(state.provenance.get("manifest_hashes", []))
-    changed_ids = [str(ids[k]) for k in common[reset]]
+    changed_ids = [str(ids[k]) for k in common[reset_any]]
     if not (
         adopted
         or new_rows.size
@@ -416,9 +424,9 @@ def _extend(path, state: State, files, ids, meta, entries, store_provenance, com
     state.columns = list(state.columns) + new_columns
     for e in new_entries:
         state.blocks[e.name] = _new_block(e, state.n)
-    if reset.any():
-        r = rows_old[reset]
+    if reset_any.any():
         for b in state.blocks.values():
+            r = rows_old[reset | mask_reset] if _reads_masks(b) else rows_old[reset]
             b.status[r], b.reason[r], b.seg[r] = PENDING, "", -1
         shown = ", ".join(changed_ids[:5]) + (" ..." if len(changed_ids) > 5 else "")
         log.warning(
@@ -463,21 +471,48 @@ def _extend(path, state: State, files, ids, meta, entries, store_provenance, com
     return changed_ids
 
 
-def _changed_files(new: dict, old: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Which images changed since they were embedded: ``(reset, update, adopted)`` masks.
+def _changed_files(new: dict, old: dict):
+    """Which images changed since they were embedded: ``(reset, mask_reset, update, adopted,
+    merged)``, masks over the rows but ``merged``, the ``file_identity`` each row keeps.
 
-    The file identity decides when both sides have one (a dataset copied elsewhere keeps its
-    rows, with the new paths); the path decides when either side has none (a store made before
-    identities were recorded, or a caller that computes none). ``update``: metadata to rewrite;
-    ``adopted``: identities recorded for rows that had none (kept).
+    The identity of the image files decides when both sides have one (a dataset copied elsewhere
+    keeps its rows, with the new paths); the path decides when either side has none (a store made
+    before identities were recorded, or a caller that computes none). The ROI mask's part
+    (``MASK_PART``, recorded by runs that read masks) decides apart: ``mask_reset``, for the
+    entries that read masks; a run that reads none keeps the recorded part. ``update``: metadata
+    to rewrite; ``adopted``: identities recorded for rows that had none (kept).
     """
-    fid_new, fid_old = new["file_identity"], old["file_identity"]
+    img_new, m_new = _identity_parts(new["file_identity"])
+    img_old, m_old = _identity_parts(old["file_identity"])
     p_new, p_old = new["path"], old["path"]
-    both = (fid_new != "") & (fid_old != "")
-    reset = np.where(both, fid_new != fid_old, (p_new != "") & (p_old != "") & (p_new != p_old))
-    adopted = (fid_new != "") & (fid_old == "") & ~reset
-    moved = ((p_new != "") & (p_new != p_old)) | ((fid_new != "") & (fid_new != fid_old))
-    return reset, reset | adopted | moved, adopted
+    both = (img_new != "") & (img_old != "")
+    reset = np.where(both, img_new != img_old, (p_new != "") & (p_old != "") & (p_new != p_old))
+    mask_reset = ~reset & (m_new != "") & (m_old != "") & (m_new != m_old)
+    adopted = (img_new != "") & (img_old == "") & ~reset
+    img = np.where(img_new != "", img_new, img_old)
+    mask = np.where(m_new != "", m_new, np.where(reset, "", m_old))
+    merged = np.array(
+        [i + (MASK_PART + m if m and i else "") for i, m in zip(img, mask, strict=True)],
+        dtype=object,
+    )
+    moved = (p_new != "") & (p_new != p_old)
+    update = reset | mask_reset | adopted | moved | (merged != old["file_identity"])
+    return reset, mask_reset, update, adopted, merged
+
+
+def _identity_parts(values) -> tuple[np.ndarray, np.ndarray]:
+    """``(image part, mask part)`` of each ``file_identity`` ("" where absent)."""
+    split = [str(v).partition(MASK_PART) for v in values]
+    return (
+        np.array([a for a, _, _ in split], dtype=object),
+        np.array([c for _, _, c in split], dtype=object),
+    )
+
+
+def _reads_masks(b) -> bool:
+    """The entry's embeddings were made from pixels its ROI mask shaped (``--roi crop|patch``)."""
+    roi = ((b.provenance or {}).get("preprocess") or {}).get("roi")
+    return roi in ("crop", "patch")
 
 
 def _same_legacy_entry(b, e: BackboneEntry) -> bool:

@@ -31,6 +31,9 @@ SEGMENT_FORMAT = "featmammo.store-segment"
 #: extraction computes per image file (a row whose path or file identity changed is re-embedded)
 META_COLUMNS = ["label", "patient_id", "laterality", "view", "split", "source", "path"]
 META_COLUMNS.append("file_identity")
+#: separates a ``file_identity``'s image part from its ROI mask part (``sha256:<hex> mask:<hex>``,
+#: the mask part recorded by runs that read masks): compared apart by ``prepare``
+MASK_PART = " mask:"
 #: the oldest HDF5 file format objects are written in (readable by HDF5 >= 1.10, which VDS needs)
 LIBVER = ("earliest", "v110")
 PENDING, DONE, FAILED = 0, 1, 2
