@@ -545,7 +545,10 @@ def _joined_meta(
         if "file_identity" in allm.columns:
             # the same id embedded from other file contents (a file replaced between the two
             # extractions): one row would join embeddings of two different images
-            fid = want["file_identity"].fillna("").astype(str).replace("", np.nan)
+            from .store.schema import MASK_PART  # the image files' part: masks are per entry
+
+            fid = want["file_identity"].fillna("").astype(str).str.partition(MASK_PART)[0]
+            fid = fid.replace("", np.nan)
             nval = fid.groupby(level=0).nunique(dropna=True)
             conflict = nval[nval > 1]
             if len(conflict):

@@ -271,6 +271,13 @@ def test_an_id_embedded_from_other_file_contents_is_not_joined(tmp_path):
     with pytest.raises(StoreError, match="img007.*different file contents.*a.h5 and .*b.h5"):
         fuse([a, b], "hybrid")
     assert len(fuse([a, b], "hybrid", require_same_preprocess=False).ids) == N  # the opt-out warns
+    # the mask part (a --roi crop entry of the store read it) is not the image's content
+    masked = meta.assign(
+        file_identity=[f"{v} mask:{i:032x}" for i, v in enumerate(meta.file_identity)]
+    )
+    c = fstore.write(tmp_path / "c.h5", ids, masked, {"alexnet": emb["alexnet"]},
+                     {"alexnet": _prov("alexnet")})  # fmt: skip
+    assert fuse([a, c], "hybrid").X.shape == (N, DIMS["resnet50"] + DIMS["alexnet"])
     # a store made before identities were recorded ("") cannot tell: fused as before
     old = fstore.write(tmp_path / "old.h5", ids, meta.assign(file_identity=""),
                        {"alexnet": emb["alexnet"]}, {"alexnet": _prov("alexnet")})  # fmt: skip
