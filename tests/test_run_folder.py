@@ -21,7 +21,9 @@ def _write_run(folder: Path, tag: str) -> None:
     (folder / "models" / "hybrid__logreg.json").write_text(f"{tag} sidecar\n")
     (folder / "figures" / "roc.png").write_text(f"{tag} figure\n")
     if tag == "old":  # outputs the new run does not write: they must go with the old run
-        (folder / "tuning.csv").write_text("old tuning\n")
+        for name in ("tuning.csv", "predictions_breast.csv", "predictions_exam.csv",
+                     "predictions_repeats.csv", "comparisons.csv"):  # fmt: skip
+            (folder / name).write_text(f"old {name}\n")
         (folder / "models" / "alexnet__knn.skops").write_text("old model\n")
 
 
@@ -205,3 +207,17 @@ def test_a_partial_run_of_a_dead_process_is_removed_even_before_run_dir_exists(t
     _write_run(staging, "new")
     outputs._install_run(staging, final)
     assert _leftovers(final) == []
+
+
+def test_every_file_a_run_writes_is_a_run_output():
+    """A file the report writes but RUN_OUTPUTS lacks was kept from the earlier run as if it were
+    the user's: a fit at --level image into a folder of a fit at three levels kept the old
+    predictions_exam.csv beside the new run."""
+    from featmammo.evaluate.levels import LEVEL_FILES
+    from featmammo.report import files
+    from featmammo.report.inputs import REPEATS
+
+    written = {*LEVEL_FILES.values(), REPEATS, files.PREDICTIONS, files.CONFIG, files.LEADERBOARD,
+               files.METRICS, files.REPORT, files.TUNING, files.COMPARISONS, files.IMAGES,
+               files.FIGURES, outputs.MODELS}  # fmt: skip
+    assert written <= set(outputs.RUN_OUTPUTS), written - set(outputs.RUN_OUTPUTS)

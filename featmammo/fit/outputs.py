@@ -27,9 +27,14 @@ def model_filename(features: str, head: str) -> str:
     return f"{safe}{MODEL_SUFFIX}"
 
 
-#: what a fit writes into RUN_DIR (replaced as a whole by the next fit into the same folder)
-RUN_OUTPUTS = ("predictions.csv", "tuning.csv", "images.csv", "config.json", "leaderboard.csv",
-               "metrics.json", "report.md", "figures", MODELS)  # fmt: skip
+#: what a fit (or compare) writes into RUN_DIR, including files only some runs write (breast/exam
+#: levels, CV repeats): replaced as a whole by the next run into the same folder. Anything else in
+#: RUN_DIR is the user's and is kept; an output missing here would be kept too, stale, beside the
+#: new run (tests/test_run_folder.py checks this list against the report's file names)
+RUN_OUTPUTS = ("predictions.csv", "predictions_breast.csv", "predictions_exam.csv",
+               "predictions_repeats.csv", "tuning.csv", "images.csv", "config.json",
+               "leaderboard.csv", "comparisons.csv", "metrics.json", "report.md", "figures",
+               MODELS)  # fmt: skip
 
 
 # --- atomic run folders ---------------------------------------------------------------------------
