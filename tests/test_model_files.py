@@ -248,3 +248,23 @@ def test_a_renamed_copy_loads(tmp_path):
     loaded, _ = heads.load(copy / "m.skops")
     X, _, _ = _data()
     np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
+
+
+@pytest.mark.parametrize(
+    "features", ["mammoclip__data_mc_b2-model-best-epoch-10.tar", "timm_convnext_atto.d2_in1k"]
+)
+def test_heads_of_a_features_name_with_a_dot_keep_their_own_files(tmp_path, features):
+    """fit names a model <features>__<head>; with_suffix replaced '.tar__logreg' (the part after
+    the name's own dot), so every head of that features set wrote one file and the last won."""
+    from featmammo.fit.outputs import model_filename
+
+    X, _, _ = _data()
+    models = {h: _fitted(h) for h in ("logreg", "knn")}
+    paths = {h: heads.save(m, tmp_path / model_filename(features, h)) for h, m in models.items()}
+    for h, path in paths.items():
+        assert path.name == model_filename(features, h)
+        assert hio._paths(path)[1].name == f"{features}__{h}.json"
+        loaded, info = heads.load(path)
+        assert info["model_file"] == path.name
+        np.testing.assert_array_equal(loaded.predict_proba(X), models[h].predict_proba(X))
+    assert len(list(tmp_path.glob("*.skops"))) == 2 and len(list(tmp_path.glob("*.json"))) == 2

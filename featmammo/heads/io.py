@@ -354,14 +354,21 @@ def _stem(path) -> Path:
     return p
 
 
+def _with(stem: Path, suffix: str) -> Path:
+    """``<stem><suffix>``. Not ``stem.with_suffix``: a stem may hold a dot of its own
+    (``mammoclip__ckpt.tar__logreg``, ``timm_convnext_atto.d2_in1k__knn``), which with_suffix
+    would replace, so every head of that features set would write one file."""
+    return stem.with_name(stem.name + suffix)
+
+
 def _paths(path) -> tuple[Path, Path]:
     """``(model file, sidecar)`` for a model named by its file, its sidecar or its stem. The model
     file is the one the sidecar names when it exists (a model asked for by its old ``.joblib``
     name still resolves), else ``<stem>`` with that file's suffix (a renamed copy:
     ``m.skops`` + ``m.json``); without a sidecar, ``<stem>.skops`` or an old ``<stem>.joblib``."""
     stem = _stem(path)
-    sidecar = stem.with_suffix(".json")
-    model = stem.with_suffix(MODEL_SUFFIX)
+    sidecar = _with(stem, ".json")
+    model = _with(stem, MODEL_SUFFIX)
     if sidecar.exists():
         try:
             named = json.loads(sidecar.read_text()).get("model_file")
@@ -373,9 +380,9 @@ def _paths(path) -> tuple[Path, Path]:
             )
             model = stem.parent / named
             if not model.exists() and suffix:
-                model = stem.with_suffix(suffix)
-    elif not model.exists() and stem.with_suffix(LEGACY_SUFFIX).exists():
-        model = stem.with_suffix(LEGACY_SUFFIX)
+                model = _with(stem, suffix)
+    elif not model.exists() and _with(stem, LEGACY_SUFFIX).exists():
+        model = _with(stem, LEGACY_SUFFIX)
     return model, sidecar
 
 
@@ -395,7 +402,7 @@ def save(model, path, sidecar: dict | None = None) -> Path:
     import skops.io as sio
 
     stem = _stem(path)
-    model_path, sidecar_path = stem.with_suffix(MODEL_SUFFIX), stem.with_suffix(".json")
+    model_path, sidecar_path = _with(stem, MODEL_SUFFIX), _with(stem, ".json")
     safe, parts = _externalise(model, stem.name)
     data = sio.dumps(safe)
     refused = _untrusted(sio.get_untrusted_types(data=data))
