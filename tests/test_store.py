@@ -301,6 +301,11 @@ def test_a_store_on_a_read_only_file_system_is_read_and_a_write_is_a_store_error
             writer()
 
 
+def test_a_folder_given_as_the_store_is_refused_plainly(tmp_path):
+    with pytest.raises(StoreError, match="is a folder; a store is one .h5 file"):
+        store.prepare(tmp_path, ["a"], None, [_entry()], {"id_hashing": None})
+
+
 def _shards_then_merge(path, ident) -> None:
     ids = [f"img{i:02d}" for i in range(6)]
     x = np.arange(18, dtype=np.float32).reshape(6, 3)

@@ -242,6 +242,8 @@ def prepare(
     if len(set(names)) != len(names):
         raise StoreError(f"{path}: backbone names repeat: {names}")
     real = resolve(path)
+    if real.is_dir():
+        raise StoreError(f"{path}: is a folder; a store is one .h5 file (e.g. {path}/store.h5)")
     real.parent.mkdir(parents=True, exist_ok=True)
     with mutation(real):
         _remove_temps(real)
