@@ -6,8 +6,16 @@ for Bi-Rads (1 vs 4c), 'removed' patient ids. Not run by the tests."""
 
 import xlwt
 
-HEADER = ["Patient ID", "Patient age", "Laterality", "View", "Acquisition date", "File Name",
-          "ACR", "Bi-Rads"]
+HEADER = [
+    "Patient ID",
+    "Patient age",
+    "Laterality",
+    "View",
+    "Acquisition date",
+    "File Name",
+    "ACR",
+    "Bi-Rads",
+]
 ROWS = [
     ["removed", "removed", "R", "CC", 201001, 22678622, 4, 1],
     ["removed", "removed", "R", "MLO", 201001, 22678646, 4, "4c"],
