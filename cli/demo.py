@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import textwrap
 from pathlib import Path
@@ -178,27 +179,33 @@ def _show_caveats(caveats: _Caveats, weights: str, log_path: Path) -> None:
             "figures below measure the pipeline, not ImageNet features. For real features: "
             "featmammo weights fetch resnet50 alexnet, then rerun the demo."
         )
-    groups: dict[tuple, list[str]] = {}  # one caveat per message template (fold 1, fold 2, ...)
+    # one caveat per message that differs only in its numbers (fold 1, fold 2, ...): not per
+    # format string, which distinct warnings share ("%s: %s": the report's small samples and
+    # constant predictions were one caveat, the second hidden behind the first's [...])
+    groups: dict[tuple, list[str]] = {}
     for record in caveats.records:
         message = record.getMessage()
         if any(record.name == name and part in message for name, part in EXPECTED):
             continue
         if weights == "random" and record.name == "featmammo.demo" and "RANDOM" in message:
             continue  # said above, shorter
-        messages = groups.setdefault((record.name, str(record.msg)), [])
+        messages = groups.setdefault((record.name, re.sub(r"\d+", "#", message)), [])
         if message not in messages:
             messages.append(message)
+    more = [""] * len(lines)
     for messages in groups.values():
-        more = f" (and {len(messages) - 1} more like it)" if len(messages) > 1 else ""
-        lines.append(messages[0] + more)
+        lines.append(messages[0])
+        more.append(f" (and {len(messages) - 1} more like it)" if len(messages) > 1 else "")
     prefix = f"{log_path.parent}{os.sep}"
     lines = [line.replace(prefix, "") for line in lines]  # paths inside the demo folder: relative
     if len(lines) > MAX_CAVEATS:
         hidden = len(lines) - MAX_CAVEATS + 1
         lines = [*lines[: MAX_CAVEATS - 1], f"{hidden} more warning(s): see {log_path}"]
+        more = [*more[: MAX_CAVEATS - 1], ""]
     if not lines:
         return
     click.echo(f"\nCaveats (full text in {log_path} and the report's first section):")
-    for line in lines:
-        wrapped = textwrap.wrap(line, width=width - 4, max_lines=CAVEAT_LINES, placeholder=" [...]")
+    for line, extra in zip(lines, more, strict=True):
+        wrapped = textwrap.wrap(line + extra, width=width - 4, max_lines=CAVEAT_LINES,
+                                placeholder=" [...]" + extra)  # fmt: skip
         click.echo("  - " + "\n    ".join(wrapped))

@@ -86,3 +86,33 @@ def test_summary_table_ranks_by_cv_and_puts_evaluations_side_by_side():
         "cv: 40 images, 20 patients", "test: 10 images, 5 patients",
         "chance: bal.acc 0.500, roc-auc 0.500",
     ]  # fmt: skip
+
+
+def test_caveats_keep_distinct_warnings_of_one_format_apart(tmp_path, monkeypatch, capsys):
+    """The report logs every warning as "%s: %s": grouped by format string, the demo showed the
+    small-samples caveat with "(and 1 more like it)" cut off by its [...] and never the
+    constant-predictions one."""
+    import logging
+    import os
+
+    from featmammo.cli import demo
+
+    monkeypatch.setattr(
+        demo.shutil, "get_terminal_size", lambda fallback: os.terminal_size((100, 40))
+    )
+
+    def record(name, msg, *args):
+        return logging.LogRecord(name, logging.WARNING, __file__, 1, msg, args, None)
+
+    caveats = demo._Caveats()
+    long = "have fewer than 10 patients in some class, so no confidence interval is given " * 3
+    caveats.records = [
+        record("featmammo.report", "%s: %s", tmp_path / "run", f"small samples: 27 of 54 {long}"),
+        record("featmammo.report", "%s: %s", tmp_path / "run", "constant predictions: 1 result"),
+        *(record("featmammo.fit", "%s / %s, fold %d: " + long, "a", "logreg", k) for k in (1, 2)),
+    ]
+    demo._show_caveats(caveats, "imagenet", tmp_path / "demo.log")
+    out = capsys.readouterr().out
+    assert "run: small samples: 27 of 54" in out and "run: constant predictions: 1" in out
+    assert out.count("fold") == 1 and "(and 1 more like it)" in out  # folds 1, 2: one caveat
+    assert all(len(line) <= 100 for line in out.splitlines() if line.startswith(" "))
