@@ -19,12 +19,24 @@ head           grid                                                            s
 logreg         C 0.1, 1, 10, 100, 1000                                         C 1, 100
 svm-linear     C 0.01, 0.1, 1, 10                                              C 0.1, 1
 svm-rbf        C 1, 10, 100 x gamma 0.25, 0.5, 1                               C 1, 10
-rf             min_samples_leaf 5, 1 x max_features sqrt, 0.05                 leaf 5, 1
+rf             min_samples_leaf 5, 1 x max_features sqrt, 0.05 (halving)       leaf 5, 1
 knn            n_neighbors 40, 20, 10, 5                                       k 20, 5
-mlp            alpha 1, 1e-2, 1e-4                                             1e-2, 1e-4
-xgboost        max_depth 2, 4 x learning_rate 0.1, 0.3 (rounds: early stop)   depth 2, 4
-refine-mlp     weight_decay 1e-2, 1e-4 x dropout 0.5, 0.2                      wd 1e-2, 1e-4
+mlp            alpha 1, 1e-2, 1e-4 (halving)                                   1e-2, 1e-4
+xgboost        max_depth 2, 4 (learning rate 0.1; rounds: early stop; halving) depth 2, 4
+refine-mlp     weight_decay 1e-2, 1e-4 x dropout 0.5, 0.2 (halving)            wd 1e-2, 1e-4
 =============  ==============================================================  =============
+
+Successive halving (``HALVING_HEADS``: rf, xgboost, mlp, refine-mlp, whose fits are the costly
+ones): every grid point is fitted on the first inner fold, and only the better half (by the tuning
+metric on that fold's validation patients; ties to the earlier point) on the other folds; the
+winner is chosen among those by the pooled score as usual. A pruned point's row has
+``inner_score`` nan and a ``pruned`` note with its first-fold score. When the better half is one
+point (a grid of two points: xgboost; every halving head under ``--tune-grid small``) it is
+chosen after the first inner fold and fitted on no other (that would only score it): its
+``inner_score`` is that fold's, with a ``halving`` note. The xgboost grid no longer crosses the
+learning rate (0.1 or 0.3 with early-stopped rounds): 0.1 won 17 of 18 tuned fits of the nested
+benchmark. Both measured against the exhaustive grid in
+``benchmarks/results/compare_heads-nested*.md``.
 
 Speed (exact shortcuts, used only where exact for the head's actual parameters --
 :func:`shortcut`; any other parameters go through the head's real pipeline): per inner fold the
@@ -72,7 +84,7 @@ GRIDS: dict[str, dict[str, list]] = {
     "rf": {"min_samples_leaf": [5, 1], "max_features": ["sqrt", 0.05]},
     "knn": {"n_neighbors": [40, 20, 10, 5]},
     "mlp": {"alpha": [1.0, 1e-2, 1e-4]},
-    "xgboost": {"max_depth": [2, 4], "learning_rate": [0.1, 0.3]},
+    "xgboost": {"max_depth": [2, 4]},
     "refine-mlp": {"weight_decay": [1e-2, 1e-4], "dropout": [0.5, 0.2]},
 }
 #: two points per head, for demos and quick looks (``--tune-grid small``)
@@ -92,6 +104,9 @@ DEFAULT_METRIC = "balanced_accuracy"
 INNER_CV = 3
 #: trees per forest while scoring the rf grid (the chosen point is refit with the default 300)
 RF_TUNING_TREES = 100
+#: heads whose grid is screened by successive halving over the inner folds (their fits are the
+#: expensive ones): every point on inner fold 1, the better half on the other folds
+HALVING_HEADS = ("rf", "xgboost", "mlp", "refine-mlp")
 #: tuning.csv's columns; ``note``: what the reader must know about a row ("" when nothing;
 #: "KIND: text" parts joined by "; ", kinds in :data:`NOTE_KINDS`; :func:`read_this_first`)
 TUNING_COLUMNS = ("features", "head", "fold", "params", "inner_score", "chosen", "note")
@@ -252,15 +267,27 @@ class InnerCV:
     def oof_proba_notes(self, head: str, points: list[dict], base: dict, classes, seed: int):
         """Like :meth:`oof_proba`, with each point's notes: list of ``(proba, {note: n_fits})``
         (early stopping skipped, a failed fit...; the proba rows of a failed fit are nan)."""
-        out = [np.full((len(self.y), len(classes)), np.nan) for _ in points]
-        notes: list[dict[str, int]] = [{} for _ in points]
-        for i in range(len(self.inner)):
-            fd = self.fold(i)
-            for j, (p, fit_notes) in enumerate(_fit_points(head, points, base, fd, classes, seed)):
-                out[j][fd.va] = p
-                for n in fit_notes:
-                    notes[j][n] = notes[j].get(n, 0) + 1
-        return list(zip(out, notes, strict=True))
+        fits = self.fit_folds(head, points, base, classes, seed, range(len(self.inner)))
+        return [self.pooled(f, classes) for f in fits]
+
+    def fit_folds(self, head, points, base, classes, seed, folds) -> list[dict]:
+        """For every point, ``{fold: (validation proba, notes)}`` over ``folds``."""
+        out: list[dict] = [{} for _ in points]
+        for i in folds:
+            for j, res in enumerate(_fit_points(head, points, base, self.fold(i), classes, seed)):
+                out[j][i] = res
+        return out
+
+    def pooled(self, fits: dict, classes):
+        """``(pooled out-of-fold proba, {note: n_fits})`` of one point's per-fold fits (rows of
+        folds not in ``fits`` stay nan)."""
+        proba = np.full((len(self.y), len(classes)), np.nan)
+        notes: dict[str, int] = {}
+        for i, (p, fit_notes) in fits.items():
+            proba[self.inner[i][1]] = p
+            for n in fit_notes:
+                notes[n] = notes.get(n, 0) + 1
+        return proba, notes
 
 
 def _clf(head: str, params: dict, seed: int):
@@ -369,7 +396,12 @@ NOTE_KINDS = (
     "fit failed",
     "nan score",
     "all-NaN grid",
+    "pruned",
+    "halving",
 )
+#: the kinds that are events a reader must see (:func:`read_this_first`); ``pruned`` and
+#: ``halving`` are the method (successive halving) working as documented
+EVENT_KINDS = NOTE_KINDS[:-2]
 
 
 def _note(kind: str, text: str) -> str:
@@ -435,6 +467,15 @@ def _feasible(head: str, points: list[dict], inner: InnerCV) -> tuple[list[dict]
     return kept, dropped
 
 
+def _finite(v: float) -> float:
+    return v if np.isfinite(v) else -np.inf
+
+
+def _score_of(metric, y, proba, classes) -> float:
+    """:func:`score`, nan when a fit failed (nan probabilities)."""
+    return score(metric, y, proba, classes) if np.isfinite(proba).all() else float("nan")
+
+
 def tune(
     inner: InnerCV,
     head: str,
@@ -449,29 +490,73 @@ def tune(
     (``params``: JSON, ``inner_score``, ``chosen``, ``note``). A grid of one point (every
     parameter fixed by the user) is scored too, so ``inner_score`` always says what the inner CV
     saw. ``note`` ("" when nothing happened; kinds in :data:`NOTE_KINDS`) records a grid point
-    dropped (k-NN), early stopping skipped in some inner fits, a failed fit, a nan score; when
-    every point scores nan the head's defaults are used and one more row (``params`` "{}",
-    ``chosen``, note ``all nan``) says so."""
+    dropped (k-NN), early stopping skipped in some inner fits, a failed fit, a nan score, a point
+    pruned by successive halving (:data:`HALVING_HEADS`; its ``inner_score`` is nan, its
+    first-fold score in the note; a lone survivor is scored on that fold only, note ``halving``);
+    when every point scores nan the head's defaults are used and
+    one more row (``params`` "{}", ``chosen``, note ``all-NaN grid``) says so."""
     if metric not in METRICS:
         raise ConfigError(f"--tune-metric {metric!r}: choose one of {', '.join(METRICS)}")
     base = dict(base or {})
     points, dropped = _feasible(head, grid_points(grid, base), inner)
     t0 = time.perf_counter()
-    results = inner.oof_proba_notes(head, points, base, classes, seed)
+    folds = range(len(inner.inner))
+    alive, pruned, one_fold = list(range(len(points))), {}, {}
+    if head in HALVING_HEADS and len(points) > 1 and len(inner.inner) > 1:
+        # successive halving over the inner folds: every point on the first inner fold, the
+        # better half (ties: the earlier, more regularised point) on the others
+        fits = inner.fit_folds(head, points, base, classes, seed, [0])
+        va0 = inner.inner[0][1]
+        first = [_finite(_score_of(metric, inner.y[va0], f[0][0], classes)) for f in fits]
+        order = sorted(alive, key=lambda j: (-first[j], j))
+        keep = sorted(order[: (len(points) + 1) // 2])
+        pruned = {j: first[j] for j in alive if j not in keep}
+        best_first = max(first[j] for j in keep)
+        if len(keep) > 1:
+            for j, f in zip(keep, inner.fit_folds(head, [points[j] for j in keep], base, classes,
+                                                  seed, folds[1:]), strict=True):  # fmt: skip
+                fits[j].update(f)
+        else:  # one point left: chosen already; fitting it on the other folds would only score it
+            one_fold = {keep[0]: _score_of(metric, inner.y[va0], fits[keep[0]][0][0], classes)}
+        alive = keep
+    else:
+        fits = inner.fit_folds(head, points, base, classes, seed, folds)
+    results = {j: inner.pooled(fits[j], classes) for j in alive}
     n_fits = len(inner.inner)
     rows = []
     scores = []
-    for p, (proba, fit_notes) in zip(points, results, strict=True):
-        s = score(metric, inner.y, proba, classes) if np.isfinite(proba).all() else np.nan
+    for j, p in enumerate(points):
+        if j in pruned:
+            scores.append(np.nan)
+            rows.append({
+                "params": params_json(p), "inner_score": float("nan"), "chosen": False,
+                "note": _note("pruned", f"successive halving: scored {pruned[j]:.4f} on inner "
+                                        f"fold 1 of {n_fits}, below the half kept (best "
+                                        f"{best_first:.4f})"),
+            })  # fmt: skip
+            continue
+        proba, fit_notes = results[j]
+        s = one_fold[j] if j in one_fold else _score_of(metric, inner.y, proba, classes)
         scores.append(s)
         row = {"params": params_json(p), "inner_score": float(s), "chosen": False, "note": ""}
+        if j in one_fold:
+            add_note(
+                row,
+                _note(
+                    "halving",
+                    f"the only point left after inner fold 1 of {n_fits}: "
+                    "inner_score is that fold's (no other fold fitted)",
+                ),
+            )
+        fit_folds = len(fits[j])
         for text, count in fit_notes.items():
             if text.startswith("failed: "):
                 add_note(row, _note("fit failed", f"{text[len('failed: '):]} in {count} of "
-                                              f"{n_fits} inner fits"))  # fmt: skip
+                                              f"{fit_folds} inner fits"))  # fmt: skip
             else:
                 add_note(
-                    row, _note("early stopping skipped", f"{count} of {n_fits} inner fits: {text}")
+                    row,
+                    _note("early stopping skipped", f"{count} of {fit_folds} inner fits: {text}"),
                 )
         if not np.isfinite(s) and not any(t.startswith("failed") for t in fit_notes):
             add_note(row, _note("nan score", f"the inner {metric} is not finite"))
@@ -497,10 +582,6 @@ def tune(
 
 
 # ------------------------------------------------------------------------- read this first
-def _is_true(v) -> bool:
-    return str(v).strip().lower() in ("true", "1", "1.0")
-
-
 def _fold_list(folds) -> str:
     def key(v):
         return (1, 0) if str(v) == "test" else (0, int(v) if str(v).isdigit() else 0)
@@ -524,7 +605,7 @@ def read_this_first(tuning_df) -> list[str]:
             continue
         for part in str(note).split("; "):
             kind, _, text = part.partition(": ")
-            if kind not in NOTE_KINDS:
+            if kind not in EVENT_KINDS:
                 continue
             if kind in ("untuned", "all-NaN grid"):
                 key = (kind, "", text)

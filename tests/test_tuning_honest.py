@@ -232,3 +232,78 @@ def test_read_this_first_groups_the_notes():
     # a tuning.csv from before the note column: nothing to say
     assert tuning.read_this_first(df.drop(columns="note")) == []
     assert tuning.read_this_first(None) == []
+
+
+# ------------------------------------------------------------------------ successive halving
+def test_successive_halving_keeps_the_better_half_of_the_first_fold(fold_data, monkeypatch):
+    X, y, g, inner = fold_data
+    grid = {"min_samples_leaf": [5, 1], "max_features": ["sqrt", 0.5]}
+    base = {"n_estimators": 15}
+    calls = []
+    real = tuning._fit_points
+
+    def counting(head, points, base, fd, classes, seed):
+        calls.append(len(points))
+        return real(head, points, base, fd, classes, seed)
+
+    monkeypatch.setattr(tuning, "_fit_points", counting)
+    cv = tuning.InnerCV(X, y, g, inner, blocks=BLOCKS)
+    chosen, rows = tuning.tune(cv, "rf", grid, classes=CLASSES, base=base)
+    assert calls == [4, 2, 2]  # 4 points on inner fold 1, the better 2 on folds 2 and 3
+    pruned = [r for r in rows if r["note"].startswith("pruned: successive halving")]
+    kept = [r for r in rows if not r["note"]]
+    assert len(pruned) == 2 and len(kept) == 2 and len(rows) == 4
+    assert all(np.isnan(r["inner_score"]) and not r["chosen"] for r in pruned)
+    # the kept points are the best two on the first inner fold
+    points = tuning.grid_points(grid)
+    va0 = inner[0][1]
+    first = [
+        tuning.score("balanced_accuracy", y[va0], p, CLASSES)
+        for p, _ in real("rf", points, base, cv.fold(0), CLASSES, 0)
+    ]
+    best_two = sorted(np.argsort([-s for s in first], kind="stable")[:2])
+    assert [json.loads(r["params"]) for r in kept] == [points[i] for i in best_two]
+    # the survivors' pooled scores are those of a full run; the winner is their best
+    monkeypatch.setattr(tuning, "HALVING_HEADS", ())
+    _, full = tuning.tune(cv, "rf", grid, classes=CLASSES, base=base)
+    by_params = {r["params"]: r["inner_score"] for r in full}
+    for r in kept:
+        assert r["inner_score"] == by_params[r["params"]]
+    best = max(kept, key=lambda r: r["inner_score"])
+    assert best["chosen"] and json.loads(best["params"]) == chosen
+    # a method note, not an event for "read this first"
+    df = pd.DataFrame([{"features": "hybrid", "head": "rf", "fold": "1", **r} for r in rows])
+    assert tuning.read_this_first(df) == []
+
+
+def test_successive_halving_stops_when_one_point_is_left(fold_data, monkeypatch):
+    """A grid of two points keeps one after inner fold 1: it is chosen there and fitted on no
+    other fold (that would only score it); its inner_score is fold 1's and a note says so."""
+    X, y, g, inner = fold_data
+    grid = {"min_samples_leaf": [5, 1]}
+    base = {"n_estimators": 15}
+    calls = []
+    real = tuning._fit_points
+
+    def counting(head, points, base, fd, classes, seed):
+        calls.append(len(points))
+        return real(head, points, base, fd, classes, seed)
+
+    monkeypatch.setattr(tuning, "_fit_points", counting)
+    cv = tuning.InnerCV(X, y, g, inner, blocks=BLOCKS)
+    chosen, rows = tuning.tune(cv, "rf", grid, classes=CLASSES, base=base)
+    assert calls == [2]  # both points on inner fold 1, nothing more
+    (kept,) = [r for r in rows if r["chosen"]]
+    (pruned,) = [r for r in rows if not r["chosen"]]
+    assert kept["note"].startswith("halving: the only point left after inner fold 1 of 3")
+    assert pruned["note"].startswith("pruned: ") and np.isnan(pruned["inner_score"])
+    va0 = inner[0][1]
+    points = tuning.grid_points(grid)
+    first = [
+        tuning.score("balanced_accuracy", y[va0], p, CLASSES)
+        for p, _ in real("rf", points, base, cv.fold(0), CLASSES, 0)
+    ]
+    best = int(np.argmax(first))
+    assert chosen == points[best] and kept["inner_score"] == first[best]
+    df = pd.DataFrame([{"features": "hybrid", "head": "rf", "fold": "1", **r} for r in rows])
+    assert tuning.read_this_first(df) == []  # method notes, not events

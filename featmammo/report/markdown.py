@@ -330,9 +330,9 @@ def tuning_notes(config: dict, tuning: pd.DataFrame | None) -> list[str]:
         for part in n.split(";"):
             part = part.strip()
             kind = part.split(":", 1)[0].strip()
-            # "untuned" has its own line above; "pruned" is successive halving working as
-            # documented (tuning.EVENT_KINDS lists the events a reader must see)
-            if part and kind.lower() not in ("untuned", "pruned"):
+            # "untuned" has its own line above; "pruned" and "halving" are successive halving
+            # working as documented (tuning.EVENT_KINDS lists the events a reader must see)
+            if part and kind.lower() not in ("untuned", "pruned", "halving"):
                 kinds.setdefault(kind, []).append(part)
     for kind, items in kinds.items():
         out.append(f"{kind} in {len(items)} grid row(s) of {TUNING} (e.g. {items[0]})")
