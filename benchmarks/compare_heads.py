@@ -20,8 +20,12 @@ store; resnet50, alexnet, hybrid x logreg, svm-linear, svm-rbf, rf, knn, xgboost
 3 inner patient-grouped folds, no test split), once with ``--tune grid`` and once with
 ``--tune none``: wall time of each (and per head, from the fit log), the CV balanced accuracy of
 every features x head, the head ranking per features set, whether "hybrid beats backbone" agrees
-between the two, and the chosen parameters. Results: ``benchmarks/results/compare_heads-nested
-.json`` and ``.md`` (``--nested-grid small`` for the demo's grid).
+between the two, and the chosen parameters. ``--exhaustive-heads rf,xgboost`` (the default; ""
+skips it) adds a third run of those heads with the grid tuning had before successive halving
+(``EXHAUSTIVE_GRIDS``, every point on every inner fold; ``--exhaustive-features``, default
+resnet50), to show that halving and the smaller xgboost grid choose the same or equally good
+parameters. Results: ``benchmarks/results/
+compare_heads-nested[-jobsN].json`` and ``.md`` (``--nested-grid small`` for the demo's grid).
 
 Results: ``benchmarks/results/compare_heads[-quick].json`` and ``.md``. svm-rbf (kernel SVM plus
 3 calibration fits; time grows quadratically or worse with n) is skipped above ``--svm-rbf-max``
@@ -50,6 +54,10 @@ import numpy as np
 log = logging.getLogger("compare_heads")
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # the spawned workers import this file by path
+    sys.path.insert(0, str(HERE))
+from memory import reset_peak, status_kb  # noqa: E402  (benchmarks/memory.py)
+
 CLASSES = ("normal", "benign", "malignant")
 SYNTH_DIMS = {"resnet50": 2048, "alexnet": 4096}
 
@@ -129,22 +137,10 @@ def make_synthetic_store(path, n: int = 1000, seed: int = 0):
 
 
 # ------------------------------------------------------------------------------ one measured fit
-def _status_kb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak() -> bool:
-    """Reset this process's peak RSS (VmHWM) so the next reading covers one fit only (Linux)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+def _status_mb(field: str) -> float:
+    """A ``/proc/self/status`` field in MB (nan where unreadable)."""
+    kb = status_kb(field)
+    return kb / 1024 if kb else float("nan")
 
 
 def _run_task(task: dict) -> dict:
@@ -157,13 +153,13 @@ def _run_task(task: dict) -> dict:
     model = heads.make(task["head"], seed=task["seed"], **task["params"])
     if heads.canonical_name(task["head"]) == "refine-mlp":
         import torch  # noqa: F401  (import cost outside the timed fit, as for the other heads)
-    rss0 = _status_kb("VmRSS")
-    exact = _reset_peak()
+    rss0 = _status_mb("VmRSS")
+    exact = reset_peak()
     t0 = time.perf_counter()
     model.fit(X[train], y[train])
     fit_s = time.perf_counter() - t0
     peak = (
-        _status_kb("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        _status_mb("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
     out = {
         "status": "ok",
@@ -289,8 +285,8 @@ class _FitClock(logging.Handler):
         msg = record.getMessage()
         now = time.perf_counter()
         self._close(record.thread, now)
-        if msg.startswith("fitting "):
-            feat, head = msg[len("fitting ") :].split(",")[0].split(" / ")
+        if "fitting " in msg:  # "[RUN_DIR: ]fitting FEATURES / HEAD, what"
+            feat, head = msg.split("fitting ", 1)[1].split(",")[0].split(" / ")
             self._last[record.thread] = (feat, head, now)
 
     def _close(self, thread, now):
@@ -313,9 +309,40 @@ def _ranking(lb, features):
     return out
 
 
-def run_nested(args, argv) -> int:
+#: the grids of rf and xgboost before successive halving (every point on every inner fold)
+EXHAUSTIVE_GRIDS = {
+    "rf": {"min_samples_leaf": [5, 1], "max_features": ["sqrt", 0.05]},
+    "xgboost": {"max_depth": [2, 4], "learning_rate": [0.1, 0.3]},
+}
+
+
+def _effective(head: str, params: str) -> dict:
+    """The values a head runs with for the parameters of its exhaustive grid, given tuning.csv's
+    ``params`` (a parameter left out of a grid runs at the head's default)."""
+    from featmammo import heads
+
+    clf = heads.make(head, **json.loads(params))[-1]
+    est = clf.get_params(deep=False).get("estimator")
+    est = clf if est is None else est  # (not `or`: an unfitted forest has no len())
+    values = est.get_params()
+    return {k: values[k] for k in sorted(EXHAUSTIVE_GRIDS[head])}
+
+
+def _chosen(run_dir):
+    """tuning.csv's chosen params per (features, head, fold), and the count of pruned rows."""
     import pandas as pd
 
+    tun = pd.read_csv(run_dir / "tuning.csv", dtype={"fold": str}, keep_default_na=False)
+    chosen = tun[tun["chosen"].astype(str).str.lower().isin(("true", "1"))]
+    per_fold = {
+        f"{r.features} / {r.head} / {r.fold}": r.params for r in chosen.itertuples(index=False)
+    }
+    notes = tun["note"].astype(str) if "note" in tun.columns else pd.Series([""] * len(tun))
+    return tun, chosen, per_fold, int(notes.str.startswith("pruned").sum())
+
+
+def run_nested(args, argv) -> int:
+    from featmammo import tuning
     from featmammo.fit import fit
 
     tmp = Path(tempfile.mkdtemp(prefix="featmammo-nested-"))
@@ -331,6 +358,17 @@ def run_nested(args, argv) -> int:
         else ["resnet50", "alexnet", "hybrid"]
     )
     head_names = [h.strip() for h in args.nested_heads.split(",") if h.strip()]
+    exhaustive = [
+        h.strip()
+        for h in args.exhaustive_heads.split(",")
+        if h.strip() and h.strip() in head_names and args.nested_grid == "default"
+    ]
+    exhaustive_features = [
+        f.strip() for f in args.exhaustive_features.split(",") if f.strip() in features
+    ] or features[:1]
+    unknown = [h for h in exhaustive if h not in EXHAUSTIVE_GRIDS]
+    if unknown:
+        raise SystemExit(f"--exhaustive-heads: no exhaustive grid for {unknown}")
     results = {
         **_run_header(argv),
         "store": {"path": "(synthetic, temporary)" if synthetic else str(store_path), "n": n},
@@ -341,24 +379,45 @@ def run_nested(args, argv) -> int:
             "inner": args.inner,
             "grid": args.nested_grid,
             "seed": args.seed,
+            "jobs": args.jobs,
+            "halving_heads": list(tuning.HALVING_HEADS),
+            "xgboost_grid": tuning.resolve_grids(args.nested_grid)["xgboost"],
+            "exhaustive_heads": exhaustive,
+            "exhaustive_features": exhaustive_features,
+            "exhaustive_grids": {h: EXHAUSTIVE_GRIDS[h] for h in exhaustive},
         },  # fmt: skip
         "runs": {},
     }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "compare_heads-nested" + (
+        "" if args.nested_grid == "default" else f"-{args.nested_grid}"
+    )
+    stem += f"-jobs{args.jobs}" if args.jobs > 1 else ""
+    partial = out / f"{stem}.partial.json"
     fit_log = logging.getLogger("featmammo.fit")
     boards = {}
-    for mode in ("grid", "none"):
+    modes = ["grid", "none", *(["exhaustive"] if exhaustive else [])]
+    for mode in modes:
         clock = _FitClock()
         fit_log.addHandler(clock)
         load0 = os.getloadavg()
+        halving = tuning.HALVING_HEADS
+        if mode == "exhaustive":
+            tuning.HALVING_HEADS = ()  # every point on every inner fold, as before halving
         t0, c0 = time.perf_counter(), time.process_time()
         try:
             res = fit(
-                [store_path], tmp / f"run-{mode}", features=features, heads=head_names,
+                [store_path], tmp / f"run-{mode}",
+                features=exhaustive_features if mode == "exhaustive" else features,
+                heads=exhaustive if mode == "exhaustive" else head_names,
                 cv=args.outer, test_split="none", seed=args.seed, n_boot=0, figures=False,
-                tune=mode, inner_cv=args.inner, tune_grid=args.nested_grid, device="cpu",
-                n_jobs=args.jobs,
+                tune="none" if mode == "none" else "grid", inner_cv=args.inner,
+                tune_grid=EXHAUSTIVE_GRIDS if mode == "exhaustive" else args.nested_grid,
+                device="cpu", n_jobs=args.jobs,
             )  # fmt: skip
         finally:
+            tuning.HALVING_HEADS = halving
             clock.close_current()
             fit_log.removeHandler(clock)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -376,18 +435,25 @@ def run_nested(args, argv) -> int:
                 for r in lb[lb["evaluation"] == "cv"].itertuples()
             },
         }
-        if mode == "grid":
-            tun = pd.read_csv(tmp / f"run-{mode}" / "tuning.csv", dtype={"fold": str})
-            chosen = tun[tun["chosen"]]
+        if mode != "none":
+            tun, chosen, per_fold, n_pruned = _chosen(tmp / f"run-{mode}")
             run["chosen"] = {
                 f"{f} / {h}": g["params"].value_counts().to_dict()
                 for (f, h), g in chosen.groupby(["features", "head"])
             }
+            run["chosen_per_fold"] = per_fold
             run["grid_points"] = int(len(tun))
+            run["pruned_points"] = n_pruned
         results["runs"][mode] = run
         log.info("nested %s: %.1f s", mode, wall)
+        # each finished run is on disk at once: a later failure loses no measured time
+        partial.write_text(json.dumps(results, indent=2, default=str) + "\n")
     flips = []
-    cv = {m: b[b["evaluation"] == "cv"].set_index(["features", "head"]) for m, b in boards.items()}
+    cv = {
+        m: b[b["evaluation"] == "cv"].set_index(["features", "head"])
+        for m, b in boards.items()
+        if m in ("grid", "none")
+    }
     if "hybrid" in features:
         for h in head_names:
             for b in [f for f in features if f != "hybrid"]:
@@ -407,20 +473,43 @@ def run_nested(args, argv) -> int:
     results["cost_ratio"] = round(
         results["runs"]["grid"]["wall_s"] / results["runs"]["none"]["wall_s"], 2
     )
+    if exhaustive:
+        g, e = results["runs"]["grid"], results["runs"]["exhaustive"]
+        same = {}
+        for key, params in e["chosen_per_fold"].items():
+            fh = key.rsplit(" / ", 1)[0]
+            head = fh.split(" / ")[1]
+            hit = same.setdefault(fh, [0, 0])
+            mine = g["chosen_per_fold"].get(key, "{}")
+            hit[0] += int(_effective(head, mine) == _effective(head, params))
+            hit[1] += 1
+        results["halving_vs_exhaustive"] = [
+            {
+                "features_head": fh,
+                "same_chosen_folds": hit[0],
+                "folds": hit[1],
+                "bacc_halving": g["balanced_accuracy"][fh],
+                "bacc_exhaustive": e["balanced_accuracy"][fh],
+                "s_halving": g["per_head_s"].get(fh),
+                "s_exhaustive": e["per_head_s"].get(fh),
+            }
+            for fh, hit in same.items()
+        ]
     shutil.rmtree(tmp, ignore_errors=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "compare_heads-nested" + (
-        "" if args.nested_grid == "default" else f"-{args.nested_grid}"
-    )
-    stem += f"-jobs{args.jobs}" if args.jobs > 1 else ""
+    baseline = None
+    if args.baseline:
+        baseline = json.loads(Path(args.baseline).read_text())
+        results["baseline"] = {"path": str(args.baseline), "created": baseline["created"]}
     (out / f"{stem}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    (out / f"{stem}.md").write_text(nested_markdown(results))
+    (out / f"{stem}.md").write_text(nested_markdown(results, baseline))
+    partial.unlink(missing_ok=True)
     log.info("wrote %s and %s", out / f"{stem}.json", out / f"{stem}.md")
     return 0
 
 
-def nested_markdown(r: dict) -> str:
+def nested_markdown(r: dict, baseline: dict | None = None) -> str:
+    """The markdown of a ``--nested`` run; ``baseline``: an earlier run's results (``--baseline``),
+    whose tuned wall/CPU time and CV balanced accuracy are shown beside this run's."""
     s = r["settings"]
     g, n = r["runs"]["grid"], r["runs"]["none"]
     L = [
@@ -432,20 +521,33 @@ def nested_markdown(r: dict) -> str:
         f"- store: {r['store']['path']} ({r['store']['n']} images); features "
         f"{', '.join(s['features'])}; heads {', '.join(s['heads'])}",
         f"- {s['outer']} outer x {s['inner']} inner patient-grouped folds, grid `{s['grid']}` "
-        f"({g.get('grid_points', 0)} grid-point rows in tuning.csv), no test split; "
+        f"({g.get('grid_points', 0)} grid-point rows in tuning.csv, "
+        f"{g.get('pruned_points', 0)} of them pruned by successive halving of "
+        f"{', '.join(s.get('halving_heads', [])) or 'no head'}), no test split; "
         f"{s.get('jobs', 1)} features set(s) in parallel, 1 BLAS/OpenMP thread each",
         "",
-        "| run | wall s | CPU s (all threads of the process) |",
-        "|---|---:|---:|",
-        f"| --tune grid | {g['wall_s']} | {g.get('cpu_s')} |",
-        f"| --tune none | {n['wall_s']} | {n.get('cpu_s')} |",
-        f"| ratio | {r['cost_ratio']} | {r.get('cpu_ratio')} |",
+        "| run | wall s | CPU s (all threads of the process) | load average before / after |",
+        "|---|---:|---:|---|",
+        f"| --tune grid | {g['wall_s']} | {g.get('cpu_s')} | {g['loadavg_before']} / "
+        f"{g['loadavg_after']} |",
+        f"| --tune none | {n['wall_s']} | {n.get('cpu_s')} | {n['loadavg_before']} / "
+        f"{n['loadavg_after']} |",
+        f"| ratio | {r['cost_ratio']} | {r.get('cpu_ratio')} | |",
         "",
         "## CV balanced accuracy (tuned / untuned) and time per features x head",
         "",
         "| features / head | tuned | untuned | tuned s | untuned s | chosen (folds) |",
         "|---|---:|---:|---:|---:|---|",
     ]
+    if baseline:
+        b = baseline["runs"]["grid"]
+        at = next(i for i, line in enumerate(L) if line.startswith("| ratio |")) + 1
+        L.insert(
+            at,
+            f"| baseline --tune grid (`{baseline['command']}`, {baseline['created']}) "
+            f"| {b['wall_s']} | {b.get('cpu_s')} | {b['loadavg_before']} / "
+            f"{b['loadavg_after']} |",
+        )
     for key in g["balanced_accuracy"]:
         chosen = "; ".join(f"{p} x{c}" for p, c in g.get("chosen", {}).get(key, {}).items())
         L.append(
@@ -457,6 +559,44 @@ def nested_markdown(r: dict) -> str:
           "| features | tuned | untuned |", "|---|---|---|"]  # fmt: skip
     for f in s["features"]:
         L.append(f"| {f} | {', '.join(g['ranking'][f])} | {', '.join(n['ranking'][f])} |")
+    if baseline:
+        b = baseline["runs"]["grid"]["balanced_accuracy"]
+        L += [
+            "",
+            "## CV balanced accuracy, tuned: this run vs the baseline",
+            "",
+            "Both sides changed: the grids and halving and, since the baseline, the heads' "
+            "decision rule (class-balanced probabilities for every head), so a difference here is "
+            "not the tuning's alone; the exhaustive-grid section below isolates the tuning.",
+            "",
+            "| features / head | this run | baseline |",
+            "|---|---:|---:|",
+        ]
+        for key, v in g["balanced_accuracy"].items():
+            L.append(f"| {key} | {v:.3f} | {_fmt(b.get(key), '.3f')} |")
+    if r.get("halving_vs_exhaustive"):
+        e = r["runs"]["exhaustive"]
+        L += [
+            "",
+            "## Successive halving and the smaller xgboost grid vs the exhaustive grid",
+            "",
+            f"The exhaustive run tunes {', '.join(s['exhaustive_heads'])} "
+            f"({', '.join(s.get('exhaustive_features', []))}) on "
+            f"`{json.dumps(s['exhaustive_grids'])}` with every point on every inner fold "
+            f"({e['wall_s']} s wall, {e['cpu_s']} s CPU, load {e['loadavg_before']} / "
+            f"{e['loadavg_after']}); the tuned run uses `{json.dumps(s['xgboost_grid'])}` for "
+            "xgboost and halving for both.",
+            "",
+            "| features / head | same chosen params (folds) | CV bal. acc. halving | exhaustive "
+            "| s halving | s exhaustive |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for x in r["halving_vs_exhaustive"]:
+            L.append(
+                f"| {x['features_head']} | {x['same_chosen_folds']} / {x['folds']} "
+                f"| {x['bacc_halving']:.3f} | {x['bacc_exhaustive']:.3f} "
+                f"| {_fmt(x['s_halving'], '.1f')} | {_fmt(x['s_exhaustive'], '.1f')} |"
+            )
     if r["hybrid_vs_backbone"]:
         L += ["", "## Does the hybrid beat the backbone (CV balanced accuracy)?", "",
               "| head | vs | tuned | untuned |", "|---|---|---|---|"]  # fmt: skip
@@ -493,6 +633,22 @@ def main(argv=None) -> int:
     ap.add_argument("--outer", type=int, default=5)
     ap.add_argument("--inner", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=1, help="features sets in parallel (fit n_jobs)")
+    ap.add_argument(
+        "--exhaustive-heads",
+        default="rf,xgboost",
+        help="--nested: heads also tuned on the grid before halving, every point on every inner "
+        "fold ('' skips that run)",
+    )
+    ap.add_argument(
+        "--baseline",
+        default=None,
+        help="--nested: an earlier compare_heads-nested*.json shown beside this run",
+    )
+    ap.add_argument(
+        "--exhaustive-features",
+        default="resnet50",
+        help="--nested: features sets of that run (default resnet50, the cheapest)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.nested:
