@@ -12,7 +12,6 @@ image cache, and the order and batches of each epoch.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import time
@@ -34,19 +33,6 @@ log = logging.getLogger(__name__)
 
 #: the roles of split.csv (and of the run's logs): validation is never called anything else
 ROLES = ("train", "validation", "test")
-
-
-class _ValidationLog(logging.Filter):
-    """Names the validation split as such in ``featmammo.splits.grouped_holdout``'s INFO line,
-    which says ``hold-out: N train / M test images`` whatever the held-out side is for."""
-
-    def filter(self, record) -> bool:
-        msg = record.msg if isinstance(record.msg, str) else ""
-        if msg.startswith("hold-out: %d train / %d test"):
-            record.msg = "validation split: %d train / %d validation images (%.3f; asked %.3f)"
-        elif msg.startswith("%s: class(es)") and record.args and record.args[0] == "hold-out":
-            record.args = ("validation split", *record.args[1:])
-        return True
 
 
 def held_out_mask(
@@ -113,15 +99,7 @@ def split_roles(df: pd.DataFrame, cfg: TrainConfig) -> np.ndarray:
         cfg.val_fraction,
         cfg.seed,
     )
-    if "held_out" in inspect.signature(splits.grouped_holdout).parameters:
-        tr, va = splits.grouped_holdout(*args, held_out="validation")
-    else:  # featmammo.splits before it could name the held-out side: rename its log lines
-        named = _ValidationLog()
-        splits.log.addFilter(named)
-        try:
-            tr, va = splits.grouped_holdout(*args)
-        finally:
-            splits.log.removeFilter(named)
+    tr, va = splits.grouped_holdout(*args, held_out="validation")
     role[dev[np.asarray(va)]] = "validation"
     test_patients = set(df.loc[is_test, "patient_id"].astype(str))
     shared = test_patients & set(df["patient_id"].astype(str).to_numpy()[dev])
