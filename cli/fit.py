@@ -103,7 +103,8 @@ def _resolve(ctx: click.Context, values: dict, config_path) -> dict:
     help="Repeats of the CV, each with its own patient-grouped folds (R times the CV's cost): the "
     "CV comparisons' corrected resampled t runs over all R x K folds. 1 holds the 5% level but "
     "finds fewer real differences; 5 gives about the power of the former pooled bootstrap at its "
-    "level (benchmarks/null_calibration.py).",
+    "level from about 40 patients per class, and runs hot on smaller sets (a warning says so; "
+    "benchmarks/null_calibration.py).",
 )  # fmt: skip
 @click.option(
     "--test-split",

@@ -252,7 +252,12 @@ def test_fit_cv_repeats_feed_the_corrected_t(tmp_path):
     assert cv["method"].str.contains("9 folds x 3 repeat").all()
     tuning = pd.read_csv(three / "tuning.csv", dtype=str)
     assert {"r2.1", "r3.3", "1", "test"} <= set(tuning["fold"])
-    assert json.loads((three / "config.json").read_text())["cv_repeats"] == 3
+    cfg3 = json.loads((three / "config.json").read_text())
+    assert cfg3["cv_repeats"] == 3
+    # a set this small (a handful of patients per class): repeats run hot, the run says so
+    assert any(n.startswith("--cv-repeats 3: the CV's smallest class has") for n in cfg3["notes"])
+    cfg1 = json.loads((one / "config.json").read_text())
+    assert not any("--cv-repeats" in n for n in cfg1["notes"])
     assert all(c["ok"] for c in rp.verify(three)), [c for c in rp.verify(three) if not c["ok"]]
     bad = pd.read_csv(three / "predictions_repeats.csv")
     bad.loc[bad.index[:10], "y_pred"] = "malignant"
