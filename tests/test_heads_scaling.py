@@ -60,3 +60,31 @@ def test_unbalanced_scaling_standardises_and_zeroes_constants():
     constant[30:50] = constant[5] = True
     np.testing.assert_allclose(var[~constant], 1.0, rtol=1e-4)
     np.testing.assert_array_equal(var[constant], 0.0)
+
+
+def test_column_std_in_row_chunks_matches_numpy():
+    """BlockScaler's std is accumulated a few rows at a time (X.std(axis=0) makes a temporary of
+    X's size): the same figures as numpy's, in X's dtype, whatever the chunking."""
+    from featmammo.heads.scaling import _column_std
+
+    rng = np.random.default_rng(3)
+    X = (rng.normal(size=(53, 9)) * [1, 10, 1e-3, 5, 0, 2, 3, 4, 1e4] + 7).astype(np.float32)
+    for rows in (1, 7, 53, 4096):
+        got = _column_std(X, X.mean(axis=0), rows=rows)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, X.astype(np.float64).std(axis=0), rtol=1e-5, atol=1e-6)
+    assert _column_std(X, X.mean(axis=0))[4] == 0  # a constant column stays exactly 0
+
+
+def test_transform_leaves_its_input_alone_and_keeps_its_dtype():
+    from featmammo.heads.scaling import BlockScaler
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(40, 6)).astype(np.float32)
+    before = X.copy()
+    sc = BlockScaler(blocks={"a": slice(0, 2), "b": slice(2, 6)}).fit(X)
+    out = sc.transform(X)
+    np.testing.assert_array_equal(X, before)
+    assert out.dtype == np.float32 and not np.shares_memory(out, X)
+    expect = (X - sc.mean_) / sc.scale_ * sc.factor_
+    np.testing.assert_array_equal(out, expect.astype(np.float32))

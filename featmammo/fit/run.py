@@ -500,7 +500,10 @@ def fit(
                         ]
                     model = _make_head(h, seed, fz.blocks, {**base, **chosen}, block_scaling)
                     with _step(f, h, what, int(train.sum())):
-                        fit_head(model, X[train], labels[train], groups[train])
+                        # every row trains (the final fit without a test split): no row copy
+                        X_train = X if train.all() else X[train]
+                        fit_head(model, X_train, labels[train], groups[train])
+                        del X_train
                     with lock:
                         _record_fit_notes(model, f, h, r, tune, tuning_rows, fit_notes)
                     tick()
