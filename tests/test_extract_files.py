@@ -193,7 +193,9 @@ def test_replaced_images_are_embedded_again_with_their_new_pixels(tmp_path):
     fresh = embed([tmp_path / "data" / f"img{i}.pgm" for i in changed], backbones=["alexnet"],
                   weights="random", preprocess=CFG, device="cpu", lateralities=["L"] * 3,
                   workers=0, cache=False)["alexnet"]  # fmt: skip
-    np.testing.assert_array_equal(after[changed], fresh)  # the new files' pixels
+    # the new files' pixels (to float rounding: oneDNN's kernels may sum in another order for
+    # another batch composition, ~3e-8 here)
+    np.testing.assert_allclose(after[changed], fresh, rtol=1e-4, atol=1e-6)
     keep = [i for i in range(N) if i not in changed]
     np.testing.assert_array_equal(after[keep], before[keep])
     assert not np.allclose(after[changed], before[changed])

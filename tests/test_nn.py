@@ -335,14 +335,15 @@ def test_validation_split_is_splits_grouped_holdout(tiny_manifest, tmp_path, mon
     calls = []
     real = splits.grouped_holdout
 
-    def spy(labels, groups, test_size=0.2, seed=0):
-        calls.append((len(labels), test_size, seed))
-        return real(labels, groups, test_size, seed)
+    def spy(labels, groups, test_size=0.2, seed=0, held_out="test"):
+        calls.append((len(labels), test_size, seed, held_out))
+        return real(labels, groups, test_size, seed, held_out=held_out)
 
     monkeypatch.setattr(splits, "grouped_holdout", spy)
     opts = {**FAST, "epochs": 1, "trunks": ("alexnet",), "seed": 3}
     train(tiny_manifest, tmp_path / "r", evaluate=False, **opts)
-    assert calls == [(12, FAST["val_fraction"], 3)]  # the 12 non-test images, once
+    # the 12 non-test images, once, the held-out side named validation
+    assert calls == [(12, FAST["val_fraction"], 3, "validation")]
 
 
 def test_train_reads_the_prepared_image_cache(tiny_manifest, tmp_path, monkeypatch):
