@@ -235,10 +235,10 @@ def test_read_this_first_groups_the_notes():
 
 
 # ------------------------------------------------------------------------ successive halving
-def test_successive_halving_keeps_the_better_half_of_the_first_fold(fold_data, monkeypatch):
+def _counted_rf(fold_data, monkeypatch):
+    """An InnerCV of ``fold_data`` and the number of points of every ``_fit_points`` call (one
+    call per inner fold), with the real ``_fit_points``."""
     X, y, g, inner = fold_data
-    grid = {"min_samples_leaf": [5, 1], "max_features": ["sqrt", 0.5]}
-    base = {"n_estimators": 15}
     calls = []
     real = tuning._fit_points
 
@@ -247,7 +247,14 @@ def test_successive_halving_keeps_the_better_half_of_the_first_fold(fold_data, m
         return real(head, points, base, fd, classes, seed)
 
     monkeypatch.setattr(tuning, "_fit_points", counting)
-    cv = tuning.InnerCV(X, y, g, inner, blocks=BLOCKS)
+    return tuning.InnerCV(X, y, g, inner, blocks=BLOCKS), calls, real
+
+
+def test_successive_halving_keeps_the_better_half_of_the_first_fold(fold_data, monkeypatch):
+    X, y, g, inner = fold_data
+    grid = {"min_samples_leaf": [5, 1], "max_features": ["sqrt", 0.5]}
+    base = {"n_estimators": 15}
+    cv, calls, real = _counted_rf(fold_data, monkeypatch)
     chosen, rows = tuning.tune(cv, "rf", grid, classes=CLASSES, base=base)
     assert calls == [4, 2, 2]  # 4 points on inner fold 1, the better 2 on folds 2 and 3
     pruned = [r for r in rows if r["note"].startswith("pruned: successive halving")]
@@ -282,15 +289,7 @@ def test_successive_halving_stops_when_one_point_is_left(fold_data, monkeypatch)
     X, y, g, inner = fold_data
     grid = {"min_samples_leaf": [5, 1]}
     base = {"n_estimators": 15}
-    calls = []
-    real = tuning._fit_points
-
-    def counting(head, points, base, fd, classes, seed):
-        calls.append(len(points))
-        return real(head, points, base, fd, classes, seed)
-
-    monkeypatch.setattr(tuning, "_fit_points", counting)
-    cv = tuning.InnerCV(X, y, g, inner, blocks=BLOCKS)
+    cv, calls, real = _counted_rf(fold_data, monkeypatch)
     chosen, rows = tuning.tune(cv, "rf", grid, classes=CLASSES, base=base)
     assert calls == [2]  # both points on inner fold 1, nothing more
     (kept,) = [r for r in rows if r["chosen"]]
