@@ -620,6 +620,7 @@ def test_ddp_two_processes_cpu(tiny_manifest, tmp_path):
         "2",
         "-m",
         "featmammo.cli.main",
+        "-v",  # the rank lines are INFO (the CLI is quiet by default)
         "train",
         str(tiny_manifest),
         "-o",
