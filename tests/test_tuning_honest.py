@@ -306,3 +306,21 @@ def test_successive_halving_stops_when_one_point_is_left(fold_data, monkeypatch)
     assert chosen == points[best] and kept["inner_score"] == first[best]
     df = pd.DataFrame([{"features": "hybrid", "head": "rf", "fold": "1", **r} for r in rows])
     assert tuning.read_this_first(df) == []  # method notes, not events
+
+
+def test_report_states_how_halving_ran():
+    """The tuning section's method statement says that halving pruned points and chose some
+    heads on one inner fold (the statement matches what ran); nothing when it did not run."""
+    from featmammo.report.markdown import _halving_statement
+
+    rows = [
+        {"head": "rf", "note": "pruned: successive halving: scored 0.4 on inner fold 1 of 3"},
+        {"head": "rf", "note": ""},
+        {"head": "xgboost", "note": "halving: the only point left after inner fold 1 of 3: ..."},
+        {"head": "xgboost", "note": "pruned: successive halving: scored 0.3 on inner fold 1 of 3"},
+        {"head": "logreg", "note": float("nan")},
+    ]
+    text = _halving_statement(pd.DataFrame(rows))
+    assert text.startswith("Successive halving (rf, xgboost): every grid point fitted on inner")
+    assert "2 grid row(s) pruned" in text and "in 1 tuning(s) one point was left" in text
+    assert _halving_statement(pd.DataFrame([{"head": "logreg", "note": ""}])) == ""

@@ -339,6 +339,27 @@ def tuning_notes(config: dict, tuning: pd.DataFrame | None) -> list[str]:
     return out
 
 
+def _halving_statement(tuning: pd.DataFrame) -> str:
+    """How successive halving ran (tuning.csv notes ``pruned`` / ``halving``), "" when it did
+    not: part of the method statement, not a deviation."""
+    kinds = tuning["note"].astype(str).str.split(":", n=1).str[0].str.strip().str.lower()
+    n_pruned, n_lone = int((kinds == "pruned").sum()), int((kinds == "halving").sum())
+    if not n_pruned and not n_lone:
+        return ""
+    heads = sorted(set(tuning.loc[kinds.isin(["pruned", "halving"]), "head"].astype(str)))
+    text = (
+        f"Successive halving ({', '.join(heads)}): every grid point fitted on inner fold 1, the "
+        f"better half on the other inner folds; {n_pruned} grid row(s) pruned after inner fold 1 "
+        "(inner score empty)"
+    )
+    if n_lone:
+        text += (
+            f"; in {n_lone} tuning(s) one point was left after inner fold 1 and was chosen there "
+            "(its inner score is that fold's)"
+        )
+    return text + "."
+
+
 def _tuning_section(config: dict, tuning: pd.DataFrame | None) -> list[str]:
     if tuning is None:
         if config.get("tune") == "grid":
@@ -375,6 +396,9 @@ def _tuning_section(config: dict, tuning: pd.DataFrame | None) -> list[str]:
             f"{inner}; fold `test` = the final refit on the whole training part. "
             f"{len(tuning)} grid points evaluated; all are in `{TUNING}`."
         )
+    halving = _halving_statement(tuning)
+    if halving:
+        L.append(halving)
     for line in tuning_notes(config, tuning):
         if not line.startswith("untuned"):
             L.append(f"Deviation: {line}.")
