@@ -188,7 +188,9 @@ def score(metric: str, y_true, proba: np.ndarray, classes: Sequence[str]) -> flo
     if metric == "neg_log_loss":
         p = np.clip(proba, 1e-12, None)
         p = p / p.sum(axis=1, keepdims=True)
-        return -float(skm.log_loss(y_true, p, labels=classes))
+        # scikit-learn reads the columns in sorted label order; proba is in ``classes`` order
+        order = np.argsort(classes)
+        return -float(skm.log_loss(y_true, p[:, order], labels=[classes[i] for i in order]))
     raise ConfigError(f"--tune-metric {metric!r}: choose one of {', '.join(METRICS)}")
 
 
@@ -501,16 +503,25 @@ def tune(
     points, dropped = _feasible(head, grid_points(grid, base), inner)
     t0 = time.perf_counter()
     folds = range(len(inner.inner))
-    alive, pruned, one_fold = list(range(len(points))), {}, {}
+    pruned, one_fold, first, fits = {}, {}, None, None
     if head in HALVING_HEADS and len(points) > 1 and len(inner.inner) > 1:
         # successive halving over the inner folds: every point on the first inner fold, the
         # better half (ties: the earlier, more regularised point) on the others
         fits = inner.fit_folds(head, points, base, classes, seed, [0])
         va0 = inner.inner[0][1]
         first = [_finite(_score_of(metric, inner.y[va0], f[0][0], classes)) for f in fits]
-        order = sorted(alive, key=lambda j: (-first[j], j))
+        if not np.isfinite(first).any():
+            # inner fold 1 ranks nothing (every fit failed there, or the metric is undefined on
+            # it: roc_auc on a one-class validation side): no halving, every point on every fold
+            first = None
+            for j, f in enumerate(inner.fit_folds(head, points, base, classes, seed, folds[1:])):
+                fits[j].update(f)
+    if fits is None:
+        fits = inner.fit_folds(head, points, base, classes, seed, folds)
+    if first is not None:
+        order = sorted(range(len(points)), key=lambda j: (-first[j], j))
         keep = sorted(order[: (len(points) + 1) // 2])
-        pruned = {j: first[j] for j in alive if j not in keep}
+        pruned = {j: first[j] for j in range(len(points)) if j not in keep}
         best_first = max(first[j] for j in keep)
         if len(keep) > 1:
             for j, f in zip(keep, inner.fit_folds(head, [points[j] for j in keep], base, classes,
@@ -518,27 +529,23 @@ def tune(
                 fits[j].update(f)
         else:  # one point left: chosen already; fitting it on the other folds would only score it
             one_fold = {keep[0]: _score_of(metric, inner.y[va0], fits[keep[0]][0][0], classes)}
-        alive = keep
-    else:
-        fits = inner.fit_folds(head, points, base, classes, seed, folds)
-    results = {j: inner.pooled(fits[j], classes) for j in alive}
     n_fits = len(inner.inner)
     rows = []
     scores = []
     for j, p in enumerate(points):
+        proba, fit_notes = inner.pooled(fits[j], classes)
         if j in pruned:
-            scores.append(np.nan)
-            rows.append({
+            s = np.nan
+            row = {
                 "params": params_json(p), "inner_score": float("nan"), "chosen": False,
                 "note": _note("pruned", f"successive halving: scored {pruned[j]:.4f} on inner "
                                         f"fold 1 of {n_fits}, below the half kept (best "
                                         f"{best_first:.4f})"),
-            })  # fmt: skip
-            continue
-        proba, fit_notes = results[j]
-        s = one_fold[j] if j in one_fold else _score_of(metric, inner.y, proba, classes)
+            }  # fmt: skip
+        else:
+            s = one_fold[j] if j in one_fold else _score_of(metric, inner.y, proba, classes)
+            row = {"params": params_json(p), "inner_score": float(s), "chosen": False, "note": ""}
         scores.append(s)
-        row = {"params": params_json(p), "inner_score": float(s), "chosen": False, "note": ""}
         if j in one_fold:
             add_note(
                 row,
@@ -548,7 +555,7 @@ def tune(
                     "inner_score is that fold's (no other fold fitted)",
                 ),
             )
-        fit_folds = len(fits[j])
+        fit_folds = len(fits[j])  # inner folds this point was fitted on
         for text, count in fit_notes.items():
             if text.startswith("failed: "):
                 add_note(row, _note("fit failed", f"{text[len('failed: '):]} in {count} of "
@@ -558,6 +565,9 @@ def tune(
                     row,
                     _note("early stopping skipped", f"{count} of {fit_folds} inner fits: {text}"),
                 )
+        if j in pruned:
+            rows.append(row)
+            continue
         if not np.isfinite(s) and not any(t.startswith("failed") for t in fit_notes):
             add_note(row, _note("nan score", f"the inner {metric} is not finite"))
         rows.append(row)

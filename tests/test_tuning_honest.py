@@ -324,3 +324,60 @@ def test_report_states_how_halving_ran():
     assert text.startswith("Successive halving (rf, xgboost): every grid point fitted on inner")
     assert "2 grid row(s) pruned" in text and "in 1 tuning(s) one point was left" in text
     assert _halving_statement(pd.DataFrame([{"head": "logreg", "note": ""}])) == ""
+
+
+def test_halving_falls_back_to_every_fold_when_fold_one_ranks_nothing(fold_data, monkeypatch):
+    """Every point nan on inner fold 1 (its metric undefined there, or every fit failed): no
+    pruning by index and no head left untuned by a lone nan survivor -- every point is fitted
+    on every fold, as without halving."""
+    cv, calls, real = _counted_rf(fold_data, monkeypatch)
+    score = tuning.score
+
+    def nan_on_fold_one(metric, y, proba, classes):
+        return float("nan") if len(y) == len(cv.inner[0][1]) else score(metric, y, proba, classes)
+
+    monkeypatch.setattr(tuning, "score", nan_on_fold_one)
+    grid, base = {"min_samples_leaf": [5, 1]}, {"n_estimators": 15}
+    chosen, rows = tuning.tune(cv, "rf", grid, classes=CLASSES, base=base)
+    assert calls == [2, 2, 2]  # fold 1, then both points on folds 2 and 3
+    assert chosen and all(np.isfinite(r["inner_score"]) for r in rows)
+    assert not any(r["note"] for r in rows)
+    monkeypatch.setattr(tuning, "HALVING_HEADS", ())
+    assert tuning.tune(cv, "rf", grid, classes=CLASSES, base=base)[0] == chosen
+
+
+def test_a_pruned_point_keeps_its_failed_fit_note(fold_data, monkeypatch):
+    """A point whose fit failed on inner fold 1 is pruned, and its failure still reaches
+    tuning.csv's note and 'read this first' (a pruned note alone hid it)."""
+    cv, _, real = _counted_rf(fold_data, monkeypatch)
+
+    def failing(head, points, base, fd, classes, seed):
+        out = real(head, points, base, fd, classes, seed)
+        return [
+            (np.full_like(p, np.nan), ["failed: ValueError: boom"])
+            if pt.get("min_samples_leaf") == 1
+            else (p, n)
+            for pt, (p, n) in zip(points, out, strict=True)
+        ]
+
+    monkeypatch.setattr(tuning, "_fit_points", failing)
+    grid, base = {"min_samples_leaf": [5, 1]}, {"n_estimators": 15}
+    chosen, rows = tuning.tune(cv, "rf", grid, classes=CLASSES, base=base)
+    assert chosen == {"min_samples_leaf": 5}
+    (bad,) = [r for r in rows if json.loads(r["params"]) == {"min_samples_leaf": 1}]
+    assert (
+        bad["note"].startswith("pruned: ")
+        and "fit failed: ValueError: boom in 1 of 1" in bad["note"]
+    )
+    df = pd.DataFrame([{"features": "hybrid", "head": "rf", "fold": "1", **r} for r in rows])
+    assert any("fit failed" in line for line in tuning.read_this_first(df))
+
+
+def test_neg_log_loss_reads_the_columns_in_classes_order():
+    """proba's columns are in ``classes`` order, not sorted: near-perfect probabilities must score
+    near 0 whatever the classes' alphabetical order."""
+    classes = ["normal", "malignant"]  # not sorted
+    y = np.array(["normal", "malignant", "normal", "malignant"])
+    good = np.array([[0.99, 0.01], [0.01, 0.99], [0.99, 0.01], [0.01, 0.99]])
+    assert tuning.score("neg_log_loss", y, good, classes) > -0.02
+    assert tuning.score("neg_log_loss", y, good[:, ::-1], classes) < -4
