@@ -88,3 +88,14 @@ def test_transform_leaves_its_input_alone_and_keeps_its_dtype():
     assert out.dtype == np.float32 and not np.shares_memory(out, X)
     expect = (X - sc.mean_) / sc.scale_ * sc.factor_
     np.testing.assert_array_equal(out, expect.astype(np.float32))
+
+
+def test_a_constant_that_is_not_zero_is_found_over_many_rows():
+    """A float32 mean drifts ~1e-5 of a constant's value over 1,000 rows: the column then looked
+    varying, counted in its block's width, and a new row's 0 there became about -65,000."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(1000, 3)).astype(np.float32)
+    X[:, 0] = 3.7
+    sc = BlockScaler(blocks={"a": slice(0, 3)}).fit(X)
+    assert sc.factor_[0] == 0 and sc.n_informative_ == {"a": 2}
+    assert np.all(sc.transform(np.zeros((1, 3), np.float32))[:, 0] == 0)

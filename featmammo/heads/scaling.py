@@ -76,7 +76,9 @@ class BlockScaler(TransformerMixin, BaseEstimator):
     def fit(self, X, y=None):
         X = validate_data(self, X, dtype=[np.float32, np.float64])
         self.blocks_ = _normalise_blocks(self.blocks, X.shape[1])
-        self.mean_ = X.mean(axis=0)
+        # the mean accumulated in float64 (a float32 sum drifts ~1e-5 of a constant's value over
+        # 1,000 rows, and a constant column then looked like a varying one), kept in X's dtype
+        self.mean_ = X.mean(axis=0, dtype=np.float64).astype(X.dtype, copy=False)
         std = _column_std(X, self.mean_)
         # constant up to rounding: a spread below what float error alone could make of the mean
         eps = np.finfo(X.dtype).eps
