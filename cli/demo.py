@@ -206,6 +206,8 @@ def _show_caveats(caveats: _Caveats, weights: str, log_path: Path) -> None:
         return
     click.echo(f"\nCaveats (full text in {log_path} and the report's first section):")
     for line, extra in zip(lines, more, strict=True):
-        wrapped = textwrap.wrap(line + extra, width=width - 4, max_lines=CAVEAT_LINES,
-                                placeholder=" [...]" + extra)  # fmt: skip
+        placeholder = " [...]" + extra
+        # textwrap refuses a placeholder wider than a line: a narrow terminal wraps wider
+        wrapped = textwrap.wrap(line + extra, width=max(width - 4, len(placeholder) + 20),
+                                max_lines=CAVEAT_LINES, placeholder=placeholder)  # fmt: skip
         click.echo("  - " + "\n    ".join(wrapped))

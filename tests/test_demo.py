@@ -116,3 +116,24 @@ def test_caveats_keep_distinct_warnings_of_one_format_apart(tmp_path, monkeypatc
     assert "run: small samples: 27 of 54" in out and "run: constant predictions: 1" in out
     assert out.count("fold") == 1 and "(and 1 more like it)" in out  # folds 1, 2: one caveat
     assert all(len(line) <= 100 for line in out.splitlines() if line.startswith(" "))
+
+
+def test_caveats_on_a_narrow_terminal_do_not_crash(tmp_path, monkeypatch, capsys):
+    """textwrap refuses a placeholder wider than its width: ' [...] (and 1 more like it)' on a
+    24-column terminal raised ValueError at the demo's last step."""
+    import logging
+    import os
+
+    from featmammo.cli import demo
+
+    monkeypatch.setattr(
+        demo.shutil, "get_terminal_size", lambda fallback: os.terminal_size((24, 40))
+    )
+    caveats = demo._Caveats()
+    caveats.records = [
+        logging.LogRecord("featmammo.fit", logging.WARNING, __file__, 1,
+                          "fold %d: a caveat long enough to be cut " * 4, (k,) * 4, None)
+        for k in (1, 2)
+    ]  # fmt: skip
+    demo._show_caveats(caveats, "imagenet", tmp_path / "demo.log")
+    assert "(and 1 more like it)" in capsys.readouterr().out
