@@ -263,14 +263,10 @@ class InnerCV:
         return self._folds[i]
 
     def oof_proba(self, head: str, points: list[dict], base: dict, classes, seed: int):
-        """Pooled inner out-of-fold probabilities of every grid point: list of (n, K) arrays."""
-        return [p for p, _ in self.oof_proba_notes(head, points, base, classes, seed)]
-
-    def oof_proba_notes(self, head: str, points: list[dict], base: dict, classes, seed: int):
-        """Like :meth:`oof_proba`, with each point's notes: list of ``(proba, {note: n_fits})``
-        (early stopping skipped, a failed fit...; the proba rows of a failed fit are nan)."""
+        """Pooled inner out-of-fold probabilities of every grid point: list of (n, K) arrays
+        (the rows of a failed fit are nan)."""
         fits = self.fit_folds(head, points, base, classes, seed, range(len(self.inner)))
-        return [self.pooled(f, classes) for f in fits]
+        return [self.pooled(f, classes)[0] for f in fits]
 
     def fit_folds(self, head, points, base, classes, seed, folds) -> list[dict]:
         """For every point, ``{fold: (validation proba, notes)}`` over ``folds``."""
@@ -571,7 +567,7 @@ def tune(
         if not np.isfinite(s) and not any(t.startswith("failed") for t in fit_notes):
             add_note(row, _note("nan score", f"the inner {metric} is not finite"))
         rows.append(row)
-    finite = [s if np.isfinite(s) else -np.inf for s in scores]
+    finite = [_finite(s) for s in scores]
     if np.isfinite(scores).any():
         best = int(np.argmax(finite))  # first maximum: the more regularised point wins ties
         rows[best]["chosen"] = True

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from payloads import RunsCode
 
 from featmammo import backbones as fb
 from featmammo.backbones import mammoclip as mc
@@ -194,16 +195,11 @@ def test_released_config_with_omegaconf_objects_is_read_without_running_them(tmp
     assert obj["config"]["model"]["image_encoder"]["name"] == B2
 
 
-class _Payload:
-    def __reduce__(self):
-        return (os.system, (f"touch {os.environ['FM_MARKER']}",))
-
-
 def test_code_in_a_checkpoint_never_runs(tmp_path, monkeypatch):
     marker = tmp_path / "pwned"
     monkeypatch.setenv("FM_MARKER", str(marker))
     path = tmp_path / "evil.tar"
-    write_checkpoint(path, B2, extra={"hook": _Payload()})
+    write_checkpoint(path, B2, extra={"hook": RunsCode()})
     with pytest.raises(WeightsError, match="without running code.*system"):
         fb.make(f"mammoclip:{path}")
     assert not marker.exists()

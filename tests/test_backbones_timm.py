@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
+from payloads import RunsCode
 
 timm = pytest.importorskip("timm")
 
@@ -198,16 +198,11 @@ def test_local_file_fine_tuned_head_ignored_missing_key_listed(tmp_path):
         fb.make("timm:convnext_atto", weights=str(path), sha256="0" * 64)
 
 
-class _Payload:
-    def __reduce__(self):
-        return (os.system, (f"touch {Path(os.environ['FM_MARKER'])}",))
-
-
 def test_local_file_is_read_without_running_code(tmp_path, monkeypatch):
     marker = tmp_path / "ran"
     monkeypatch.setenv("FM_MARKER", str(marker))
     path = tmp_path / "evil.pth"
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "x": _Payload()}, path)
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "x": RunsCode()}, path)
     with pytest.raises(WeightsError, match="weights_only"):
         fb.make("timm:convnext_atto", weights=str(path))
     assert not marker.exists()
